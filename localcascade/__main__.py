@@ -1,0 +1,3 @@
+from localcascade.cli import main
+
+main()

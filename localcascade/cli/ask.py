@@ -1,0 +1,1 @@
+"""`localcascade ask`: not yet written."""

@@ -1,0 +1,1 @@
+"""`localcascade bench`: not yet written."""

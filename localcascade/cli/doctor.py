@@ -1,0 +1,1 @@
+"""`localcascade doctor`: not yet written."""

@@ -1,0 +1,1 @@
+"""`localcascade fit`: not yet written."""

@@ -1,0 +1,1 @@
+"""`localcascade models`: not yet written."""

@@ -1,0 +1,1 @@
+"""`localcascade quantize`: not yet written."""

@@ -1,0 +1,1 @@
+"""`localcascade run`: not yet written."""

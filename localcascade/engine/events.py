@@ -1,0 +1,54 @@
+"""What the engine yields while it answers, and what front ends render.
+
+The engine knows no terminal; front ends (ask, the REPL, bench) know no
+llama_cpp. This module is the whole vocabulary between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ThinkingText:
+    """A piece of the reasoning trace (between <think> and </think>)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class AnswerText:
+    """A piece of the answer (after </think>, or everything when thinking is off)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TurnStats:
+    """The last event of every turn."""
+
+    prompt_tokens: int          # tokens in the rendered prompt for this turn
+    evaluated_tokens: int       # prompt tokens actually evaluated (the rest came from the cache)
+    thinking_tokens: int
+    answer_tokens: int
+    prompt_seconds: float
+    generation_seconds: float
+    context_used: int           # tokens in the context after this turn
+    context_limit: int
+    stop_reason: str            # "stop" (end of turn), "length" (max_tokens), "interrupted",
+                                # "think_budget_no_answer" (budget spent, no answer came)
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.thinking_tokens + self.answer_tokens
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.evaluated_tokens / self.prompt_seconds if self.prompt_seconds > 0 else 0.0
+
+    @property
+    def generation_tokens_per_s(self) -> float:
+        return self.completion_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
+
+Event = ThinkingText | AnswerText | TurnStats

@@ -1,0 +1,73 @@
+"""Typed errors. Every failure a user can cause or meet is one of these.
+
+The CLI turns them into a one-line message on stderr and the exit code below
+(see ``localcascade.cli.main``); library callers can catch them by class.
+"""
+
+from __future__ import annotations
+
+
+class LocalCascadeError(Exception):
+    """Base class: ``str(err)`` is the one-line message shown to the user."""
+
+    exit_code = 1
+
+
+class UsageError(LocalCascadeError):
+    """The command line or its input is wrong (bad option value, empty prompt...)."""
+
+    exit_code = 2
+
+
+class ModelNotFoundError(LocalCascadeError):
+    """A model name, file or repository could not be found."""
+
+
+class GGUFHeaderError(LocalCascadeError):
+    """A GGUF file (or split set) whose header cannot be read; the message names the file."""
+
+
+class HardwareError(LocalCascadeError):
+    """A hardware profile or size that cannot be used."""
+
+
+class DoesNotFitError(LocalCascadeError):
+    """A requested placement or override that the memory model says cannot fit."""
+
+
+class DownloadError(LocalCascadeError):
+    """A transfer failed (network, 404, integrity)."""
+
+
+class AuthError(DownloadError):
+    """The hub refused access (401/403): gated or private repository."""
+
+
+class IntegrityError(DownloadError):
+    """A file's sha256 did not match the published one."""
+
+
+class DiskSpaceError(LocalCascadeError):
+    """Not enough free disk for a download or a quantized file."""
+
+
+class QuantizeError(LocalCascadeError):
+    """Quantization refused or failed."""
+
+
+class EngineError(LocalCascadeError):
+    """The model could not be loaded or run."""
+
+
+class ContextOverflowError(EngineError):
+    """A prompt or conversation longer than the context window."""
+
+
+class ChatTemplateError(EngineError):
+    """The model has no usable chat template."""
+
+
+class Interrupted(LocalCascadeError):
+    """The user pressed Ctrl-C."""
+
+    exit_code = 130

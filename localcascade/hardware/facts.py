@@ -1,0 +1,55 @@
+"""What a machine has, as plain data: produced by the probe (detected) or a profile (hypothetical).
+
+The planner reads only these dataclasses; it never asks the machine itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    vram_total_bytes: int
+    vram_free_bytes: int
+    vendor: str = "nvidia"                 # nvidia | apple | amd
+    index: int = 0
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    compute_capability: str | None = None  # "8.9"
+    memory_bandwidth_bytes_per_s: float | None = None
+    unified_memory: bool = False           # Apple Silicon: VRAM and RAM are the same memory
+
+
+@dataclass(frozen=True)
+class CPU:
+    model: str = "unknown"
+    physical_cores: int = 1
+    logical_cores: int = 1
+    features: tuple[str, ...] = ()         # SIMD: avx2, avx512f, amx_tile, neon...
+
+
+@dataclass(frozen=True)
+class LlamaCppBuild:
+    version: str | None = None             # llama-cpp-python version
+    gpu_offload: bool = False              # llama_supports_gpu_offload()
+    backends: tuple[str, ...] = ()         # "CPU", "CUDA", "Metal"...
+    system_info: str | None = None
+
+
+@dataclass(frozen=True)
+class Hardware:
+    gpus: tuple[GPU, ...] = ()
+    ram_total_bytes: int = 0
+    ram_available_bytes: int = 0
+    ram_bandwidth_bytes_per_s: float | None = None
+    cpu: CPU = field(default_factory=CPU)
+    disk_free_bytes: int | None = None
+    llama_cpp: LlamaCppBuild = field(default_factory=LlamaCppBuild)
+    source: str = "detected"               # "detected", "profile:<name>", or "manual"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["gpus"] = [asdict(g) for g in self.gpus]
+        return data

@@ -1,0 +1,75 @@
+"""The Plan: the one object the planner hands to the engine.
+
+It says how to load a model (context, KV types, flash attention, GPU layers,
+expert tensors kept in system RAM, batch sizes) and what the memory model
+predicts that will cost on each device, with the reasons in words. It holds
+plain data only, so it can be printed, compared, and serialised to JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# Verdicts, best first.
+FULL_GPU = "full_gpu"            # every layer and every expert tensor on the GPU(s)
+EXPERTS_IN_RAM = "experts_in_ram"  # all layers on GPU but the expert tensors of N MoE blocks in RAM
+PARTIAL = "partial"              # only some layers on the GPU
+CPU_ONLY = "cpu_only"            # nothing on a GPU
+WONT_FIT = "wont_fit"            # not even system RAM holds it
+VERDICTS = (FULL_GPU, EXPERTS_IN_RAM, PARTIAL, CPU_ONLY, WONT_FIT)
+
+
+@dataclass(frozen=True)
+class Components:
+    """Bytes one device holds, by what they are for."""
+
+    weights: int = 0
+    kv: int = 0
+    recurrent: int = 0
+    compute: int = 0
+    output: int = 0
+    overhead: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.recurrent + self.compute + self.output + self.overhead
+
+    def __add__(self, other: "Components") -> "Components":
+        return Components(**{k: getattr(self, k) + getattr(other, k) for k in asdict(self)})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to load one model file, and what that is predicted to cost."""
+
+    model: str                 # variant name ("Q4_K_M") or file label
+    n_ctx: int
+    type_k: str = "f16"        # KV cache types: f16, q8_0, q4_0
+    type_v: str = "f16"
+    flash_attn: bool = True
+    n_gpu_layers: int = 0      # llama.cpp meaning: how many repeating layers (+1 = output layer too)
+    cpu_moe_blocks: int = 0    # expert tensors of the first N layers kept in system RAM (--n-cpu-moe)
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_seq: int = 1
+    verdict: str = CPU_ONLY
+    gpu: Components = field(default_factory=Components)   # summed over GPUs
+    ram: Components = field(default_factory=Components)
+    tokens_per_s: float | None = None
+    reasons: tuple[str, ...] = ()
+    source: str = "header"     # "header" (a real file's header) or "catalog" (built-in facts)
+
+    @property
+    def gpu_bytes(self) -> int:
+        return self.gpu.total
+
+    @property
+    def ram_bytes(self) -> int:
+        return self.ram.total
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["gpu_bytes"] = self.gpu_bytes
+        data["ram_bytes"] = self.ram_bytes
+        data["reasons"] = list(self.reasons)
+        return data

@@ -1,0 +1,45 @@
+"""Environment variables and default locations, read in one place.
+
+| variable              | meaning                                                       |
+|-----------------------|---------------------------------------------------------------|
+| LOCALCASCADE_HOME     | where localcascade keeps its own data (store index, history)  |
+| HF_HOME / HF_HUB_CACHE| the shared Hugging Face cache where models are downloaded     |
+| HF_ENDPOINT           | the hub to talk to (tests point it at a server on 127.0.0.1)  |
+| HF_TOKEN              | token for gated/private repositories                          |
+| HF_HUB_OFFLINE        | 1 = never touch the network                                   |
+| NO_COLOR              | set = no ANSI colour in any output                            |
+
+huggingface_hub reads the HF_* variables itself; the helpers here only answer
+questions localcascade needs before importing it (which is slow).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import user_data_path
+
+
+def data_dir() -> Path:
+    """localcascade's own data directory (store index, REPL history)."""
+    override = os.environ.get("LOCALCASCADE_HOME")
+    return Path(override).expanduser() if override else user_data_path("localcascade", appauthor=False)
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, resolved like huggingface_hub does, without importing it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    hf_home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "huggingface"
+    )
+    return Path(hf_home).expanduser() / "hub"
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}
+
+
+def no_color() -> bool:
+    return bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
