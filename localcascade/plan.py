@@ -73,3 +73,21 @@ class Plan:
         data["ram_bytes"] = self.ram_bytes
         data["reasons"] = list(self.reasons)
         return data
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What the user asked for; None means "let the planner choose".
+
+    Set values are honoured as given (user overrides win) but still checked
+    against the memory model: one that cannot fit raises DoesNotFitError.
+    """
+
+    n_ctx: int | None = None
+    type_k: str | None = None
+    type_v: str | None = None
+    flash_attn: bool | None = None
+    n_gpu_layers: int | None = None
+    cpu_moe_blocks: int | None = None
+    n_batch: int | None = None
+    n_ubatch: int | None = None
