@@ -43,6 +43,10 @@ class AuthError(DownloadError):
     """The hub refused access (401/403): gated or private repository."""
 
 
+class OfflineError(DownloadError):
+    """HF_HUB_OFFLINE=1 forbids the network and the answer needs it (callers may fall back to the catalog)."""
+
+
 class IntegrityError(DownloadError):
     """A file's sha256 did not match the published one."""
 
