@@ -37,6 +37,7 @@ class TurnStats:
     context_limit: int
     stop_reason: str            # "stop" (end of turn), "length" (max_tokens), "interrupted",
                                 # "think_budget_no_answer" (budget spent, no answer came)
+    reset_reason: str | None = None  # why the cached context could not be reused, when it was not
 
     @property
     def completion_tokens(self) -> int:

@@ -1,0 +1,74 @@
+"""llama.cpp's log, captured.
+
+llama.cpp (and ggml) print their load and runtime log through one global
+callback. By default that goes to stderr, and llama-cpp-python's own callback
+prints it too; a pipe-friendly tool must never let it reach stdout and should
+show it only when asked. We install one callback for the process that keeps
+the recent lines in memory (tests and ``--verbose`` read them) and echoes them
+to stderr only when ``echo`` is on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import threading
+from collections import deque
+
+# Every level is kept (DEBUG included: the tensor placement lines are debug);
+# CONT pieces simply continue the current line.
+_MAX_LINES = 20000   # a full-size model load logs a few thousand lines at debug level
+
+
+class LlamaLog:
+    """The recent llama.cpp log lines, with a switch to echo them to stderr."""
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque(maxlen=_MAX_LINES)
+        self.echo = False
+        self._partial = ""
+        self._lock = threading.Lock()
+        self._callback = None   # the ctypes callback object; must outlive its registration
+        self.total = 0          # lines ever recorded, so readers can take "lines since"
+
+    def write(self, level: int, text: str) -> None:
+        if self.echo:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        with self._lock:
+            self._partial += text
+            while "\n" in self._partial:
+                line, self._partial = self._partial.split("\n", 1)
+                self.lines.append(line)
+                self.total += 1
+
+    def mark(self) -> int:
+        """A position to pass to ``since`` later."""
+        return self.total
+
+    def since(self, mark: int) -> list[str]:
+        """The lines recorded after ``mark`` (as many as are still kept)."""
+        with self._lock:
+            count = min(self.total - mark, len(self.lines))
+            return list(self.lines)[len(self.lines) - count:] if count > 0 else []
+
+
+LOG = LlamaLog()
+
+
+def install() -> LlamaLog:
+    """Route llama.cpp's log into ``LOG`` (idempotent); returns ``LOG``."""
+    if LOG._callback is not None:
+        return LOG
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        try:
+            LOG.write(level, text.decode("utf-8", errors="replace") if text else "")
+        except Exception:  # a callback from C must never raise
+            pass
+
+    LOG._callback = _on_log
+    llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
+    return LOG

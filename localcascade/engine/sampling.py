@@ -1,0 +1,81 @@
+"""Sampling: the model card's defaults (profiles/sampling.json) and llama.cpp's sampler chain."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+from localcascade.errors import EngineError, UsageError
+
+
+@lru_cache(maxsize=1)
+def sampling_profile() -> dict:
+    """The shipped sampling defaults: {"think": {...}, "no_think": {...}, "think_close_text": str}."""
+    text = resources.files("localcascade.profiles").joinpath("sampling.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def resolve(options) -> dict:
+    """The sampling values for ``options`` (a GenerationOptions): user values over the mode's defaults."""
+    defaults = sampling_profile()["think" if options.think else "no_think"]
+    chosen = {
+        "temperature": options.temperature,
+        "top_p": options.top_p,
+        "top_k": options.top_k,
+        "min_p": getattr(options, "min_p", None),
+    }
+    values = {key: defaults.get(key) if value is None else value for key, value in chosen.items()}
+    if values["temperature"] is not None and values["temperature"] < 0:
+        raise UsageError(f"temperature must be >= 0, got {values['temperature']}")
+    if values["top_p"] is not None and not 0 < values["top_p"] <= 1:
+        raise UsageError(f"top-p must be in (0, 1], got {values['top_p']}")
+    return values
+
+
+class Sampler:
+    """One llama.cpp sampler chain for one reply; ``close()`` frees it."""
+
+    def __init__(self, vocab: int, options) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        values = resolve(options)
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        self._chain = chain
+        grammar = getattr(options, "grammar", None)
+        if grammar:
+            g = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+            if not g:
+                self.close()
+                raise UsageError("the grammar does not parse (GBNF expected)")
+            llama_cpp.llama_sampler_chain_add(chain, g)
+        temperature = values["temperature"] or 0.0
+        if temperature <= 0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+            return
+        if values["top_k"]:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(int(values["top_k"])))
+        if values["top_p"] is not None and values["top_p"] < 1.0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(float(values["top_p"]), 1))
+        if values["min_p"]:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(float(values["min_p"]), 1))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(float(temperature)))
+        seed = llama_cpp.LLAMA_DEFAULT_SEED if options.seed is None else options.seed & 0xFFFFFFFF
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
+
+    def sample(self, ctx: int) -> int:
+        """Pick the next token from the last logits (and accept it into the chain's state)."""
+        token = self._lib.llama_sampler_sample(self._chain, ctx, -1)
+        if token < 0:
+            raise EngineError("the sampler found no allowed token (a grammar that cannot continue?)")
+        return token
+
+    def accept(self, token: int) -> None:
+        """Tell the chain (grammar, penalties) about a token we fed ourselves."""
+        self._lib.llama_sampler_accept(self._chain, token)
+
+    def close(self) -> None:
+        if self._chain:
+            self._lib.llama_sampler_free(self._chain)
+            self._chain = None

@@ -1,0 +1,470 @@
+"""The engine: a loaded model (Engine) and conversations with it (Chat).
+
+Chat.send yields ThinkingText / AnswerText pieces as they stream and one
+TurnStats at the end. It knows nothing of terminals.
+
+How the context is reused between turns
+---------------------------------------
+A hybrid Mamba/attention model's recurrent state cannot be rolled back to an
+earlier token, so any prompt that differs from what was already evaluated
+(even one token early in it) means evaluating everything again. The chat
+template re-renders earlier assistant turns as ``<think></think>{answer}``,
+dropping the reasoning that IS in the context, so a prompt rebuilt from the
+template each turn would diverge at the first reply and cost a full
+re-evaluation every turn.
+
+So the tokens actually in the context are the source of truth: turn N's
+prompt is those tokens plus only the text the template adds for the new turn
+(the end of the previous assistant turn, the user message, the generation
+prompt), found as the template's own rendering after the previous answer.
+The trade-off: the context keeps earlier reasoning (more tokens used, and the
+model sees its old thinking, which the template would hide). ``Chat(...,
+reuse_prefix=False)`` chooses the template's exact form instead and pays the
+re-evaluation. If the reused context would overflow while the template's form
+fits, the template's form is used for that turn.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from localcascade.engine import loader
+from localcascade.engine.events import AnswerText, Event, ThinkingText, TurnStats
+from localcascade.engine.sampling import Sampler, sampling_profile
+from localcascade.engine.template import ChatTemplate
+from localcascade.engine.vocab import StreamDecoder, Vocab
+from localcascade.errors import ChatTemplateError, ContextOverflowError, EngineError, UsageError
+from localcascade.hardware.facts import Hardware
+from localcascade.plan import Plan, PlanRequest
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+# Stands in for the previous answer when rendering a turn, to find where the new turn's text starts.
+_SENTINEL = "\u2063LOCALCASCADE-PREVIOUS-ANSWER\u2063"
+
+
+@dataclass
+class GenerationOptions:
+    think: bool = True                 # template enable_thinking
+    think_budget: int | None = None    # max thinking tokens, then </think> is forced and the answer follows
+    temperature: float | None = None   # None = model-card default for the mode (profiles/sampling.json)
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None      # thinking + answer
+    seed: int | None = None
+    min_p: float | None = None
+    grammar: str | None = None         # GBNF constraining the whole reply (thinking included)
+
+
+class Engine:
+    """A model loaded with a Plan: tokens in, logits out, and the evaluated context."""
+
+    def __init__(self, loaded: loader.LoadedModel, plan: Plan, template: ChatTemplate | None) -> None:
+        self._loaded = loaded
+        self.plan = plan
+        self.model_path = loaded.path
+        self.n_ctx = loaded.n_ctx
+        self.vocab = Vocab(loaded.model, loaded.vocab)
+        self.template = template
+        self.model_name = _meta(loaded.model, "general.name") or loaded.path.stem
+        self.load_log = loaded.load_log
+        self.think_open = self.vocab.special_id(THINK_OPEN)
+        self.think_close = self.vocab.special_id(THINK_CLOSE)
+        self.tokens: list[int] = []           # what the context holds, in order
+        self.owner: object | None = None      # the Chat whose conversation the context holds
+        self.full_reevaluations = 0           # times a non-empty context had to be thrown away
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | Path,
+        plan: Plan | None = None,
+        *,
+        request: PlanRequest | None = None,
+        hardware: Hardware | None = None,
+        progress: Callable[[float], None] | None = None,
+        chat_template: str | None = None,
+        verbose: bool = False,
+    ) -> "Engine":
+        """Load ``model_path`` with ``plan`` (default: the planner's plan, with ``request``'s overrides).
+
+        ``chat_template`` (Jinja text) replaces the model's own template.
+        """
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            from localcascade.errors import ModelNotFoundError
+
+            raise ModelNotFoundError(f"model file not found: {model_path}")
+        if plan is None:
+            from localcascade.engine.planning import plan_for_file
+
+            plan = plan_for_file(model_path, request, hardware)
+        loaded = loader.load(model_path, plan, progress=progress, verbose=verbose)
+        try:
+            template = _template_for(loaded, chat_template)
+        except Exception:
+            loaded.close()
+            raise
+        return cls(loaded, plan, template)
+
+    # -- public helpers -------------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.vocab.tokenize(text, special=True))
+
+    def close(self) -> None:
+        self._loaded.close()
+        self.tokens = []
+        self.owner = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the context ----------------------------------------------------------------------------
+
+    def prepare(self, prompt: list[int]) -> tuple[int, str | None]:
+        """Make the context hold ``prompt``, evaluating as little as possible.
+
+        Returns (tokens evaluated, why the cached context was thrown away or None).
+        Keeps the common prefix when llama.cpp can cut the context back to it (pure
+        attention KV caches can; recurrent state mostly cannot, then everything is
+        evaluated again).
+        """
+        import llama_cpp
+
+        ctx = self._ctx
+        common = _common_prefix(self.tokens, prompt)
+        if common == len(prompt):
+            common -= 1   # the last prompt token must be evaluated again to get its logits
+        reason = None
+        if common < len(self.tokens):
+            memory = llama_cpp.llama_get_memory(ctx)
+            if common > 0 and llama_cpp.llama_memory_seq_rm(memory, 0, common, -1):
+                del self.tokens[common:]
+            else:
+                llama_cpp.llama_memory_clear(memory, True)
+                if self.tokens:
+                    self.full_reevaluations += 1
+                    reason = (
+                        f"the prompt differs from the cached context at token {common} of "
+                        f"{len(self.tokens)} and the model's state cannot be cut back there"
+                    )
+                self.tokens = []
+                common = 0
+        self.decode(prompt[common:])
+        return len(prompt) - common, reason
+
+    def decode(self, tokens: list[int]) -> None:
+        """Evaluate ``tokens`` after the context (in n_batch chunks); logits of the last one are kept."""
+        import llama_cpp
+
+        step = self._loaded.n_batch
+        for start in range(0, len(tokens), step):
+            chunk = tokens[start:start + step]
+            array = (llama_cpp.llama_token * len(chunk))(*chunk)
+            rc = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
+            if rc != 0:
+                self.reset()
+                raise EngineError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})")
+            self.tokens.extend(chunk)
+
+    def reset(self) -> None:
+        """Forget the context entirely."""
+        import llama_cpp
+
+        if self._loaded.ctx:
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._loaded.ctx), True)
+        self.tokens = []
+        self.owner = None
+
+    @property
+    def _ctx(self) -> int:
+        if not self._loaded.ctx:
+            raise EngineError("the engine is closed")
+        return self._loaded.ctx
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokens of a rendered chat prompt, with BOS when the model wants one and the template left it out."""
+        tokens = self.vocab.tokenize(text, special=True)
+        if self.vocab.add_bos and self.vocab.bos >= 0 and (not tokens or tokens[0] != self.vocab.bos):
+            tokens.insert(0, self.vocab.bos)
+        return tokens
+
+
+class Chat:
+    """One conversation with an Engine. ``messages`` keeps the answers only (the template's form)."""
+
+    def __init__(self, engine: Engine, *, system: str | None = None, reuse_prefix: bool = True) -> None:
+        if engine.template is None:
+            raise ChatTemplateError(
+                f"{engine.model_path.name} has no chat template; give one with --chat-template FILE"
+            )
+        self.engine = engine
+        self.reuse_prefix = reuse_prefix
+        self.messages: list[dict] = []
+        self.last_reasoning: str | None = None
+        self._ended_in_thinking = False   # the last reply stopped before </think>
+        self._context_in_sync = False     # engine.tokens hold exactly this conversation
+        self.set_system(system)
+
+    # -- conversation state -----------------------------------------------------------------------
+
+    def set_system(self, text: str | None) -> None:
+        rest = [m for m in self.messages if m["role"] != "system"]
+        self.messages = ([{"role": "system", "content": text}] if text else []) + rest
+        self._context_in_sync = False
+
+    def clear(self) -> None:
+        """A new conversation (same system prompt, same model)."""
+        self.messages = [m for m in self.messages if m["role"] == "system"]
+        self.last_reasoning = None
+        self._ended_in_thinking = False
+        self._context_in_sync = False
+
+    def to_dict(self) -> dict:
+        return {"format": "localcascade-chat", "version": 1, "model": self.engine.model_name,
+                "messages": [dict(m) for m in self.messages]}
+
+    @classmethod
+    def from_dict(cls, engine: Engine, data: dict) -> "Chat":
+        messages = data.get("messages") if isinstance(data, dict) else None
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise UsageError("not a saved conversation: expected {\"messages\": [{\"role\", \"content\"}, ...]}")
+        chat = cls(engine)
+        chat.messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return chat
+
+    @property
+    def context_limit(self) -> int:
+        return self.engine.n_ctx
+
+    @property
+    def context_used(self) -> int:
+        if self._owns_context():
+            return len(self.engine.tokens)
+        return 0
+
+    def _owns_context(self) -> bool:
+        return self.engine.owner is self and self._context_in_sync
+
+    # -- a turn -----------------------------------------------------------------------------------
+
+    def send(self, user_text: str, options: GenerationOptions | None = None) -> Iterator[Event]:
+        """Start a reply to ``user_text``; iterate the result for its events.
+
+        Raises ContextOverflowError here (before anything is evaluated) if the
+        prompt does not fit the context.
+        """
+        options = options or GenerationOptions()
+        if options.max_tokens is not None and options.max_tokens <= 0:
+            raise UsageError(f"max tokens must be positive, got {options.max_tokens}")
+        if options.think_budget is not None and options.think_budget < 0:
+            raise UsageError(f"thinking budget must be >= 0, got {options.think_budget}")
+        user = {"role": "user", "content": user_text}
+        prompt = None
+        if self.reuse_prefix and self._owns_context() and self.messages and self.messages[-1]["role"] == "assistant":
+            prompt = self._extend_context_prompt(user, options.think)
+        if prompt is None or len(prompt) >= self.engine.n_ctx:
+            canonical = self._template_prompt(self.messages + [user], options.think)
+            if prompt is None or len(canonical) < self.engine.n_ctx:
+                prompt = canonical
+        if len(prompt) >= self.engine.n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(prompt)} tokens but the context holds {self.engine.n_ctx} "
+                f"(and the reply needs room too): shorten the input or load with a larger --ctx"
+            )
+        return self._turn(prompt, user, options)
+
+    def _template_prompt(self, messages: list[dict], think: bool) -> list[int]:
+        text = self.engine.template.render(messages, add_generation_prompt=True, enable_thinking=think)
+        return self.engine.tokenize_prompt(text)
+
+    def _extend_context_prompt(self, user: dict, think: bool) -> list[int] | None:
+        """The context's tokens plus what the template adds after the previous answer, or None."""
+        history = self.messages[:-1] + [{"role": "assistant", "content": _SENTINEL}, user]
+        text = self.engine.template.render(history, add_generation_prompt=True, enable_thinking=think)
+        if text.count(_SENTINEL) != 1:
+            return None   # the template transformed the answer; fall back to its full rendering
+        tail = text.split(_SENTINEL, 1)[1]
+        extra = []
+        if self._ended_in_thinking and self.engine.think_close is not None:
+            extra.append(self.engine.think_close)   # an interrupted thought is closed before the turn ends
+        return self.engine.tokens + extra + self.engine.vocab.tokenize(tail, special=True)
+
+    def _turn(self, prompt: list[int], user: dict, options: GenerationOptions) -> Iterator[Event]:
+        engine = self.engine
+        vocab = engine.vocab
+        sampler = Sampler(engine._loaded.vocab, options)
+        self._context_in_sync = False
+        engine.owner = self
+        started = time.perf_counter()
+        try:
+            evaluated, reset_reason = engine.prepare(prompt)
+        except BaseException:
+            sampler.close()
+            raise
+        prompt_done = time.perf_counter()
+        self.messages.append(user)
+        stop_reason = "interrupted"
+        thinking: list[str] = []
+        answer: list[str] = []
+        thinking_tokens = answer_tokens = 0
+        in_thinking = _opens_thinking(prompt, engine.think_open, engine.think_close)
+        pending = None   # a sampled token handed out but not yet evaluated
+        try:
+            decoders = {True: StreamDecoder(), False: StreamDecoder()}
+            answer_started = False
+            thinking_started = False
+            close_ids = vocab.tokenize(sampling_profile()["think_close_text"], special=True)
+            while True:
+                if options.max_tokens is not None and thinking_tokens + answer_tokens >= options.max_tokens:
+                    stop_reason = "length"
+                    break
+                if len(engine.tokens) >= engine.n_ctx:
+                    stop_reason = "length"
+                    break
+                if in_thinking and options.think_budget is not None and thinking_tokens >= options.think_budget:
+                    # Budget spent: close the thought ourselves and let the model answer.
+                    if len(engine.tokens) + len(close_ids) >= engine.n_ctx:
+                        stop_reason = "length"
+                        break
+                    for token in close_ids:
+                        sampler.accept(token)
+                    engine.decode(close_ids)
+                    in_thinking = False
+                    continue
+                token = sampler.sample(engine._ctx)
+                if vocab.is_eog(token):
+                    stop_reason = "stop"
+                    break
+                pending = token
+                if token == engine.think_open or token == engine.think_close:
+                    text = decoders[in_thinking].flush()
+                    if text:
+                        (thinking if in_thinking else answer).append(text)
+                        yield ThinkingText(text) if in_thinking else AnswerText(text)
+                    if in_thinking:
+                        thinking_tokens += 1
+                    else:
+                        answer_tokens += 1
+                    in_thinking = token == engine.think_open
+                else:
+                    text = decoders[in_thinking].feed(vocab.piece(token))
+                    if in_thinking:
+                        thinking_tokens += 1
+                        if not thinking_started:
+                            text = text.lstrip()
+                            thinking_started = bool(text)
+                        if text:
+                            thinking.append(text)
+                            yield ThinkingText(text)
+                    else:
+                        answer_tokens += 1
+                        if not answer_started:
+                            text = text.lstrip()
+                            answer_started = bool(text)
+                        if text:
+                            answer.append(text)
+                            yield AnswerText(text)
+                engine.decode([token])
+                pending = None
+            for is_thinking, decoder in decoders.items():
+                text = decoder.flush()
+                if text:
+                    (thinking if is_thinking else answer).append(text)
+                    yield ThinkingText(text) if is_thinking else AnswerText(text)
+        finally:
+            sampler.close()
+            if pending is not None:
+                try:
+                    engine.decode([pending])
+                except EngineError:
+                    pass
+            self.messages.append({"role": "assistant", "content": "".join(answer).strip()})
+            self.last_reasoning = "".join(thinking).strip() or None
+            self._ended_in_thinking = in_thinking
+            self._context_in_sync = engine.owner is self
+        if stop_reason == "length" and in_thinking and not "".join(answer).strip():
+            stop_reason = "think_budget_no_answer"
+        finished = time.perf_counter()
+        yield TurnStats(
+            prompt_tokens=len(prompt),
+            evaluated_tokens=evaluated,
+            thinking_tokens=thinking_tokens,
+            answer_tokens=answer_tokens,
+            prompt_seconds=prompt_done - started,
+            generation_seconds=finished - prompt_done,
+            context_used=len(engine.tokens),
+            context_limit=engine.n_ctx,
+            stop_reason=stop_reason,
+            reset_reason=reset_reason,
+        )
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _opens_thinking(prompt: list[int], think_open: int | None, think_close: int | None) -> bool:
+    """True when the prompt leaves a <think> open (the thinking-mode generation prompt)."""
+    if think_open is None:
+        return False
+    for token in reversed(prompt):
+        if token == think_close:
+            return False
+        if token == think_open:
+            return True
+    return False
+
+
+def _meta(model: int, key: str) -> str | None:
+    import ctypes
+
+    import llama_cpp
+
+    size = 1 << 16
+    buf = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, size)
+    if n < 0:
+        return None
+    if n >= size:   # a long value (a chat template): ask again with room for all of it
+        buf = ctypes.create_string_buffer(n + 1)
+        n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, n + 1)
+    return buf.value.decode("utf-8", errors="replace")
+
+
+def _template_for(loaded: loader.LoadedModel, override: str | None) -> ChatTemplate | None:
+    """The chat template: the override if given, else the GGUF's own, else None (Chat refuses)."""
+    import llama_cpp
+
+    vocab = loaded.vocab
+
+    def token_text(token: int) -> str:
+        if token < 0:
+            return ""
+        raw = llama_cpp.llama_vocab_get_text(vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    specials = {
+        "bos_token": token_text(llama_cpp.llama_vocab_bos(vocab)),
+        "eos_token": token_text(llama_cpp.llama_vocab_eos(vocab)),
+    }
+    if override is not None:
+        return ChatTemplate(override, origin="given", **specials)
+    source = _meta(loaded.model, "tokenizer.chat_template")
+    if not source:
+        return None
+    return ChatTemplate(source, origin="model's", **specials)

@@ -1,0 +1,85 @@
+"""Tokens in and text out: tokenizing, special-token ids, UTF-8-safe streaming detokenization."""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+
+
+class Vocab:
+    """The model's vocabulary, through llama.cpp's C API."""
+
+    def __init__(self, model: int, vocab: int) -> None:
+        import llama_cpp
+
+        self._lib = llama_cpp
+        self._model = model
+        self._vocab = vocab
+        self.n_tokens = llama_cpp.llama_vocab_n_tokens(vocab)
+        self.bos = llama_cpp.llama_vocab_bos(vocab)
+        self.eos = llama_cpp.llama_vocab_eos(vocab)
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._piece_cache: dict[int, bytes] = {}
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of ``text`` with no BOS added; special tokens parsed when ``special``."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        while True:
+            buf = (self._lib.llama_token * capacity)()
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, special)
+            if n >= 0:
+                return list(buf[:n])
+            capacity = -n
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes one token stands for (special tokens render as '' unless ``special``)."""
+        key = token if not special else -token - 1
+        cached = self._piece_cache.get(key)
+        if cached is not None:
+            return cached
+        n = self._lib.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
+            data = buf.raw[:n]
+        else:
+            data = self._piece_buf.raw[:n]
+        self._piece_cache[key] = data
+        return data
+
+    def text_of(self, token: int) -> str:
+        """The token's text as written in the vocabulary ("<think>", "<|im_end|>")."""
+        raw = self._lib.llama_vocab_get_text(self._vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def special_id(self, text: str) -> int | None:
+        """The id of a token whose text is exactly ``text`` (e.g. "<think>"), or None."""
+        ids = self.tokenize(text, special=True)
+        if len(ids) == 1 and self.text_of(ids[0]) == text:
+            return ids[0]
+        return None
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", errors="replace")
+
+
+class StreamDecoder:
+    """Bytes of streamed tokens -> text, holding back incomplete UTF-8 sequences.
+
+    A multi-byte character is often split over two tokens; decoding each
+    token on its own would print replacement characters.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, data: bytes) -> str:
+        return self._decoder.decode(data)
+
+    def flush(self) -> str:
+        return self._decoder.decode(b"", final=True)
