@@ -1,1 +1,194 @@
-"""`localcascade ask`: not yet written."""
+"""`localcascade ask`: one question, the answer on stdout, for shell pipes.
+
+stdout gets the answer and nothing else (streamed), or one JSON object with
+--json. Everything else - load progress, thinking (--show-thinking), stats,
+errors - goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from localcascade.cli import app, options
+from localcascade.errors import LocalCascadeError, UsageError
+
+
+def read_prompt(args: List[str], stdin) -> str:
+    """Piped stdin first, then the arguments, joined by a blank line."""
+    parts = []
+    if stdin is not None and not stdin.isatty():
+        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+        if isinstance(data, bytes):
+            try:
+                data = data.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UsageError(f"stdin is not UTF-8 text (byte {err.start})") from None
+        if data.strip():
+            parts.append(data.strip("\n"))
+    words = []
+    for arg in args or []:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError("the prompt arguments are not UTF-8 text") from None
+        words.append(arg)
+    if words and " ".join(words).strip():
+        parts.append(" ".join(words))
+    if not parts:
+        raise UsageError('no prompt: give it as arguments or on stdin (echo "..." | localcascade ask)')
+    return "\n\n".join(parts)
+
+
+class _ThinkingWriter:
+    """Thinking text to stderr, dim on a colour terminal."""
+
+    def __init__(self) -> None:
+        from localcascade.settings import no_color
+
+        self.dim = sys.stderr.isatty() and not no_color()
+        self.open = False
+
+    def write(self, text: str) -> None:
+        if not self.open:
+            self.open = True
+            if self.dim:
+                sys.stderr.write("\033[2m")
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.open:
+            sys.stderr.write("\033[0m\n" if self.dim else "\n")
+            sys.stderr.flush()
+            self.open = False
+
+
+@app.command()
+def ask(
+    prompt: Optional[List[str]] = typer.Argument(None, help="The question (stdin, if piped, comes first)."),
+    model: Optional[str] = options.model_option(),
+    think: bool = options.think_option(),
+    think_budget: Optional[int] = options.think_budget_option(),
+    system: Optional[str] = options.system_option(),
+    temp: Optional[float] = options.temp_option(),
+    top_p: Optional[float] = options.top_p_option(),
+    max_tokens: Optional[int] = options.max_tokens_option(),
+    seed: Optional[int] = options.seed_option(),
+    ctx: Optional[str] = options.ctx_option(),
+    ngl: Optional[int] = options.ngl_option(),
+    cpu_moe: Optional[int] = options.cpu_moe_option(),
+    kv_type: Optional[str] = options.kv_type_option(),
+    flash_attn: Optional[bool] = options.flash_attn_option(),
+    chat_template: Optional[Path] = options.chat_template_option(),
+    show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the reasoning to stderr."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answer, reasoning, usage, timings, plan)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on stderr but errors."),
+    verbose: bool = options.verbose_option(),
+) -> int:
+    """Answer one prompt; only the answer goes to stdout."""
+    gen = options.generation_options(
+        think=think, think_budget=think_budget, temp=temp, top_p=top_p, max_tokens=max_tokens, seed=seed
+    )
+    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
+    text = read_prompt(prompt or [], sys.stdin)
+    model_path = options.resolve_model(model)
+
+    from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
+    from localcascade.engine.session import Chat
+
+    started = time.perf_counter()
+    engine = options.load_engine(
+        model_path, request, chat_template=chat_template, verbose=verbose,
+        progress=options.stderr_progress(model_path.name, quiet),
+    )
+    load_seconds = time.perf_counter() - started
+    with engine:
+        if not quiet:
+            plan = engine.plan
+            print(
+                f"localcascade: {engine.model_name}: ctx {plan.n_ctx}, {plan.n_gpu_layers} GPU layers, "
+                f"KV {plan.type_k}/{plan.type_v}, loaded in {load_seconds:.1f}s",
+                file=sys.stderr,
+            )
+        chat = Chat(engine, system=system)
+        thinking_out = _ThinkingWriter() if show_thinking and not as_json else None
+        answer: list[str] = []
+        stats: TurnStats | None = None
+        wrote_answer = False
+        for event in chat.send(text, gen):
+            if isinstance(event, ThinkingText):
+                if thinking_out is not None:
+                    thinking_out.write(event.text)
+            elif isinstance(event, AnswerText):
+                answer.append(event.text)
+                if not as_json:
+                    if thinking_out is not None:
+                        thinking_out.end()
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                    wrote_answer = True
+            elif isinstance(event, TurnStats):
+                stats = event
+        if thinking_out is not None:
+            thinking_out.end()
+        if wrote_answer and not "".join(answer).endswith("\n"):
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        if as_json:
+            json.dump(_result(engine, chat, "".join(answer), stats, load_seconds), sys.stdout, ensure_ascii=False)
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        if stats is not None and not quiet:
+            print(
+                f"localcascade: {stats.prompt_tokens} prompt tokens ({stats.prompt_tokens_per_s:.1f} t/s), "
+                f"{stats.thinking_tokens} thinking + {stats.answer_tokens} answer tokens "
+                f"({stats.generation_tokens_per_s:.1f} t/s), stop: {stats.stop_reason}",
+                file=sys.stderr,
+            )
+        return _exit_code(stats, "".join(answer))
+
+
+def _exit_code(stats, answer: str) -> int:
+    if stats is not None and stats.stop_reason == "think_budget_no_answer":
+        raise LocalCascadeError(
+            f"no answer: thinking used all {stats.thinking_tokens} tokens allowed; "
+            "raise --max-tokens, set --think-budget, or use --no-think"
+        )
+    if not answer.strip():
+        print("localcascade: warning: the model gave an empty answer", file=sys.stderr)
+    return 0
+
+
+def _result(engine, chat, answer: str, stats, load_seconds: float) -> dict:
+    usage = timings = None
+    if stats is not None:
+        usage = {
+            "prompt_tokens": stats.prompt_tokens,
+            "evaluated_tokens": stats.evaluated_tokens,
+            "thinking_tokens": stats.thinking_tokens,
+            "answer_tokens": stats.answer_tokens,
+            "completion_tokens": stats.completion_tokens,
+        }
+        timings = {
+            "load_s": round(load_seconds, 4),
+            "prompt_s": round(stats.prompt_seconds, 4),
+            "generation_s": round(stats.generation_seconds, 4),
+            "prompt_tokens_per_s": round(stats.prompt_tokens_per_s, 2),
+            "generation_tokens_per_s": round(stats.generation_tokens_per_s, 2),
+        }
+    return {
+        "model": engine.model_name,
+        "model_path": str(engine.model_path),
+        "answer": answer,
+        "reasoning": chat.last_reasoning,
+        "stop_reason": stats.stop_reason if stats is not None else None,
+        "usage": usage,
+        "timings": timings,
+        "plan": engine.plan.to_dict(),
+    }

@@ -1,0 +1,194 @@
+"""Options shared by the commands that run the model (`ask`, `run`, `bench`), and their meaning.
+
+Each ``*_option()`` returns a fresh typer option to use as a parameter default;
+the helpers below turn parsed values into the engine's inputs (PlanRequest,
+GenerationOptions, the model path, a loaded Engine). No heavy imports here:
+``localcascade --help`` imports this module.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from localcascade.errors import ModelNotFoundError, UsageError
+
+# --- model and placement ------------------------------------------------------------------------
+
+
+def model_option():
+    return typer.Option(None, "--model", "-m", help="GGUF file or model name (default: the best one pulled).")
+
+
+def ctx_option():
+    return typer.Option(None, "--ctx", help="Context length in tokens: 8192, 32K, 1M (default: the plan's).")
+
+
+def ngl_option():
+    return typer.Option(None, "--ngl", help="Layers on the GPU (default: the plan's).")
+
+
+def cpu_moe_option():
+    return typer.Option(None, "--cpu-moe", help="Keep the expert tensors of the first N layers in system RAM.")
+
+
+def kv_type_option():
+    return typer.Option(None, "--kv-type", help="KV cache type for K and V: f16, q8_0, q4_0.")
+
+
+def flash_attn_option():
+    return typer.Option(None, "--flash-attn/--no-flash-attn", help="Flash attention (default: the plan's).")
+
+
+def chat_template_option():
+    return typer.Option(None, "--chat-template", help="Jinja chat template FILE to use instead of the model's.")
+
+
+def verbose_option():
+    return typer.Option(False, "--verbose", "-v", help="Show llama.cpp's log on stderr.")
+
+
+# --- generation ---------------------------------------------------------------------------------
+
+
+def think_option():
+    return typer.Option(True, "--think/--no-think", help="Let the model reason before answering.")
+
+
+def think_budget_option():
+    return typer.Option(None, "--think-budget", help="At most N thinking tokens, then the model must answer.")
+
+
+def system_option():
+    return typer.Option(None, "--system", "-s", help="System prompt.")
+
+
+def temp_option():
+    return typer.Option(None, "--temp", help="Sampling temperature (default: the model card's; 0 = greedy).")
+
+
+def top_p_option():
+    return typer.Option(None, "--top-p", help="Nucleus sampling threshold (default: the model card's).")
+
+
+def max_tokens_option():
+    return typer.Option(None, "--max-tokens", help="At most N generated tokens, thinking included.")
+
+
+def seed_option():
+    return typer.Option(None, "--seed", help="Random seed, for reproducible replies.")
+
+
+# --- turning values into engine inputs -----------------------------------------------------------
+
+
+def plan_request(
+    *,
+    ctx: Optional[str] = None,
+    ngl: Optional[int] = None,
+    cpu_moe: Optional[int] = None,
+    kv_type: Optional[str] = None,
+    flash_attn: Optional[bool] = None,
+):
+    """The user's placement overrides as a PlanRequest (the planner checks they fit)."""
+    from localcascade.plan import PlanRequest
+    from localcascade.units import parse_tokens
+
+    if ngl is not None and ngl < 0:
+        raise UsageError(f"--ngl must be >= 0, got {ngl}")
+    if cpu_moe is not None and cpu_moe < 0:
+        raise UsageError(f"--cpu-moe must be >= 0, got {cpu_moe}")
+    if kv_type is not None:
+        from localcascade.engine.loader import kv_type_names
+
+        kv_type = kv_type.lower()
+        if kv_type not in kv_type_names():
+            raise UsageError(f"--kv-type must be one of {', '.join(kv_type_names())}, got {kv_type!r}")
+    return PlanRequest(
+        n_ctx=parse_tokens(ctx) if ctx is not None else None,
+        type_k=kv_type,
+        type_v=kv_type,
+        flash_attn=flash_attn,
+        n_gpu_layers=ngl,
+        cpu_moe_blocks=cpu_moe,
+    )
+
+
+def generation_options(
+    *,
+    think: bool = True,
+    think_budget: Optional[int] = None,
+    temp: Optional[float] = None,
+    top_p: Optional[float] = None,
+    max_tokens: Optional[int] = None,
+    seed: Optional[int] = None,
+):
+    from localcascade.engine.session import GenerationOptions
+
+    if think_budget is not None and think_budget < 0:
+        raise UsageError(f"--think-budget must be >= 0, got {think_budget}")
+    if max_tokens is not None and max_tokens <= 0:
+        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
+    if temp is not None and temp < 0:
+        raise UsageError(f"--temp must be >= 0, got {temp}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UsageError(f"--top-p must be in (0, 1], got {top_p}")
+    return GenerationOptions(
+        think=think, think_budget=think_budget, temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed
+    )
+
+
+def resolve_model(spec: Optional[str]) -> Path:
+    """The model file to use: the one named, else the best pulled variant, else a clear error."""
+    from localcascade import store
+
+    if spec:
+        return store.find_local_model(spec)
+    best = getattr(store, "best_local_variant", None)
+    found = best() if best is not None else None
+    if found is None:
+        raise ModelNotFoundError("no model pulled yet: run `localcascade pull` or give --model FILE")
+    return Path(found)
+
+
+def load_engine(
+    model_path: Path,
+    request,
+    *,
+    chat_template: Optional[Path] = None,
+    verbose: bool = False,
+    progress: Optional[Callable[[float], None]] = None,
+):
+    """Load the Engine for ``model_path`` with the planner's plan and the user's overrides."""
+    from localcascade.engine.session import Engine
+    from localcascade.engine.template import read_template_file
+
+    template_text = read_template_file(chat_template) if chat_template is not None else None
+    return Engine.load(model_path, request=request, chat_template=template_text, verbose=verbose, progress=progress)
+
+
+def stderr_progress(label: str, quiet: bool) -> Optional[Callable[[float], None]]:
+    """A load progress reporter for stderr: a live percentage on a terminal, nothing in a pipe."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    last = [-1]
+
+    def report(fraction: float) -> None:
+        percent = int(fraction * 100)
+        if percent != last[0]:
+            last[0] = percent
+            sys.stderr.write(f"\rloading {label} {percent:3d}%")
+            if percent >= 100:
+                sys.stderr.write("\r\033[K" if not _no_color() else "\n")
+            sys.stderr.flush()
+
+    return report
+
+
+def _no_color() -> bool:
+    from localcascade.settings import no_color
+
+    return no_color()
