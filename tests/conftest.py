@@ -3,7 +3,9 @@
 Test models (built once per session):
     tiny_model       TINY nemotron_h_moe in F32 - loads and generates on a CPU in milliseconds
     tiny_f16_model   QUANTIZABLE nemotron_h_moe in F16 - input for quantization tests
-    gemma_model      the real Gemma 3 270M Q4_K_M GGUF (real text; mark tests @pytest.mark.gemma)
+    full_bf16_skeleton  FULL-shape (real model) BF16 file, sparse: 63 GB apparent, ~3 MB on disk
+    gemma_model      the real Gemma 3 270M Q4_K_M GGUF (base model, no chat template;
+                     real text; mark tests @pytest.mark.gemma)
 Isolation (autouse): every test gets its own LOCALCASCADE_HOME and Hugging Face cache.
 
 Other fixtures go below the marked section at the end of this file.
@@ -33,6 +35,17 @@ def tiny_f16_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path to a QUANTIZABLE-shape nemotron_h_moe GGUF in F16 (rows multiples of 256)."""
     return synth.write_nemotron_h_moe(
         tmp_path_factory.mktemp("models") / "quantizable-f16.gguf", synth.QUANTIZABLE, dtype="f16"
+    )
+
+
+@pytest.fixture(scope="session")
+def full_bf16_skeleton(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path to a sparse BF16 file with the real model's header and tensor shapes (data reads as zeros).
+
+    Reading its header is exact planner input; loading its weights touches 63 GB of page cache.
+    """
+    return synth.write_nemotron_h_moe(
+        tmp_path_factory.mktemp("models") / "full-bf16-skeleton.gguf", synth.FULL, dtype="bf16", sparse=True
     )
 
 
