@@ -1,0 +1,441 @@
+"""The memory model: bytes per device for one model file and one placement, as llama.cpp allocates them.
+
+Pure: no I/O, no llama_cpp. Every formula follows the vendored llama.cpp
+(llama-cpp-python 0.3.36); the source each one comes from is named next to it.
+
+* weights   - exact per-tensor bytes. Layer assignment (llama-model.cpp, load_tensors):
+              with ``n_gpu_layers = g`` the last ``g`` of the ``n_layer + 1`` "layers" go to the
+              GPU, where layer ``n_layer`` is the output layer (output_norm + output), so ``g >= 1``
+              already puts the output head on the GPU; the token embedding always stays on the
+              CPU. ``--n-cpu-moe N`` (common/arg.cpp) overrides the buffer type of
+              ``blk.i.ffn_(up|down|gate|gate_up)_(ch|)exps`` for ``i < N`` to CPU. CPU weights are
+              mmapped: they live in the page cache and count as system RAM. On x86/ARM the CPU
+              backend also keeps a repacked copy of q4_0 / q4_K / iq4_nl tensors (CPU_REPACK).
+* kv        - llama-kv-cache.cpp: only layers with ``n_head_kv > 0``; K row ``head_dim_k *
+              n_head_kv`` elements of ``type_k``, V likewise; ``n_ctx`` padded to 256
+              (llama-context.cpp), one stream per sequence unless unified.
+* recurrent - llama-memory-recurrent.cpp with hparams ``n_embd_r()`` (conv state,
+              ``(d_conv-1) * (d_inner + 2*n_group*d_state)``) and ``n_embd_s()`` (ssm state,
+              ``d_state * d_inner``), f32, ``max(1, n_seq)`` cells, per recurrent layer.
+* output    - llama_context::output_reserve: ``n_vocab * max(1, n_seq)`` f32 logits, host memory.
+* compute   - the scheduler's reserve of the worst-case ubatch. Calibrated against real CPU
+              loads of the tiny model and the full-size skeleton (see benchmarks/fit_accuracy.py):
+              the buffer is the peak of two phases,
+                layers: KQ mask (``n_kv*n_ubatch``, f16 with flash attention, f32 without)
+                        + without flash attention the KQ matrix ``n_kv*n_ubatch*n_head*4``
+                        + the widest block's activations per token;
+                output: logits ``n_vocab*n_ubatch*4`` + ``16*n_embd`` bytes per token
+                        (+ the mask while it is smaller than those activations).
+* overhead  - not allocated by llama.cpp itself: the CUDA context and runtime per GPU, and the
+              process (Python, libraries) in RAM. Both are parameters (``Overheads``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Mapping
+
+from localcascade.errors import UsageError
+from localcascade.plan import Components
+
+MiB = 1024**2
+GiB = 1024**3
+
+# (block size, bytes per block) of the cache types llama.cpp accepts for K and V.
+KV_TYPES: dict[str, tuple[int, int]] = {
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "bf16": (1, 2),
+    "q8_0": (32, 34),
+    "q4_0": (32, 18),
+    "q4_1": (32, 20),
+    "q5_0": (32, 22),
+    "q5_1": (32, 24),
+    "iq4_nl": (32, 18),
+}
+QUANTIZED_KV = {t for t, (block, _) in KV_TYPES.items() if block > 1}
+
+# Types the CPU backend repacks into an extra buffer (ggml-cpu/repack.cpp, AVX2/NEON builds).
+CPU_REPACK_TYPES = {"q4_0", "q4_k", "iq4_nl"}
+
+_EXPERT_RE = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.")
+_RECURRENT_ARCHS = {"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"}
+
+CTX_PAD = 256  # llama-context.cpp: cparams.n_ctx = GGML_PAD(n_ctx, 256)
+
+
+@dataclass(frozen=True)
+class TensorFact:
+    name: str
+    shape: tuple[int, ...]   # ggml order, ne0 first
+    type_name: str           # "q4_K", "f32"...
+    n_bytes: int
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the memory model needs to know about one model file."""
+
+    architecture: str
+    n_layer: int
+    n_ctx_train: int
+    n_embd: int
+    n_vocab: int
+    n_head: tuple[int, ...]         # per layer
+    n_head_kv: tuple[int, ...]      # per layer; 0 = no attention in that layer
+    head_dim_k: int
+    head_dim_v: int
+    recurrent: tuple[bool, ...]     # per layer
+    ssm_d_conv: int = 0
+    ssm_d_inner: int = 0
+    ssm_d_state: int = 0
+    ssm_n_group: int = 0
+    ssm_dt_rank: int = 0
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    tensors: tuple[TensorFact, ...] = ()
+
+    # --- derived -------------------------------------------------------------------------
+    @property
+    def file_tensor_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
+
+    @property
+    def attention_layers(self) -> list[int]:
+        return [i for i, kv in enumerate(self.n_head_kv) if kv > 0]
+
+    @property
+    def recurrent_layers(self) -> list[int]:
+        return [i for i, r in enumerate(self.recurrent) if r]
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return sorted({_layer_of(t.name) for t in self.tensors if _EXPERT_RE.search(t.name)} - {None})
+
+    @property
+    def n_embd_r(self) -> int:
+        return max(self.ssm_d_conv - 1, 0) * (self.ssm_d_inner + 2 * self.ssm_n_group * self.ssm_d_state)
+
+    @property
+    def n_embd_s(self) -> int:
+        return self.ssm_d_state * self.ssm_d_inner
+
+    def to_dict(self) -> dict:
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "tensors"}
+        for key in ("n_head", "n_head_kv", "recurrent"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, hparams: Mapping[str, Any], tensors: Iterable[TensorFact]) -> "ModelFacts":
+        fields = dict(hparams)
+        for key in ("n_head", "n_head_kv", "recurrent"):
+            fields[key] = tuple(fields[key])
+        return cls(**fields, tensors=tuple(tensors))
+
+
+def _layer_of(name: str) -> int | None:
+    match = _BLOCK_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _per_layer(value: Any, n_layer: int, default: int = 0) -> tuple[int, ...]:
+    if value is None:
+        return (default,) * n_layer
+    if isinstance(value, (list, tuple)):
+        if len(value) != n_layer:
+            raise UsageError(f"per-layer array has {len(value)} entries for {n_layer} layers")
+        return tuple(int(v) for v in value)
+    return (int(value),) * n_layer
+
+
+def facts_from_metadata(metadata: Mapping[str, Any], tensors: Iterable[TensorFact]) -> ModelFacts:
+    """Build ModelFacts from GGUF metadata (key -> value) and tensor infos, for any architecture."""
+    arch = str(metadata.get("general.architecture", ""))
+    tensors = tuple(tensors)
+
+    def get(suffix: str, default: Any = None) -> Any:
+        return metadata.get(f"{arch}.{suffix}", default)
+
+    n_layer = int(get("block_count", 0))
+    if n_layer <= 0:
+        raise UsageError(f"model header has no {arch}.block_count")
+    n_embd = int(get("embedding_length", 0))
+    n_head = _per_layer(get("attention.head_count"), n_layer)
+    n_head_kv = _per_layer(get("attention.head_count_kv", get("attention.head_count")), n_layer)
+    n_ff = _per_layer(get("feed_forward_length"), n_layer)
+    head0 = n_head[0] or max(n_head) or 1
+    head_dim_k = int(get("attention.key_length", n_embd // head0 if n_head[0] else 0))
+    head_dim_v = int(get("attention.value_length", n_embd // head0 if n_head[0] else 0))
+
+    has_ssm = get("ssm.state_size") is not None
+    if arch in _RECURRENT_ARCHS:
+        recurrent = (True,) * n_layer
+        n_head_kv = (0,) * n_layer
+    elif has_ssm:
+        # Hybrid models: a layer without KV heads (and, for nemotron_h, without an FFN) is recurrent.
+        if arch.startswith("nemotron_h"):
+            recurrent = tuple(kv == 0 and ff == 0 for kv, ff in zip(n_head_kv, n_ff))
+        else:
+            recurrent = tuple(kv == 0 for kv in n_head_kv)
+    else:
+        recurrent = (False,) * n_layer
+
+    n_vocab = metadata.get(f"{arch}.vocab_size")
+    if n_vocab is None:
+        tokens = metadata.get("tokenizer.ggml.tokens")
+        n_vocab = len(tokens) if isinstance(tokens, (list, tuple)) else None
+    if n_vocab is None:
+        embd = next((t for t in tensors if t.name == "token_embd.weight"), None)
+        n_vocab = embd.shape[1] if embd and len(embd.shape) > 1 else 0
+
+    n_ff_exp = get("expert_feed_forward_length", 0)
+    if isinstance(n_ff_exp, (list, tuple)):
+        n_ff_exp = max(n_ff_exp)
+    return ModelFacts(
+        architecture=arch,
+        n_layer=n_layer,
+        n_ctx_train=int(get("context_length", 0)),
+        n_embd=n_embd,
+        n_vocab=int(n_vocab),
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim_k=head_dim_k,
+        head_dim_v=head_dim_v,
+        recurrent=recurrent,
+        ssm_d_conv=int(get("ssm.conv_kernel", 0)),
+        ssm_d_inner=int(get("ssm.inner_size", 0)),
+        ssm_d_state=int(get("ssm.state_size", 0)),
+        ssm_n_group=int(get("ssm.group_count", 0) or 1) if has_ssm else 0,
+        ssm_dt_rank=int(get("ssm.time_step_rank", 0)),
+        n_expert=int(get("expert_count", 0)),
+        n_expert_used=int(get("expert_used_count", 0)),
+        n_ff_exp=int(n_ff_exp or 0),
+        tensors=tensors,
+    )
+
+
+def facts_from_header(header: Any) -> ModelFacts:
+    """ModelFacts from a parsed header (``.metadata`` dict and ``.tensors`` with name/shape/type_name/n_bytes)."""
+    tensors = [
+        TensorFact(t.name, tuple(int(d) for d in t.shape), str(t.type_name), int(t.n_bytes)) for t in header.tensors
+    ]
+    return facts_from_metadata(header.metadata, tensors)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How llama.cpp is asked to load the model (the inputs of one estimate)."""
+
+    n_ctx: int
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool = True
+    n_gpu_layers: int = 0        # llama.cpp meaning: the last N of n_layer + 1 (output layer counts first)
+    cpu_moe_blocks: int = 0      # --n-cpu-moe N: expert tensors of layers 0..N-1 stay in RAM
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_seq: int = 1
+    kv_unified: bool = False
+    n_gpus: int = 1
+    cpu_repack: bool = True      # the CPU backend's repacked copy of q4_0/q4_K/iq4_nl weights
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """Memory llama.cpp does not report. Defaults stated in docs/fit.md."""
+
+    cuda_context_bytes: int = int(0.45 * GiB)   # CUDA context + cuBLAS/runtime pools, per GPU
+    process_ram_bytes: int = 512 * MiB           # Python, llama.cpp libraries, tokenizer, REPL
+
+
+@dataclass(frozen=True)
+class Estimate:
+    gpu: Components                  # summed over GPUs
+    ram: Components
+    n_ctx: int                       # after llama.cpp's padding
+    n_ubatch: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.gpu.total + self.ram.total
+
+
+def padded_ctx(n_ctx: int, n_seq: int = 1, unified: bool = False) -> tuple[int, int]:
+    """(n_ctx, n_ctx_seq) after llama_context's rounding."""
+    n_ctx = -(-n_ctx // CTX_PAD) * CTX_PAD
+    if unified:
+        return n_ctx, n_ctx
+    n_ctx_seq = n_ctx // n_seq
+    n_ctx_seq = -(-n_ctx_seq // CTX_PAD) * CTX_PAD
+    return n_ctx_seq * n_seq, n_ctx_seq
+
+
+def kv_row_bytes(type_name: str, n_elements: int) -> int:
+    if type_name not in KV_TYPES:
+        raise UsageError(f"unknown KV cache type {type_name!r}: use one of {', '.join(sorted(KV_TYPES))}")
+    block, size = KV_TYPES[type_name]
+    if n_elements % block:
+        raise UsageError(f"KV type {type_name} needs rows that are a multiple of {block}")
+    return n_elements // block * size
+
+
+def check_kv_types(type_k: str, type_v: str, flash_attn: bool) -> None:
+    """llama_init_from_model refuses a quantized V cache without flash attention."""
+    kv_row_bytes(type_k, KV_TYPES[type_k][0] if type_k in KV_TYPES else 1)
+    kv_row_bytes(type_v, KV_TYPES[type_v][0] if type_v in KV_TYPES else 1)
+    if type_v in QUANTIZED_KV and not flash_attn:
+        raise UsageError(f"a quantized V cache ({type_v}) requires flash attention")
+
+
+class _LayerTable:
+    """Per-layer byte sums of one ModelFacts, so each estimate is O(n_layer)."""
+
+    def __init__(self, facts: ModelFacts):
+        n = facts.n_layer
+        self.dense = [0] * (n + 1)          # index n = output layer
+        self.experts = [0] * n
+        self.repack_dense = [0] * (n + 1)
+        self.repack_experts = [0] * n
+        self.largest_expert = [0] * n
+        self.input = 0
+        self.input_repack = 0
+        for t in facts.tensors:
+            layer = _layer_of(t.name)
+            repack = t.type_name.lower() in CPU_REPACK_TYPES and len(t.shape) > 1 and t.shape[1] % 8 == 0
+            if layer is None:
+                if t.name.startswith(("output", "output_norm")):
+                    layer = n
+                else:  # token embedding and anything else outside blocks stays on the CPU
+                    self.input += t.n_bytes
+                    continue
+            if layer >= n:
+                layer = n
+            if layer < n and _EXPERT_RE.search(t.name):
+                self.experts[layer] += t.n_bytes
+                self.largest_expert[layer] = max(self.largest_expert[layer], t.n_bytes)
+                if repack:
+                    self.repack_experts[layer] += t.n_bytes
+            else:
+                self.dense[layer] += t.n_bytes
+                if repack:
+                    self.repack_dense[layer] += t.n_bytes
+
+
+_TABLES: dict[int, tuple[ModelFacts, _LayerTable]] = {}
+
+
+def _table(facts: ModelFacts) -> _LayerTable:
+    cached = _TABLES.get(id(facts))
+    if cached is None or cached[0] is not facts:
+        cached = (facts, _LayerTable(facts))
+        _TABLES[id(facts)] = cached
+    return cached[1]
+
+
+def on_gpu(layer: int, n_layer: int, n_gpu_layers: int) -> bool:
+    """llama.cpp: layer il (n_layer = the output layer) is on a GPU when il >= n_layer + 1 - ngl."""
+    return n_gpu_layers > 0 and layer >= n_layer + 1 - n_gpu_layers
+
+
+def compute_bytes(facts: ModelFacts, n_kv: int, n_ubatch: int, flash_attn: bool) -> int:
+    """The compute buffer of a graph holding every layer (see the module docstring)."""
+    f = facts
+    n_head = max(f.n_head) if f.n_head else 0
+    q_dim = n_head * f.head_dim_k
+    kv_dim = max((kv * f.head_dim_k for kv in f.n_head_kv), default=0)
+    conv_dim = f.ssm_d_inner + 2 * f.ssm_n_group * f.ssm_d_state
+    ssm_in = 2 * f.ssm_d_inner + 2 * f.ssm_n_group * f.ssm_d_state + f.ssm_dt_rank
+    per_token_layer = 4 * max(
+        ssm_in + 2 * conv_dim + 2 * f.ssm_d_inner + 2 * f.n_embd if f.recurrent_layers else 0,
+        f.n_expert_used * (2 * f.n_ff_exp + f.n_embd) + f.n_embd if f.n_expert else 0,
+        2 * f.n_embd + 2 * q_dim + 2 * kv_dim,
+    )
+    has_attn = bool(f.attention_layers)
+    mask = n_kv * n_ubatch * (2 if flash_attn else 4) if has_attn else 0
+    kq = 0 if flash_attn or not has_attn else n_kv * n_ubatch * n_head * 4
+    attn_act = 4 * (2 * f.n_embd + 2 * q_dim + 2 * kv_dim) * n_ubatch
+    layers_phase = mask + max(per_token_layer * n_ubatch, kq + attn_act)
+    out_act = 16 * f.n_embd * n_ubatch
+    output_phase = f.n_vocab * n_ubatch * 4 + out_act + (mask if mask < out_act else 0)
+    return max(layers_phase, output_phase)
+
+
+def estimate(facts: ModelFacts, p: Placement, overheads: Overheads = Overheads()) -> Estimate:
+    """Bytes on the GPU(s) and in system RAM for this placement."""
+    check_kv_types(p.type_k, p.type_v, p.flash_attn)
+    if p.n_ctx <= 0:
+        raise UsageError("context length must be positive")
+    f, t = facts, _table(facts)
+    n = f.n_layer
+    ngl = max(0, min(p.n_gpu_layers, n + 1))
+    cpu_moe = max(0, min(p.cpu_moe_blocks, n))
+    n_ctx, n_ctx_seq = padded_ctx(p.n_ctx, p.n_seq, p.kv_unified)
+    n_stream = 1 if p.kv_unified else p.n_seq
+    n_batch = min(n_ctx, p.n_batch)
+    n_ubatch = min(n_batch, p.n_ubatch)
+
+    gpu = dict(weights=0, kv=0, recurrent=0, compute=0, output=0, overhead=0)
+    ram = dict(weights=t.input, kv=0, recurrent=0, compute=0, output=0, overhead=overheads.process_ram_bytes)
+    if p.cpu_repack:
+        ram["weights"] += t.input_repack
+    largest_cpu_expert = 0
+    for layer in range(n + 1):
+        layer_gpu = on_gpu(layer, n, ngl)
+        side = gpu if layer_gpu else ram
+        side["weights"] += t.dense[layer]
+        if not layer_gpu and p.cpu_repack:
+            ram["weights"] += t.repack_dense[layer]
+        if layer == n:
+            break
+        experts_cpu = not layer_gpu or layer < cpu_moe
+        (ram if experts_cpu else gpu)["weights"] += t.experts[layer]
+        if experts_cpu:
+            if p.cpu_repack:
+                ram["weights"] += t.repack_experts[layer]
+            if layer_gpu:
+                largest_cpu_expert = max(largest_cpu_expert, t.largest_expert[layer])
+        if f.n_head_kv[layer] > 0:
+            k = kv_row_bytes(p.type_k, f.head_dim_k * f.n_head_kv[layer]) * n_ctx_seq * n_stream
+            v = kv_row_bytes(p.type_v, f.head_dim_v * f.n_head_kv[layer]) * n_ctx_seq * n_stream
+            side["kv"] += k + v
+        if f.recurrent[layer]:
+            side["recurrent"] += (f.n_embd_r + f.n_embd_s) * 4 * max(1, p.n_seq)
+
+    ram["output"] = f.n_vocab * max(1, p.n_seq) * 4
+    compute = compute_bytes(f, n_ctx_seq if not p.kv_unified else n_ctx, n_ubatch, p.flash_attn)
+    notes = []
+    if ngl == 0:
+        ram["compute"] = compute
+    else:
+        # The GPU runs the graph (op offload sends large batches of CPU-resident matmuls there
+        # too, copying the weights into its compute buffer); the host keeps the inputs.
+        gpu["compute"] = compute + largest_cpu_expert
+        host_inputs = f.n_embd * n_ubatch * 4
+        ram["compute"] = host_inputs if ngl > n else max(compute, host_inputs)
+        gpu["overhead"] = overheads.cuda_context_bytes * max(1, p.n_gpus)
+        notes.append("GPU compute and CUDA overhead are estimates; CPU buffers are calibrated")
+    return Estimate(
+        gpu=Components(**gpu), ram=Components(**ram), n_ctx=n_ctx, n_ubatch=n_ubatch, notes=tuple(notes)
+    )
+
+
+def bytes_per_token(facts: ModelFacts) -> tuple[int, int]:
+    """(dense bytes, expert bytes) read to generate one token.
+
+    Every non-expert weight of the repeating layers and the output head is read once; of each
+    expert tensor only n_expert_used / n_expert; one row of the token embedding (negligible).
+    """
+    t = _table(facts)
+    dense = sum(t.dense)
+    share = facts.n_expert_used / facts.n_expert if facts.n_expert else 1.0
+    experts = int(sum(t.experts) * share)
+    return dense, experts
+
+
+def with_n_gpu_layers(p: Placement, ngl: int) -> Placement:
+    return replace(p, n_gpu_layers=ngl)
