@@ -48,6 +48,9 @@ class Hardware:
     disk_free_bytes: int | None = None
     llama_cpp: LlamaCppBuild = field(default_factory=LlamaCppBuild)
     source: str = "detected"               # "detected", "profile:<name>", or "manual"
+    model_dir: str | None = None           # the directory disk_free_bytes was measured in
+    notes: tuple[str, ...] = ()            # how facts were obtained or assumed ("bandwidth assumed ...")
+    warnings: tuple[str, ...] = ()         # what the probe could not read and the user should look at
 
     def to_dict(self) -> dict:
         data = asdict(self)
