@@ -280,27 +280,34 @@ def _byte_to_unicode() -> dict[int, str]:
 
 
 def _merges_for_words(words: list[str]) -> tuple[list[str], list[str]]:
-    """Left-to-right merges that build each word (with and without a leading space) from bytes."""
+    """Byte-level BPE trained on ``words`` (each with and without a leading space) until every
+    one of them is a single token. Training, rather than hand-listing merges, keeps the merge
+    ranks consistent, so llama.cpp's BPE really turns each of these words into one token."""
     byte_map = _byte_to_unicode()
+    corpus = [[byte_map[b] for b in text.encode("utf-8")] for word in words for text in (" " + word, word)]
     merges: list[str] = []
     new_tokens: list[str] = []
-    seen: set[str] = set()
-    for word in words:
-        for text in (" " + word, word):
-            symbols = [byte_map[b] for b in text.encode("utf-8")]
-            prefix = symbols[0]
-            for sym in symbols[1:]:
-                merged = prefix + sym
-                if merged not in seen:
-                    seen.add(merged)
-                    merges.append(f"{prefix} {sym}")
-                    new_tokens.append(merged)
-                prefix = merged
-    return merges, new_tokens
-
-
-def min_vocab_size() -> int:
-    return len(SPECIAL_TOKENS) + 256 + len(_merges_for_words(_MERGED_WORDS)[1])
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in corpus:
+            for pair in zip(symbols, symbols[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges, new_tokens
+        best = max(counts, key=counts.__getitem__)  # ties: the first pair seen, so deterministic
+        merges.append(f"{best[0]} {best[1]}")
+        new_tokens.append(best[0] + best[1])
+        for n, symbols in enumerate(corpus):
+            merged: list[str] = []
+            i = 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(best[0] + best[1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            corpus[n] = merged
 
 
 def vocabulary(vocab_size: int) -> tuple[list[str], list[int], list[str]]:

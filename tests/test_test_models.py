@@ -106,8 +106,10 @@ def test_english_text_round_trips_through_the_tokenizer(tiny_llm):
     text = "Hello world! What is 2+2? The answer, in English: four. Ünïcödé ✓"
     tokens = tiny_llm.tokenize(text.encode(), add_bos=False)
     assert tiny_llm.detokenize(tokens).decode() == text
-    # Common words merge, so text is shorter in tokens than in bytes.
+    # Common words are whole tokens; anything else falls back to bytes.
     assert len(tokens) < len(text.encode())
+    pieces = [tiny_llm.detokenize([t]) for t in tiny_llm.tokenize(b"the answer is hello world", add_bos=False)]
+    assert pieces == [b"the", b" answer", b" is", b" hello", b" world"]
 
 
 def test_chat_template_is_in_the_file_and_matches_the_data_file(tiny_llm):
