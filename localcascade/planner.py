@@ -1,0 +1,232 @@
+"""The planner: the best placement of a model on a machine, and the best catalog variant for it.
+
+Pure: it reads ModelFacts and Hardware and asks the memory model; no I/O, no llama_cpp.
+For one context length, placements are tried best first and the first that fits BOTH the
+GPU(s) (free VRAM minus a safety margin; the CUDA context is part of the estimate) and system
+RAM (available RAM; mmapped weights that stay on the CPU count there) wins:
+all on the GPU; else the expert tensors of the fewest leading layers in RAM (``--n-cpu-moe``);
+else the fewest layers on the CPU (``n_gpu_layers``); else CPU only; else it won't fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
+
+from localcascade.errors import DoesNotFitError, UsageError
+from localcascade.hardware.facts import Hardware
+from localcascade.memory import (
+    MiB,
+    Estimate,
+    ModelFacts,
+    Overheads,
+    Placement,
+    bytes_read_per_token,
+    check_kv_types,
+    estimate,
+    facts_from_header,
+)
+from localcascade.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, Plan, PlanRequest
+from localcascade.units import format_bytes, format_tokens
+
+# Context lengths tried when the user gives none, and shown by `fit`.
+CONTEXT_LADDER = tuple(2**k * 1024 for k in range(2, 11))   # 4K .. 1M
+FIT_CONTEXTS = (4096, 32768, 131072, 262144, 1048576)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Knobs of the planner; the defaults are stated in docs/fit.md."""
+
+    gpu_margin_bytes: int = 256 * MiB     # kept free on each GPU (fragmentation, driver growth)
+    ram_margin_bytes: int = 1024 * MiB    # kept free in system RAM for everything else
+    overheads: Overheads = Overheads()
+    efficiency: float = 0.6               # achieved / peak memory bandwidth when generating
+    default_gpu_bandwidth: float = 400e9  # bytes/s when a GPU's bandwidth is unknown
+    default_ram_bandwidth: float = 50e9   # bytes/s when RAM bandwidth is unknown
+
+
+def _budgets(hw: Hardware, limits: Limits) -> tuple[int, int]:
+    gpu = sum(max(0, g.vram_free_bytes - limits.gpu_margin_bytes) for g in hw.gpus)
+    ram = max(0, hw.ram_available_bytes - limits.ram_margin_bytes)
+    return gpu, ram
+
+
+def _fits(est: Estimate, hw: Hardware, limits: Limits) -> bool:
+    gpu_budget, ram_budget = _budgets(hw, limits)
+    unified = any(g.unified_memory for g in hw.gpus)
+    ram_used = est.ram.total + (est.gpu.total if unified else 0)
+    return est.gpu.total <= gpu_budget and ram_used <= ram_budget
+
+
+def _verdict(p: Placement, facts: ModelFacts) -> str:
+    if p.n_gpu_layers == 0:
+        return CPU_ONLY
+    if p.n_gpu_layers <= facts.n_layer:
+        return PARTIAL
+    moe = [i for i in facts.moe_layers if i < p.cpu_moe_blocks]
+    return EXPERTS_IN_RAM if moe else FULL_GPU
+
+
+def _candidates(facts: ModelFacts, base: Placement, has_gpu: bool) -> Iterable[Placement]:
+    n = facts.n_layer
+    if has_gpu:
+        yield replace(base, n_gpu_layers=n + 1, cpu_moe_blocks=0)
+        # --n-cpu-moe N counts layers; only values that end on an MoE layer change anything.
+        for layer in facts.moe_layers:
+            yield replace(base, n_gpu_layers=n + 1, cpu_moe_blocks=layer + 1)
+        for ngl in range(n, 0, -1):
+            yield replace(base, n_gpu_layers=ngl, cpu_moe_blocks=0)
+    yield replace(base, n_gpu_layers=0, cpu_moe_blocks=0)
+
+
+def tokens_per_s(facts: ModelFacts, p: Placement, hw: Hardware, limits: Limits = Limits()) -> float:
+    """Generation speed with a short context: bytes read per token over memory bandwidth."""
+    gpu_read, ram_read = bytes_read_per_token(facts, p)
+    gpu_bw = next((g.memory_bandwidth_bytes_per_s for g in hw.gpus if g.memory_bandwidth_bytes_per_s), None)
+    gpu_bw = gpu_bw or limits.default_gpu_bandwidth
+    ram_bw = hw.ram_bandwidth_bytes_per_s or limits.default_ram_bandwidth
+    seconds = gpu_read / gpu_bw + ram_read / ram_bw
+    return round(limits.efficiency / seconds, 1) if seconds > 0 else 0.0
+
+
+def _plan(name: str, facts: ModelFacts, p: Placement, est: Estimate, verdict: str, hw: Hardware,
+          limits: Limits, source: str, reasons: tuple[str, ...]) -> Plan:
+    return Plan(
+        model=name, n_ctx=est.n_ctx, type_k=p.type_k, type_v=p.type_v, flash_attn=p.flash_attn,
+        n_gpu_layers=p.n_gpu_layers, cpu_moe_blocks=p.cpu_moe_blocks, n_batch=p.n_batch,
+        n_ubatch=est.n_ubatch, n_seq=p.n_seq, verdict=verdict, gpu=est.gpu, ram=est.ram,
+        tokens_per_s=None if verdict == WONT_FIT else tokens_per_s(facts, p, hw, limits),
+        reasons=reasons, source=source,
+    )
+
+
+def _base(facts: ModelFacts, hw: Hardware, request: PlanRequest, n_ctx: int) -> Placement:
+    flash = True if request.flash_attn is None else request.flash_attn
+    type_k = request.type_k or "f16"
+    type_v = request.type_v or type_k
+    check_kv_types(type_k, type_v, flash)
+    return Placement(
+        n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=flash,
+        n_batch=request.n_batch or 2048, n_ubatch=request.n_ubatch or 512, n_gpus=max(1, len(hw.gpus)),
+    )
+
+
+def _describe(name: str, verdict: str, p: Placement, est: Estimate, facts: ModelFacts, hw: Hardware,
+              limits: Limits) -> str:
+    gpu_budget, ram_budget = _budgets(hw, limits)
+    gpu_name = hw.gpus[0].name if hw.gpus else "GPU"
+    ctx = format_tokens(est.n_ctx)
+    if verdict == FULL_GPU:
+        return f"{name} fits fully on the {gpu_name} at {ctx} with {format_bytes(gpu_budget - est.gpu.total)} free"
+    if verdict == EXPERTS_IN_RAM:
+        blocks = len([i for i in facts.moe_layers if i < p.cpu_moe_blocks])
+        return (f"{name} at {ctx} needs the experts of {blocks} MoE blocks in RAM (--n-cpu-moe "
+                f"{p.cpu_moe_blocks}: {format_bytes(est.ram.weights)} of weights in RAM)")
+    if verdict == PARTIAL:
+        return f"{name} at {ctx} fits with {p.n_gpu_layers} of {facts.n_layer + 1} layers on the {gpu_name}"
+    if verdict == CPU_ONLY:
+        return f"{name} at {ctx} runs on the CPU only, {format_bytes(est.ram.total)} of RAM"
+    return (f"{name} at {ctx} does not fit: it needs {format_bytes(est.ram.total)} of RAM on the CPU alone, "
+            f"{format_bytes(ram_budget)} is usable")
+
+
+def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(), *, n_ctx: int,
+          name: str = "model", source: str = "header", limits: Limits = Limits()) -> Plan:
+    """The best placement at exactly ``n_ctx``; verdict WONT_FIT when nothing fits.
+
+    Overrides in ``request`` (GPU layers, expert blocks) are honoured as given; one that does not
+    fit raises DoesNotFitError with the numbers.
+    """
+    base = _base(facts, hw, request, n_ctx)
+    if request.n_gpu_layers is not None or request.cpu_moe_blocks is not None:
+        ngl = request.n_gpu_layers if request.n_gpu_layers is not None else (facts.n_layer + 1 if hw.gpus else 0)
+        if ngl < 0:
+            ngl = facts.n_layer + 1
+        p = replace(base, n_gpu_layers=ngl, cpu_moe_blocks=request.cpu_moe_blocks or 0)
+        est = estimate(facts, p, limits.overheads)
+        if not _fits(est, hw, limits):
+            gpu_budget, ram_budget = _budgets(hw, limits)
+            raise DoesNotFitError(
+                f"{name} at {format_tokens(est.n_ctx)} with n_gpu_layers={p.n_gpu_layers}, "
+                f"n_cpu_moe={p.cpu_moe_blocks} needs {format_bytes(est.gpu.total)} of GPU memory "
+                f"({format_bytes(gpu_budget)} usable) and {format_bytes(est.ram.total)} of RAM "
+                f"({format_bytes(ram_budget)} usable)"
+            )
+        verdict = _verdict(p, facts)
+        return _plan(name, facts, p, est, verdict, hw, limits, source,
+                     (_describe(name, verdict, p, est, facts, hw, limits), "placement as requested"))
+    last = None
+    for p in _candidates(facts, base, bool(hw.gpus)):
+        est = estimate(facts, p, limits.overheads)
+        last = (p, est)
+        if _fits(est, hw, limits):
+            verdict = _verdict(p, facts)
+            return _plan(name, facts, p, est, verdict, hw, limits, source,
+                         (_describe(name, verdict, p, est, facts, hw, limits),) + est.notes)
+    p, est = last
+    return _plan(name, facts, p, est, WONT_FIT, hw, limits, source,
+                 (_describe(name, WONT_FIT, p, est, facts, hw, limits),))
+
+
+def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(), *,
+                   name: str = "model", source: str = "header", limits: Limits = Limits()) -> Plan:
+    """The default plan: the requested context, or the largest one on the ladder (up to the trained
+    context) that keeps the best placement reachable at 4K; raises DoesNotFitError if nothing fits."""
+    if request.n_ctx is not None:
+        if request.n_ctx <= 0:
+            raise UsageError("context length must be positive")
+        plan = place(facts, hw, request, n_ctx=request.n_ctx, name=name, source=source, limits=limits)
+        if plan.verdict == WONT_FIT:
+            raise DoesNotFitError(plan.reasons[0])
+        return plan
+    top = facts.n_ctx_train or CONTEXT_LADDER[-1]
+    ladder = [c for c in CONTEXT_LADDER if c <= top] or [top]
+    if top not in ladder and top < CONTEXT_LADDER[-1]:
+        ladder.append(top)
+    first = place(facts, hw, request, n_ctx=ladder[0], name=name, source=source, limits=limits)
+    if first.verdict == WONT_FIT:
+        raise DoesNotFitError(first.reasons[0])
+    best = first
+    for n_ctx in ladder[1:]:
+        plan = place(facts, hw, request, n_ctx=n_ctx, name=name, source=source, limits=limits)
+        if plan.verdict != first.verdict:
+            if plan.verdict != WONT_FIT:
+                best = replace(best, reasons=best.reasons + (plan.reasons[0],))
+            break
+        best = plan
+    return best
+
+
+def plan_for_model(header: Any, hardware: Hardware, request: PlanRequest = PlanRequest()) -> Plan:
+    """The engine's entry point: the default Plan for a model file's parsed header."""
+    name = str(header.metadata.get("general.name") or header.source)
+    return plan_for_facts(facts_from_header(header), hardware, request, name=name, source="header")
+
+
+def rank_variants(hardware: Hardware, variants: Iterable[Any], request: PlanRequest = PlanRequest()
+                  ) -> list[tuple[Any, Plan]]:
+    """Variants that fit, best first: full GPU by quality, then the fastest of the rest."""
+    ranked = []
+    for v in variants:
+        try:
+            plan = plan_for_facts(v.facts, hardware, request, name=v.quant, source="catalog")
+        except DoesNotFitError:
+            continue
+        ranked.append((v, plan))
+
+    def key(item):
+        v, plan = item
+        if plan.verdict == FULL_GPU:
+            return (0, v.quality_rank, 0.0)
+        return (1, 0, -(plan.tokens_per_s or 0.0))
+
+    return sorted(ranked, key=key)
+
+
+def recommend(hardware: Hardware, variants: Iterable[Any], request: PlanRequest = PlanRequest()) -> tuple[Any, Plan]:
+    """The best variant for this hardware and its plan; DoesNotFitError when none fits."""
+    ranked = rank_variants(hardware, variants, request)
+    if not ranked:
+        raise DoesNotFitError("no variant fits this machine at the requested context")
+    return ranked[0]
