@@ -175,7 +175,7 @@ class HFServer:
         httpd.daemon_threads = True
         httpd.block_on_close = False  # idle keep-alive connections must not block stop()
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="hfserver", daemon=True)
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), name="hfserver", daemon=True)
         self._thread.start()
         return self
 

@@ -1,0 +1,651 @@
+"""Read a GGUF header - metadata and tensor table - without reading the weights.
+
+``read_header(source)`` accepts
+
+* a local file, or any shard of a split set ``name-0000K-of-0000N.gguf`` (all shards
+  are found and read, and their ``split.*`` metadata checked);
+* a hub file ``hf://owner/repo[@revision]/path/file.gguf`` (split sets too), read
+  with HTTP range requests through huggingface_hub's own session, endpoint and
+  token: the first 1 MiB, then geometrically more only as far as the header goes.
+
+The parser is our own, over the bytes read so far: every count and length is
+checked against what the file can still hold before anything is allocated, so a
+damaged or hostile file gives one ``GGUFHeaderError`` line naming the file and the
+problem - never a crash, a hang or a multi-gigabyte allocation. (gguf.GGUFReader
+maps the whole file and trusts the counts; we use the gguf package only for its
+type tables.)
+
+Parsed headers are cached in memory per process (local files keyed by path, size
+and mtime) and, for hub files, on disk in ``data_dir()/headers/`` keyed by URL,
+commit and ETag, so a second look at a hub model costs one HEAD request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from stat import S_ISREG
+from typing import Any, Callable
+from urllib.parse import quote, unquote
+
+from localcascade import settings
+from localcascade.errors import (
+    AuthError,
+    DownloadError,
+    GGUFHeaderError,
+    ModelNotFoundError,
+    OfflineError,
+)
+
+__all__ = ["GGUFFile", "ModelHeader", "TensorInfo", "read_header", "clear_cache", "HF_SCHEME"]
+
+HF_SCHEME = "hf://"
+INITIAL_READ_BYTES = 1 << 20  # one round trip covers small headers
+MAX_HEADER_BYTES = 128 << 20  # a real header (131K-token vocab and all) is a few MiB
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+GGML_MAX_DIMS = 4
+GGML_MAX_NAME = 64  # llama.cpp refuses tensor names this long or longer
+MAX_ARRAY_NESTING = 8
+INT64_MAX = (1 << 63) - 1
+CACHE_FORMAT = 1
+
+_SPLIT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+# GGUF value types -> (struct code, size). STRING=8 and ARRAY=9 are handled apart.
+_SCALARS = {
+    0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: ("i", 4),
+    6: ("f", 4), 7: ("?", 1), 10: ("Q", 8), 11: ("q", 8), 12: ("d", 8),
+}
+_STRING, _ARRAY = 8, 9
+_MIN_VALUE_BYTES = {**{t: size for t, (_, size) in _SCALARS.items()}, _STRING: 8, _ARRAY: 12}
+_MIN_KV_BYTES = 8 + 1 + 4 + 1  # key length, a 1-byte key, value type, a 1-byte value
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
+
+
+# -- results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # ggml order: ne0 (the contiguous dimension) first
+    ggml_type: int
+    type_name: str  # "Q4_K", "F16", ...
+    offset: int  # absolute, in its own file
+    n_bytes: int
+    shard: int  # index into ModelHeader.files
+
+    @property
+    def n_elements(self) -> int:
+        return functools.reduce(lambda a, b: a * b, self.shape, 1)
+
+
+@dataclass
+class GGUFFile:
+    source: str  # the local path or hf:// URL of this file
+    version: int
+    alignment: int
+    metadata: dict[str, Any]
+    tensors: list[TensorInfo]
+    data_offset: int
+    file_size: int | None
+    header_bytes_read: int
+
+
+@dataclass
+class ModelHeader:
+    """One model: a single GGUF file or all shards of a split set, in order."""
+
+    files: list[GGUFFile] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        return self.files[0].source
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.files[0].metadata
+
+    @property
+    def tensors(self) -> list[TensorInfo]:
+        return [t for f in self.files for t in f.tensors]
+
+    @property
+    def architecture(self) -> str | None:
+        return self.metadata.get("general.architecture")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.metadata.get(key, default)
+
+    def arch_get(self, suffix: str, default: Any = None) -> Any:
+        """``"{architecture}.{suffix}"``, e.g. ``arch_get("block_count")``."""
+        return self.metadata.get(f"{self.architecture}.{suffix}", default)
+
+    @property
+    def file_bytes(self) -> int | None:
+        sizes = [f.file_size for f in self.files]
+        return None if any(s is None for s in sizes) else sum(sizes)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
+
+
+# -- ggml type tables (from the gguf package, imported only when a header is parsed) ---
+
+
+@functools.lru_cache(maxsize=1)
+def _ggml_types() -> dict[int, tuple[str, int, int]]:
+    """ggml type id -> (name, block size, bytes per block)."""
+    from gguf.constants import GGML_QUANT_SIZES
+
+    return {int(t): (t.name, block, size) for t, (block, size) in GGML_QUANT_SIZES.items()}
+
+
+# -- bytes: a growing prefix of a file ------------------------------------------------
+
+
+class _Prefix:
+    """The first bytes of a file, fetched on demand, growing geometrically."""
+
+    def __init__(self, name: str, size: int | None, fetch: Callable[[int, int], bytes]):
+        self.name = name
+        self.size = size  # None when the server did not say
+        self.fetch = fetch  # fetch(offset, n) -> up to n bytes from offset
+        self.data = bytearray()
+        self.eof = False
+
+    def remaining_after(self, pos: int) -> int:
+        """Bytes a header could still hold past ``pos``."""
+        limit = MAX_HEADER_BYTES if self.size is None else min(self.size, MAX_HEADER_BYTES)
+        return max(limit - pos, 0)
+
+    def ensure(self, end: int, what: str) -> None:
+        if end <= len(self.data):
+            return
+        if (self.size is not None and end > self.size) or self.eof:
+            have = self.size if self.size is not None else len(self.data)
+            raise GGUFHeaderError(f"{self.name}: truncated: {what} needs byte {end:,} but the file has {have:,}")
+        if end > MAX_HEADER_BYTES:
+            raise GGUFHeaderError(
+                f"{self.name}: header larger than {MAX_HEADER_BYTES >> 20} MiB ({what} needs byte {end:,}); "
+                "refusing to read further"
+            )
+        target = max(end, 2 * len(self.data), INITIAL_READ_BYTES)
+        target = min(target, MAX_HEADER_BYTES, self.size if self.size is not None else MAX_HEADER_BYTES)
+        chunk = self.fetch(len(self.data), target - len(self.data))
+        if len(chunk) < target - len(self.data):
+            self.eof = True  # the file is shorter than we were told (or than we asked)
+        self.data += chunk
+        if end > len(self.data):
+            raise GGUFHeaderError(
+                f"{self.name}: truncated: {what} needs byte {end:,} but the file has {len(self.data):,}"
+            )
+
+
+# -- the parser ---------------------------------------------------------------------------
+
+
+def _show(text: str, limit: int = 60) -> str:
+    """A name from the file, safe to put in a one-line message."""
+    shown = repr(text if len(text) <= limit else text[:limit] + "...")
+    return shown
+
+
+class _Parser:
+    def __init__(self, prefix: _Prefix):
+        self.buf = prefix
+        self.name = prefix.name
+        self.pos = 0
+        self.endian = "<"
+
+    def fail(self, problem: str) -> GGUFHeaderError:
+        return GGUFHeaderError(f"{self.name}: {problem}")
+
+    def take(self, n: int, what: str) -> int:
+        """Make ``n`` bytes at the cursor available; return their start and advance."""
+        start = self.pos
+        self.buf.ensure(start + n, what)
+        self.pos = start + n
+        return start
+
+    def scalar(self, code: str, size: int, what: str):
+        start = self.take(size, what)
+        return struct.unpack_from(self.endian + code, self.buf.data, start)[0]
+
+    def u32(self, what: str) -> int:
+        return self.scalar("I", 4, what)
+
+    def u64(self, what: str) -> int:
+        return self.scalar("Q", 8, what)
+
+    def check_count(self, n: int, unit_bytes: int, what: str) -> None:
+        """Refuse counts the rest of the file could not possibly hold, before allocating."""
+        room = self.buf.remaining_after(self.pos)
+        if n * unit_bytes > room:
+            raise self.fail(f"{what} claims {n:,} entries, more than the {room:,} header bytes left could hold")
+
+    def string(self, what: str) -> str:
+        n = self.u64(what)
+        self.check_count(n, 1, what)
+        start = self.take(n, what)
+        try:
+            return self.buf.data[start:start + n].decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} is not valid UTF-8") from None
+
+    def value(self, vtype: int, what: str, depth: int = 0) -> Any:
+        if vtype in _SCALARS:
+            code, size = _SCALARS[vtype]
+            return self.scalar(code, size, what)
+        if vtype == _STRING:
+            return self.string(what)
+        if vtype == _ARRAY:
+            if depth >= MAX_ARRAY_NESTING:
+                raise self.fail(f"{what} nests arrays deeper than {MAX_ARRAY_NESTING} levels")
+            item_type = self.u32(what)
+            if item_type not in _MIN_VALUE_BYTES:
+                raise self.fail(f"{what} has an array of unknown value type {item_type}")
+            n = self.u64(what)
+            self.check_count(n, _MIN_VALUE_BYTES[item_type], what)
+            if item_type in _SCALARS:  # numbers: one struct call for the whole array
+                code, size = _SCALARS[item_type]
+                start = self.take(n * size, what)
+                return list(struct.unpack_from(f"{self.endian}{n}{code}", self.buf.data, start))
+            return [self.value(item_type, what, depth + 1) for _ in range(n)]
+        raise self.fail(f"{what} has unknown value type {vtype}")
+
+    def parse(self, source: str) -> GGUFFile:
+        magic = bytes(self.buf.data[self.take(4, "the magic number"):self.pos])
+        if magic != b"GGUF":
+            raise self.fail(f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+        version = self.u32("the version")
+        if version not in SUPPORTED_VERSIONS:
+            swapped = struct.unpack("<I", struct.pack(">I", version))[0]
+            if swapped in SUPPORTED_VERSIONS:
+                self.endian, version = ">", swapped  # a big-endian file (s390x builds write them)
+            else:
+                raise self.fail(f"unsupported GGUF version {version} (this reader knows versions 2 and 3)")
+        n_tensors = self.u64("the tensor count")
+        n_kv = self.u64("the metadata count")
+        self.check_count(n_kv, _MIN_KV_BYTES, "the metadata count")
+        self.check_count(n_tensors, _MIN_TENSOR_INFO_BYTES, "the tensor count")
+
+        metadata: dict[str, Any] = {}
+        for i in range(n_kv):
+            key = self.string(f"metadata key {i}")
+            if not key:
+                raise self.fail(f"metadata key {i} is empty")
+            if key in metadata:
+                raise self.fail(f"duplicate metadata key {_show(key)}")
+            vtype = self.u32(f"the type of {_show(key)}")
+            metadata[key] = self.value(vtype, f"the value of {_show(key)}")
+
+        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise self.fail(f"general.alignment {alignment!r} is not a power of two")
+
+        types = _ggml_types()
+        raw: list[tuple[str, tuple[int, ...], int, int, int]] = []
+        seen: set[str] = set()
+        for i in range(n_tensors):
+            name = self.string(f"the name of tensor {i}")
+            what = f"tensor {_show(name)}"
+            if name in seen:
+                raise self.fail(f"duplicate tensor name {_show(name)}")
+            if len(name.encode()) >= GGML_MAX_NAME:
+                raise self.fail(f"{what}: name longer than {GGML_MAX_NAME - 1} bytes")
+            seen.add(name)
+            n_dims = self.u32(what)
+            if n_dims > GGML_MAX_DIMS:
+                raise self.fail(f"{what} has {n_dims} dimensions (at most {GGML_MAX_DIMS})")
+            shape = tuple(self.u64(what) for _ in range(n_dims))
+            n_elements = 1
+            for dim in shape:
+                if dim <= 0 or dim > INT64_MAX:
+                    raise self.fail(f"{what} has a non-positive dimension in shape {list(shape)}")
+                n_elements *= dim
+            if n_elements > INT64_MAX:
+                raise self.fail(f"{what} has more elements than fit in 64 bits (shape {list(shape)})")
+            ggml_type = self.u32(what)
+            if ggml_type not in types:
+                raise self.fail(f"{what} has unknown ggml type {ggml_type}")
+            type_name, block, block_bytes = types[ggml_type]
+            if shape and shape[0] % block:
+                raise self.fail(f"{what}: first dimension {shape[0]} is not a multiple of the {type_name} block ({block})")
+            offset = self.u64(what)
+            raw.append((name, shape, ggml_type, offset, n_elements // block * block_bytes))
+
+        data_offset = -(-self.pos // alignment) * alignment
+        size = self.buf.size
+        tensors = []
+        previous_end, previous_name = data_offset, None
+        for name, shape, ggml_type, offset, n_bytes in sorted(raw, key=lambda r: r[3]):
+            what = f"tensor {_show(name)}"
+            if offset % alignment:
+                raise self.fail(f"{what} data offset {offset:,} is not aligned to {alignment}")
+            start = data_offset + offset
+            if start < previous_end:
+                raise self.fail(f"{what} data overlaps tensor {_show(previous_name)}")
+            if size is not None and start + n_bytes > size:
+                raise self.fail(
+                    f"{what} data ends at byte {start + n_bytes:,}, past the end of the file ({size:,} bytes)"
+                )
+            previous_end, previous_name = start + n_bytes, name
+            tensors.append(TensorInfo(name, shape, ggml_type, types[ggml_type][0], start, n_bytes, 0))
+        order = {r[0]: i for i, r in enumerate(raw)}
+        tensors.sort(key=lambda t: order[t.name])  # keep the file's own order
+        return GGUFFile(
+            source=source,
+            version=version,
+            alignment=alignment,
+            metadata=metadata,
+            tensors=tensors,
+            data_offset=data_offset,
+            file_size=size,
+            header_bytes_read=len(self.buf.data),
+        )
+
+
+def parse_prefix(prefix: _Prefix, source: str) -> GGUFFile:
+    return _Parser(prefix).parse(source)
+
+
+# -- split sets ---------------------------------------------------------------------------
+
+
+def _split_names(filename: str) -> tuple[list[str], int] | None:
+    """All shard names of the set ``filename`` belongs to, and its index; None if not a shard."""
+    match = _SPLIT_NAME.match(filename)
+    if not match:
+        return None
+    count, no = int(match["count"]), int(match["no"])
+    if count < 1 or not 1 <= no <= count:
+        return None
+    names = [f"{match['prefix']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+    return names, no - 1
+
+
+def _assemble(files: list[GGUFFile], named_as_split: bool) -> ModelHeader:
+    """Check the shards agree with each other and with their names; number them."""
+    count = len(files)
+    first = files[0]
+    declared = first.metadata.get("split.count")
+    if count == 1 and not named_as_split and isinstance(declared, int) and declared > 1:
+        raise GGUFHeaderError(
+            f"{first.source}: is shard 1 of a {declared}-file split set, but its name does not follow "
+            "name-00001-of-0000N.gguf, so the other shards cannot be found"
+        )
+    if named_as_split and count > 1:
+        for i, f in enumerate(files):
+            if f.metadata.get("split.count") != count:
+                raise GGUFHeaderError(
+                    f"{f.source}: split.count is {f.metadata.get('split.count')!r}, but its name says {count} shards"
+                )
+            if f.metadata.get("split.no") != i:
+                raise GGUFHeaderError(
+                    f"{f.source}: split.no is {f.metadata.get('split.no')!r}, but its name says shard {i + 1} "
+                    f"(split.no {i})"
+                )
+    seen: dict[str, str] = {}
+    for i, f in enumerate(files):
+        f.tensors = [dataclasses.replace(t, shard=i) for t in f.tensors]
+        for t in f.tensors:
+            if t.name in seen:
+                raise GGUFHeaderError(f"{f.source}: tensor {_show(t.name)} is also in {seen[t.name]}")
+            seen[t.name] = f.source
+    expected = first.metadata.get("split.tensors.count")
+    if count > 1 and isinstance(expected, int) and expected != len(seen):
+        raise GGUFHeaderError(
+            f"{first.source}: split.tensors.count is {expected} but the {count} shards hold {len(seen)} tensors"
+        )
+    return ModelHeader(files)
+
+
+# -- local files --------------------------------------------------------------------------
+
+_memory_cache: dict[tuple, GGUFFile] = {}
+
+
+def clear_cache() -> None:
+    """Forget headers parsed in this process (the on-disk cache of hub headers stays)."""
+    _memory_cache.clear()
+
+
+def _read_local_file(path: Path) -> GGUFFile:
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise GGUFHeaderError(f"{path}: cannot read: {err.strerror}") from None
+    if not S_ISREG(stat.st_mode):
+        raise GGUFHeaderError(f"{path}: not a regular file")
+    key = ("local", str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _memory_cache:
+        return _memory_cache[key]
+    try:
+        with open(path, "rb") as f:
+            def fetch(offset: int, n: int) -> bytes:
+                f.seek(offset)
+                return f.read(n)
+
+            parsed = parse_prefix(_Prefix(str(path), stat.st_size, fetch), str(path))
+    except OSError as err:
+        raise GGUFHeaderError(f"{path}: cannot read: {err.strerror}") from None
+    _memory_cache[key] = parsed
+    return parsed
+
+
+def _read_local(path: Path) -> ModelHeader:
+    if not path.exists():
+        raise ModelNotFoundError(f"{path}: no such file")
+    split = _split_names(path.name)
+    if split is None:
+        return _assemble([_read_local_file(path)], named_as_split=False)
+    names, _ = split
+    shards = [path.with_name(n) for n in names]
+    for i, shard in enumerate(shards):
+        if not shard.is_file():
+            raise GGUFHeaderError(f"{shard}: missing shard {i + 1} of {len(shards)} of the split set {path.name}")
+    return _assemble([_read_local_file(s) for s in shards], named_as_split=True)
+
+
+# -- hub files ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubFile:
+    repo_id: str
+    revision: str | None
+    path: str
+
+    @property
+    def uri(self) -> str:
+        rev = f"@{quote(self.revision, safe='')}" if self.revision else ""
+        return f"{HF_SCHEME}{self.repo_id}{rev}/{self.path}"
+
+
+def parse_hub_uri(uri: str) -> HubFile:
+    """``hf://owner/repo[@revision]/path/file.gguf`` (a revision with ``/`` is written %2F)."""
+    rest = uri[len(HF_SCHEME):]
+    parts = rest.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ModelNotFoundError(f"{uri}: write hub files as hf://owner/repo[@revision]/path/file.gguf")
+    owner, name = parts[0], parts[1]
+    revision = None
+    if "@" in name:
+        name, _, revision = name.partition("@")
+        revision = unquote(revision)
+        if not name or not revision:
+            raise ModelNotFoundError(f"{uri}: write hub files as hf://owner/repo[@revision]/path/file.gguf")
+    return HubFile(f"{owner}/{name}", revision, "/".join(parts[2:]))
+
+
+class _EntryMissing(ModelNotFoundError):
+    """The repository exists but the file does not (a missing shard, for split sets)."""
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _hub_error(hub: HubFile, err: Exception) -> Exception:
+    """Turn a huggingface_hub / httpx failure into one of ours, with one clear line."""
+    import httpx
+    from huggingface_hub import errors as hf_errors
+
+    where = hub.uri
+    if isinstance(err, hf_errors.OfflineModeIsEnabled):
+        return OfflineError(f"{where}: HF_HUB_OFFLINE is set, so the hub cannot be asked for the header")
+    if isinstance(err, hf_errors.GatedRepoError):
+        return AuthError(
+            f"{where}: {hub.repo_id} is gated: accept its terms on the hub and set HF_TOKEN to a token with access"
+        )
+    if isinstance(err, hf_errors.RepositoryNotFoundError):
+        return ModelNotFoundError(
+            f"{where}: repository {hub.repo_id} not found (if it is private, set HF_TOKEN to a token with access)"
+        )
+    if isinstance(err, hf_errors.RevisionNotFoundError):
+        return ModelNotFoundError(f"{where}: revision {hub.revision!r} not found in {hub.repo_id}")
+    if isinstance(err, hf_errors.EntryNotFoundError):
+        return _EntryMissing(f"{where}: no file {hub.path} in {hub.repo_id}")
+    if isinstance(err, hf_errors.HfHubHTTPError):
+        status = err.response.status_code if err.response is not None else None
+        if status in (401, 403):
+            return AuthError(f"{where}: the hub refused access ({status}): check HF_TOKEN")
+        return DownloadError(f"{where}: the hub answered {status}: {_one_line(err)}")
+    if isinstance(err, httpx.HTTPError):
+        return DownloadError(f"{where}: cannot reach the hub: {_one_line(err)}")
+    return err
+
+
+@dataclass
+class _RemoteMeta:
+    url: str  # resolve URL pinned at the commit when the hub gave one
+    etag: str | None
+    commit: str | None
+    size: int | None
+
+
+def _head(hub: HubFile) -> _RemoteMeta:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(hub.repo_id, hub.path, revision=hub.revision)
+    meta = get_hf_file_metadata(url)
+    pinned = hf_hub_url(hub.repo_id, hub.path, revision=meta.commit_hash) if meta.commit_hash else url
+    return _RemoteMeta(pinned, meta.etag, meta.commit_hash, meta.size)
+
+
+def _range_fetcher(url: str) -> Callable[[int, int], bytes]:
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    def fetch(offset: int, n: int) -> bytes:
+        headers = {**build_hf_headers(), "Range": f"bytes={offset}-{offset + n - 1}", "Accept-Encoding": "identity"}
+        with get_session().stream("GET", url, headers=headers) as response:
+            hf_raise_for_status(response)
+            skip = offset if response.status_code == 200 else 0  # the server ignored the range
+            chunks, have = [], 0
+            for chunk in response.iter_bytes():
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                chunks.append(chunk)
+                have += len(chunk)
+                if have >= n:
+                    break  # leaving the block closes the stream: never read the weights
+        return b"".join(chunks)[:n]
+
+    return fetch
+
+
+def _cache_path(key: str) -> Path:
+    return settings.data_dir() / "headers" / (hashlib.sha256(key.encode()).hexdigest()[:40] + ".json")
+
+
+def _load_cached(key: str) -> GGUFFile | None:
+    path = _cache_path(key)
+    try:
+        payload = json.loads(path.read_text())
+        if payload.get("format") != CACHE_FORMAT or payload.get("key") != key:
+            return None
+        f = payload["file"]
+        tensors = [TensorInfo(**{**t, "shape": tuple(t["shape"])}) for t in f.pop("tensors")]
+        return GGUFFile(**f, tensors=tensors)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # absent or unreadable: read the header again
+
+
+def _store_cached(key: str, parsed: GGUFFile) -> None:
+    path = _cache_path(key)
+    payload = {"format": CACHE_FORMAT, "key": key, "file": dataclasses.asdict(parsed)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as out:
+            json.dump(payload, out)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache that cannot be written only costs a re-read next time
+
+
+def _read_hub_file(hub: HubFile) -> GGUFFile:
+    try:
+        meta = _head(hub)
+    except Exception as err:  # noqa: BLE001 - translated to our errors, or re-raised as is
+        raise _hub_error(hub, err) from None
+    key = f"{meta.url}|{meta.commit}|{meta.etag}|{meta.size}"
+    if ("hub", key) in _memory_cache:
+        return _memory_cache[("hub", key)]
+    parsed = _load_cached(key) if meta.etag else None
+    if parsed is None:
+        try:
+            parsed = parse_prefix(_Prefix(hub.uri, meta.size, _range_fetcher(meta.url)), hub.uri)
+        except GGUFHeaderError:
+            raise
+        except Exception as err:  # noqa: BLE001
+            raise _hub_error(hub, err) from None
+        if meta.etag:
+            _store_cached(key, parsed)
+    _memory_cache[("hub", key)] = parsed
+    return parsed
+
+
+def _read_hub(uri: str) -> ModelHeader:
+    if settings.hub_offline():
+        raise OfflineError(f"{uri}: HF_HUB_OFFLINE is set, so the hub cannot be asked for the header")
+    hub = parse_hub_uri(uri)
+    directory, _, filename = hub.path.rpartition("/")
+    split = _split_names(filename)
+    if split is None:
+        return _assemble([_read_hub_file(hub)], named_as_split=False)
+    names, _ = split
+    files = []
+    for i, name in enumerate(names):
+        shard = HubFile(hub.repo_id, hub.revision, f"{directory}/{name}" if directory else name)
+        try:
+            files.append(_read_hub_file(shard))
+        except _EntryMissing:
+            raise GGUFHeaderError(
+                f"{shard.uri}: missing shard {i + 1} of {len(names)} of the split set {filename}"
+            ) from None
+    return _assemble(files, named_as_split=True)
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+
+def read_header(source: str | os.PathLike) -> ModelHeader:
+    """The header of a local GGUF file or split set, or of a hub file (``hf://...``)."""
+    text = os.fspath(source)
+    if text.startswith(HF_SCHEME):
+        return _read_hub(text)
+    return _read_local(Path(text).expanduser())
