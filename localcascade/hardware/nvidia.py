@@ -50,8 +50,13 @@ def _describe_start_failure(nvml, err) -> tuple[str, bool]:
 
 def gpus(nvml=None) -> GPUFindings:
     """Every NVIDIA GPU NVML can describe. ``nvml`` is pynvml or a replay of a recording."""
-    nvml = nvml if nvml is not None else nvml_from_environment()
     found = GPUFindings()
+    if nvml is None:
+        try:
+            nvml = nvml_from_environment()
+        except ImportError:
+            found.notes.append(f"{NO_DRIVER_NOTE}: the nvidia-ml-py package is not installed")
+            return found
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as err:
