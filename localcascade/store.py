@@ -1,15 +1,327 @@
-"""The local model store. (Being written: for now it only resolves existing local paths.)"""
+"""The local model store: GGUF models in the Hugging Face cache plus files quantized here.
+
+- Models in the HF cache are found by scanning it (``scan_cache_dir``), so files
+  another tool downloaded count too. Any repo holding ``.gguf`` files is listed;
+  the shards of a split set are one model.
+- Files made by ``localcascade quantize`` live wherever the user put them and
+  are registered by name in an index (``<data dir>/store.json``).
+- The same index records which files were verified, how, and when (keyed by the
+  blob's real path), so a 20 GB file is hashed once, not on every ``pull``.
+
+The index is JSON written to a temporary file and renamed, so a crash never
+leaves it half-written.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
 
-from localcascade.errors import ModelNotFoundError
+from localcascade import settings
+from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
+
+_INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """One model present on this machine."""
+
+    name: str                      # what to type to use it: Q4_K_M, REPO:QUANT, hf://..., or a registered name
+    where: str                     # "hf-cache" or "local"
+    files: tuple[Path, ...]        # the file(s) llama.cpp opens (first = the one to load)
+    size: int
+    quant: str | None = None
+    repo: str | None = None
+    repo_files: tuple[str, ...] = ()  # paths in the repo (hf-cache)
+    commit: str | None = None
+    variant: str | None = None     # the catalog variant this is, if any
+    verified: bool = False
+    verified_at: str | None = None
+    check: str | None = None       # how it was verified
+    source: str | None = None      # quantized from
+    blobs: tuple[Path, ...] = field(default=(), repr=False)
+
+    @property
+    def path(self) -> Path:
+        return self.files[0]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("blobs")
+        data["files"] = [str(p) for p in self.files]
+        data["repo_files"] = list(self.repo_files)
+        data["path"] = str(self.path)
+        return data
+
+
+# -- the index ------------------------------------------------------------------------------
+
+def index_path() -> Path:
+    return settings.data_dir() / "store.json"
+
+
+def _load_index() -> dict:
+    path = index_path()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        data = {}
+    except (OSError, ValueError) as err:
+        raise LocalCascadeError(f"the store index {path} is unreadable ({err}); move it away to start afresh") from None
+    data.setdefault("version", _INDEX_VERSION)
+    data.setdefault("models", {})
+    data.setdefault("verified", {})
+    return data
+
+
+def _save_index(data: dict) -> None:
+    path = index_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
+
+
+def record_verified(path: Path, *, sha256: str | None, size: int, verified: bool, check: str = "sha256") -> None:
+    """Remember that ``path`` (a blob or a local file) hashed to ``sha256`` and whether that was checked."""
+    data = _load_index()
+    data["verified"][_key(path)] = {
+        "sha256": sha256, "size": size, "verified": verified, "check": check if verified else "unverified",
+        "checked_at": _now(),
+    }
+    _save_index(data)
+
+
+def verified_record(path: Path) -> dict | None:
+    """What was recorded for ``path``, if its size still matches (a changed file needs a new check)."""
+    record = _load_index()["verified"].get(_key(path))
+    try:
+        if record and record.get("size") == Path(path).stat().st_size:
+            return record
+    except OSError:
+        pass
+    return None
+
+
+def register_local(name: str, files: list[Path], *, quant: str | None, source: str | None,
+                   check: str) -> StoredModel:
+    """Register a locally made model under ``name`` (re-registering the same name replaces it)."""
+    if not name or name.strip() != name or "/" in name or ":" in name:
+        raise UsageError(f"cannot register a model as {name!r}: use a plain name without '/' or ':'")
+    files = [Path(f).absolute() for f in files]
+    data = _load_index()
+    data["models"][name] = {
+        "files": [str(f) for f in files], "quant": quant, "source": source, "created": _now(),
+    }
+    size = 0
+    for f in files:
+        size += f.stat().st_size
+        data["verified"][_key(f)] = {"sha256": None, "size": f.stat().st_size, "verified": True,
+                                     "check": check, "checked_at": _now()}
+    _save_index(data)
+    return _registered(name, data["models"][name], data["verified"])
+
+
+def _registered(name: str, entry: dict, verified: dict) -> StoredModel | None:
+    files = tuple(Path(f) for f in entry["files"])
+    if not all(f.is_file() for f in files):
+        return None
+    records = [verified.get(_key(f)) for f in files]
+    return StoredModel(
+        name=name, where="local", files=files, size=sum(f.stat().st_size for f in files), quant=entry.get("quant"),
+        verified=all(r and r.get("verified") for r in records),
+        verified_at=min((r["checked_at"] for r in records if r), default=None),
+        check=records[0].get("check") if records[0] else None, source=entry.get("source"),
+    )
+
+
+# -- listing -----------------------------------------------------------------------------------
+
+def list_models() -> list[StoredModel]:
+    """Every model present: the HF cache's GGUF models, then the registered local files."""
+    data = _load_index()
+    models = _cached_models(data["verified"])
+    for name, entry in sorted(data["models"].items()):
+        model = _registered(name, entry, data["verified"])
+        if model is not None:
+            models.append(model)
+    return models
+
+
+def _cached_models(verified: dict) -> list[StoredModel]:
+    cache = settings.hf_hub_cache()
+    if not cache.is_dir():
+        return []
+    from huggingface_hub import scan_cache_dir
+
+    from localcascade.hub import group_model_files, quant_from_name
+
+    catalog = _catalog_by_files()
+    found: list[StoredModel] = []
+    seen: set[tuple[Path, ...]] = set()
+    for repo in sorted(scan_cache_dir(cache).repos, key=lambda r: r.repo_id):
+        if repo.repo_type != "model":
+            continue
+        groups = []
+        for revision in sorted(repo.revisions, key=lambda r: -r.last_modified):
+            by_name = {str(PurePosixPath(*f.file_path.relative_to(revision.snapshot_path).parts)): f
+                       for f in revision.files if f.file_name.endswith(".gguf")}
+            for names in group_model_files(sorted(by_name)):
+                infos = [by_name[n] for n in names]
+                blobs = tuple(Path(os.path.realpath(i.blob_path)) for i in infos)
+                if blobs in seen:
+                    continue
+                seen.add(blobs)
+                groups.append((names, infos, blobs, revision.commit_hash))
+        quants = [quant_from_name(names[0]) for names, *_ in groups]
+        for (names, infos, blobs, commit), quant in zip(groups, quants):
+            variant = catalog.get((repo.repo_id, names))
+            if variant is not None:
+                name = variant
+            elif quant and quants.count(quant) == 1:
+                name = f"{repo.repo_id}:{quant}"
+            else:
+                name = f"hf://{repo.repo_id}/{names[0]}"
+            records = [verified.get(_key(b)) for b in blobs]
+            ok = all(r and r.get("verified") and r.get("size") == i.size_on_disk for r, i in zip(records, infos))
+            found.append(StoredModel(
+                name=name, where="hf-cache", files=tuple(i.file_path for i in infos),
+                size=sum(i.size_on_disk for i in infos), quant=quant, repo=repo.repo_id, repo_files=names,
+                commit=commit, variant=variant, verified=ok,
+                verified_at=min((r["checked_at"] for r in records if r), default=None) if ok else None,
+                check=records[0].get("check") if ok else None, blobs=blobs,
+            ))
+    return found
+
+
+def _catalog_by_files() -> dict[tuple[str, tuple[str, ...]], str]:
+    """(repo, files) -> catalog variant name, for recognising catalog models in the cache."""
+    try:
+        from localcascade.catalog import load_catalog
+    except ImportError:
+        return {}
+    return {(v.repo, tuple(v.files)): v.quant for v in load_catalog()}
+
+
+# -- lookups -----------------------------------------------------------------------------------
+
+def find_stored(spec: str) -> StoredModel:
+    """The stored model a user named: a registered name, a variant, REPO:QUANT, hf://..., or a file path."""
+    text = spec.strip()
+    models = list_models()
+    for model in models:
+        if model.name == text or (model.where == "hf-cache" and model.name.lower() == text.lower()):
+            return model
+    path = Path(text).expanduser()
+    if path.exists():
+        real = _key(path)
+        for model in models:
+            if any(_key(f) == real for f in model.files):
+                return model
+        raise ModelNotFoundError(f"{text} is not a model the store knows (see `localcascade list`)")
+    from localcascade.hub import parse_model_spec
+
+    ref = parse_model_spec(text)
+    for model in models:
+        if model.where != "hf-cache" or model.repo != ref.repo:
+            continue
+        if ref.kind == "variant" and tuple(ref.files) == model.repo_files:
+            return model
+        if ref.kind == "repo_quant" and model.quant == ref.quant:
+            return model
+        if ref.kind == "hf_file" and ref.files[0] in model.repo_files:
+            return model
+    raise ModelNotFoundError(f"{ref.label} is not downloaded: run `localcascade pull {text}`")
 
 
 def find_local_model(spec: str) -> Path:
-    """Return the local GGUF file a user named: a path, or a name the store knows."""
+    """Return the local GGUF file a user named: a path, or a name the store knows (first shard of a split set)."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    raise ModelNotFoundError(f"no model file or known model named {spec!r} (see `localcascade list`)")
+    return find_stored(spec).path
+
+
+def best_local_variant(hardware=None, request=None):
+    """The best-fitting Nemotron-Cascade-2 catalog variant already present, as (StoredModel, Plan), or None."""
+    present = {m.variant: m for m in list_models() if m.variant}
+    if not present:
+        return None
+    from localcascade.catalog import load_catalog
+    from localcascade.plan import PlanRequest
+    from localcascade.planner import recommend
+
+    if hardware is None:
+        from localcascade.hardware.probe import detect
+
+        hardware = detect()
+    variants = [v for v in load_catalog() if v.quant in present]
+    variant, plan = recommend(hardware, variants, request or PlanRequest())
+    return present[variant.quant], plan
+
+
+# -- removal -----------------------------------------------------------------------------------
+
+def remove(model: StoredModel) -> list[Path]:
+    """Delete a stored model's files (only those); returns what was removed."""
+    removed: list[Path] = []
+    data = _load_index()
+    if model.where == "local":
+        for f in model.files:
+            data["verified"].pop(_key(f), None)
+            if f.exists():
+                f.unlink()
+                removed.append(f)
+        data["models"].pop(model.name, None)
+        _save_index(data)
+        return removed
+    still_linked = _blobs_linked_elsewhere(model)
+    for link in model.files:
+        if link.is_symlink() or link.exists():
+            link.unlink()
+            removed.append(link)
+        _prune_empty_dirs(link.parent, stop=link.parents[len(PurePosixPath(model.repo_files[0]).parts)])
+    for blob in model.blobs:
+        data["verified"].pop(_key(blob), None)
+        if blob not in still_linked and blob.exists():
+            blob.unlink()
+            removed.append(blob)
+    _save_index(data)
+    return removed
+
+
+def _blobs_linked_elsewhere(model: StoredModel) -> set[Path]:
+    """Blobs of ``model`` that another snapshot file still points to (another revision of the repo)."""
+    repo_dir = model.files[0]
+    while repo_dir.name != "snapshots":
+        repo_dir = repo_dir.parent
+    mine = {os.path.abspath(f) for f in model.files}
+    linked = set()
+    for f in repo_dir.rglob("*"):
+        if f.is_symlink() and os.path.abspath(f) not in mine:
+            linked.add(Path(os.path.realpath(f)))
+    return {b for b in model.blobs if b in linked}
+
+
+def _prune_empty_dirs(directory: Path, stop: Path) -> None:
+    """Remove now-empty folders from ``directory`` up to and including the snapshot folder ``stop``."""
+    while True:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+        if directory == stop:
+            return
+        directory = directory.parent

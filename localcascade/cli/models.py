@@ -1,1 +1,240 @@
-"""`localcascade models`: not yet written."""
+"""`localcascade pull | list | show | rm`: get models onto this machine and manage them.
+
+Progress and questions go to stderr; results (what was pulled, the list, the
+summary) go to stdout, so `localcascade list --json | jq` works.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from localcascade.cli import app
+from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
+from localcascade.units import format_bytes, format_tokens
+
+
+def _err(text: str = "") -> None:
+    typer.echo(text, err=True)
+
+
+def _confirm(question: str, yes: bool) -> None:
+    """Ask on a terminal; without one, only --yes goes ahead."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question.rstrip('?')}: no terminal to confirm on; pass --yes")
+    if not typer.confirm(question, default=True, err=True):
+        raise typer.Exit(1)
+
+
+# -- pull ----------------------------------------------------------------------------------
+
+@app.command()
+def pull(
+    model: str = typer.Argument("auto", help="Variant (Q4_K_M), REPO:QUANT, hf://REPO/FILE.gguf, or auto: "
+                                             "the best variant for this machine."),
+    ctx: Optional[str] = typer.Option(None, "--ctx", help="Context length to plan `auto` for: 8192, 32K, 1M."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before downloading the variant `auto` chose."),
+) -> None:
+    """Download a model into the Hugging Face cache, resuming and verifying it."""
+    from localcascade import hub, settings, store
+
+    if model == "auto":
+        ref = _auto_choice(ctx, yes)
+    else:
+        ref = hub.parse_model_spec(model)
+    if ref.kind == "local":
+        raise UsageError(f"{model} is a local file already; nothing to pull")
+    if settings.hub_offline():
+        stored = _stored_or_none(store, model if model != "auto" else ref.spec)
+        if stored is None:
+            from localcascade.errors import OfflineError
+
+            raise OfflineError(f"HF_HUB_OFFLINE=1 and {ref.label} is not in the cache")
+        _err(f"{stored.name} is already here (offline: not checked against the hub)")
+        typer.echo(f"{stored.name}\t{format_bytes(stored.size)}\t{stored.path}")
+        return
+    remote = hub.resolve_remote(ref)
+    shards = f" in {len(remote.files)} files" if len(remote.files) > 1 else ""
+    _err(f"{ref.label}: {remote.repo}, {format_bytes(remote.size)}{shards}")
+    pulled = hub.pull(remote, show_progress=sys.stderr.isatty())
+    if pulled.resumed_bytes:
+        _err(f"continued an interrupted download ({format_bytes(pulled.resumed_bytes)} were already here)")
+    elif not pulled.downloaded_bytes:
+        _err("already downloaded")
+    state = "sha256 verified" if all(f.verified for f in pulled.files) else "no published sha256 to check"
+    name = ref.spec if ref.kind == "variant" else ref.label
+    typer.echo(f"{name}\t{format_bytes(pulled.size)}\t{state}\t{pulled.path}")
+
+
+def _auto_choice(ctx: Optional[str], yes: bool):
+    """Let the planner pick the catalog variant that fits this machine best; show the plan; confirm."""
+    from localcascade import hub
+    from localcascade.catalog import load_catalog
+    from localcascade.hardware.probe import detect
+    from localcascade.plan import PlanRequest
+    from localcascade.planner import recommend
+    from localcascade.units import parse_tokens
+
+    hardware = detect()
+    request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None)
+    variant, plan = recommend(hardware, load_catalog(), request)
+    plan = _plan_from_remote_header(variant, hardware, request) or plan
+    _err(f"best for this machine: {variant.quant} ({format_bytes(variant.size_bytes)}) from {variant.repo}")
+    _err(f"  {_plan_line(plan)}")
+    for reason in plan.reasons:
+        _err(f"  - {reason}")
+    _confirm(f"Download {variant.quant} ({format_bytes(variant.size_bytes)})?", yes)
+    return hub.parse_model_spec(variant.quant)
+
+
+def _plan_from_remote_header(variant, hardware, request):
+    """The plan from the real file's header, read with range requests; None when the hub does not answer."""
+    from localcascade import settings
+
+    if settings.hub_offline():
+        return None
+    try:
+        from localcascade.gguf_header import read_header
+        from localcascade.planner import plan_for_model
+
+        header = read_header(f"hf://{variant.repo}/{variant.files[0]}")
+        return plan_for_model(header, hardware, request)
+    except LocalCascadeError as err:
+        _err(f"(planning from catalog facts: {err})")
+        return None
+
+
+def _plan_line(plan) -> str:
+    gpu = f"GPU {format_bytes(plan.gpu_bytes)}, " if plan.gpu_bytes else ""
+    return (f"{plan.verdict.replace('_', ' ')} at {format_tokens(plan.n_ctx)} context: "
+            f"{gpu}RAM {format_bytes(plan.ram_bytes)}")
+
+
+def _stored_or_none(store, spec: str):
+    try:
+        return store.find_stored(spec)
+    except ModelNotFoundError:
+        return None
+
+
+# -- list ----------------------------------------------------------------------------------
+
+@app.command("list")
+def list_models(
+    as_json: bool = typer.Option(False, "--json", help="One JSON array on stdout."),
+) -> None:
+    """Models on this machine: the Hugging Face cache's GGUF models and files quantized here."""
+    from localcascade import store
+
+    models = store.list_models()
+    if as_json:
+        typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
+        return
+    if not models:
+        _err("no models yet: `localcascade pull` downloads the best one for this machine")
+        return
+    rows = [("NAME", "SIZE", "WHERE", "VERIFIED", "PATH")]
+    for m in models:
+        verified = (m.verified_at or "yes")[:10] if m.verified else "no"
+        rows.append((m.name, format_bytes(m.size), m.where, verified, str(m.path)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+
+
+# -- show ----------------------------------------------------------------------------------
+
+@app.command()
+def show(
+    model: str = typer.Argument(..., help="A stored model (see `list`), a path, or hf://REPO/FILE.gguf."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+) -> None:
+    """Architecture, file facts and the fit plan for this machine of one model."""
+    from localcascade import store
+    from localcascade.gguf_header import read_header
+    from localcascade.model_summary import summarize
+
+    stored = _stored_or_none(store, model)
+    if stored is not None:
+        source = str(stored.path)
+    elif model.startswith("hf://"):
+        source = model  # not downloaded: the header comes from range requests
+    else:
+        source = str(store.find_local_model(model))
+    header = read_header(source)
+    summary = summarize(header)
+    plan, plan_error = _plan_for(header)
+    if as_json:
+        data = {"model": stored.to_dict() if stored else {"path": source}, "summary": summary.to_dict(),
+                "plan": plan.to_dict() if plan else None, "plan_error": plan_error}
+        typer.echo(json.dumps(data, indent=2))
+        return
+    _render_show(model, stored, summary, plan, plan_error)
+
+
+def _plan_for(header):
+    try:
+        from localcascade.hardware.probe import detect
+        from localcascade.plan import PlanRequest
+        from localcascade.planner import plan_for_model
+
+        return plan_for_model(header, detect(), PlanRequest()), None
+    except LocalCascadeError as err:
+        return None, str(err)
+
+
+def _render_show(label, stored, s, plan, plan_error) -> None:
+    out = typer.echo
+    out(f"{stored.name if stored else label}")
+    out(f"  architecture   {s.architecture or 'unknown'}" + (f" ({s.name})" if s.name else ""))
+    out(f"  blocks         {s.block_count}: {s.blocks['mamba']} Mamba-2, {s.blocks['moe']} MoE, "
+        f"{s.blocks['attention']} attention")
+    if s.pattern:
+        out(f"  pattern        {s.pattern}")
+    if s.expert_count:
+        shared = f", {s.expert_shared_count} shared" if s.expert_shared_count else ""
+        out(f"  experts        {s.expert_count} routed, {s.expert_used_count} used per token{shared}")
+    if s.context_length:
+        out(f"  context        {format_tokens(s.context_length)} tokens")
+    out(f"  chat template  {'yes' if s.chat_template else 'no'}")
+    out(f"  thinking       {'<think> </think> tokens present' if s.thinking_tokens else 'no thinking tokens'}")
+    types = ", ".join(f"{n} {t}" for t, n in s.tensor_types.items())
+    out(f"  tensors        {sum(s.tensor_types.values())} ({types})")
+    size = format_bytes(s.file_bytes) if s.file_bytes is not None else format_bytes(s.tensor_bytes) + " of weights"
+    out(f"  file           {size} in {len(s.files)} file(s)")
+    for f in s.files:
+        out(f"                 {f}")
+    if stored is not None:
+        state = f"verified ({stored.check}, {stored.verified_at})" if stored.verified else "not verified"
+        out(f"  stored         {stored.where}, {state}")
+        if stored.source:
+            out(f"  made from      {stored.source}")
+    if plan is not None:
+        out(f"  fit            {_plan_line(plan)}")
+        for reason in plan.reasons:
+            out(f"                 - {reason}")
+    else:
+        out(f"  fit            unknown ({plan_error})")
+
+
+# -- rm ------------------------------------------------------------------------------------
+
+@app.command()
+def rm(
+    model: str = typer.Argument(..., help="A stored model, as `localcascade list` names it."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
+) -> None:
+    """Delete a model's files (only files the store knows)."""
+    from localcascade import store
+
+    stored = store.find_stored(model)
+    files = "\n".join(f"  {f}" for f in stored.files)
+    _err(f"{stored.name}: {format_bytes(stored.size)} in {stored.where}\n{files}")
+    _confirm(f"Delete {stored.name}?", yes)
+    store.remove(stored)
+    typer.echo(f"removed {stored.name} ({format_bytes(stored.size)})")
