@@ -45,7 +45,9 @@ from localcascade.errors import (
     OfflineError,
 )
 
-__all__ = ["GGUFFile", "ModelHeader", "TensorInfo", "read_header", "clear_cache", "HF_SCHEME"]
+__all__ = [
+    "HF_SCHEME", "GGUFFile", "HubFile", "ModelHeader", "TensorInfo", "clear_cache", "parse_hub_uri", "read_header",
+]
 
 HF_SCHEME = "hf://"
 INITIAL_READ_BYTES = 1 << 20  # one round trip covers small headers
@@ -56,6 +58,7 @@ GGML_MAX_DIMS = 4
 GGML_MAX_NAME = 64  # llama.cpp refuses tensor names this long or longer
 MAX_ARRAY_NESTING = 8
 INT64_MAX = (1 << 63) - 1
+FETCH_ATTEMPTS = 3  # per range request, for dropped connections and timeouts
 CACHE_FORMAT = 1
 
 _SPLIT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -197,8 +200,7 @@ class _Prefix:
 
 def _show(text: str, limit: int = 60) -> str:
     """A name from the file, safe to put in a one-line message."""
-    shown = repr(text if len(text) <= limit else text[:limit] + "...")
-    return shown
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 class _Parser:
@@ -356,10 +358,6 @@ class _Parser:
         )
 
 
-def parse_prefix(prefix: _Prefix, source: str) -> GGUFFile:
-    return _Parser(prefix).parse(source)
-
-
 # -- split sets ---------------------------------------------------------------------------
 
 
@@ -437,7 +435,7 @@ def _read_local_file(path: Path) -> GGUFFile:
                 f.seek(offset)
                 return f.read(n)
 
-            parsed = parse_prefix(_Prefix(str(path), stat.st_size, fetch), str(path))
+            parsed = _Parser(_Prefix(str(path), stat.st_size, fetch)).parse(str(path))
     except OSError as err:
         raise GGUFHeaderError(f"{path}: cannot read: {err.strerror}") from None
     _memory_cache[key] = parsed
@@ -524,7 +522,7 @@ def _hub_error(hub: HubFile, err: Exception) -> Exception:
             return AuthError(f"{where}: the hub refused access ({status}): check HF_TOKEN")
         return DownloadError(f"{where}: the hub answered {status}: {_one_line(err)}")
     if isinstance(err, httpx.HTTPError):
-        return DownloadError(f"{where}: cannot reach the hub: {_one_line(err)}")
+        return DownloadError(f"{where}: talking to the hub failed: {_one_line(err)}")
     return err
 
 
@@ -546,11 +544,14 @@ def _head(hub: HubFile) -> _RemoteMeta:
 
 
 def _range_fetcher(url: str) -> Callable[[int, int], bytes]:
+    import httpx
+    from huggingface_hub import constants
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-    def fetch(offset: int, n: int) -> bytes:
+    def fetch_once(offset: int, n: int) -> bytes:
         headers = {**build_hf_headers(), "Range": f"bytes={offset}-{offset + n - 1}", "Accept-Encoding": "identity"}
-        with get_session().stream("GET", url, headers=headers) as response:
+        # huggingface_hub's session has no timeout of its own: a stalled server must not hang us.
+        with get_session().stream("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
             hf_raise_for_status(response)
             skip = offset if response.status_code == 200 else 0  # the server ignored the range
             chunks, have = [], 0
@@ -563,6 +564,15 @@ def _range_fetcher(url: str) -> Callable[[int, int], bytes]:
                 if have >= n:
                     break  # leaving the block closes the stream: never read the weights
         return b"".join(chunks)[:n]
+
+    def fetch(offset: int, n: int) -> bytes:
+        for attempt in range(FETCH_ATTEMPTS):
+            try:
+                return fetch_once(offset, n)
+            except httpx.TransportError:  # a dropped connection or a timeout: ask again
+                if attempt == FETCH_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     return fetch
 
@@ -608,7 +618,7 @@ def _read_hub_file(hub: HubFile) -> GGUFFile:
     parsed = _load_cached(key) if meta.etag else None
     if parsed is None:
         try:
-            parsed = parse_prefix(_Prefix(hub.uri, meta.size, _range_fetcher(meta.url)), hub.uri)
+            parsed = _Parser(_Prefix(hub.uri, meta.size, _range_fetcher(meta.url))).parse(hub.uri)
         except GGUFHeaderError:
             raise
         except Exception as err:  # noqa: BLE001

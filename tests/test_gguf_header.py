@@ -449,3 +449,13 @@ def test_offline_mode_refuses_hub_sources(hf_server, tmp_path, monkeypatch):
     with pytest.raises(OfflineError, match="HF_HUB_OFFLINE is set"):
         read_header(f"hf://{REPO}/m.gguf")
     assert hf_server.requests == []
+
+
+def test_a_dropped_connection_during_a_header_read_is_retried(hf_server, tmp_path):
+    path = write_model(tmp_path / "model.gguf")
+    hf_server.add_file(REPO, "model.gguf", path)
+    hf_server.fail_after("model.gguf", 100)
+    header = read_header(f"hf://{REPO}/model.gguf")
+    assert comparable(header) == comparable(read_header(path))
+    gets = [r for r in hf_server.file_requests("model.gguf") if r.method == "GET"]
+    assert [r.bytes_sent for r in gets] == [100, path.stat().st_size]
