@@ -371,6 +371,10 @@ def estimate(facts: ModelFacts, p: Placement, overheads: Overheads = Overheads()
     if p.n_ctx <= 0:
         raise UsageError("context length must be positive")
     f, t = facts, _table(facts)
+    for kind, head_dim in ((p.type_k, f.head_dim_k), (p.type_v, f.head_dim_v)):
+        if f.attention_layers and head_dim % KV_TYPES[kind][0]:
+            raise UsageError(f"KV type {kind} needs heads that are a multiple of {KV_TYPES[kind][0]} wide "
+                             f"(this model's are {head_dim})")
     n = f.n_layer
     ngl = max(0, min(p.n_gpu_layers, n + 1))
     cpu_moe = max(0, min(p.cpu_moe_blocks, n))

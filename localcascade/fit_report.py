@@ -1,0 +1,140 @@
+"""The `fit` report: every variant x context on one machine, the recommendation, and its rendering.
+
+Gathers the model facts (catalog, a live header from the hub, or a local file), asks the planner
+for each context, and returns plain JSON-ready data (schema in docs/fit.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from localcascade.errors import DoesNotFitError, DownloadError, LocalCascadeError
+from localcascade.hardware.facts import Hardware
+from localcascade.plan import Plan, PlanRequest
+from localcascade.planner import FIT_CONTEXTS, place, plan_for_facts, rank_variants
+from localcascade.units import format_bytes, format_tokens
+
+
+class _Model:
+    """One model to plan: its name, facts, quality rank and where the facts came from."""
+
+    def __init__(self, quant: str, facts, file_bytes: int, source: str, quality_rank: int = 99):
+        self.quant, self.facts, self.file_bytes, self.source, self.quality_rank = (
+            quant, facts, file_bytes, source, quality_rank)
+
+
+def _catalog_models(only: str | None = None) -> list[_Model]:
+    from localcascade.catalog import find_variant, load_catalog
+
+    variants = [find_variant(only)] if only else list(load_catalog())
+    return [_Model(v.quant, v.facts, v.size_bytes, "catalog", v.quality_rank) for v in variants]
+
+
+def _header_model(source: str, label: str, quant: str | None) -> _Model:
+    from localcascade.gguf_header import read_header
+    from localcascade.memory import facts_from_header
+
+    header = read_header(source)
+    return _Model(quant or label, facts_from_header(header), header.file_bytes or header.tensor_bytes, "header")
+
+
+def resolve_models(spec: str | None) -> tuple[list[_Model], list[str]]:
+    """The models `spec` names, and notes (e.g. "offline: answered from the catalog")."""
+    if not spec:
+        return _catalog_models(), ["from the built-in catalog (header facts derived offline)"]
+    from localcascade.hub import parse_model_spec
+
+    ref = parse_model_spec(spec)
+    if ref.kind == "local":
+        return [_header_model(str(ref.path), ref.path.name, ref.quant)], []
+    if ref.kind == "variant":
+        return _catalog_models(ref.spec), ["from the built-in catalog (header facts derived offline)"]
+    try:
+        if ref.kind == "hf_file":
+            return [_header_model(ref.spec, ref.files[0], ref.quant)], ["from the live header on the hub"]
+        from localcascade.hub import resolve_remote
+
+        remote = resolve_remote(ref)
+        first = f"hf://{remote.repo}/{remote.files[0].path}" if hasattr(remote, "files") else None
+        return [_header_model(first, ref.label, ref.quant)], ["from the live header on the hub"]
+    except (DownloadError, OSError) as err:
+        if ref.quant:
+            try:
+                models = _catalog_models(ref.quant)
+            except LocalCascadeError:
+                raise err from None
+            return models, [f"hub not reachable ({err}); answered from the built-in catalog"]
+        raise
+
+
+def _row(plan: Plan) -> dict:
+    comps = {k: getattr(plan.gpu, k) + getattr(plan.ram, k) for k in ("weights", "kv", "recurrent", "compute", "output", "overhead")}
+    return {
+        "n_ctx": plan.n_ctx,
+        "kv_type": plan.type_k,
+        "verdict": plan.verdict,
+        "gpu_bytes": plan.gpu_bytes,
+        "ram_bytes": plan.ram_bytes,
+        "cpu_moe_blocks": plan.cpu_moe_blocks,
+        "n_gpu_layers": plan.n_gpu_layers,
+        "tokens_per_s": plan.tokens_per_s,
+        "components": comps,
+        "gpu_components": asdict(plan.gpu),
+        "ram_components": asdict(plan.ram),
+        "reason": plan.reasons[0] if plan.reasons else "",
+    }
+
+
+def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None, kv_type: str = "f16") -> dict:
+    models, notes = resolve_models(spec)
+    request = PlanRequest(n_ctx=n_ctx, type_k=kv_type, type_v=kv_type)
+    contexts = sorted(set(FIT_CONTEXTS) | ({n_ctx} if n_ctx else set()))
+    variants = []
+    for m in models:
+        rows = [_row(place(m.facts, hardware, request, n_ctx=c, name=m.quant, source=m.source)) for c in contexts]
+        variants.append({"variant": m.quant, "file_bytes": m.file_bytes, "source": m.source, "rows": rows})
+    recommended: dict[str, Any] | None = None
+    ranked = rank_variants(hardware, models, request)
+    if ranked:
+        model, plan = ranked[0]
+        recommended = {
+            "variant": model.quant, "n_ctx": plan.n_ctx, "verdict": plan.verdict,
+            "n_gpu_layers": plan.n_gpu_layers, "cpu_moe_blocks": plan.cpu_moe_blocks,
+            "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s, "reasons": list(plan.reasons),
+        }
+    return {"hardware": hardware.to_dict(), "recommended": recommended, "variants": variants, "notes": notes}
+
+
+def render_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from localcascade.settings import no_color
+
+    console = Console(no_color=no_color(), highlight=False, width=max(120, Console().width))
+    hw = report["hardware"]
+    gpus = ", ".join(f"{g['name']} ({format_bytes(g['vram_free_bytes'])} usable)" for g in hw["gpus"]) or "no GPU"
+    console.print(f"Hardware: {gpus}; RAM {format_bytes(hw['ram_available_bytes'])} available")
+    rec = report["recommended"]
+    if rec:
+        console.print(f"Recommended: {rec['variant']} at {format_tokens(rec['n_ctx'])} ({rec['verdict']}) - "
+                      + "; ".join(r for r in rec["reasons"] if not r.startswith("GPU compute")))
+    else:
+        console.print("Recommended: nothing fits this machine")
+    for note in report.get("notes", []):
+        console.print(f"Note: {note}")
+    table = Table(show_lines=False)
+    for col in ("variant", "context", "verdict", "GPU", "RAM", "tok/s"):
+        table.add_column(col, justify="right" if col in ("GPU", "RAM", "tok/s", "context") else "left")
+    for v in report["variants"]:
+        for row in v["rows"]:
+            verdict = row["verdict"]
+            if verdict == "experts_in_ram":
+                verdict += f" (--n-cpu-moe {row['cpu_moe_blocks']})"
+            elif verdict == "partial":
+                verdict += f" ({row['n_gpu_layers']} layers)"
+            tps = "-" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f}"
+            table.add_row(v["variant"], format_tokens(row["n_ctx"]), verdict, format_bytes(row["gpu_bytes"]),
+                          format_bytes(row["ram_bytes"]), tps)
+    console.print(table)

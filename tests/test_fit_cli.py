@@ -1,0 +1,52 @@
+"""`localcascade fit` as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+
+def run(*args, env_extra=None):
+    import os
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "localcascade", "fit", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def test_fit_4090_json_offline_has_every_variant_and_context():
+    out = run("--gpu", "rtx-4090", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert {v["variant"] for v in data["variants"]} == {"BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_XS"}
+    for v in data["variants"]:
+        assert v["source"] == "catalog"
+        assert [r["n_ctx"] for r in v["rows"]] == [4096, 32768, 131072, 262144, 1048576]
+        for r in v["rows"]:
+            assert set(r["components"]) == {"weights", "kv", "recurrent", "compute", "output", "overhead"}
+            assert r["verdict"] in {"full_gpu", "experts_in_ram", "partial", "cpu_only", "wont_fit"}
+    assert data["recommended"]["variant"] == "IQ4_XS"
+    assert data["hardware"]["gpus"][0]["name"].endswith("4090")
+
+
+def test_fit_requested_context_adds_a_row():
+    data = json.loads(run("Q4_K_M", "--gpu", "rtx-4090", "--ctx", "64K", "--json").stdout)
+    assert [r["n_ctx"] for r in data["variants"][0]["rows"]] == [4096, 32768, 65536, 131072, 262144, 1048576]
+
+
+def test_fit_local_file(tiny_model):
+    out = run(str(tiny_model), "--vram", "8GiB", "--ram", "32GiB")
+    assert out.returncode == 0, out.stderr
+    assert "full_gpu" in out.stdout and "Recommended" in out.stdout
+    data = json.loads(run(str(tiny_model), "--vram", "8GiB", "--ram", "32GiB", "--json").stdout)
+    assert data["variants"][0]["source"] == "header"
+
+
+def test_bad_size_is_one_line_exit_2():
+    out = run("--vram", "lots")
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "cannot read size" in out.stderr
+
+
+def test_unknown_variant_is_one_line_error():
+    out = run("Q3_XYZ", "--gpu", "rtx-4090")
+    assert out.returncode != 0 and out.stderr.strip().count("\n") == 0

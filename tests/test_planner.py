@@ -1,0 +1,78 @@
+"""The planner on hypothetical machines (pure, fast)."""
+
+import pytest
+
+from localcascade.catalog import find_variant, load_catalog
+from localcascade.errors import DoesNotFitError
+from localcascade.hardware.facts import GPU, Hardware
+from localcascade.memory import GiB
+from localcascade.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, PlanRequest
+from localcascade.planner import place, plan_for_facts, recommend
+
+Q4 = find_variant("Q4_K_M").facts
+IQ4 = find_variant("IQ4_XS").facts
+
+
+def machine(vram_gib=None, ram_gib=64, bw=1008e9):
+    gpus = () if vram_gib is None else (GPU("Test GPU", int(vram_gib * GiB), int(vram_gib * GiB),
+                                            memory_bandwidth_bytes_per_s=bw),)
+    return Hardware(gpus=gpus, ram_total_bytes=int(ram_gib * GiB), ram_available_bytes=int(ram_gib * GiB),
+                    ram_bandwidth_bytes_per_s=70e9)
+
+
+def test_iq4_xs_fits_a_24gb_card_at_256k_but_not_at_1m():
+    assert place(IQ4, machine(23.5), n_ctx=262144).verdict == FULL_GPU
+    assert place(IQ4, machine(23.5), n_ctx=1048576).verdict == EXPERTS_IN_RAM
+
+
+def test_q4_k_m_on_24gb_needs_more_expert_blocks_in_ram_as_context_grows():
+    blocks = [place(Q4, machine(23.5), n_ctx=c).cpu_moe_blocks for c in (4096, 262144, 1048576)]
+    assert blocks == sorted(blocks) and blocks[0] < blocks[-1]
+
+
+def test_8gb_card_keeps_experts_in_ram_or_splits_layers():
+    plan = place(Q4, machine(8), n_ctx=32768)
+    assert plan.verdict in (EXPERTS_IN_RAM, PARTIAL)
+    assert plan.gpu_bytes <= 8 * GiB
+    assert plan.ram.weights > 15 * GiB
+
+
+def test_no_gpu_is_cpu_only_and_tiny_ram_wont_fit():
+    assert place(Q4, machine(None, 64), n_ctx=4096).verdict == CPU_ONLY
+    plan = place(Q4, machine(None, 8), n_ctx=4096)
+    assert plan.verdict == WONT_FIT
+    assert "does not fit" in plan.reasons[0]
+
+
+def test_default_context_is_the_largest_that_keeps_the_best_placement():
+    plan = plan_for_facts(IQ4, machine(23.5), name="IQ4_XS")
+    assert plan.verdict == FULL_GPU and plan.n_ctx == 524288
+    assert any("1M" in r for r in plan.reasons)
+
+
+def test_overrides_are_honoured_or_refused_with_numbers():
+    plan = plan_for_facts(Q4, machine(23.5), PlanRequest(n_ctx=8192, n_gpu_layers=30), name="Q4_K_M")
+    assert plan.n_gpu_layers == 30 and plan.verdict == PARTIAL
+    with pytest.raises(DoesNotFitError, match=r"GiB of GPU memory"):
+        plan_for_facts(Q4, machine(23.5), PlanRequest(n_ctx=8192, n_gpu_layers=53, cpu_moe_blocks=0), name="Q4_K_M")
+
+
+def test_requested_context_that_fits_nowhere_raises():
+    with pytest.raises(DoesNotFitError):
+        plan_for_facts(Q4, machine(None, 8), PlanRequest(n_ctx=4096))
+
+
+def test_ranking_prefers_quality_on_gpu_then_speed():
+    variant, plan = recommend(machine(23.5), load_catalog(), PlanRequest(n_ctx=32768))
+    assert (variant.quant, plan.verdict) == ("IQ4_XS", FULL_GPU)
+    variant, plan = recommend(machine(80), load_catalog(), PlanRequest(n_ctx=32768))
+    assert (variant.quant, plan.verdict) == ("BF16", FULL_GPU)
+    variant, plan = recommend(machine(None, 64), load_catalog(), PlanRequest(n_ctx=4096))
+    assert plan.verdict == CPU_ONLY and variant.quant == "IQ4_XS"   # fastest: fewest bytes per token
+
+
+def test_speed_drops_when_experts_move_to_ram():
+    fast = place(IQ4, machine(23.5), n_ctx=4096).tokens_per_s
+    slow = place(IQ4, machine(23.5), n_ctx=1048576).tokens_per_s
+    cpu = place(IQ4, machine(None), n_ctx=4096).tokens_per_s
+    assert fast > slow > cpu > 0
