@@ -1,1 +1,129 @@
-"""`localcascade run`: not yet written."""
+"""`localcascade run`: pick the model, show the plan, load it, and start the chat (localcascade.repl)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from localcascade.cli import app, options
+from localcascade.errors import ModelNotFoundError, UsageError
+
+
+@app.command()
+def run(
+    model_arg: Optional[str] = typer.Argument(None, help="GGUF file or model name."),
+    model: Optional[str] = options.model_option(),
+    think: bool = options.think_option(),
+    trace: str = typer.Option("collapse", "--trace", help="Show the thinking trace: show, hide or collapse."),
+    think_budget: Optional[int] = options.think_budget_option(),
+    system: Optional[str] = options.system_option(),
+    temp: Optional[float] = options.temp_option(),
+    top_p: Optional[float] = options.top_p_option(),
+    max_tokens: Optional[int] = options.max_tokens_option(),
+    seed: Optional[int] = options.seed_option(),
+    ctx: Optional[str] = options.ctx_option(),
+    ngl: Optional[int] = options.ngl_option(),
+    cpu_moe: Optional[int] = options.cpu_moe_option(),
+    kv_type: Optional[str] = options.kv_type_option(),
+    flash_attn: Optional[bool] = options.flash_attn_option(),
+    chat_template: Optional[Path] = options.chat_template_option(),
+    grammar_file: Optional[Path] = typer.Option(
+        None, "--grammar-file", help="Constrain every reply (thinking included) to a GBNF grammar FILE."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Download the recommended variant without asking."),
+    verbose: bool = options.verbose_option(),
+) -> int:
+    """Chat with the model in the terminal (the best variant you have, if none is named)."""
+    from localcascade import repl
+
+    if model_arg and model and model_arg != model:
+        raise UsageError(f"two models named ({model_arg!r} and --model {model!r}): give one")
+    trace = trace.lower()
+    if trace not in repl.TRACE_MODES:
+        raise UsageError(f"--trace takes show, hide or collapse, not {trace!r}")
+    # Validates the sampling values with the same messages as `ask`.
+    gen = options.generation_options(
+        think=think, think_budget=think_budget, temp=temp, top_p=top_p, max_tokens=max_tokens, seed=seed
+    )
+    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
+
+    grammar = _read_grammar(grammar_file) if grammar_file is not None else None
+
+    from localcascade.hardware.probe import detect
+
+    hardware = detect()
+    model_path = _choose_model(model_arg or model, hardware, request, yes)
+
+    from localcascade.engine.planning import plan_for_file
+    from localcascade.engine.session import Chat, Engine
+    from localcascade.engine.template import read_template_file
+
+    plan = plan_for_file(model_path, request, hardware)
+    for line in repl.describe_plan(plan):
+        print(f"localcascade: {line}", file=sys.stderr)
+    template = read_template_file(chat_template) if chat_template is not None else None
+    engine = Engine.load(
+        model_path, plan, hardware=hardware, chat_template=template, verbose=verbose,
+        progress=options.stderr_progress(model_path.name, quiet=False),
+    )
+    with engine:
+        state = repl.ReplState(
+            engine=engine,
+            chat=Chat(engine, system=system),
+            think=gen.think,
+            trace=trace,
+            think_budget=gen.think_budget,
+            sampling=repl.Sampling(
+                temperature=gen.temperature, top_p=gen.top_p, max_tokens=gen.max_tokens, seed=gen.seed
+            ),
+            hardware=hardware,
+            grammar=grammar,
+        )
+        return repl.run_repl(state)
+
+
+def _read_grammar(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read grammar file {path}: {err}") from None
+
+
+def _choose_model(spec: Optional[str], hardware, request, yes: bool) -> Path:
+    """The named model; else the best-fitting variant already pulled; else offer to pull one."""
+    from localcascade import store
+
+    if spec:
+        return store.find_local_model(spec)
+    best = store.best_local_variant(hardware, request)
+    if best is not None:
+        stored, _plan = best
+        return Path(stored.path)
+    return _offer_pull(hardware, request, yes)
+
+
+def _offer_pull(hardware, request, yes: bool) -> Path:
+    """Nothing pulled yet: show what fits this machine and download it if the user agrees."""
+    from localcascade import hub
+    from localcascade.catalog import load_catalog
+    from localcascade.planner import recommend
+    from localcascade.repl import describe_plan
+    from localcascade.units import format_bytes
+
+    variant, plan = recommend(hardware, list(load_catalog()), request)
+    print("localcascade: no Nemotron-Cascade-2 model pulled yet. What fits this machine:", file=sys.stderr)
+    for line in describe_plan(plan):
+        print(f"  {line}", file=sys.stderr)
+    what = f"{variant.quant} ({format_bytes(variant.size_bytes)})"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ModelNotFoundError(
+                f"no model pulled: run `localcascade pull {variant.quant}`, or `localcascade run --yes` to pull it now"
+            )
+        if not typer.confirm(f"Download {what} from {variant.repo}?", default=True, err=True):
+            raise ModelNotFoundError(f"nothing to run: `localcascade pull {variant.quant}` downloads it later")
+    pulled = hub.pull(hub.resolve_remote(hub.parse_model_spec(variant.quant)))
+    return Path(pulled.files[0].local_path)

@@ -1,0 +1,945 @@
+"""The interactive chat behind `localcascade run`.
+
+Two halves, kept apart so each is easy to read:
+
+* **State and commands** (``ReplState``, ``run_command``): what the session
+  settings are (thinking mode, how the trace is shown, budget, sampling) and
+  what each slash command does to them and to the conversation. No terminal
+  I/O here: a command returns ``Notice`` lines for the terminal half to print.
+* **The terminal** (``TurnPrinter``, ``LineReader``, ``run_repl``): reading
+  lines with prompt-toolkit (history, multi-line input, completion) and
+  rendering a streaming reply with rich. Plain terminals (``TERM=dumb``,
+  ``NO_COLOR``, pipes) get plain text with no escape codes.
+
+The engine does the model work; this module never imports llama_cpp.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from localcascade import settings as lc_settings
+from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
+from localcascade.errors import ContextOverflowError, LocalCascadeError, UsageError
+from localcascade.plan import Plan
+from localcascade.units import format_bytes, format_tokens, parse_tokens
+
+TRACE_MODES = ("show", "hide", "collapse")
+
+# Above this share of the context window, every reply ends with a warning.
+CONTEXT_WARN_FRACTION = 0.85
+
+
+# --------------------------------------------------------------------------
+# Session state
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Sampling:
+    """Sampling overrides; None leaves the choice to the engine (the model card's defaults)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+
+
+@dataclass
+class ReplState:
+    """Everything a slash command can change, plus what the session has seen so far."""
+
+    engine: object                      # localcascade.engine.session.Engine
+    chat: object                        # localcascade.engine.session.Chat
+    think: bool = True                  # the model's thinking mode (template enable_thinking)
+    trace: str = "collapse"             # how the thinking trace is shown: show | hide | collapse
+    think_budget: int | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    hardware: object | None = None      # localcascade.hardware.facts.Hardware, for /info
+    grammar: str | None = None          # GBNF every reply must follow (--grammar-file)
+    last_trace: str | None = None
+    last_trace_tokens: int | None = None
+    last_trace_seconds: float | None = None
+    last_stats: TurnStats | None = None
+    turns: int = 0
+    total_prompt_tokens: int = 0
+    total_evaluated_tokens: int = 0
+    total_completion_tokens: int = 0
+
+    def options(self):
+        """The GenerationOptions for the next turn."""
+        from localcascade.engine.session import GenerationOptions
+
+        return GenerationOptions(
+            think=self.think,
+            think_budget=self.think_budget,
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            top_k=self.sampling.top_k,
+            max_tokens=self.sampling.max_tokens,
+            seed=self.sampling.seed,
+            grammar=self.grammar,
+        )
+
+    def prompt_label(self) -> str:
+        """The prompt line: both toggles at a glance, e.g. ``[think on · trace collapse] >>> ``."""
+        think = "on" if self.think else "off"
+        budget = f" · budget {format_tokens(self.think_budget)}" if self.think and self.think_budget else ""
+        return f"[think {think}{budget} · trace {self.trace}] >>> "
+
+    def record(self, stats: TurnStats) -> None:
+        self.last_stats = stats
+        self.turns += 1
+        self.total_prompt_tokens += stats.prompt_tokens
+        self.total_evaluated_tokens += stats.evaluated_tokens
+        self.total_completion_tokens += stats.completion_tokens
+
+
+# --------------------------------------------------------------------------
+# Slash commands: parse, apply to the state, answer with notices
+# --------------------------------------------------------------------------
+
+INFO, WARN, ERROR, TRACE = "info", "warn", "error", "trace"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One line (or block) a command wants printed; ``kind`` picks the style."""
+
+    text: str
+    kind: str = INFO
+
+
+@dataclass
+class Outcome:
+    notices: list[Notice] = field(default_factory=list)
+    exit: bool = False
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    usage: str
+    help: str
+    handler: Callable[[ReplState, str], Outcome]
+    choices: tuple[str, ...] = ()       # first-argument words offered by tab completion
+
+
+def _say(*lines: str, kind: str = INFO) -> Outcome:
+    return Outcome([Notice(line, kind) for line in lines])
+
+
+def _on_off(arg: str, what: str) -> bool:
+    word = arg.strip().lower()
+    if word in {"on", "yes", "true", "1"}:
+        return True
+    if word in {"off", "no", "false", "0"}:
+        return False
+    raise UsageError(f"{what} takes on or off, not {arg.strip()!r}")
+
+
+def _cmd_think(state: ReplState, arg: str) -> Outcome:
+    if not arg.strip():
+        return _say(f"thinking is {'on' if state.think else 'off'} (/think on|off)")
+    state.think = _on_off(arg, "/think")
+    if state.think:
+        return _say("thinking on: the model reasons before it answers")
+    return _say("thinking off: the model answers directly")
+
+
+def _cmd_trace(state: ReplState, arg: str) -> Outcome:
+    word = arg.strip().lower()
+    if not word:
+        return _say(f"trace is {state.trace} (/trace show|hide|collapse|last)")
+    if word == "last":
+        if not state.last_trace:
+            return _say("no thinking trace yet in this conversation")
+        header = "last thinking trace"
+        if state.last_trace_tokens is not None:
+            header += f" ({_thought_for(state.last_trace_tokens, state.last_trace_seconds)})"
+        return Outcome([Notice(header + ":", INFO), Notice(state.last_trace, TRACE)])
+    if word not in TRACE_MODES:
+        raise UsageError(f"/trace takes show, hide, collapse or last, not {arg.strip()!r}")
+    state.trace = word
+    extra = "" if state.think else " (thinking is off: /think on to get a trace)"
+    return _say(f"trace {word}{extra}")
+
+
+def _cmd_budget(state: ReplState, arg: str) -> Outcome:
+    word = arg.strip().lower()
+    if not word:
+        shown = format_tokens(state.think_budget) if state.think_budget else "off"
+        return _say(f"thinking budget is {shown} (/budget N|off)")
+    if word == "off":
+        state.think_budget = None
+        return _say("thinking budget off: the model thinks as long as it wants")
+    state.think_budget = parse_tokens(word)
+    extra = "" if state.think else " (applies once /think on)"
+    return _say(f"thinking budget {state.think_budget} tokens{extra}")
+
+
+def _cmd_system(state: ReplState, arg: str) -> Outcome:
+    text = arg.strip()
+    current = _system_text(state.chat)
+    if not text:
+        if current:
+            return _say(f"system prompt: {current}", "(/system TEXT replaces it, /system off removes it)")
+        return _say("no system prompt (/system TEXT sets one)")
+    if text.lower() == "off":
+        state.chat.set_system(None)
+        return _say("system prompt removed")
+    state.chat.set_system(text)
+    return _say("system prompt set")
+
+
+def _system_text(chat) -> str | None:
+    for message in getattr(chat, "messages", []):
+        if message.get("role") == "system":
+            return message.get("content")
+    return None
+
+
+# name -> (field, parser); parsers raise UsageError with the accepted form.
+def _parse_float(low: float, high: float, name: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(f"{name} takes a number from {low:g} to {high:g}, not {text!r}") from None
+        if not low <= value <= high:
+            raise UsageError(f"{name} takes a number from {low:g} to {high:g}, not {text!r}")
+        return value
+
+    return parse
+
+
+def _parse_int(low: int, name: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{name} takes a whole number, not {text!r}") from None
+        if value < low:
+            raise UsageError(f"{name} must be at least {low}, not {text!r}")
+        return value
+
+    return parse
+
+
+_SETTABLE: dict[str, tuple[str, Callable[[str], object]]] = {
+    "temp": ("temperature", _parse_float(0.0, 5.0, "temp")),
+    "top_p": ("top_p", _parse_float(0.0, 1.0, "top_p")),
+    "top_k": ("top_k", _parse_int(0, "top_k")),
+    "max_tokens": ("max_tokens", parse_tokens),
+    "seed": ("seed", _parse_int(0, "seed")),
+}
+_SET_ALIASES = {"temperature": "temp", "top-p": "top_p", "top-k": "top_k", "max-tokens": "max_tokens"}
+
+
+def _cmd_set(state: ReplState, arg: str) -> Outcome:
+    parts = arg.split()
+    if not parts:
+        lines = []
+        for key, (attr, _) in _SETTABLE.items():
+            value = getattr(state.sampling, attr)
+            lines.append(f"{key:<10} {'default' if value is None else value}")
+        return _say(*lines, "(/set NAME VALUE, or /set NAME default)")
+    key = _SET_ALIASES.get(parts[0].lower(), parts[0].lower())
+    if key not in _SETTABLE:
+        hint = _closest(key, list(_SETTABLE))
+        raise UsageError(f"/set knows {', '.join(_SETTABLE)}, not {parts[0]!r}{hint}")
+    if len(parts) != 2:
+        raise UsageError(f"usage: /set {key} VALUE (or /set {key} default)")
+    attr, parse = _SETTABLE[key]
+    value = None if parts[1].lower() in {"default", "off", "none"} else parse(parts[1])
+    state.sampling = replace(state.sampling, **{attr: value})
+    return _say(f"{key} = {'default' if value is None else value}")
+
+
+def _cmd_clear(state: ReplState, arg: str) -> Outcome:
+    state.chat.clear()
+    state.last_trace = state.last_trace_tokens = state.last_trace_seconds = None
+    return _say("new conversation (same model, same settings)")
+
+
+def _cmd_save(state: ReplState, arg: str) -> Outcome:
+    if not arg.strip():
+        raise UsageError("usage: /save FILE")
+    path = Path(arg.strip()).expanduser()
+    data = json.dumps(state.chat.to_dict(), indent=2, ensure_ascii=False)
+    _write_atomically(path, data + "\n")
+    count = len(state.chat.messages)
+    return _say(f"saved {count} message{'s' if count != 1 else ''} to {path}")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename it, so a crash never leaves half a file."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise UsageError(f"cannot save to {path}: folder {directory} does not exist")
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _cmd_load(state: ReplState, arg: str) -> Outcome:
+    if not arg.strip():
+        raise UsageError("usage: /load FILE")
+    path = Path(arg.strip()).expanduser()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is not a saved conversation (bad JSON: {err.msg}, line {err.lineno})") from None
+    try:
+        chat = type(state.chat).from_dict(state.engine, data)
+    except LocalCascadeError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise UsageError(f"{path} is not a saved conversation ({err})") from None
+    state.chat = chat
+    state.last_trace = getattr(chat, "last_reasoning", None)
+    state.last_trace_tokens = state.last_trace_seconds = None
+    turns = sum(1 for m in chat.messages if m.get("role") == "user")
+    return _say(f"loaded {len(chat.messages)} messages ({turns} turns) from {path}")
+
+
+def _cmd_stats(state: ReplState, arg: str) -> Outcome:
+    lines = []
+    stats = state.last_stats
+    if stats is None:
+        lines.append("no reply yet")
+    else:
+        lines.append(
+            f"last reply: {stats.prompt_tokens} prompt tokens ({stats.evaluated_tokens} evaluated) "
+            f"at {stats.prompt_tokens_per_s:.1f} t/s"
+        )
+        lines.append(
+            f"            {stats.thinking_tokens} thinking + {stats.answer_tokens} answer tokens "
+            f"at {stats.generation_tokens_per_s:.1f} t/s, stopped: {stats.stop_reason}"
+        )
+    lines.append(
+        f"session: {state.turns} replies, {state.total_evaluated_tokens} prompt tokens evaluated, "
+        f"{state.total_completion_tokens} generated"
+    )
+    lines.append(f"context: {_context_line(state.chat)}")
+    return _say(*lines)
+
+
+def _context_line(chat) -> str:
+    used, limit = chat.context_used, chat.context_limit
+    share = f" ({100 * used / limit:.0f}%)" if limit else ""
+    return f"{used}/{limit} tokens{share}"
+
+
+def _cmd_info(state: ReplState, arg: str) -> Outcome:
+    engine = state.engine
+    lines = [f"model: {getattr(engine, 'model_name', '?')}  ({getattr(engine, 'model_path', '?')})"]
+    plan = getattr(engine, "plan", None)
+    if plan is not None:
+        lines.extend("plan: " + line for line in describe_plan(plan))
+    if state.hardware is not None:
+        lines.append("hardware: " + describe_hardware(state.hardware))
+    lines.append(
+        f"session: think {'on' if state.think else 'off'}, trace {state.trace}, "
+        f"budget {state.think_budget or 'off'}, " + _sampling_line(state.sampling)
+    )
+    lines.append(f"context: {_context_line(state.chat)}")
+    opening = reply_opening(state)
+    if opening is not None:
+        lines.append(f"next reply opens with: {opening!r}")
+    return _say(*lines)
+
+
+def reply_opening(state: ReplState) -> str | None:
+    """What the chat template puts after the next user message: shows /think at work in the prompt
+    (``<think>`` left open with thinking on, ``<think></think>`` with it off)."""
+    template = getattr(state.engine, "template", None)
+    if template is None:
+        return None
+    marker = "\u2063next-user-message\u2063"
+    messages = list(state.chat.messages) + [{"role": "user", "content": marker}]
+    try:
+        text = template.render(messages, add_generation_prompt=True, enable_thinking=state.think)
+    except LocalCascadeError:
+        return None
+    return text.split(marker, 1)[1] if marker in text else None
+
+
+def _sampling_line(sampling: Sampling) -> str:
+    parts = []
+    for key, (attr, _) in _SETTABLE.items():
+        value = getattr(sampling, attr)
+        parts.append(f"{key} {'default' if value is None else value}")
+    return ", ".join(parts)
+
+
+def _cmd_help(state: ReplState, arg: str) -> Outcome:
+    width = max(len(cmd.usage) for cmd in COMMANDS)
+    lines = [f"{cmd.usage:<{width}}  {cmd.help}" for cmd in COMMANDS]
+    lines += [
+        "",
+        'Multi-line input: start and end with """, or press Alt-Enter (Esc Enter) for a new line.',
+        "Ctrl-C stops a reply; at an empty prompt, Ctrl-C twice or Ctrl-D leaves.",
+        "Start a message with // to send a line that begins with /.",
+    ]
+    return _say(*lines)
+
+
+def _cmd_bye(state: ReplState, arg: str) -> Outcome:
+    return Outcome(exit=True)
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("/think", "/think on|off", "the model's thinking mode", _cmd_think, ("on", "off")),
+    Command("/trace", "/trace show|hide|collapse|last", "how the thinking trace is shown",
+            _cmd_trace, ("show", "hide", "collapse", "last")),
+    Command("/budget", "/budget N|off", "cap thinking at N tokens", _cmd_budget, ("off",)),
+    Command("/system", "/system TEXT|off", "set or remove the system prompt", _cmd_system, ("off",)),
+    Command("/set", "/set temp|top_p|top_k|max_tokens|seed V", "sampling settings",
+            _cmd_set, tuple(_SETTABLE)),
+    Command("/clear", "/clear", "start a new conversation", _cmd_clear),
+    Command("/save", "/save FILE", "save the conversation as JSON", _cmd_save),
+    Command("/load", "/load FILE", "load a saved conversation", _cmd_load),
+    Command("/stats", "/stats", "tokens, speed, context used", _cmd_stats),
+    Command("/info", "/info", "model, plan, hardware, settings", _cmd_info),
+    Command("/help", "/help", "this list", _cmd_help),
+    Command("/bye", "/bye", "leave", _cmd_bye),
+)
+_BY_NAME = {cmd.name: cmd for cmd in COMMANDS}
+_ALIASES = {"/exit": "/bye", "/quit": "/bye", "/?": "/help"}
+
+
+def _closest(word: str, candidates: list[str]) -> str:
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+def is_command(line: str) -> bool:
+    """A slash command, as opposed to a message (``//text`` sends ``/text`` as a message)."""
+    stripped = line.lstrip()
+    return stripped.startswith("/") and not stripped.startswith("//")
+
+
+def run_command(state: ReplState, line: str) -> Outcome:
+    """Parse one slash command and apply it. Never raises for bad input: errors become notices."""
+    name, _, arg = line.strip().partition(" ")
+    name = _ALIASES.get(name.lower(), name.lower())
+    command = _BY_NAME.get(name)
+    if command is None:
+        hint = _closest(name, list(_BY_NAME))
+        return _say(f"unknown command {name}{hint} (/help lists them)", kind=ERROR)
+    try:
+        return command.handler(state, arg)
+    except LocalCascadeError as err:
+        return _say(str(err), kind=ERROR)
+
+
+# --------------------------------------------------------------------------
+# Words for plans, hardware and turns
+# --------------------------------------------------------------------------
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    """The plan in two short lines: what loads where, and what it should do."""
+    where = f"GPU {format_bytes(plan.gpu_bytes)} + RAM {format_bytes(plan.ram_bytes)}"
+    if plan.gpu_bytes == 0:
+        where = f"RAM {format_bytes(plan.ram_bytes)} (CPU only)"
+    speed = f", ~{plan.tokens_per_s:.0f} tokens/s expected" if plan.tokens_per_s else ""
+    first = f"{plan.model}, context {format_tokens(plan.n_ctx)}, {where}{speed}"
+    offload = f"{plan.n_gpu_layers} GPU layers"
+    if plan.cpu_moe_blocks:
+        offload += f", experts of {plan.cpu_moe_blocks} blocks in RAM"
+    second = (
+        f"{plan.verdict.replace('_', ' ')}: {offload}, KV {plan.type_k}/{plan.type_v}, "
+        f"flash attention {'on' if plan.flash_attn else 'off'}"
+    )
+    return [first, second]
+
+
+def describe_hardware(hardware) -> str:
+    gpus = ", ".join(
+        f"{gpu.name} {format_bytes(gpu.vram_total_bytes)}" for gpu in getattr(hardware, "gpus", ())
+    )
+    ram = format_bytes(getattr(hardware, "ram_total_bytes", 0))
+    cpu = getattr(getattr(hardware, "cpu", None), "model", "unknown CPU")
+    return f"{gpus or 'no GPU'}; RAM {ram}; {cpu}"
+
+
+def _thought_for(tokens: int | None, seconds: float | None) -> str:
+    parts = []
+    if tokens is not None:
+        parts.append(f"{tokens} token{'s' if tokens != 1 else ''}")
+    if seconds is not None:
+        parts.append(f"{seconds:.1f} s")
+    return "thought for " + ", ".join(parts)
+
+
+def stats_footer(stats: TurnStats) -> str:
+    """One line after each reply, short enough for 80 columns."""
+    used, limit = stats.context_used, stats.context_limit
+    share = f" ({100 * used / limit:.0f}%)" if limit else ""
+    return (
+        f"prompt {stats.prompt_tokens_per_s:.1f} t/s · reply {stats.completion_tokens} tok "
+        f"at {stats.generation_tokens_per_s:.1f} t/s · context {used}/{limit}{share}"
+    )
+
+
+def context_warning(used: int, limit: int) -> str | None:
+    if not limit or used / limit <= CONTEXT_WARN_FRACTION:
+        return None
+    return (
+        f"context {100 * used / limit:.0f}% full ({used}/{limit}): /save FILE then /clear to start "
+        "over, or restart with a larger --ctx if `localcascade fit` says it fits"
+    )
+
+
+def overflow_advice(err: ContextOverflowError) -> list[str]:
+    return [
+        f"{err}",
+        "nothing was dropped: /save FILE keeps this conversation, /clear starts a new one, "
+        "or restart with a larger --ctx if `localcascade fit` says it fits",
+    ]
+
+
+# --------------------------------------------------------------------------
+# The terminal: rendering a reply
+# --------------------------------------------------------------------------
+
+
+def make_console(file=None):
+    """A rich console that writes no escape codes on dumb terminals, pipes, or with NO_COLOR."""
+    from rich.console import Console
+
+    plain = lc_settings.no_color()
+    return Console(
+        file=file,
+        no_color=plain,
+        color_system=None if plain else "auto",
+        highlight=False,
+        emoji=False,
+        soft_wrap=False,
+    )
+
+
+def _fancy(console) -> bool:
+    """Can we move the cursor (live regions, markdown re-rendering)? Not on dumb terminals or pipes."""
+    return console.is_terminal and not console.is_dumb_terminal and os.environ.get("TERM") != "dumb"
+
+
+class _MarkdownBlocks:
+    """Split a streaming answer into finished markdown blocks and the unfinished tail.
+
+    A block ends at a blank line outside a code fence; finished blocks can be
+    rendered as markdown at once while the tail is still being written.
+    """
+
+    def __init__(self) -> None:
+        self.pending = ""
+
+    def feed(self, text: str) -> list[str]:
+        self.pending += text
+        done = []
+        while True:
+            cut = self._block_end(self.pending)
+            if cut is None:
+                return done
+            block, self.pending = self.pending[:cut], self.pending[cut:].lstrip("\n")
+            if block.strip():
+                done.append(block)
+
+    @staticmethod
+    def _block_end(text: str) -> int | None:
+        in_fence = False
+        offset = 0
+        lines = text.split("\n")
+        for index, line in enumerate(lines[:-1]):     # the last line is still being written
+            if line.lstrip().startswith(("```", "~~~")):
+                in_fence = not in_fence
+            offset += len(line) + 1
+            if not in_fence and not line.strip() and index > 0:
+                return offset
+        return None
+
+    def flush(self) -> str:
+        rest, self.pending = self.pending, ""
+        return rest
+
+
+class TurnPrinter:
+    """Renders one reply's events: the trace apart from the answer, then the footer."""
+
+    def __init__(self, console, state: ReplState, count_tokens: Callable[[str], int]):
+        self.console = console
+        self.state = state
+        self.count_tokens = count_tokens
+        self.fancy = _fancy(console)
+        self.thinking: list[str] = []
+        self.answer: list[str] = []
+        self.started = time.monotonic()
+        self.think_end: float | None = None
+        self.trace_closed = False
+        self.live = None
+        self.blocks = _MarkdownBlocks()
+        self.last_refresh = 0.0
+
+    # -- events
+
+    def thinking_text(self, text: str) -> None:
+        if not self.thinking and self.state.trace == "show":
+            self.console.print("Thinking", style="dim italic")
+            text = text.lstrip("\n")
+        self.thinking.append(text)
+        if self.state.trace == "show":
+            self.console.print(text, end="", style="dim", markup=False, soft_wrap=True)
+        elif self.fancy:
+            self._live_show(f"thinking… {time.monotonic() - self.started:.1f} s", style="dim italic")
+
+    def answer_text(self, text: str) -> None:
+        if not self.answer:
+            self.close_trace()
+            text = text.lstrip("\n")
+            if not text:
+                return
+        self.answer.append(text)
+        if not self.fancy:
+            self.console.print(text, end="", markup=False, soft_wrap=True)
+            return
+        for block in self.blocks.feed(text):
+            self._print_block(block)
+        self._live_show(self.blocks.pending)
+
+    def finish(self, stats: TurnStats | None) -> None:
+        """End of the reply (complete, stopped, or failed)."""
+        self.close_trace(stats)
+        if stats is not None and self.thinking:
+            self.state.last_trace_tokens = stats.thinking_tokens      # exact, where the summary estimated
+        if self.fancy:
+            rest = self.blocks.flush()
+            self._stop_live()
+            if rest.strip():
+                self._print_block(rest)
+        elif self.answer and not "".join(self.answer).endswith("\n"):
+            self.console.print()
+        if not self.answer and not self.thinking:
+            self.console.print("(no reply)", style="dim")
+
+    # -- trace
+
+    def close_trace(self, stats: TurnStats | None = None) -> None:
+        """The thinking is over: summarise it (collapse), end its block (show), remember it (/trace last)."""
+        if self.trace_closed or not self.thinking:
+            return
+        self.trace_closed = True
+        self.think_end = time.monotonic()
+        trace = "".join(self.thinking).strip()
+        tokens = stats.thinking_tokens if stats is not None else self.count_tokens(trace)
+        seconds = self.think_end - self.started
+        self.state.last_trace, self.state.last_trace_tokens = trace, tokens
+        self.state.last_trace_seconds = seconds
+        self._stop_live()
+        if self.state.trace == "show":
+            if not "".join(self.thinking).endswith("\n"):
+                self.console.print()
+            self.console.print(f"({_thought_for(tokens, seconds)})", style="dim italic")
+        elif self.state.trace == "collapse":
+            self.console.print(f"{_thought_for(tokens, seconds)} (/trace last shows it)", style="dim italic")
+        if self.state.trace != "hide":
+            self.console.print()
+
+    # -- live region (fancy terminals only)
+
+    def _print_block(self, block: str) -> None:
+        from rich.markdown import Markdown
+
+        target = self.live.console if self.live is not None else self.console
+        target.print(Markdown(block.strip("\n")))
+        target.print()
+
+    def _live_show(self, text: str, style: str = "") -> None:
+        from rich.live import Live
+        from rich.text import Text
+
+        # Only the tail fits on screen; a live region taller than the terminal cannot be redrawn.
+        height = max(3, self.console.size.height - 3)
+        lines = text.split("\n")[-height:]
+        renderable = Text("\n".join(lines), style=style)
+        if self.live is None:
+            self.live = Live(renderable, console=self.console, auto_refresh=False, transient=True)
+            self.live.start()
+            self.last_refresh = 0.0
+        now = time.monotonic()
+        # A refresh per token flickers; fifteen a second reads as smooth.
+        self.live.update(renderable, refresh=now - self.last_refresh > 1 / 15)
+        if now - self.last_refresh > 1 / 15:
+            self.last_refresh = now
+
+    def _stop_live(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+class _StopRequest:
+    """Ctrl-C while a reply streams: the first asks the reply to stop at the next token, a second
+    (the engine may be busy reading a long prompt) interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> "_StopRequest":
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:           # not the main thread: leave Ctrl-C as it is
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def stream_reply(console, state: ReplState, text: str) -> None:
+    """Send one message and render the reply as it streams; Ctrl-C stops it and keeps what was said."""
+    printer = TurnPrinter(console, state, state.engine.count_tokens)
+    stats: TurnStats | None = None
+    stopped = False
+    events: Iterator = iter(())
+    try:
+        with _StopRequest() as stop:
+            events = state.chat.send(text, state.options())
+            for event in events:
+                if isinstance(event, ThinkingText):
+                    printer.thinking_text(event.text)
+                elif isinstance(event, AnswerText):
+                    printer.answer_text(event.text)
+                elif isinstance(event, TurnStats):
+                    stats = event
+                if stop.requested:
+                    stopped = True
+                    break
+    except KeyboardInterrupt:
+        stopped = True
+    except ContextOverflowError as err:
+        printer.finish(None)
+        for line in overflow_advice(err):
+            console.print(line, style="yellow", markup=False)
+        return
+    except LocalCascadeError as err:
+        # The engine failed this turn (not the session): say so and keep the conversation going.
+        printer.finish(None)
+        console.print(f"error: {err}", style="red", markup=False)
+        return
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()        # the engine keeps what was said so far in the history
+    printer.finish(stats)
+    if stopped:
+        console.print(
+            f"[reply stopped; what was said is kept] context {_context_line(state.chat)}",
+            style="yellow",
+            markup=False,
+        )
+    if stats is not None:
+        state.record(stats)
+        console.print(stats_footer(stats), style="dim", markup=False)
+        if stats.stop_reason == "length":
+            console.print("(reply cut at max_tokens: /set max_tokens N for longer replies)", style="dim")
+        elif stats.stop_reason == "think_budget_no_answer":
+            console.print(
+                "(max_tokens ran out while thinking, before any answer: /set max_tokens N, "
+                "or /budget N to cap the thinking)",
+                style="dim",
+            )
+    warning = context_warning(state.chat.context_used, state.chat.context_limit)
+    if warning:
+        console.print(warning, style="yellow", markup=False)
+
+
+# --------------------------------------------------------------------------
+# The terminal: reading input
+# --------------------------------------------------------------------------
+
+MULTILINE_FENCE = '"""'
+
+
+class _SlashCompleter:
+    """Tab completion of slash commands and their first argument."""
+
+    def __new__(cls):
+        from prompt_toolkit.completion import Completer, Completion
+
+        class SlashCompleter(Completer):
+            def get_completions(self, document, complete_event):
+                text = document.text_before_cursor
+                if not text.startswith("/") or "\n" in text:
+                    return
+                name, space, arg = text.partition(" ")
+                if not space:
+                    for cmd in COMMANDS:
+                        if cmd.name.startswith(name.lower()):
+                            yield Completion(cmd.name, start_position=-len(name), display_meta=cmd.help)
+                    return
+                command = _BY_NAME.get(_ALIASES.get(name.lower(), name.lower()))
+                if command is None or " " in arg:
+                    return
+                for choice in command.choices:
+                    if choice.startswith(arg.lower()):
+                        yield Completion(choice, start_position=-len(arg))
+
+        return SlashCompleter()
+
+
+class LineReader:
+    """Reads one message at a time: prompt-toolkit on a terminal, plain lines from a pipe.
+
+    ``read(prompt)`` returns the text, raises EOFError on Ctrl-D / end of input
+    and KeyboardInterrupt on Ctrl-C (``interrupted_text`` says what was typed).
+    """
+
+    def __init__(self, history_path: Path | None = None, *, interactive: bool | None = None):
+        if interactive is None:
+            # A dumb terminal (an editor's shell buffer) gets plain lines: prompt-toolkit writes
+            # cursor codes even in its dumb mode, and such terminals cannot show them.
+            interactive = sys.stdin.isatty() and os.environ.get("TERM") != "dumb"
+        self.interactive = interactive
+        self.session = None
+        self.interrupted_text = ""
+        if self.interactive:
+            self.session = self._make_session(history_path)
+
+    @staticmethod
+    def _make_session(history_path: Path | None):
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory, InMemoryHistory
+        from prompt_toolkit.key_binding import KeyBindings
+
+        history = InMemoryHistory()
+        if history_path is not None:
+            try:
+                history_path.parent.mkdir(parents=True, exist_ok=True)
+                history_path.touch(exist_ok=True)
+                history = FileHistory(str(history_path))
+            except OSError:
+                pass          # a read-only home still gets a working session, without history
+
+        bindings = KeyBindings()
+
+        @bindings.add("escape", "enter")
+        def _newline(event):          # Alt-Enter (sent as Esc Enter): a new line, not "send"
+            event.current_buffer.insert_text("\n")
+
+        return PromptSession(
+            history=history,
+            completer=_SlashCompleter(),
+            complete_while_typing=False,
+            key_bindings=bindings,
+            prompt_continuation=lambda width, line_number, wrap_count: "... ".rjust(width),
+            enable_suspend=True,
+        )
+
+    def _line(self, prompt: str) -> str:
+        if self.session is None:
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+            line = sys.stdin.readline()
+            if not line:
+                raise EOFError
+            return line.rstrip("\n")
+        try:
+            return self.session.prompt(prompt)
+        except KeyboardInterrupt:
+            self.interrupted_text = self.session.default_buffer.text
+            raise
+
+    def read(self, prompt: str) -> str:
+        self.interrupted_text = ""
+        first = self._line(prompt)
+        if not first.lstrip().startswith(MULTILINE_FENCE):
+            return first
+        # A """ block: everything up to the closing """ is one message.
+        body = first.lstrip()[len(MULTILINE_FENCE):]
+        if body.rstrip().endswith(MULTILINE_FENCE) and body.strip() != "":
+            return body.rstrip()[: -len(MULTILINE_FENCE)]
+        lines = [body] if body else []
+        while True:
+            line = self._line("... ")
+            if line.rstrip().endswith(MULTILINE_FENCE):
+                lines.append(line.rstrip()[: -len(MULTILINE_FENCE)])
+                return "\n".join(lines).strip("\n")
+            lines.append(line)
+
+
+# --------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------
+
+
+def _print_notices(console, outcome: Outcome) -> None:
+    styles = {INFO: "", WARN: "yellow", ERROR: "red", TRACE: "dim"}
+    for notice in outcome.notices:
+        console.print(notice.text, style=styles.get(notice.kind, ""), markup=False)
+
+
+def run_repl(state: ReplState, *, console=None, reader: LineReader | None = None) -> int:
+    """Talk until /bye, Ctrl-D or a second Ctrl-C at an empty prompt; returns the exit code (0)."""
+    console = console or make_console()
+    reader = reader or LineReader(lc_settings.data_dir() / "history")
+    console.print(
+        f"{getattr(state.engine, 'model_name', 'model')} ready. /help for commands, "
+        "Ctrl-D or /bye to leave.",
+        style="dim",
+        markup=False,
+    )
+    warned_interrupt = False
+    while True:
+        try:
+            line = reader.read(state.prompt_label())
+        except EOFError:
+            console.print()
+            return 0
+        except KeyboardInterrupt:
+            if reader.interrupted_text.strip():
+                warned_interrupt = False      # Ctrl-C on a typed line just discards it
+                continue
+            if warned_interrupt:
+                return 0
+            warned_interrupt = True
+            console.print("(Ctrl-C again, Ctrl-D or /bye to leave)", style="dim")
+            continue
+        warned_interrupt = False
+        if not line.strip():
+            continue
+        if is_command(line):
+            outcome = run_command(state, line)
+            _print_notices(console, outcome)
+            if outcome.exit:
+                return 0
+            continue
+        message = line.lstrip()[1:] if line.lstrip().startswith("//") else line
+        stream_reply(console, state, message)
