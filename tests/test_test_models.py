@@ -198,10 +198,14 @@ def test_quantizable_model_quantizes_without_fallback_types(
 
 # ---- FULL-shape sparse skeleton -------------------------------------------------------------
 
-def test_full_bf16_skeleton_is_sparse_full_size_and_readable(full_bf16_skeleton: Path):
-    path = full_bf16_skeleton
+@pytest.fixture(scope="module")
+def full_reader(full_bf16_skeleton: Path) -> gguf.GGUFReader:
+    return gguf.GGUFReader(full_bf16_skeleton)  # ~3 s: the 131072-token vocabulary is parsed in Python
+
+
+def test_full_bf16_skeleton_is_sparse_full_size_and_readable(full_bf16_skeleton: Path, full_reader):
+    path, reader = full_bf16_skeleton, full_reader
     st = path.stat()
-    reader = gguf.GGUFReader(path)
     tensor_bytes = [int(t.n_bytes) for t in reader.tensors]
     padded = sum(gguf.GGUFWriter.ggml_pad(n, reader.alignment) for n in tensor_bytes)
     assert st.st_size == reader.data_offset + padded
@@ -220,6 +224,30 @@ def test_full_bf16_skeleton_is_sparse_full_size_and_readable(full_bf16_skeleton:
     assert int(llm.metadata["nemotron_h_moe.context_length"]) == 1_048_576
     assert llm.n_vocab() == 131072
     assert llm.tokenize(b"<|im_end|>", add_bos=False, special=True) == [11]
+
+
+def test_llama_cpp_accepts_every_full_skeleton_tensor(full_bf16_skeleton: Path, full_reader):
+    """llama.cpp checks each tensor's shape against the architecture; no_alloc skips the data."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.no_alloc = True  # "only load metadata and simulate memory allocations"
+    params.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE  # no_alloc cannot map the file
+    model = llama_cpp.llama_model_load_from_file(str(full_bf16_skeleton).encode(), params)
+    assert model, "llama.cpp refused the skeleton (see the log for the first bad tensor)"
+    try:
+        desc = ctypes.create_string_buffer(128)
+        llama_cpp.llama_model_desc(model, desc, len(desc))
+        # llama.cpp recognises the 52-block layout as the 31B-A3.5B model type.
+        assert desc.value.decode() == "nemotron_h_moe 31B.A3.5B BF16"
+        assert llama_cpp.llama_model_n_layer(model) == 52
+        assert 31.5e9 < llama_cpp.llama_model_n_params(model) < 31.7e9  # "31.6B total parameters"
+        reader_bytes = sum(int(t.n_bytes) for t in full_reader.tensors)
+        assert llama_cpp.llama_model_size(model) == reader_bytes
+    finally:
+        llama_cpp.llama_model_free(model)
 
 
 def test_full_shape_matches_the_published_architecture():
@@ -293,3 +321,17 @@ def test_each_test_gets_private_directories(tmp_path: Path):
         assert os.environ[var].startswith(str(tmp_path))
     assert os.environ["HF_HUB_DISABLE_TELEMETRY"] == "1"
     assert "HF_TOKEN" not in os.environ and "HF_HUB_OFFLINE" not in os.environ
+
+
+@pytest.fixture(scope="module")
+def hub_constants():
+    # Imported before the per-test isolation runs, as happens when any earlier test used the hub.
+    import huggingface_hub.constants
+
+    return huggingface_hub.constants
+
+
+def test_hub_already_imported_is_isolated_too(hub_constants, tmp_path: Path):
+    for name in ("HF_HOME", "HF_HUB_CACHE", "HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH"):
+        assert str(getattr(hub_constants, name)).startswith(str(tmp_path)), name
+    assert hub_constants.HF_HUB_OFFLINE is False
