@@ -1,1 +1,104 @@
-"""`localcascade quantize`: not yet written."""
+"""`localcascade quantize SRC --to TYPE`: make a variant locally from a BF16/F16/F32 GGUF.
+
+The predicted size (llama.cpp's dry run) and progress go to stderr; the line
+naming the finished file goes to stdout. The result is registered in the store
+under its file name, so `run`, `ask` and `fit` take it by name.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from localcascade.cli import app
+from localcascade.units import format_bytes
+
+
+@app.command()
+def quantize(
+    src: str = typer.Argument(..., help="Source GGUF (BF16/F16/F32; any shard of a split set), or a stored model."),
+    to: str = typer.Option(..., "--to", "-t", help="Target type: IQ4_XS, Q4_K_M, Q5_K_M, Q6_K, Q8_0, ..."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: next to SRC, named for TYPE)."),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance-matrix file (llama-imatrix output)."),
+    allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Accept an already-quantized source."),
+    keep_split: bool = typer.Option(False, "--keep-split", help="Split output like the split source."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name to register it under (default: the file's)."),
+    threads: int = typer.Option(0, "--threads", help="Quantizer threads (0 = all cores)."),
+) -> None:
+    """Quantize a GGUF with llama.cpp's quantizer, check the result, and add it to the store."""
+    import quant
+    from localcascade import store
+
+    target = quant.normalize_target(to)
+    source = store.find_local_model(src).absolute()
+    dst = (out or _default_out(source, target)).expanduser()
+
+    plan = quant.dry_run(source, target, imatrix=imatrix, allow_requantize=allow_requantize)
+    typer.echo(f"{source.name} -> {target}: predicted {format_bytes(plan.predicted_bytes)} "
+               f"(from {format_bytes(plan.source_bytes)})", err=True)
+    with _progress_bar(target) as progress:
+        result = quant.quantize(source, dst, target, imatrix=imatrix, allow_requantize=allow_requantize,
+                                keep_split=keep_split, nthread=threads, progress=progress, plan=plan)
+    for warning in result.warnings:
+        typer.echo(f"note: {warning}", err=True)
+    registered = store.register_local(
+        name or _name_for(result.path), list(result.outputs), quant=target, source=str(source),
+        check="loaded in llama.cpp, tensor types as planned" if result.loaded else "tensor types as planned",
+    )
+    types = ", ".join(f"{n} {t}" for t, n in sorted(result.histogram.items(), key=lambda kv: -kv[1]))
+    typer.echo(f"wrote {result.path} ({format_bytes(result.output_bytes)}; {types})", err=True)
+    typer.echo(f"{registered.name}\t{format_bytes(result.output_bytes)}\t{result.path}")
+
+
+def _default_out(source: Path, target: str) -> Path:
+    """model-BF16.gguf -> model-Q4_K_M.gguf; anything else gets -TYPE appended."""
+    stem = re.sub(r"-\d{5}-of-\d{5}$", "", source.name[: -len(".gguf")] if source.name.endswith(".gguf")
+                  else source.name)
+    renamed = re.sub(r"(?i)(?<![A-Za-z0-9])(BF16|F16|F32)(?![A-Za-z0-9])", target, stem)
+    return source.with_name((renamed if renamed != stem else f"{stem}-{target}") + ".gguf")
+
+
+def _name_for(path: Path) -> str:
+    name = path.name[: -len(".gguf")] if path.name.endswith(".gguf") else path.name
+    return re.sub(r"-\d{5}-of-\d{5}$", "", name)
+
+
+class _progress_bar:
+    """A rich progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from localcascade.settings import no_color
+
+        console = Console(stderr=True, no_color=no_color())
+        self.live = console.is_terminal
+        self.bar = Progress(TextColumn(f"quantizing to {self.target}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
+                            disable=not self.live)
+        self.bar.__enter__()
+        self.task = None
+        self.last_tenth = -1
+        return self.update
+
+    def update(self, done: int, total: int, tensor: str) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("", total=total)
+        self.bar.update(self.task, completed=done, description=tensor)
+        if not self.live:  # a log line per 10 %, so a redirected stderr still shows life
+            tenth = done * 10 // max(total, 1)
+            if tenth != self.last_tenth:
+                self.last_tenth = tenth
+                print(f"quantizing to {self.target}: {done}/{total} tensors", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+        return False

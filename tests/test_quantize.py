@@ -1,0 +1,179 @@
+"""quant/ and `localcascade quantize` on the QUANTIZABLE F16 test model (rows are multiples of 256)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+import quant
+from localcascade import store
+from localcascade.errors import DiskSpaceError, QuantizeError
+
+# The targets the project promises, and two more the ftype table allows.
+TARGETS = ["IQ4_XS", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "Q5_K_S"]
+
+
+def _load_and_eval(path: Path) -> list[float]:
+    """Load a GGUF with llama.cpp on the CPU and evaluate two tokens; return the last logits."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=64, n_batch=8, n_gpu_layers=0, logits_all=True, verbose=False)
+    try:
+        llm.eval([1, 42])
+        return list(llm.scores[1])
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_each_target_quantizes_checks_and_loads(tiny_f16_model, tmp_path, target):
+    tmp_path = tmp_path / "work"
+    tmp_path.mkdir()
+    seen = []
+
+    result = quant.quantize(tiny_f16_model, tmp_path / "out.gguf", target, progress=lambda d, t, n: seen.append(d))
+
+    assert result.path == tmp_path / "out.gguf" and result.path.is_file()
+    assert result.main_type == quant.MAIN_TYPE[target]  # no fallback types on this shape
+    assert result.histogram[quant.MAIN_TYPE[target]] > 0
+    assert result.loaded and result.n_params > 0
+    # llama.cpp's dry run predicts the file size to within the metadata's few bytes.
+    assert abs(result.output_bytes - result.predicted_bytes) < 4096
+    assert seen == sorted(seen) and seen[-1] == sum(result.histogram.values())  # one call per tensor, to the end
+    assert all(math.isfinite(x) for x in _load_and_eval(result.path))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.gguf"]  # no temporary left behind
+
+
+def test_dry_run_writes_nothing_and_shrinks_with_fewer_bits(tiny_f16_model, tmp_path):
+    sizes = {t: quant.dry_run(tiny_f16_model, t).predicted_bytes for t in ("Q8_0", "Q6_K", "Q4_K_M")}
+    assert sizes["Q8_0"] > sizes["Q6_K"] > sizes["Q4_K_M"]
+    assert sizes["Q8_0"] < tiny_f16_model.stat().st_size
+
+
+def test_already_quantized_source_is_refused_unless_allowed(tiny_f16_model, tmp_path):
+    q8 = quant.quantize(tiny_f16_model, tmp_path / "q8.gguf", "Q8_0", verify_load=False).path
+
+    with pytest.raises(QuantizeError, match=r"already quantized \(Q8_0.*--allow-requantize"):
+        quant.quantize(q8, tmp_path / "q4.gguf", "Q4_K_M")
+    assert not (tmp_path / "q4.gguf").exists()
+
+    again = quant.quantize(q8, tmp_path / "q4.gguf", "Q4_0", allow_requantize=True, verify_load=False)
+    assert again.main_type == "Q4_0"
+
+
+def test_not_enough_disk_is_refused_before_work(tiny_f16_model, tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))
+
+    with pytest.raises(DiskSpaceError, match=r"not enough disk space in .*: need 0\.01 GiB, 0\.00 GiB free"):
+        quant.quantize(tiny_f16_model, tmp_path / "out.gguf", "Q8_0")
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_failure_leaves_no_output(tiny_f16_model, tmp_path):
+    tmp_path = tmp_path / "work"
+    tmp_path.mkdir()
+    bad = tmp_path / "bad.imatrix"
+    bad.write_bytes(b"\x00\x00")
+    with pytest.raises(QuantizeError, match="imatrix"):
+        quant.quantize(tiny_f16_model, tmp_path / "out.gguf", "Q4_K_M", imatrix=bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.imatrix"]
+
+
+def test_imatrix_is_used(tiny_f16_model, tmp_path):
+    """A legacy-format importance matrix (all ones) for every quantized weight is accepted."""
+    import struct
+
+    from quant.gguf_facts import read_facts
+
+    facts = read_facts(tiny_f16_model)
+    entries = [(n, ne) for n, ne in facts.tensor_ne.items() if n.endswith(".weight") and len(ne) >= 2]
+    data = struct.pack("<i", len(entries))
+    for name, ne in entries:
+        n_values = ne[0] * (ne[2] if len(ne) > 2 else 1)  # per input column, per expert
+        data += struct.pack("<i", len(name)) + name.encode() + struct.pack("<ii", 1, n_values)
+        data += struct.pack(f"<{n_values}f", *([1.0] * n_values))
+    imatrix = tmp_path / "ones.dat"
+    imatrix.write_bytes(data)
+
+    result = quant.quantize(tiny_f16_model, tmp_path / "out.gguf", "IQ4_XS", imatrix=imatrix)
+    assert result.main_type == "IQ4_XS" and result.loaded
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "localcascade", *args], capture_output=True, text=True,
+                          env=os.environ.copy(), **kwargs)
+
+
+def test_cli_quantize_registers_the_result(tiny_f16_model, tmp_path):
+    out = tmp_path / "out.gguf"
+
+    done = _cli("quantize", str(tiny_f16_model), "--to", "q8_0", "--out", str(out))
+
+    assert done.returncode == 0, done.stderr
+    assert "predicted" in done.stderr.splitlines()[0]
+    assert done.stdout.split("\t")[0] == "out" and str(out) in done.stdout
+    assert out.is_file()
+    listed = json.loads(_cli("list", "--json").stdout)
+    [entry] = [m for m in listed if m["name"] == "out"]
+    assert entry["quant"] == "Q8_0" and entry["verified"] and entry["source"] == str(tiny_f16_model)
+    assert store.find_local_model("out") == out  # `run out` / `fit out` find it by name
+
+
+def test_cli_refuses_requantize_and_unknown_types(tiny_f16_model, tmp_path):
+    q8 = quant.quantize(tiny_f16_model, tmp_path / "q8.gguf", "Q8_0", verify_load=False).path
+
+    refused = _cli("quantize", str(q8), "--to", "Q4_K_M", "--out", str(tmp_path / "x.gguf"))
+    assert refused.returncode == 1 and "--allow-requantize" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    unknown = _cli("quantize", str(tiny_f16_model), "--to", "Q9_Z")
+    assert unknown.returncode == 2 and "unknown quantization type 'Q9_Z'" in unknown.stderr
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_ctrl_c_during_quantize_leaves_no_output(tiny_f16_model, tmp_path):
+    tmp_path = tmp_path / "work"
+    tmp_path.mkdir()
+    out = tmp_path / "out.gguf"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "localcascade", "quantize", str(tiny_f16_model), "--to", "IQ4_XS", "--out", str(out)],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy(),
+    )
+    try:
+        for line in proc.stderr:  # wait until the quantizer is part-way through
+            if "quantizing to IQ4_XS:" in line and not line.split(":")[1].strip().startswith("0/"):
+                break
+        partials = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+        assert partials, "the quantizer should be writing its temporary output now"
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, rest
+    assert "interrupted" in rest
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # the temporary folder went too
+    time.sleep(0.2)
+    assert not _workers_writing_to(tmp_path)
+
+
+def _workers_writing_to(folder: Path) -> list[int]:
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if "quant._worker" in cmdline and str(folder) in cmdline:
+            pids.append(p.pid)
+    return pids
