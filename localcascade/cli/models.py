@@ -21,11 +21,13 @@ def _err(text: str = "") -> None:
     typer.echo(text, err=True)
 
 
-def _confirm(question: str, yes: bool) -> None:
-    """Ask on a terminal; without one, only --yes goes ahead."""
+def _confirm(question: str, yes: bool, *, without_terminal: str) -> None:
+    """Ask on a terminal. Without one, ``without_terminal`` says what happens: "proceed" or "refuse"."""
     if yes:
         return
     if not sys.stdin.isatty():
+        if without_terminal == "proceed":
+            return
         raise UsageError(f"{question.rstrip('?')}: no terminal to confirm on; pass --yes")
     if not typer.confirm(question, default=True, err=True):
         raise typer.Exit(1)
@@ -38,13 +40,18 @@ def pull(
     model: str = typer.Argument("auto", help="Variant (Q4_K_M), REPO:QUANT, hf://REPO/FILE.gguf, or auto: "
                                              "the best variant for this machine."),
     ctx: Optional[str] = typer.Option(None, "--ctx", help="Context length to plan `auto` for: 8192, 32K, 1M."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan `auto` for a hardware profile (rtx-4090) instead."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Plan `auto` for this much GPU memory, e.g. 16GiB."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="Plan `auto` for this much system RAM, e.g. 64GiB."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before downloading the variant `auto` chose."),
 ) -> None:
     """Download a model into the Hugging Face cache, resuming and verifying it."""
     from localcascade import hub, settings, store
 
     if model == "auto":
-        ref = _auto_choice(ctx, yes)
+        from localcascade.hardware.resolve import hardware_for
+
+        ref = _auto_choice(hardware_for(gpu=gpu, vram=vram, ram=ram), ctx, yes)
     else:
         ref = hub.parse_model_spec(model)
     if ref.kind == "local":
@@ -71,16 +78,14 @@ def pull(
     typer.echo(f"{name}\t{format_bytes(pulled.size)}\t{state}\t{pulled.path}")
 
 
-def _auto_choice(ctx: Optional[str], yes: bool):
-    """Let the planner pick the catalog variant that fits this machine best; show the plan; confirm."""
+def _auto_choice(hardware, ctx: Optional[str], yes: bool):
+    """Let the planner pick the catalog variant that fits ``hardware`` best; show the plan; confirm."""
     from localcascade import hub
     from localcascade.catalog import load_catalog
-    from localcascade.hardware.probe import detect
     from localcascade.plan import PlanRequest
     from localcascade.planner import recommend
     from localcascade.units import parse_tokens
 
-    hardware = detect()
     request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None)
     variant, plan = recommend(hardware, load_catalog(), request)
     plan = _plan_from_remote_header(variant, hardware, request) or plan
@@ -88,7 +93,7 @@ def _auto_choice(ctx: Optional[str], yes: bool):
     _err(f"  {_plan_line(plan)}")
     for reason in plan.reasons:
         _err(f"  - {reason}")
-    _confirm(f"Download {variant.quant} ({format_bytes(variant.size_bytes)})?", yes)
+    _confirm(f"Download {variant.quant} ({format_bytes(variant.size_bytes)})?", yes, without_terminal="proceed")
     return hub.parse_model_spec(variant.quant)
 
 
@@ -153,8 +158,13 @@ def list_models(
 def show(
     model: str = typer.Argument(..., help="A stored model (see `list`), a path, or hf://REPO/FILE.gguf."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan for a hardware profile (rtx-4090) instead."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Plan for this much GPU memory, e.g. 16GiB."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="Plan for this much system RAM, e.g. 64GiB."),
 ) -> None:
     """Architecture, file facts and the fit plan for this machine of one model."""
+    from localcascade.hardware.resolve import hardware_for
+
     from localcascade import store
     from localcascade.gguf_header import read_header
     from localcascade.model_summary import summarize
@@ -168,7 +178,7 @@ def show(
         source = str(store.find_local_model(model))
     header = read_header(source)
     summary = summarize(header)
-    plan, plan_error = _plan_for(header)
+    plan, plan_error = _plan_for(header, hardware_for(gpu=gpu, vram=vram, ram=ram))
     if as_json:
         data = {"model": stored.to_dict() if stored else {"path": source}, "summary": summary.to_dict(),
                 "plan": plan.to_dict() if plan else None, "plan_error": plan_error}
@@ -177,13 +187,12 @@ def show(
     _render_show(model, stored, summary, plan, plan_error)
 
 
-def _plan_for(header):
+def _plan_for(header, hardware):
     try:
-        from localcascade.hardware.probe import detect
         from localcascade.plan import PlanRequest
         from localcascade.planner import plan_for_model
 
-        return plan_for_model(header, detect(), PlanRequest()), None
+        return plan_for_model(header, hardware, PlanRequest()), None
     except LocalCascadeError as err:
         return None, str(err)
 
@@ -235,6 +244,6 @@ def rm(
     stored = store.find_stored(model)
     files = "\n".join(f"  {f}" for f in stored.files)
     _err(f"{stored.name}: {format_bytes(stored.size)} in {stored.where}\n{files}")
-    _confirm(f"Delete {stored.name}?", yes)
+    _confirm(f"Delete {stored.name}?", yes, without_terminal="refuse")
     store.remove(stored)
     typer.echo(f"removed {stored.name} ({format_bytes(stored.size)})")

@@ -1,0 +1,198 @@
+"""The local store: `list`, `show`, `rm`, and name resolution, over the HF cache and registered files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+import quant
+import synth
+from localcascade import hub, store
+from localcascade.catalog import find_variant, load_catalog
+from localcascade.cli import main
+from localcascade.errors import ModelNotFoundError
+
+REPO = "someone/Tiny-GGUF"
+
+
+def _cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def _cache() -> Path:
+    return Path(os.environ["HF_HUB_CACHE"])
+
+
+def _pull(spec: str):
+    return hub.pull(hub.resolve_remote(hub.parse_model_spec(spec)), show_progress=False)
+
+
+@pytest.fixture
+def served(hf_server, tiny_model, tmp_path):
+    hf_server.add_file(REPO, "Tiny-Q8_0.gguf", tiny_model)
+    readme = tmp_path / "README.md"
+    readme.write_text("# tiny\n")
+    hf_server.add_file(REPO, "README.md", readme)
+    other = synth.write_nemotron_h_moe(tmp_path / "other.gguf", synth.TINY, seed=1)
+    hf_server.add_file("elsewhere/Other-GGUF", "Other-F32.gguf", other)
+    return hf_server
+
+
+def test_list_shows_pulled_registered_and_other_tools_models(served, tiny_f16_model, tmp_path, capsys):
+    from huggingface_hub import hf_hub_download
+
+    _pull(f"{REPO}:Q8_0")
+    hf_hub_download("elsewhere/Other-GGUF", "Other-F32.gguf", cache_dir=_cache())  # "another tool"
+    hf_hub_download(REPO, "README.md", cache_dir=_cache())
+    made = quant.quantize(tiny_f16_model, tmp_path / "mine-Q8_0.gguf", "Q8_0", verify_load=False)
+    store.register_local("mine-Q8_0", [made.path], quant="Q8_0", source=str(tiny_f16_model), check="test")
+
+    code, out, _ = _cli(["list", "--json"], capsys)
+
+    assert code == 0
+    models = {m["name"]: m for m in json.loads(out)}
+    assert set(models) == {f"{REPO}:Q8_0", "elsewhere/Other-GGUF:F32", "mine-Q8_0"}
+    pulled, other, mine = models[f"{REPO}:Q8_0"], models["elsewhere/Other-GGUF:F32"], models["mine-Q8_0"]
+    assert pulled["where"] == "hf-cache" and pulled["verified"] and pulled["check"] == "sha256"
+    assert pulled["size"] == Path(pulled["path"]).stat().st_size
+    assert other["where"] == "hf-cache" and not other["verified"]  # nobody checked it yet
+    assert mine["where"] == "local" and mine["path"] == str(made.path) and mine["quant"] == "Q8_0"
+
+    code, out, _ = _cli(["list"], capsys)
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "SIZE", "WHERE", "VERIFIED", "PATH"] and len(lines) == 4
+    assert [name for name in models if name in out] == list(models)
+    assert not list(store.index_path().parent.glob("*.tmp"))  # the index was renamed into place
+
+
+def test_pulling_what_another_tool_downloaded_verifies_it_without_downloading(served):
+    from huggingface_hub import hf_hub_download
+
+    hf_hub_download(REPO, "Tiny-Q8_0.gguf", cache_dir=_cache())
+    [model] = [m for m in store.list_models() if m.repo == REPO]
+    assert not model.verified
+    served.reset_counters()
+
+    _pull(f"{REPO}:Q8_0")
+
+    assert served.bytes_served["Tiny-Q8_0.gguf"] == 0
+    [model] = [m for m in store.list_models() if m.repo == REPO]
+    assert model.verified
+
+
+def test_names_resolve_to_local_files(served, tiny_model):
+    pulled = _pull(f"{REPO}:Q8_0")
+
+    assert store.find_local_model(f"{REPO}:Q8_0") == pulled.path
+    assert store.find_local_model(f"{REPO}:q8_0") == pulled.path
+    assert store.find_local_model(f"hf://{REPO}/Tiny-Q8_0.gguf") == pulled.path
+    assert store.find_local_model(str(tiny_model)) == tiny_model
+    with pytest.raises(ModelNotFoundError, match="not downloaded: run `localcascade pull elsewhere/Other-GGUF:F32`"):
+        store.find_local_model("elsewhere/Other-GGUF:F32")
+    with pytest.raises(ModelNotFoundError):
+        store.find_local_model("no-such-model")
+
+
+def test_catalog_variant_in_the_cache_is_found_by_name_and_by_the_planner(hf_server, tiny_model):
+    variant = find_variant("Q4_K_M")
+    hf_server.add_file(variant.repo, variant.files[0], tiny_model)  # same name, tiny content
+
+    pulled = _pull("q4_k_m")
+
+    [model] = store.list_models()
+    assert model.name == "Q4_K_M" and model.variant == "Q4_K_M"
+    assert store.find_local_model("Q4_K_M") == pulled.path
+    from localcascade.hardware.profiles import load_profile
+
+    best, plan = store.best_local_variant(load_profile("rtx-4090"))
+    assert best.name == "Q4_K_M" and plan.model == "Q4_K_M"
+
+
+def test_pull_auto_takes_the_planners_choice(hf_server, tiny_model, capsys):
+    for variant in load_catalog():
+        for name in variant.files:
+            hf_server.add_file(variant.repo, name, tiny_model)
+    from localcascade.hardware.profiles import load_profile
+    from localcascade.planner import recommend
+
+    expected, _ = recommend(load_profile("rtx-4090"), load_catalog())
+
+    code, out, err = _cli(["pull", "--gpu", "rtx-4090", "--yes"], capsys)
+
+    assert code == 0, err
+    assert f"best for this machine: {expected.quant}" in err
+    assert out.split("\t")[0] == expected.quant
+    assert [m.name for m in store.list_models()] == [expected.quant]
+
+
+def test_rm_deletes_only_the_models_files(served, capsys):
+    from huggingface_hub import hf_hub_download
+
+    pulled = _pull(f"{REPO}:Q8_0")
+    readme = Path(hf_hub_download(REPO, "README.md", cache_dir=_cache()))
+    blob = pulled.path.resolve()
+
+    code, _, err = _cli(["rm", f"{REPO}:Q8_0"], capsys)  # stdin is not a terminal: needs --yes
+    assert code == 2 and "--yes" in err and pulled.path.exists()
+
+    code, out, _ = _cli(["rm", f"{REPO}:Q8_0", "--yes"], capsys)
+
+    assert code == 0 and f"removed {REPO}:Q8_0" in out
+    assert not pulled.path.exists() and not pulled.path.is_symlink() and not blob.exists()
+    assert readme.read_text() == "# tiny\n"
+    assert store.list_models() == []
+
+    code, _, err = _cli(["rm", f"{REPO}:Q8_0", "--yes"], capsys)
+    assert code == 1 and "not downloaded" in err
+
+
+def test_rm_registered_model(tiny_f16_model, tmp_path, capsys):
+    made = quant.quantize(tiny_f16_model, tmp_path / "mine.gguf", "Q8_0", verify_load=False)
+    store.register_local("mine", [made.path], quant="Q8_0", source=None, check="test")
+
+    code, _, _ = _cli(["rm", "mine", "--yes"], capsys)
+
+    assert code == 0 and not made.path.exists()
+    assert store.list_models() == []
+
+
+def test_rm_refuses_files_the_store_does_not_know(tiny_model, capsys):
+    code, _, err = _cli(["rm", str(tiny_model), "--yes"], capsys)
+    assert code == 1 and "not a model the store knows" in err
+    assert tiny_model.exists()
+
+
+def test_show_summarizes_the_tiny_model(tiny_model, capsys):
+    code, out, err = _cli(["show", str(tiny_model), "--gpu", "rtx-4090"], capsys)
+
+    assert code == 0, err
+    shape = synth.TINY
+    n_m, n_e, n_a = (len(shape.mamba_layers), len(shape.moe_layers), len(shape.attention_layers))
+    assert f"blocks         {shape.n_layer}: {n_m} Mamba-2, {n_e} MoE, {n_a} attention" in out
+    assert shape.pattern in out
+    assert f"experts        {shape.n_expert} routed, {shape.n_expert_used} used per token" in out
+    assert "context        4K tokens" in out
+    assert "chat template  yes" in out and "<think> </think> tokens present" in out
+    assert "fit            full gpu" in out
+
+    code, out, _ = _cli(["show", str(tiny_model), "--json"], capsys)
+    data = json.loads(out)
+    assert data["summary"]["blocks"] == {"mamba": n_m, "moe": n_e, "attention": n_a}
+    assert data["summary"]["pattern"] == shape.pattern
+    assert data["plan"]["n_ctx"] > 0
+
+
+def test_show_reads_a_hub_model_without_downloading_it(served, capsys):
+    code, out, err = _cli(["show", f"hf://{REPO}/Tiny-Q8_0.gguf"], capsys)
+
+    assert code == 0, err
+    assert "nemotron_h_moe" in out and "6 Mamba-2" in out
+    assert served.bytes_served["Tiny-Q8_0.gguf"] < Path(served.repos[REPO].revisions["main"]["Tiny-Q8_0.gguf"]
+                                                        .local_path).stat().st_size
+    assert store.list_models() == []
