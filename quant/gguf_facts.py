@@ -1,8 +1,7 @@
 """The facts quantization needs from a local GGUF file or split set: tensor types and sizes.
 
-Read with the ``gguf`` package (memory-mapped, so only the header pages are
-touched). Kept here rather than borrowed from ``localcascade`` so ``quant`` stays
-a self-contained library.
+Read with localcascade's header reader (only the header bytes are read); this
+module keeps the handful of facts the quantizer checks in one small object.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from localcascade.errors import QuantizeError
+from localcascade.errors import GGUFHeaderError, QuantizeError
 
 _SHARD = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -58,26 +57,21 @@ def shard_paths(path: Path) -> list[Path]:
 
 def read_facts(path: str | Path) -> GGUFFacts:
     """Read the header(s) of ``path`` (any shard of a split set names the whole set)."""
-    from gguf import GGUFReader
+    from localcascade.gguf_header import read_header
 
     path = Path(path)
-    shards = shard_paths(path)
-    types: dict[str, str] = {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    metadata_bytes = alignment = 0
-    for i, shard in enumerate(shards):
-        try:
-            reader = GGUFReader(shard)
-        except (OSError, ValueError, KeyError, IndexError) as err:
-            raise QuantizeError(f"{shard.name} is not a readable GGUF file ({err})") from None
-        if i == 0:
-            metadata_bytes, alignment = reader.data_offset, reader.alignment
-        for tensor in reader.tensors:
-            types[tensor.name] = tensor.tensor_type.name
-            shapes[tensor.name] = tuple(int(n) for n in tensor.shape)
-    if not types:
+    try:
+        header = read_header(path)
+    except GGUFHeaderError as err:
+        raise QuantizeError(f"cannot read the GGUF header: {err}") from None
+    if not header.tensors:
         raise QuantizeError(f"{path.name} holds no tensors")
+    first = header.files[0]
     return GGUFFacts(
-        shards=tuple(shards), tensor_types=types, tensor_ne=shapes, metadata_bytes=metadata_bytes,
-        alignment=alignment, file_bytes=sum(s.stat().st_size for s in shards),
+        shards=tuple(Path(f.source) for f in header.files),
+        tensor_types={t.name: t.type_name for t in header.tensors},
+        tensor_ne={t.name: tuple(t.shape) for t in header.tensors},
+        metadata_bytes=first.data_offset,
+        alignment=first.alignment,
+        file_bytes=sum(Path(f.source).stat().st_size for f in header.files),
     )
