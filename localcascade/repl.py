@@ -627,7 +627,7 @@ class TurnPrinter:
             self._print_block(block)
         self._live_show(self.blocks.pending)
 
-    def finish(self, stats: TurnStats | None) -> None:
+    def finish(self, stats: TurnStats | None, *, failed: bool = False) -> None:
         """End of the reply (complete, stopped, or failed)."""
         self.close_trace(stats)
         if stats is not None and self.thinking:
@@ -639,7 +639,7 @@ class TurnPrinter:
                 self._print_block(rest)
         elif self.answer and not "".join(self.answer).endswith("\n"):
             self.console.print()
-        if not self.answer and not self.thinking:
+        if not self.answer and not self.thinking and not failed:
             self.console.print("(no reply)", style="dim")
 
     # -- trace
@@ -745,13 +745,13 @@ def stream_reply(console, state: ReplState, text: str) -> None:
     except KeyboardInterrupt:
         stopped = True
     except ContextOverflowError as err:
-        printer.finish(None)
+        printer.finish(None, failed=True)
         for line in overflow_advice(err):
             console.print(line, style="yellow", markup=False)
         return
     except LocalCascadeError as err:
         # The engine failed this turn (not the session): say so and keep the conversation going.
-        printer.finish(None)
+        printer.finish(None, failed=True)
         console.print(f"error: {err}", style="red", markup=False)
         return
     finally:
