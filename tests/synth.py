@@ -200,10 +200,6 @@ class TensorSpec:
     fan_in: int = 1
     force_f32: bool = False
 
-    @property
-    def n_elements(self) -> int:
-        return int(np.prod(self.ne))
-
 
 def tensor_specs(shape: NemotronShape) -> list[TensorSpec]:
     """The tensors of a file of this shape, in file order, as the loader expects them."""
@@ -486,3 +482,23 @@ def write_nemotron_h_moe(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write a test model by hand: ``python tests/synth.py OUT.gguf --shape full --dtype bf16 --sparse``."""
+    import argparse
+
+    shapes = {s.name: s for s in (FULL, TINY, QUANTIZABLE)}
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--shape", choices=sorted(shapes), default="tiny")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="f32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sparse", action="store_true", help="header only; the data is a hole that reads as zeros")
+    args = parser.parse_args(argv)
+    path = write_nemotron_h_moe(args.out, shapes[args.shape], dtype=args.dtype, seed=args.seed, sparse=args.sparse)
+    print(f"{path}: {path.stat().st_size:,} bytes, {path.stat().st_blocks * 512:,} on disk")
+
+
+if __name__ == "__main__":
+    main()
