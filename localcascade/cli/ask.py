@@ -8,6 +8,7 @@ errors - goes to stderr.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import List, Optional
 import typer
 
 from localcascade.cli import app, options
-from localcascade.errors import LocalCascadeError, UsageError
+from localcascade.errors import Interrupted, LocalCascadeError, UsageError
 
 
 def read_prompt(args: List[str], stdin) -> str:
@@ -43,6 +44,13 @@ def read_prompt(args: List[str], stdin) -> str:
     if not parts:
         raise UsageError('no prompt: give it as arguments or on stdin (echo "..." | localcascade ask)')
     return "\n\n".join(parts)
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read {what} file {path}: {err}") from None
 
 
 class _ThinkingWriter:
@@ -86,6 +94,7 @@ def ask(
     kv_type: Optional[str] = options.kv_type_option(),
     flash_attn: Optional[bool] = options.flash_attn_option(),
     chat_template: Optional[Path] = options.chat_template_option(),
+    grammar_file: Optional[Path] = typer.Option(None, "--grammar-file", help="GBNF grammar FILE the reply must follow."),
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the reasoning to stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answer, reasoning, usage, timings, plan)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on stderr but errors."),
@@ -95,18 +104,22 @@ def ask(
     gen = options.generation_options(
         think=think, think_budget=think_budget, temp=temp, top_p=top_p, max_tokens=max_tokens, seed=seed
     )
+    if grammar_file is not None:
+        gen.grammar = _read_text(grammar_file, "grammar")
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
     text = read_prompt(prompt or [], sys.stdin)
     model_path = options.resolve_model(model)
 
-    from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
     from localcascade.engine.session import Chat
 
     started = time.perf_counter()
-    engine = options.load_engine(
-        model_path, request, chat_template=chat_template, verbose=verbose,
-        progress=options.stderr_progress(model_path.name, quiet),
-    )
+    try:
+        engine = options.load_engine(
+            model_path, request, chat_template=chat_template, verbose=verbose,
+            progress=options.stderr_progress(model_path.name, quiet),
+        )
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted while loading the model") from None
     load_seconds = time.perf_counter() - started
     with engine:
         if not quiet:
@@ -117,41 +130,57 @@ def ask(
                 file=sys.stderr,
             )
         chat = Chat(engine, system=system)
-        thinking_out = _ThinkingWriter() if show_thinking and not as_json else None
-        answer: list[str] = []
-        stats: TurnStats | None = None
-        wrote_answer = False
-        for event in chat.send(text, gen):
-            if isinstance(event, ThinkingText):
+        try:
+            return _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds)
+        except KeyboardInterrupt:
+            # Raised as our own error: typer would turn a bare KeyboardInterrupt into a silent 130.
+            raise Interrupted("interrupted") from None
+        except BrokenPipeError:
+            # The reader went away (`| head -1`): stop generating and end quietly. Handled here
+            # because click turns an EPIPE escaping the command into exit status 1.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+
+
+def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds) -> int:
+    """Stream one reply: answer to stdout (or one JSON object), thinking and stats to stderr."""
+    from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
+
+    thinking_out = _ThinkingWriter() if show_thinking and not as_json else None
+    answer: list[str] = []
+    stats: TurnStats | None = None
+    wrote_answer = False
+    for event in chat.send(text, gen):
+        if isinstance(event, ThinkingText):
+            if thinking_out is not None:
+                thinking_out.write(event.text)
+        elif isinstance(event, AnswerText):
+            answer.append(event.text)
+            if not as_json:
                 if thinking_out is not None:
-                    thinking_out.write(event.text)
-            elif isinstance(event, AnswerText):
-                answer.append(event.text)
-                if not as_json:
-                    if thinking_out is not None:
-                        thinking_out.end()
-                    sys.stdout.write(event.text)
-                    sys.stdout.flush()
-                    wrote_answer = True
-            elif isinstance(event, TurnStats):
-                stats = event
-        if thinking_out is not None:
-            thinking_out.end()
-        if wrote_answer and not "".join(answer).endswith("\n"):
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-        if as_json:
-            json.dump(_result(engine, chat, "".join(answer), stats, load_seconds), sys.stdout, ensure_ascii=False)
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-        if stats is not None and not quiet:
-            print(
-                f"localcascade: {stats.prompt_tokens} prompt tokens ({stats.prompt_tokens_per_s:.1f} t/s), "
-                f"{stats.thinking_tokens} thinking + {stats.answer_tokens} answer tokens "
-                f"({stats.generation_tokens_per_s:.1f} t/s), stop: {stats.stop_reason}",
-                file=sys.stderr,
-            )
-        return _exit_code(stats, "".join(answer))
+                    thinking_out.end()
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+                wrote_answer = True
+        elif isinstance(event, TurnStats):
+            stats = event
+    if thinking_out is not None:
+        thinking_out.end()
+    if wrote_answer and not "".join(answer).endswith("\n"):
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    if as_json:
+        json.dump(_result(engine, chat, "".join(answer), stats, load_seconds), sys.stdout, ensure_ascii=False)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    if stats is not None and not quiet:
+        print(
+            f"localcascade: {stats.prompt_tokens} prompt tokens ({stats.prompt_tokens_per_s:.1f} t/s), "
+            f"{stats.thinking_tokens} thinking + {stats.answer_tokens} answer tokens "
+            f"({stats.generation_tokens_per_s:.1f} t/s), stop: {stats.stop_reason}",
+            file=sys.stderr,
+        )
+    return _exit_code(stats, "".join(answer))
 
 
 def _exit_code(stats, answer: str) -> int:

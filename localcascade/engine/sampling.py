@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
+import tempfile
 from functools import lru_cache
 from importlib import resources
 
@@ -45,10 +49,12 @@ class Sampler:
         self._chain = chain
         grammar = getattr(options, "grammar", None)
         if grammar:
-            g = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+            with _stderr_captured() as captured:
+                g = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
             if not g:
                 self.close()
-                raise UsageError("the grammar does not parse (GBNF expected)")
+                detail = next((line for line in "".join(captured).splitlines() if line.strip()), "")
+                raise UsageError("the grammar does not parse" + (f": {detail}" if detail else " (GBNF expected)"))
             llama_cpp.llama_sampler_chain_add(chain, g)
         temperature = values["temperature"] or 0.0
         if temperature <= 0:
@@ -79,3 +85,23 @@ class Sampler:
         if self._chain:
             self._lib.llama_sampler_free(self._chain)
             self._chain = None
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+    """Catch what C code writes to fd 2 (llama.cpp's grammar parser prints its errors there).
+
+    Yields a list that holds the captured text once the block has ended.
+    """
+    sys.stderr.flush()
+    captured: list[str] = []
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.append(sink.read().decode("utf-8", errors="replace"))

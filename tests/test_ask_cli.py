@@ -1,0 +1,167 @@
+"""`localcascade ask` as a real subprocess in real pipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CMD = [sys.executable, "-m", "localcascade", "ask"]
+DATA = Path(__file__).parent / "data"
+
+
+def env(**extra: str) -> dict:
+    values = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    values.update(extra)
+    return values
+
+
+def ask(*args: str, stdin: bytes | None = b"", **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CMD, *args], input=stdin, capture_output=True, env=env(**extra_env), timeout=120,
+    )
+
+
+def write_grammar(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "reply.gbnf"
+    path.write_text(text)
+    return str(path)
+
+
+def test_no_think_answer_only_on_stdout(tiny_model, tmp_path):
+    grammar = write_grammar(tmp_path, 'root ::= "the answer is four"')
+    result = ask("--model", str(tiny_model), "--no-think", "--grammar-file", grammar, stdin=b"What is 2+2?\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"the answer is four\n"
+    assert b"prompt tokens" in result.stderr   # stats go to stderr
+
+
+def test_thinking_is_hidden_or_goes_to_stderr(tiny_model, tmp_path):
+    grammar = write_grammar(tmp_path, 'root ::= "hello world" </think> "yes"')
+    hidden = ask("--model", str(tiny_model), "--grammar-file", grammar, "hello")
+    assert hidden.returncode == 0, hidden.stderr
+    assert hidden.stdout == b"yes\n"
+    assert b"hello world" not in hidden.stderr
+    shown = ask("--model", str(tiny_model), "--grammar-file", grammar, "--show-thinking", "hello")
+    assert shown.stdout == b"yes\n"
+    assert b"hello world" in shown.stderr
+    assert b"\x1b" not in shown.stderr   # stderr is a pipe here: no ANSI
+
+
+def test_stdin_comes_first_then_arguments_joined_by_a_blank_line(tiny_model):
+    both = ask("--model", str(tiny_model), "--json", "--max-tokens", "1", "--seed", "1", "world", stdin=b"hello\n")
+    joined = ask("--model", str(tiny_model), "--json", "--max-tokens", "1", "--seed", "1", "hello\n\nworld")
+    assert both.returncode in (0, 1) and joined.returncode in (0, 1), both.stderr
+    tokens = lambda r: json.loads(r.stdout)["usage"]["prompt_tokens"]  # noqa: E731
+    assert tokens(both) == tokens(joined)
+    assert json.loads(both.stdout)["reasoning"] == json.loads(joined.stdout)["reasoning"]
+
+
+def test_json_is_one_object_with_answer_reasoning_usage_timings_plan(tiny_model, tmp_path):
+    grammar = write_grammar(tmp_path, 'root ::= "hello world" </think> "yes"')
+    result = ask("--model", str(tiny_model), "--grammar-file", grammar, "--json", "--quiet", "hello")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["answer"] == "yes"
+    assert data["reasoning"] == "hello world"
+    assert data["usage"]["answer_tokens"] >= 1 and data["usage"]["prompt_tokens"] > 0
+    assert data["timings"]["generation_s"] >= 0
+    assert data["plan"]["n_ctx"] > 0
+    assert result.stderr == b""   # --quiet
+
+
+def test_head_one_ends_quietly(tiny_model, tmp_path):
+    grammar = write_grammar(tmp_path, 'root ::= ("hello world\\n"){600}')
+    shell = (
+        f"{sys.executable} -m localcascade ask --model {tiny_model} --no-think --ctx 8192 "
+        f"--grammar-file {grammar} hello | head -1; echo \"status=${{PIPESTATUS[0]}}\" >&2"
+    )
+    result = subprocess.run(["bash", "-c", shell], capture_output=True, env=env(), timeout=120)
+    assert result.stdout == b"hello world\n"
+    assert b"status=0" in result.stderr
+    assert b"Traceback" not in result.stderr and b"BrokenPipe" not in result.stderr
+
+
+def test_no_color_and_tty_thinking(tiny_model, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    grammar = write_grammar(tmp_path, 'root ::= "hello world" </think> "yes"')
+    args = [*CMD[1:], "--model", str(tiny_model), "--grammar-file", grammar, "--show-thinking", "hi"]
+
+    def run(**extra: str) -> str:
+        child = pexpect.spawn(sys.executable, args, env=env(TERM="xterm", **extra), timeout=60, encoding="utf-8")
+        output = child.read()
+        child.close()
+        assert child.exitstatus == 0, output
+        return output
+
+    coloured = run()
+    assert "\x1b[2m" in coloured and "hello world" in coloured   # dim thinking on a terminal
+    plain = run(NO_COLOR="1")
+    assert "\x1b" not in plain and "hello world" in plain and "yes" in plain
+
+
+def test_exit_codes_and_one_line_errors(tiny_model, tmp_path):
+    empty = ask("--model", str(tiny_model), stdin=b"")
+    assert empty.returncode == 2
+    assert empty.stdout == b"" and empty.stderr.count(b"\n") == 1 and b"no prompt" in empty.stderr
+
+    bad_bytes = ask("--model", str(tiny_model), stdin=b"\xff\xfe hello")
+    assert bad_bytes.returncode == 2 and b"UTF-8" in bad_bytes.stderr and bad_bytes.stderr.count(b"\n") == 1
+
+    missing = ask("--model", str(tmp_path / "missing.gguf"), "hi")
+    assert missing.returncode == 1 and b"missing.gguf" in missing.stderr and missing.stderr.count(b"\n") == 1
+
+    bad_option = ask("--model", str(tiny_model), "--temp", "-1", "hi")
+    assert bad_option.returncode == 2 and b"--temp" in bad_option.stderr
+
+    no_model = ask("hi", LOCALCASCADE_HOME=str(tmp_path / "empty-home"))
+    assert no_model.returncode == 1 and b"localcascade pull" in no_model.stderr
+
+
+def test_budget_spent_without_answer_exits_non_zero(tiny_model, tmp_path):
+    grammar = write_grammar(tmp_path, 'root ::= [a-z ]{200} </think> "ok"')
+    result = ask("--model", str(tiny_model), "--grammar-file", grammar, "--max-tokens", "5", "hello")
+    assert result.returncode == 1
+    assert result.stdout == b""
+    assert b"no answer" in result.stderr
+
+
+def test_think_budget_lets_the_model_answer(tiny_model, tmp_path):
+    grammar = write_grammar(tmp_path, 'root ::= [a-z ]+ "\\n"? </think> "\\n"* "ok"')
+    result = ask("--model", str(tiny_model), "--grammar-file", grammar, "--think-budget", "4", "--json", "hello")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["answer"] == "ok" and data["usage"]["thinking_tokens"] == 4
+
+
+def test_interrupt_exits_130(tiny_model, tmp_path):
+    grammar = write_grammar(tmp_path, 'root ::= ("hello world\\n"){1500}')
+    proc = subprocess.Popen(
+        [*CMD, "--model", str(tiny_model), "--no-think", "--ctx", "32K", "--grammar-file", grammar, "hi"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),
+    )
+    assert proc.stdout.readline() == b"hello world\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert b"interrupted" in err and b"Traceback" not in err
+
+
+@pytest.mark.gemma
+def test_gemma_answers_end_to_end(gemma_model):
+    # The Gemma GGUF carries no chat template: the error says so, and --chat-template fixes it.
+    no_template = ask("--model", str(gemma_model), "--no-think", "hi")
+    assert no_template.returncode == 1 and b"chat template" in no_template.stderr
+    result = ask(
+        "--model", str(gemma_model), "--chat-template", str(DATA / "gemma_chat_template.jinja"),
+        "--no-think", "--seed", "1", "--max-tokens", "24", "--temp", "0",
+        stdin=b"Write one sentence about the sea.",
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode("utf-8")
+    assert len(text.strip()) > 5 and any(c.isalpha() for c in text)
