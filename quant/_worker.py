@@ -2,10 +2,15 @@
 
 llama.cpp's ``llama_model_quantize`` cannot be cancelled and can abort the
 process on bad input, so it runs here and the parent (``quant.quantize``) can
-kill it on Ctrl-C and delete its temporary output. Messages to the parent are
-JSON lines on the original stdout: ``{"log": line}`` for each llama.cpp log
-line, then ``{"done": rc}`` and, when asked, ``{"loaded": bool, "error": str}``.
-Anything the C code prints on its own goes to stderr.
+kill it on Ctrl-C and delete its temporary output.
+
+The job runs in two steps in the one process (so llama_cpp is imported once):
+1. a dry run (``params.dry_run``), answered with ``{"planned": rc}``;
+2. after the parent writes one JSON line on stdin with the output path and
+   options (an empty line or EOF means stop), the real run, answered with
+   ``{"done": rc}`` and, when asked, ``{"loaded": bool, ...}``.
+Messages go as JSON lines on the original stdout, with ``{"log": line}`` for
+each llama.cpp log line; anything the C code prints on its own goes to stderr.
 """
 
 from __future__ import annotations
@@ -54,49 +59,75 @@ def main() -> int:
     llama_cpp.llama_log_set(on_log, ctypes.c_void_p(0))
     llama_cpp.llama_backend_init()
 
-    rc = 0
-    if job.get("quantize", True):
-        rc = _quantize(llama_cpp, job)
+    def flush_log() -> None:
         if pending:
             send({"log": "".join(pending)})
             pending.clear()
-        send({"done": rc})
+
+    try:
+        imatrix = _imatrix_array(llama_cpp, job.get("imatrix"))
+    except Exception as err:  # noqa: BLE001 - reported to the parent as one line
+        send({"error": str(err)})
+        return 1
+    rc = _quantize(llama_cpp, {**job, "dst": os.devnull, "dry_run": True}, imatrix)
+    flush_log()
+    send({"planned": rc})
+    if rc != 0:
+        return rc
+    go = sys.stdin.readline()
+    if not go.strip():
+        return 0
+    job.update(json.loads(go))
+    rc = _quantize(llama_cpp, job, imatrix)
+    flush_log()
+    send({"done": rc})
     if rc == 0 and job.get("load"):
         send(_load(llama_cpp, job["load"]))
     messages.flush()
     return rc
 
 
-def _quantize(llama_cpp, job: dict) -> int:
+def _quantize(llama_cpp, job: dict, imatrix) -> int:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{job['target']}")
     params.allow_requantize = bool(job.get("allow_requantize"))
     params.keep_split = bool(job.get("keep_split"))
     params.dry_run = bool(job.get("dry_run"))
     params.nthread = int(job.get("nthread") or 0)
-    keep_alive = []
-    if job.get("imatrix"):
-        from quant.imatrix import load_imatrix
-
-        entries = load_imatrix(job["imatrix"])
-        array = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
-        for i, (name, values) in enumerate(entries.items()):
-            name_bytes = name.encode()
-            keep_alive += [name_bytes, values]
-            array[i].name = name_bytes
-            array[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            array[i].size = values.size
-        array[len(entries)].name = None  # the C side stops at the first NULL name
-        keep_alive.append(array)
-        params.imatrix = ctypes.cast(array, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    if imatrix is not None:
+        params.imatrix = ctypes.cast(imatrix[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     return int(llama_cpp.llama_model_quantize(job["src"].encode(), job["dst"].encode(), ctypes.byref(params)))
 
 
+def _imatrix_array(llama_cpp, path: str | None):
+    """The NULL-terminated C array of importance data, and the Python objects it points into."""
+    if not path:
+        return None
+    from quant.imatrix import load_imatrix
+
+    entries = load_imatrix(path)
+    array = (llama_cpp.llama_model_imatrix_data * (len(entries) + 1))()
+    keep_alive = []
+    for i, (name, values) in enumerate(entries.items()):
+        name_bytes = name.encode()
+        keep_alive += [name_bytes, values]
+        array[i].name = name_bytes
+        array[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        array[i].size = values.size
+    array[len(entries)].name = None  # the C side stops at the first NULL name
+    return array, keep_alive
+
+
 def _load(llama_cpp, path: str) -> dict:
-    """Load the finished file on the CPU (memory-mapped, so cheap) to prove llama.cpp accepts it."""
+    """Load the finished file on the CPU to prove llama.cpp accepts it (tensor table, sizes, offsets).
+
+    Memory-mapped and without the CPU repacking buffers, so it costs a fraction of a
+    second even for a 20 GB file instead of rewriting every weight in memory.
+    """
     params = llama_cpp.llama_model_default_params()
     params.n_gpu_layers = 0
     params.use_mmap = True
+    params.use_extra_bufts = False
     model = llama_cpp.llama_model_load_from_file(path.encode(), params)
     if not model:
         return {"loaded": False, "error": "llama.cpp could not load the output file"}

@@ -10,6 +10,7 @@ from the quantizer's log lines, one callback call per tensor.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import re
@@ -74,24 +75,8 @@ class QuantResult:
 def dry_run(src: str | os.PathLike, target: str, *, imatrix: str | os.PathLike | None = None,
             allow_requantize: bool = False) -> DryRun:
     """Ask llama.cpp what ``target`` would produce from ``src`` (params.dry_run); writes nothing."""
-    target = normalize_target(target)
-    src = _existing(src)
-    facts = read_facts(src)
-    _refuse_requantize(src, facts, allow_requantize)
-    lines, rc = _run_worker(
-        {"src": str(src), "dst": os.devnull, "target": target, "dry_run": True,
-         "allow_requantize": allow_requantize, "imatrix": _opt_str(imatrix)},
-        on_line=None,
-    )
-    if rc != 0:
-        raise QuantizeError(_failure_message(lines, f"llama.cpp could not plan quantizing {src.name}"))
-    types = _tensor_types_from_log(lines, dry_run=True)
-    if set(types) != set(facts.tensor_types):
-        raise QuantizeError(f"llama.cpp's dry run of {src.name} did not list every tensor")
-    predicted = facts.metadata_bytes + sum(
-        facts.padded_bytes(name, new_type) for name, new_type in types.items()
-    )
-    return DryRun(target=target, predicted_bytes=predicted, tensor_types=types, source_bytes=facts.file_bytes)
+    with prepare(src, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
+        return job.plan
 
 
 def quantize(
@@ -104,71 +89,120 @@ def quantize(
     keep_split: bool = False,
     nthread: int = 0,
     progress: Progress | None = None,
-    plan: DryRun | None = None,
     verify_load: bool = True,
 ) -> QuantResult:
     """Quantize ``src`` to ``target`` at ``dst`` and check the result.
 
-    ``plan`` is a :func:`dry_run` already made for the same arguments (skips a
-    second one). With ``keep_split`` a split source gives split output named
+    With ``keep_split`` a split source gives split output named
     ``<dst without .gguf>-0000N-of-0000M.gguf``. Raises QuantizeError,
     DiskSpaceError, or Interrupted (Ctrl-C); none of them leaves an output file.
     """
-    target = normalize_target(target)
-    src = _existing(src)
-    dst = Path(dst).expanduser().absolute()
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise QuantizeError("the output path is the source file; choose another --out")
-    if not dst.parent.is_dir():
-        raise QuantizeError(f"output directory {dst.parent} does not exist")
-    if imatrix is not None and not Path(imatrix).is_file():
-        raise QuantizeError(f"imatrix file {imatrix} not found")
+    with prepare(src, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
+        return job.run(dst, keep_split=keep_split, nthread=nthread, progress=progress, verify_load=verify_load)
 
-    plan = plan or dry_run(src, target, imatrix=imatrix, allow_requantize=allow_requantize)
-    free = shutil.disk_usage(dst.parent).free
-    if free < plan.predicted_bytes + _DISK_MARGIN:
-        raise DiskSpaceError(
-            f"not enough disk space in {dst.parent} for the {target} file: "
-            f"need {_gib(plan.predicted_bytes)}, {_gib(free)} free"
+
+def prepare(src: str | os.PathLike, target: str, *, imatrix: str | os.PathLike | None = None,
+            allow_requantize: bool = False) -> "Quantization":
+    """Check the source, start llama.cpp and make its dry run; ``.plan`` says what ``.run()`` will write.
+
+    Use as a context manager (``with quant.prepare(...) as job:``) so the child
+    process goes away even when ``run`` is never called.
+    """
+    return Quantization(src, target, imatrix=imatrix, allow_requantize=allow_requantize)
+
+
+class Quantization:
+    """One quantization in two steps: the dry run (done on creation), then ``run``."""
+
+    def __init__(self, src, target: str, *, imatrix=None, allow_requantize: bool = False):
+        self.target = normalize_target(target)
+        self.src = _existing(src)
+        if imatrix is not None and not Path(imatrix).expanduser().is_file():
+            raise QuantizeError(f"imatrix file {imatrix} not found")
+        self.facts = read_facts(self.src)
+        _refuse_requantize(self.src, self.facts, allow_requantize)
+        self._worker = _Worker({"src": str(self.src), "target": self.target, "allow_requantize": allow_requantize,
+                                "imatrix": _opt_str(imatrix)})
+        try:
+            self.plan = self._dry_run()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Quantization":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._worker.stop()
+
+    def _dry_run(self) -> DryRun:
+        lines, message = self._worker.read_until("planned")
+        if message is None or message["planned"] != 0:
+            raise QuantizeError(_failure_message(lines, f"llama.cpp could not plan quantizing {self.src.name}"))
+        types = _tensor_types_from_log(lines, dry_run=True)
+        if set(types) != set(self.facts.tensor_types):
+            raise QuantizeError(f"llama.cpp's dry run of {self.src.name} did not list every tensor")
+        predicted = self.facts.metadata_bytes + sum(
+            self.facts.padded_bytes(name, new_type) for name, new_type in types.items()
         )
+        return DryRun(target=self.target, predicted_bytes=predicted, tensor_types=types,
+                      source_bytes=self.facts.file_bytes)
 
-    facts = read_facts(src)
-    n_split = len(facts.shards)
-    split_out = keep_split and n_split > 1
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
-    try:
-        tmp_out = work_dir / ("out" if split_out else dst.name)
-        finals = _split_names(dst, n_split) if split_out else [dst]
-        temps = _split_names(tmp_out, n_split) if split_out else [tmp_out]
+    def run(self, dst, *, keep_split: bool = False, nthread: int = 0, progress: Progress | None = None,
+            verify_load: bool = True) -> QuantResult:
+        """Write the quantized file(s) at ``dst`` (through a temporary folder), check them, rename them."""
+        target, src, plan = self.target, self.src, self.plan
+        dst = Path(dst).expanduser().absolute()
+        if dst.exists() and dst.resolve() == src.resolve():
+            raise QuantizeError("the output path is the source file; choose another --out")
+        if not dst.parent.is_dir():
+            raise QuantizeError(f"output directory {dst.parent} does not exist")
+        free = shutil.disk_usage(dst.parent).free
+        if free < plan.predicted_bytes + _DISK_MARGIN:
+            raise DiskSpaceError(
+                f"not enough disk space in {dst.parent} for the {target} file: "
+                f"need {_gib(plan.predicted_bytes)}, {_gib(free)} free"
+            )
+        n_split = len(self.facts.shards)
+        split_out = keep_split and n_split > 1
+        work_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+        try:
+            tmp_out = work_dir / ("out" if split_out else dst.name)
+            finals = _split_names(dst, n_split) if split_out else [dst]
+            temps = _split_names(tmp_out, n_split) if split_out else [tmp_out]
+            total = len(self.facts.tensor_types)
 
-        total = len(facts.tensor_types)
+            def on_line(line: str) -> None:
+                match = _TENSOR_LINE.match(line)
+                if match and progress is not None:
+                    progress(int(match.group(1)) - 1, total, match.group(3))
 
-        def on_line(line: str) -> None:
-            match = _TENSOR_LINE.match(line)
-            if match and progress is not None:
-                progress(int(match.group(1)) - 1, total, match.group(3))
-
-        lines, rc = _run_worker(
-            {"src": str(src), "dst": str(tmp_out), "target": target, "allow_requantize": allow_requantize,
-             "keep_split": split_out, "nthread": nthread, "imatrix": _opt_str(imatrix),
-             "load": str(temps[0]) if verify_load else None},
-            on_line=on_line,
-        )
-        if rc != 0:
-            raise QuantizeError(_failure_message(lines, f"llama.cpp failed to quantize {src.name}"))
-        if progress is not None:
-            progress(total, total, "")
-        load = _load_report(lines) if verify_load else {"loaded": False}
-        if verify_load and not load.get("loaded"):
-            raise QuantizeError(f"the {target} output does not load in llama.cpp: {load.get('error', 'no answer')}")
-        result = _check_output(src, temps, plan, target, load)
-        for tmp, final in zip(temps, finals):
-            os.replace(tmp, final)
-        return QuantResult(**{**result.__dict__, "outputs": tuple(finals)})
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted: quantization stopped, no output file was written") from None
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+            self._worker.send({"dst": str(tmp_out), "keep_split": split_out, "nthread": nthread,
+                               "load": str(temps[0]) if verify_load else None})
+            lines, done = self._worker.read_until("done", on_line)
+            if done is None or done["done"] != 0:
+                raise QuantizeError(_failure_message(lines, f"llama.cpp failed to quantize {src.name}"))
+            if progress is not None:
+                progress(total, total, "")
+            load = {"loaded": False}
+            if verify_load:
+                _, load = self._worker.read_until("loaded")
+                load = load or {"loaded": False, "error": "the checker exited without an answer"}
+                if not load.get("loaded"):
+                    raise QuantizeError(f"the {target} output does not load in llama.cpp: {load.get('error')}")
+            self._worker.stop()
+            result = _check_output(src, temps, plan, target, load)
+            for tmp, final in zip(temps, finals):
+                os.replace(tmp, final)
+            return dataclasses.replace(result, outputs=tuple(finals))
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted: quantization stopped, no output file was written") from None
+        finally:
+            self._worker.stop()  # before removing the folder: a killed child writes nothing more
+            shutil.rmtree(work_dir, ignore_errors=True)
 
 
 # -- checks ------------------------------------------------------------------------------
@@ -214,34 +248,52 @@ def _check_output(src: Path, outputs: list[Path], plan: DryRun, target: str, loa
 
 # -- the child process ---------------------------------------------------------------------
 
-def _run_worker(job: dict, on_line: Callable[[str], None] | None) -> tuple[list[str], int]:
-    """Run one job in ``quant._worker``; returns (log lines + result messages, exit code)."""
-    cmd = [sys.executable, "-m", "quant._worker", json.dumps(job)]
-    env = {**os.environ, "PYTHONPATH": _pythonpath()}
-    lines: list[str] = []
-    with tempfile.TemporaryFile() as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True,
-                                bufsize=1, start_new_session=False)
+class _Worker:
+    """``quant._worker`` as a child process, spoken to in JSON lines."""
+
+    def __init__(self, job: dict):
+        cmd = [sys.executable, "-m", "quant._worker", json.dumps(job)]
+        env = {**os.environ, "PYTHONPATH": _pythonpath()}
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                      env=env, text=True, bufsize=1)
+
+    def read_until(self, key: str, on_line: Callable[[str], None] | None = None) -> tuple[list[str], dict | None]:
+        """Log lines up to the message carrying ``key`` (None if the child ended first, or sent an error)."""
+        lines: list[str] = []
         try:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
+            for raw in self._proc.stdout:
                 message = json.loads(raw)
                 if "log" in message:
                     lines.append(message["log"])
                     if on_line is not None:
                         on_line(message["log"])
-                else:
-                    lines.append("@" + json.dumps(message))
-            rc = proc.wait()
+                elif "error" in message:
+                    lines.append(f"failed to quantize: {message['error']}")
+                elif key in message:
+                    return lines, message
         except BaseException:
-            proc.kill()
-            proc.wait()
+            self.stop()
             raise
-        if rc != 0 and not any(_ERROR_LINE.search(line) for line in lines):
-            stderr.seek(0)
-            tail = stderr.read().decode(errors="replace").strip().splitlines()[-1:]
-            lines += tail
-    return lines, rc
+        self._proc.wait()
+        if not any(_ERROR_LINE.search(line) for line in lines):
+            self._stderr.seek(0)
+            lines += self._stderr.read().decode(errors="replace").strip().splitlines()[-1:]
+        return lines, None
+
+    def send(self, message: dict) -> None:
+        self._proc.stdin.write(json.dumps(message) + "\n")
+        self._proc.stdin.flush()
+
+    def stop(self) -> None:
+        """End the child now (killing it mid-work if need be) and wait for it."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream and not stream.closed:
+                stream.close()
+        self._stderr.close()
 
 
 def _pythonpath() -> str:
@@ -270,19 +322,12 @@ def _tensor_types_from_log(lines: list[str], dry_run: bool) -> dict[str, str]:
     return types
 
 
-def _load_report(lines: list[str]) -> dict:
-    for line in lines:
-        if line.startswith("@") and '"loaded"' in line:
-            return json.loads(line[1:])
-    return {"loaded": False, "error": "the checker exited without an answer"}
-
-
 def _failure_message(lines: list[str], default: str) -> str:
     for line in reversed(lines):
         match = _ERROR_LINE.search(line)
         if match:
             return f"{default}: {match.group(1).strip()}"
-    tail = [line for line in lines if line.strip() and not line.startswith("@")][-1:]
+    tail = [line for line in lines if line.strip()][-1:]
     return f"{default}: {tail[0].strip()}" if tail else default
 
 

@@ -37,12 +37,11 @@ def quantize(
     source = store.find_local_model(src).absolute()
     dst = (out or _default_out(source, target)).expanduser()
 
-    plan = quant.dry_run(source, target, imatrix=imatrix, allow_requantize=allow_requantize)
-    typer.echo(f"{source.name} -> {target}: predicted {format_bytes(plan.predicted_bytes)} "
-               f"(from {format_bytes(plan.source_bytes)})", err=True)
-    with _progress_bar(target) as progress:
-        result = quant.quantize(source, dst, target, imatrix=imatrix, allow_requantize=allow_requantize,
-                                keep_split=keep_split, nthread=threads, progress=progress, plan=plan)
+    with quant.prepare(source, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
+        typer.echo(f"{source.name} -> {target}: predicted {format_bytes(job.plan.predicted_bytes)} "
+                   f"(from {format_bytes(job.plan.source_bytes)})", err=True)
+        with _progress_bar(target) as progress:
+            result = job.run(dst, keep_split=keep_split, nthread=threads, progress=progress)
     for warning in result.warnings:
         typer.echo(f"note: {warning}", err=True)
     registered = store.register_local(
