@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from localcascade.cli import app, options
-from localcascade.errors import ModelNotFoundError, UsageError
+from localcascade.errors import DoesNotFitError, ModelNotFoundError, UsageError
 
 
 @app.command()
@@ -113,7 +113,13 @@ def _offer_pull(hardware, request, yes: bool) -> Path:
     from localcascade.repl import describe_plan
     from localcascade.units import format_bytes
 
-    variant, plan = recommend(hardware, list(load_catalog()), request)
+    try:
+        variant, plan = recommend(hardware, list(load_catalog()), request)
+    except DoesNotFitError as err:
+        raise DoesNotFitError(
+            f"no model pulled yet, and none to recommend: {err} (`localcascade fit` shows what each "
+            "variant needs; --model FILE runs a file you have)"
+        ) from None
     print("localcascade: no Nemotron-Cascade-2 model pulled yet. What fits this machine:", file=sys.stderr)
     for line in describe_plan(plan):
         print(f"  {line}", file=sys.stderr)
