@@ -165,3 +165,10 @@ def test_gemma_answers_end_to_end(gemma_model):
     assert result.returncode == 0, result.stderr
     text = result.stdout.decode("utf-8")
     assert len(text.strip()) > 5 and any(c.isalpha() for c in text)
+
+
+def test_override_that_cannot_fit_is_refused_with_numbers(tiny_model):
+    result = ask("--model", str(tiny_model), "--ctx", "1000M", "hi")
+    assert result.returncode == 1 and result.stdout == b""
+    assert b"does not fit" in result.stderr and b"iB" in result.stderr
+    assert result.stderr.count(b"\n") == 1

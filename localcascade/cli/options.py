@@ -147,11 +147,10 @@ def resolve_model(spec: Optional[str]) -> Path:
 
     if spec:
         return store.find_local_model(spec)
-    best = getattr(store, "best_local_variant", None)
-    found = best() if best is not None else None
+    found = store.best_local_variant()   # (StoredModel, Plan) or None
     if found is None:
         raise ModelNotFoundError("no model pulled yet: run `localcascade pull` or give --model FILE")
-    return Path(found)
+    return Path(found[0].path)
 
 
 def load_engine(
