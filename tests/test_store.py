@@ -196,3 +196,17 @@ def test_show_reads_a_hub_model_without_downloading_it(served, capsys):
     assert served.bytes_served["Tiny-Q8_0.gguf"] < Path(served.repos[REPO].revisions["main"]["Tiny-Q8_0.gguf"]
                                                         .local_path).stat().st_size
     assert store.list_models() == []
+
+
+def test_quantize_a_pulled_model_by_name_writes_outside_the_hub_cache(hf_server, tiny_f16_model, capsys):
+    hf_server.add_file("someone/Src-GGUF", "Src-F16.gguf", tiny_f16_model)
+    _pull("someone/Src-GGUF:F16")
+
+    code, out, err = _cli(["quantize", "someone/Src-GGUF:F16", "--to", "Q8_0"], capsys)
+
+    assert code == 0, err
+    name, _, path = out.strip().split("\t")
+    assert name == "Src-Q8_0" and Path(path).is_file()
+    assert not Path(path).is_relative_to(_cache())
+    assert store.find_local_model("Src-Q8_0") == Path(path)
+    assert {m.name for m in store.list_models()} == {"someone/Src-GGUF:F16", "Src-Q8_0"}

@@ -68,7 +68,12 @@ def pull(
     remote = hub.resolve_remote(ref)
     shards = f" in {len(remote.files)} files" if len(remote.files) > 1 else ""
     _err(f"{ref.label}: {remote.repo}, {format_bytes(remote.size)}{shards}")
-    pulled = hub.pull(remote, show_progress=sys.stderr.isatty())
+    try:
+        pulled = hub.pull(remote, show_progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        from localcascade.errors import Interrupted
+
+        raise Interrupted(f"interrupted: `localcascade pull {model}` again continues where this stopped") from None
     if pulled.resumed_bytes:
         _err(f"continued an interrupted download ({format_bytes(pulled.resumed_bytes)} were already here)")
     elif not pulled.downloaded_bytes:

@@ -54,11 +54,22 @@ def quantize(
 
 
 def _default_out(source: Path, target: str) -> Path:
-    """model-BF16.gguf -> model-Q4_K_M.gguf; anything else gets -TYPE appended."""
+    """model-BF16.gguf -> model-Q4_K_M.gguf (anything else gets -TYPE appended), next to the source -
+    or in localcascade's own models folder when the source is in the Hugging Face cache, which
+    belongs to the hub's snapshots."""
+    from localcascade import settings
+
+    folder = source.parent
+    try:
+        source.absolute().relative_to(settings.hf_hub_cache().absolute())
+        folder = settings.data_dir() / "models"
+        folder.mkdir(parents=True, exist_ok=True)
+    except ValueError:
+        pass
     stem = re.sub(r"-\d{5}-of-\d{5}$", "", source.name[: -len(".gguf")] if source.name.endswith(".gguf")
                   else source.name)
     renamed = re.sub(r"(?i)(?<![A-Za-z0-9])(BF16|F16|F32)(?![A-Za-z0-9])", target, stem)
-    return source.with_name((renamed if renamed != stem else f"{stem}-{target}") + ".gguf")
+    return folder / ((renamed if renamed != stem else f"{stem}-{target}") + ".gguf")
 
 
 def _name_for(path: Path) -> str:
