@@ -76,7 +76,8 @@ def _row(plan: Plan) -> dict:
         "verdict": plan.verdict,
         "gpu_bytes": plan.gpu_bytes,
         "ram_bytes": plan.ram_bytes,
-        "cpu_moe_blocks": plan.cpu_moe_blocks,
+        "cpu_moe_blocks": plan.moe_blocks_in_ram,
+        "n_cpu_moe": plan.n_cpu_moe,
         "n_gpu_layers": plan.n_gpu_layers,
         "tokens_per_s": plan.tokens_per_s,
         "components": comps,
@@ -100,8 +101,8 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
         model, plan = ranked[0]
         recommended = {
             "variant": model.quant, "n_ctx": plan.n_ctx, "verdict": plan.verdict,
-            "n_gpu_layers": plan.n_gpu_layers, "cpu_moe_blocks": plan.cpu_moe_blocks,
-            "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s, "reasons": list(plan.reasons),
+            "n_gpu_layers": plan.n_gpu_layers, "cpu_moe_blocks": plan.moe_blocks_in_ram,
+            "n_cpu_moe": plan.n_cpu_moe, "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s, "reasons": list(plan.reasons),
         }
     return {"hardware": hardware.to_dict(), "recommended": recommended, "variants": variants, "notes": notes}
 
@@ -131,7 +132,8 @@ def render_table(report: dict) -> None:
         for row in v["rows"]:
             verdict = row["verdict"]
             if verdict == "experts_in_ram":
-                verdict += f" (--n-cpu-moe {row['cpu_moe_blocks']})"
+                blocks = row["cpu_moe_blocks"]
+                verdict += f" ({blocks} block{'s' if blocks != 1 else ''})"
             elif verdict == "partial":
                 verdict += f" ({row['n_gpu_layers']} layers)"
             tps = "-" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f}"

@@ -235,7 +235,7 @@ class Placement:
     type_v: str = "f16"
     flash_attn: bool = True
     n_gpu_layers: int = 0        # llama.cpp meaning: the last N of n_layer + 1 (output layer counts first)
-    cpu_moe_blocks: int = 0      # --n-cpu-moe N: expert tensors of layers 0..N-1 stay in RAM
+    n_cpu_moe: int = 0      # --n-cpu-moe N: expert tensors of layers 0..N-1 stay in RAM
     n_batch: int = 2048
     n_ubatch: int = 512
     n_seq: int = 1
@@ -377,7 +377,7 @@ def estimate(facts: ModelFacts, p: Placement, overheads: Overheads = Overheads()
                              f"(this model's are {head_dim})")
     n = f.n_layer
     ngl = max(0, min(p.n_gpu_layers, n + 1))
-    cpu_moe = max(0, min(p.cpu_moe_blocks, n))
+    cpu_moe = max(0, min(p.n_cpu_moe, n))
     n_ctx, n_ctx_seq = padded_ctx(p.n_ctx, p.n_seq, p.kv_unified)
     n_stream = 1 if p.kv_unified else p.n_seq
     n_batch = min(n_ctx, p.n_batch)
@@ -446,7 +446,7 @@ def bytes_read_per_token(facts: ModelFacts, p: Placement) -> tuple[int, int]:
             ram += t.dense[layer]
         if layer < n:
             experts = t.experts[layer] * share
-            if layer_gpu and layer >= p.cpu_moe_blocks:
+            if layer_gpu and layer >= p.n_cpu_moe:
                 gpu += experts
             else:
                 ram += experts

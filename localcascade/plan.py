@@ -48,7 +48,8 @@ class Plan:
     type_v: str = "f16"
     flash_attn: bool = True
     n_gpu_layers: int = 0      # llama.cpp meaning: how many repeating layers (+1 = output layer too)
-    cpu_moe_blocks: int = 0    # expert tensors of the first N layers kept in system RAM (--n-cpu-moe)
+    n_cpu_moe: int = 0         # llama.cpp's --n-cpu-moe: expert tensors of layers 0..N-1 stay in system RAM
+    moe_blocks_in_ram: int = 0 # how many MoE blocks that is (what a user wants to read)
     n_batch: int = 2048
     n_ubatch: int = 512
     n_seq: int = 1
@@ -88,6 +89,6 @@ class PlanRequest:
     type_v: str | None = None
     flash_attn: bool | None = None
     n_gpu_layers: int | None = None
-    cpu_moe_blocks: int | None = None
+    n_cpu_moe: int | None = None
     n_batch: int | None = None
     n_ubatch: int | None = None

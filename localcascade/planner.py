@@ -46,8 +46,13 @@ class Limits:
     default_ram_bandwidth: float = 50e9   # bytes/s when RAM bandwidth is unknown
 
 
+def usable_gpus(hw: Hardware) -> tuple:
+    """The GPUs llama.cpp can offload to: none when the installed build has no GPU backend."""
+    return hw.gpus if hw.llama_cpp.gpu_offload else ()
+
+
 def _budgets(hw: Hardware, limits: Limits) -> tuple[int, int]:
-    gpu = sum(max(0, g.vram_free_bytes - limits.gpu_margin_bytes) for g in hw.gpus)
+    gpu = sum(max(0, g.vram_free_bytes - limits.gpu_margin_bytes) for g in usable_gpus(hw))
     ram = max(0, hw.ram_available_bytes - limits.ram_margin_bytes)
     return gpu, ram
 
@@ -64,20 +69,23 @@ def _verdict(p: Placement, facts: ModelFacts) -> str:
         return CPU_ONLY
     if p.n_gpu_layers <= facts.n_layer:
         return PARTIAL
-    moe = [i for i in facts.moe_layers if i < p.cpu_moe_blocks]
-    return EXPERTS_IN_RAM if moe else FULL_GPU
+    return EXPERTS_IN_RAM if _moe_blocks_in_ram(p, facts) else FULL_GPU
+
+
+def _moe_blocks_in_ram(p: Placement, facts: ModelFacts) -> int:
+    return len([i for i in facts.moe_layers if i < p.n_cpu_moe])
 
 
 def _candidates(facts: ModelFacts, base: Placement, has_gpu: bool) -> Iterable[Placement]:
     n = facts.n_layer
     if has_gpu:
-        yield replace(base, n_gpu_layers=n + 1, cpu_moe_blocks=0)
+        yield replace(base, n_gpu_layers=n + 1, n_cpu_moe=0)
         # --n-cpu-moe N counts layers; only values that end on an MoE layer change anything.
         for layer in facts.moe_layers:
-            yield replace(base, n_gpu_layers=n + 1, cpu_moe_blocks=layer + 1)
+            yield replace(base, n_gpu_layers=n + 1, n_cpu_moe=layer + 1)
         for ngl in range(n, 0, -1):
-            yield replace(base, n_gpu_layers=ngl, cpu_moe_blocks=0)
-    yield replace(base, n_gpu_layers=0, cpu_moe_blocks=0)
+            yield replace(base, n_gpu_layers=ngl, n_cpu_moe=0)
+    yield replace(base, n_gpu_layers=0, n_cpu_moe=0)
 
 
 def tokens_per_s(facts: ModelFacts, p: Placement, hw: Hardware, limits: Limits = Limits()) -> float:
@@ -94,7 +102,8 @@ def _plan(name: str, facts: ModelFacts, p: Placement, est: Estimate, verdict: st
           limits: Limits, source: str, reasons: tuple[str, ...]) -> Plan:
     return Plan(
         model=name, n_ctx=est.n_ctx, type_k=p.type_k, type_v=p.type_v, flash_attn=p.flash_attn,
-        n_gpu_layers=p.n_gpu_layers, cpu_moe_blocks=p.cpu_moe_blocks, n_batch=p.n_batch,
+        n_gpu_layers=p.n_gpu_layers, n_cpu_moe=p.n_cpu_moe, moe_blocks_in_ram=_moe_blocks_in_ram(p, facts),
+        n_batch=p.n_batch,
         n_ubatch=est.n_ubatch, n_seq=p.n_seq, verdict=verdict, gpu=est.gpu, ram=est.ram,
         tokens_per_s=None if verdict == WONT_FIT else tokens_per_s(facts, p, hw, limits),
         reasons=reasons, source=source,
@@ -108,7 +117,7 @@ def _base(facts: ModelFacts, hw: Hardware, request: PlanRequest, n_ctx: int) -> 
     check_kv_types(type_k, type_v, flash)
     return Placement(
         n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=flash,
-        n_batch=request.n_batch or 2048, n_ubatch=request.n_ubatch or 512, n_gpus=max(1, len(hw.gpus)),
+        n_batch=request.n_batch or 2048, n_ubatch=request.n_ubatch or 512, n_gpus=max(1, len(usable_gpus(hw))),
     )
 
 
@@ -120,13 +129,15 @@ def _describe(name: str, verdict: str, p: Placement, est: Estimate, facts: Model
     if verdict == FULL_GPU:
         return f"{name} fits fully on the {gpu_name} at {ctx} with {format_bytes(gpu_budget - est.gpu.total)} free"
     if verdict == EXPERTS_IN_RAM:
-        blocks = len([i for i in facts.moe_layers if i < p.cpu_moe_blocks])
-        return (f"{name} at {ctx} needs the experts of {blocks} MoE blocks in RAM (--n-cpu-moe "
-                f"{p.cpu_moe_blocks}: {format_bytes(est.ram.weights)} of weights in RAM)")
+        blocks = _moe_blocks_in_ram(p, facts)
+        return (f"{name} at {ctx} needs the experts of {blocks} MoE block{'s' if blocks != 1 else ''} in RAM (--n-cpu-moe "
+                f"{p.n_cpu_moe}: {format_bytes(est.ram.weights)} of weights in RAM)")
     if verdict == PARTIAL:
         return f"{name} at {ctx} fits with {p.n_gpu_layers} of {facts.n_layer + 1} layers on the {gpu_name}"
     if verdict == CPU_ONLY:
-        return f"{name} at {ctx} runs on the CPU only, {format_bytes(est.ram.total)} of RAM"
+        why = (" (the installed llama-cpp-python has no GPU offload: see `localcascade doctor`)"
+               if hw.gpus and not usable_gpus(hw) else "")
+        return f"{name} at {ctx} runs on the CPU only, {format_bytes(est.ram.total)} of RAM{why}"
     return (f"{name} at {ctx} does not fit: it needs {format_bytes(est.ram.total)} of RAM on the CPU alone, "
             f"{format_bytes(ram_budget)} is usable")
 
@@ -139,17 +150,18 @@ def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(),
     fit raises DoesNotFitError with the numbers.
     """
     base = _base(facts, hw, request, n_ctx)
-    if request.n_gpu_layers is not None or request.cpu_moe_blocks is not None:
-        ngl = request.n_gpu_layers if request.n_gpu_layers is not None else (facts.n_layer + 1 if hw.gpus else 0)
+    if request.n_gpu_layers is not None or request.n_cpu_moe is not None:
+        ngl = request.n_gpu_layers if request.n_gpu_layers is not None else (
+            facts.n_layer + 1 if usable_gpus(hw) else 0)
         if ngl < 0:
             ngl = facts.n_layer + 1
-        p = replace(base, n_gpu_layers=ngl, cpu_moe_blocks=request.cpu_moe_blocks or 0)
+        p = replace(base, n_gpu_layers=ngl, n_cpu_moe=request.n_cpu_moe or 0)
         est = estimate(facts, p, limits.overheads)
         if not _fits(est, hw, limits):
             gpu_budget, ram_budget = _budgets(hw, limits)
             raise DoesNotFitError(
                 f"{name} at {format_tokens(est.n_ctx)} with n_gpu_layers={p.n_gpu_layers}, "
-                f"n_cpu_moe={p.cpu_moe_blocks} needs {format_bytes(est.gpu.total)} of GPU memory "
+                f"n_cpu_moe={p.n_cpu_moe} needs {format_bytes(est.gpu.total)} of GPU memory "
                 f"({format_bytes(gpu_budget)} usable) and {format_bytes(est.ram.total)} of RAM "
                 f"({format_bytes(ram_budget)} usable)"
             )
@@ -157,7 +169,7 @@ def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(),
         return _plan(name, facts, p, est, verdict, hw, limits, source,
                      (_describe(name, verdict, p, est, facts, hw, limits), "placement as requested"))
     last = None
-    for p in _candidates(facts, base, bool(hw.gpus)):
+    for p in _candidates(facts, base, bool(usable_gpus(hw))):
         est = estimate(facts, p, limits.overheads)
         last = (p, est)
         if _fits(est, hw, limits):

@@ -466,8 +466,8 @@ def describe_plan(plan: Plan) -> list[str]:
     speed = f", ~{plan.tokens_per_s:.0f} tokens/s expected" if plan.tokens_per_s else ""
     first = f"{plan.model}, context {format_tokens(plan.n_ctx)}, {where}{speed}"
     offload = f"{plan.n_gpu_layers} GPU layers"
-    if plan.cpu_moe_blocks:
-        offload += f", experts of {plan.cpu_moe_blocks} blocks in RAM"
+    if plan.n_cpu_moe:
+        offload += f", experts of {plan.moe_blocks_in_ram} MoE blocks in RAM (--n-cpu-moe {plan.n_cpu_moe})"
     second = (
         f"{plan.verdict.replace('_', ' ')}: {offload}, KV {plan.type_k}/{plan.type_v}, "
         f"flash attention {'on' if plan.flash_attn else 'off'}"

@@ -264,9 +264,9 @@ def best_local_variant(hardware=None, request=None):
     from localcascade.planner import recommend
 
     if hardware is None:
-        from localcascade.hardware.probe import detect
+        from localcascade.hardware.resolve import hardware_for
 
-        hardware = detect()
+        hardware = hardware_for()  # this machine, unknown bandwidths filled in
     variants = [v for v in load_catalog() if v.quant in present]
     variant, plan = recommend(hardware, variants, request or PlanRequest())
     return present[variant.quant], plan

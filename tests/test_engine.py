@@ -53,7 +53,7 @@ def test_all_cpu_plan_loads_without_overrides(tiny_model):
 def test_experts_of_first_blocks_are_kept_in_system_ram(tiny_model):
     # TINY's pattern "MEMEM*EMEM*EME": MoE blocks are 1, 3, 6, 8, 11, 13. The first 4 layers hold
     # MoE blocks 1 and 3, so exactly their expert tensors are overridden (like --n-cpu-moe 4).
-    with Engine.load(tiny_model, cpu_plan(cpu_moe_blocks=4)) as engine:
+    with Engine.load(tiny_model, cpu_plan(n_cpu_moe=4)) as engine:
         assert overridden_tensors(engine.load_log) == {
             "blk.1.ffn_up_exps.weight", "blk.1.ffn_down_exps.weight",
             "blk.3.ffn_up_exps.weight", "blk.3.ffn_down_exps.weight",

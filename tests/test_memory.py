@@ -56,7 +56,7 @@ def test_weights_follow_layer_assignment_and_expert_override():
     head = next(t.n_bytes for t in Q4.tensors if t.name == "output.weight")
     only_output = estimate(Q4, Placement(n_ctx=4096, n_gpu_layers=1))
     assert only_output.gpu.weights == head + next(t.n_bytes for t in Q4.tensors if t.name == "output_norm.weight")
-    moe = estimate(Q4, Placement(n_ctx=4096, n_gpu_layers=Q4.n_layer + 1, cpu_moe_blocks=2))
+    moe = estimate(Q4, Placement(n_ctx=4096, n_gpu_layers=Q4.n_layer + 1, n_cpu_moe=2))
     experts_blk1 = sum(t.n_bytes for t in Q4.tensors if t.name.startswith("blk.1.ffn_") and "_exps" in t.name)
     assert full.gpu.weights - moe.gpu.weights == experts_blk1
     assert moe.gpu.compute > full.gpu.compute   # op offload copies CPU experts into the GPU compute buffer

@@ -1,10 +1,12 @@
 """The planner on hypothetical machines (pure, fast)."""
 
+from dataclasses import replace
+
 import pytest
 
 from localcascade.catalog import find_variant, load_catalog
 from localcascade.errors import DoesNotFitError
-from localcascade.hardware.facts import GPU, Hardware
+from localcascade.hardware.facts import GPU, Hardware, LlamaCppBuild
 from localcascade.memory import GiB
 from localcascade.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, PlanRequest
 from localcascade.planner import place, plan_for_facts, recommend
@@ -17,7 +19,7 @@ def machine(vram_gib=None, ram_gib=64, bw=1008e9):
     gpus = () if vram_gib is None else (GPU("Test GPU", int(vram_gib * GiB), int(vram_gib * GiB),
                                             memory_bandwidth_bytes_per_s=bw),)
     return Hardware(gpus=gpus, ram_total_bytes=int(ram_gib * GiB), ram_available_bytes=int(ram_gib * GiB),
-                    ram_bandwidth_bytes_per_s=70e9)
+                    ram_bandwidth_bytes_per_s=70e9, llama_cpp=LlamaCppBuild(gpu_offload=True))
 
 
 def test_iq4_xs_fits_a_24gb_card_at_256k_but_not_at_1m():
@@ -26,7 +28,7 @@ def test_iq4_xs_fits_a_24gb_card_at_256k_but_not_at_1m():
 
 
 def test_q4_k_m_on_24gb_needs_more_expert_blocks_in_ram_as_context_grows():
-    blocks = [place(Q4, machine(23.5), n_ctx=c).cpu_moe_blocks for c in (4096, 262144, 1048576)]
+    blocks = [place(Q4, machine(23.5), n_ctx=c).n_cpu_moe for c in (4096, 262144, 1048576)]
     assert blocks == sorted(blocks) and blocks[0] < blocks[-1]
 
 
@@ -54,7 +56,7 @@ def test_overrides_are_honoured_or_refused_with_numbers():
     plan = plan_for_facts(Q4, machine(23.5), PlanRequest(n_ctx=8192, n_gpu_layers=30), name="Q4_K_M")
     assert plan.n_gpu_layers == 30 and plan.verdict == PARTIAL
     with pytest.raises(DoesNotFitError, match=r"GiB of GPU memory"):
-        plan_for_facts(Q4, machine(23.5), PlanRequest(n_ctx=8192, n_gpu_layers=53, cpu_moe_blocks=0), name="Q4_K_M")
+        plan_for_facts(Q4, machine(23.5), PlanRequest(n_ctx=8192, n_gpu_layers=53, n_cpu_moe=0), name="Q4_K_M")
 
 
 def test_requested_context_that_fits_nowhere_raises():
@@ -76,3 +78,20 @@ def test_speed_drops_when_experts_move_to_ram():
     slow = place(IQ4, machine(23.5), n_ctx=1048576).tokens_per_s
     cpu = place(IQ4, machine(None), n_ctx=4096).tokens_per_s
     assert fast > slow > cpu > 0
+
+
+def test_a_gpu_the_installed_build_cannot_use_is_planned_as_cpu_only():
+    with_cuda = machine(23.5)
+    cpu_build = replace(with_cuda, llama_cpp=LlamaCppBuild(gpu_offload=False))
+    assert place(IQ4, with_cuda, n_ctx=4096).verdict == FULL_GPU
+    plan = place(IQ4, cpu_build, n_ctx=4096)
+    assert plan.verdict == CPU_ONLY and plan.n_gpu_layers == 0 and plan.gpu_bytes == 0
+    assert "no GPU offload" in plan.reasons[0]
+
+
+def test_experts_in_ram_counts_moe_blocks_not_layers():
+    plan = place(Q4, machine(23.5), n_ctx=1048576)
+    assert plan.verdict == EXPERTS_IN_RAM
+    # --n-cpu-moe counts layers; about half of the leading layers are MoE blocks in this pattern.
+    assert 0 < plan.moe_blocks_in_ram < plan.n_cpu_moe
+    assert plan.moe_blocks_in_ram == sum(1 for i in Q4.moe_layers if i < plan.n_cpu_moe)

@@ -46,7 +46,7 @@ def bench(
     print("| model | ctx | ngl | cpu-moe | kv | fa | test | t/s |")
     print("| --- | ---: | ---: | ---: | --- | --- | --- | ---: |")
     for r in results:
-        print(f"| {engine.model_name} | {format_tokens(plan.n_ctx)} | {plan.n_gpu_layers} | {plan.cpu_moe_blocks} "
+        print(f"| {engine.model_name} | {format_tokens(plan.n_ctx)} | {plan.n_gpu_layers} | {plan.n_cpu_moe} "
               f"| {plan.type_k}/{plan.type_v} | {'on' if plan.flash_attn else 'off'} | {r.test} "
               f"| {r.mean:.2f} ± {r.stddev:.2f} |")
     return 0

@@ -113,7 +113,7 @@ def plan_request(
         type_v=kv_type,
         flash_attn=flash_attn,
         n_gpu_layers=ngl,
-        cpu_moe_blocks=cpu_moe,
+        n_cpu_moe=cpu_moe,
     )
 
 

@@ -52,9 +52,9 @@ def run(
 
     grammar = _read_grammar(grammar_file) if grammar_file is not None else None
 
-    from localcascade.hardware.probe import detect
+    from localcascade.hardware.resolve import hardware_for
 
-    hardware = detect()
+    hardware = hardware_for()  # this machine, unknown bandwidths filled in
     model_path = _choose_model(model_arg or model, hardware, request, yes)
 
     from localcascade.engine.planning import plan_for_file

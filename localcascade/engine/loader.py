@@ -148,7 +148,7 @@ def load(
     keepalive: list = []
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = plan.n_gpu_layers
-    overrides = build_buft_overrides(plan.cpu_moe_blocks)
+    overrides = build_buft_overrides(plan.n_cpu_moe)
     if overrides is not None:
         keepalive.append(overrides)
         mparams.tensor_buft_overrides = ctypes.cast(overrides[0], ctypes.c_void_p)

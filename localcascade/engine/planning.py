@@ -17,7 +17,7 @@ def plan_for_file(model_path: Path, request: PlanRequest | None = None, hardware
     from localcascade.planner import plan_for_model
 
     if hardware is None:
-        from localcascade.hardware.probe import detect
+        from localcascade.hardware.resolve import hardware_for
 
-        hardware = detect()
+        hardware = hardware_for()  # this machine, unknown bandwidths filled in
     return plan_for_model(read_header(model_path), hardware, request or PlanRequest())
