@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from localcascade.errors import DoesNotFitError, DownloadError, LocalCascadeError
+from localcascade.errors import DownloadError, LocalCascadeError
 from localcascade.hardware.facts import Hardware
 from localcascade.plan import Plan, PlanRequest
-from localcascade.planner import FIT_CONTEXTS, place, plan_for_facts, rank_variants
+from localcascade.planner import FIT_CONTEXTS, place, rank_variants
 from localcascade.units import format_bytes, format_tokens
 
 

@@ -537,9 +537,13 @@ class _RemoteMeta:
 def _head(hub: HubFile) -> _RemoteMeta:
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    url = hf_hub_url(hub.repo_id, hub.path, revision=hub.revision)
-    meta = get_hf_file_metadata(url)
-    pinned = hf_hub_url(hub.repo_id, hub.path, revision=meta.commit_hash) if meta.commit_hash else url
+    from localcascade import settings
+
+    endpoint = settings.hf_endpoint()
+    url = hf_hub_url(hub.repo_id, hub.path, revision=hub.revision, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, endpoint=endpoint)
+    pinned = (hf_hub_url(hub.repo_id, hub.path, revision=meta.commit_hash, endpoint=endpoint)
+              if meta.commit_hash else url)
     return _RemoteMeta(pinned, meta.etag, meta.commit_hash, meta.size)
 
 

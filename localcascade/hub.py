@@ -198,20 +198,10 @@ class RemoteModel:
         return sum(f.size or 0 for f in self.files)
 
 
-def endpoint() -> str:
-    """The hub URL, read now (huggingface_hub copies HF_ENDPOINT once at import)."""
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-
-
-def _token() -> str | None:
-    # None lets huggingface_hub fall back to the token `hf auth login` stored.
-    return os.environ.get("HF_TOKEN") or None
-
-
 def _api():
     from huggingface_hub import HfApi
 
-    return HfApi(endpoint=endpoint(), token=_token())
+    return HfApi(endpoint=settings.hf_endpoint(), token=settings.hf_token())
 
 
 def resolve_remote(ref: ModelRef) -> RemoteModel:
@@ -358,11 +348,11 @@ def _file_meta(model: RemoteModel, remote: RemoteFile, cache: Path) -> _FileMeta
     from huggingface_hub.file_download import repo_folder_name
 
     check_remote_name(remote.path)
-    url = hf_hub_url(model.repo, remote.path, revision=model.revision, endpoint=endpoint())
+    url = hf_hub_url(model.repo, remote.path, revision=model.revision, endpoint=settings.hf_endpoint())
     with _hub_errors(model.repo, remote.path):
-        meta = get_hf_file_metadata(url, token=_token(), endpoint=endpoint())
+        meta = get_hf_file_metadata(url, token=settings.hf_token(), endpoint=settings.hf_endpoint())
     if not meta.etag or not meta.commit_hash:
-        raise DownloadError(f"{endpoint()} did not answer like a Hugging Face hub for {model.repo}/{remote.path}")
+        raise DownloadError(f"{settings.hf_endpoint()} did not answer like a Hugging Face hub for {model.repo}/{remote.path}")
     storage = cache / repo_folder_name(repo_id=model.repo, repo_type="model")
     blob = storage / "blobs" / meta.etag
     pointer = storage / "snapshots" / meta.commit_hash / remote.path
@@ -438,7 +428,7 @@ def _download(meta: _FileMeta, *, on_bytes: ByteProgress | None, show_progress: 
         digest = hashlib.sha256()
         if have:
             _hash_into(meta.partial, digest)
-        headers = build_hf_headers(token=_token())
+        headers = build_hf_headers(token=settings.hf_token())
         if _other_host(meta.url):
             headers.pop("authorization", None)  # never send the token to a CDN
         with _hub_errors(None, meta.remote.path), open(meta.partial, "ab") as f:
@@ -462,7 +452,7 @@ def _finish(model: RemoteModel, meta: _FileMeta, sha: str | None) -> LocalFile:
     if not meta.pointer.exists():
         with _hub_errors(model.repo, meta.remote.path):
             hf_hub_download(model.repo, meta.remote.path, revision=model.revision, cache_dir=settings.hf_hub_cache(),
-                            endpoint=endpoint(), token=_token())
+                            endpoint=settings.hf_endpoint(), token=settings.hf_token())
     expected = meta.expected_sha256()
     record = store.verified_record(meta.blob)
     if sha is None:
@@ -527,7 +517,7 @@ def _umask() -> int:
 def _other_host(url: str) -> bool:
     from urllib.parse import urlsplit
 
-    return urlsplit(url).netloc != urlsplit(endpoint()).netloc
+    return urlsplit(url).netloc != urlsplit(settings.hf_endpoint()).netloc
 
 
 class _hub_errors:
@@ -566,7 +556,7 @@ def _map_error(exc: BaseException, repo: str | None, path: str | None) -> Except
     if isinstance(exc, hf_errors.RepositoryNotFoundError):
         if status == 401 and not _token_in_use():
             return AuthError(f"repository {repo} was not found or is private: {login}")
-        return ModelNotFoundError(f"repository {repo} not found on {endpoint()}")
+        return ModelNotFoundError(f"repository {repo} not found on {settings.hf_endpoint()}")
     if isinstance(exc, hf_errors.RevisionNotFoundError):
         return ModelNotFoundError(f"revision not found in {repo}")
     if isinstance(exc, hf_errors.RemoteEntryNotFoundError) or (
@@ -579,7 +569,7 @@ def _map_error(exc: BaseException, repo: str | None, path: str | None) -> Except
         return DownloadError(f"the hub answered HTTP {status} for {where}")
     if isinstance(exc, (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError,
                         httpx.ReadError, httpx.WriteError)):
-        return DownloadError(f"cannot reach the hub at {endpoint()}: {_reason(exc)}")
+        return DownloadError(f"cannot reach the hub at {settings.hf_endpoint()}: {_reason(exc)}")
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskSpaceError(f"the disk filled up while downloading {where}; the partial file is kept for resuming")
     if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
@@ -590,7 +580,7 @@ def _map_error(exc: BaseException, repo: str | None, path: str | None) -> Except
 def _token_in_use() -> bool:
     from huggingface_hub import get_token
 
-    return bool(_token() or get_token())
+    return bool(settings.hf_token() or get_token())
 
 
 def _reason(exc: BaseException) -> str:

@@ -33,7 +33,7 @@ Pure: no I/O, no llama_cpp. Every formula follows the vendored llama.cpp
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from localcascade.errors import UsageError

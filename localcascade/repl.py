@@ -25,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from localcascade import settings as lc_settings
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
@@ -542,7 +542,7 @@ def make_console(file=None):
 
 def _fancy(console) -> bool:
     """Can we move the cursor (live regions, markdown re-rendering)? Not on dumb terminals or pipes."""
-    return console.is_terminal and not console.is_dumb_terminal and os.environ.get("TERM") != "dumb"
+    return console.is_terminal and not console.is_dumb_terminal and not lc_settings.dumb_terminal()
 
 
 class _MarkdownBlocks:
@@ -826,7 +826,7 @@ class LineReader:
         if interactive is None:
             # A dumb terminal (an editor's shell buffer) gets plain lines: prompt-toolkit writes
             # cursor codes even in its dumb mode, and such terminals cannot show them.
-            interactive = sys.stdin.isatty() and os.environ.get("TERM") != "dumb"
+            interactive = sys.stdin.isatty() and not lc_settings.dumb_terminal()
         self.interactive = interactive
         self.session = None
         self.interrupted_text = ""

@@ -37,9 +37,23 @@ def hf_hub_cache() -> Path:
     return Path(hf_home).expanduser() / "hub"
 
 
+def hf_endpoint() -> str:
+    """The hub URL, read at call time (huggingface_hub copies HF_ENDPOINT once, at its import)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hf_token() -> str | None:
+    """HF_TOKEN; None lets huggingface_hub fall back to the token `hf auth login` stored."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+def dumb_terminal() -> bool:
+    return os.environ.get("TERM") == "dumb"
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "on", "yes", "true"}
 
 
 def no_color() -> bool:
-    return bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
+    return bool(os.environ.get("NO_COLOR")) or dumb_terminal()

@@ -24,10 +24,8 @@ from localcascade.cli import main
 from localcascade.errors import (
     AuthError,
     DiskSpaceError,
-    DownloadError,
     IntegrityError,
     ModelNotFoundError,
-    OfflineError,
     UsageError,
 )
 
