@@ -1,7 +1,7 @@
 """The `fit` report: every variant x context on one machine, the recommendation, and its rendering.
 
 Gathers the model facts (catalog, a live header from the hub, or a local file), asks the planner
-for each context, and returns plain JSON-ready data (schema in docs/fit.md).
+for each context, and returns plain JSON-ready data (schema in README.md, "What fits").
 """
 
 from __future__ import annotations

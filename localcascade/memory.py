@@ -246,7 +246,7 @@ class Placement:
 
 @dataclass(frozen=True)
 class Overheads:
-    """Memory llama.cpp does not report. Defaults stated in docs/fit.md."""
+    """Memory llama.cpp does not report. Defaults stated in README.md, "What fits"."""
 
     cuda_context_bytes: int = int(0.45 * GiB)   # CUDA context + cuBLAS/runtime pools, per GPU
     process_ram_bytes: int = 512 * MiB           # Python, llama.cpp libraries, tokenizer, REPL

@@ -36,7 +36,7 @@ FIT_CONTEXTS = (4096, 32768, 131072, 262144, 1048576)
 
 @dataclass(frozen=True)
 class Limits:
-    """Knobs of the planner; the defaults are stated in docs/fit.md."""
+    """Knobs of the planner; the defaults are stated in README.md, "What fits"."""
 
     gpu_margin_bytes: int = 256 * MiB     # kept free on each GPU (fragmentation, driver growth)
     ram_margin_bytes: int = 1024 * MiB    # kept free in system RAM for everything else

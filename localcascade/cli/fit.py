@@ -22,7 +22,7 @@ def fit(
     ram: Optional[str] = typer.Option(None, "--ram", help="System RAM, e.g. 64GiB."),
     ctx: Optional[str] = typer.Option(None, "--ctx", help="Also show (and recommend for) this context, e.g. 64K."),
     kv_type: str = typer.Option("f16", "--kv-type", help="KV cache type: f16, q8_0 or q4_0."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (schema in docs/fit.md)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (schema in the README, section What fits)."),
 ) -> None:
     from localcascade.hardware.resolve import hardware_for
     from localcascade.fit_report import fit_report, render_table
