@@ -10,7 +10,8 @@ Pure: no I/O, no llama_cpp. Every formula follows the vendored llama.cpp
               CPU. ``--n-cpu-moe N`` (common/arg.cpp) overrides the buffer type of
               ``blk.i.ffn_(up|down|gate|gate_up)_(ch|)exps`` for ``i < N`` to CPU. CPU weights are
               mmapped: they live in the page cache and count as system RAM. On x86/ARM the CPU
-              backend also keeps a repacked copy of q4_0 / q4_K / iq4_nl tensors (CPU_REPACK).
+              backend repacks q4_0 / q4_K / iq4_nl tensors into a CPU_REPACK buffer; their mapped
+              file pages then go cold, so resident RAM holds them once (Estimate.repacked_bytes).
 * kv        - llama-kv-cache.cpp: only layers with ``n_head_kv > 0``; K row ``head_dim_k *
               n_head_kv`` elements of ``type_k``, V likewise; ``n_ctx`` padded to 256
               (llama-context.cpp), one stream per sequence unless unified.
@@ -259,6 +260,11 @@ class Estimate:
     n_ctx: int                       # after llama.cpp's padding
     n_ubatch: int
     notes: tuple[str, ...] = ()
+    # Weights the CPU backend repacks (CPU_REPACK buffer). llama.cpp's log counts them twice: in
+    # that buffer and again inside the CPU_Mapped file range. Their file pages are read once while
+    # loading and then sit in the page cache, which the kernel reclaims, so they are in ram.weights
+    # once; add this to compare with the printed buffer sizes.
+    repacked_bytes: int = 0
 
     @property
     def total(self) -> int:
@@ -385,22 +391,21 @@ def estimate(facts: ModelFacts, p: Placement, overheads: Overheads = Overheads()
 
     gpu = dict(weights=0, kv=0, recurrent=0, compute=0, output=0, overhead=0)
     ram = dict(weights=t.input, kv=0, recurrent=0, compute=0, output=0, overhead=overheads.process_ram_bytes)
-    if p.cpu_repack:
-        ram["weights"] += t.input_repack
+    repacked = t.input_repack if p.cpu_repack else 0
     largest_cpu_expert = 0
     for layer in range(n + 1):
         layer_gpu = on_gpu(layer, n, ngl)
         side = gpu if layer_gpu else ram
         side["weights"] += t.dense[layer]
         if not layer_gpu and p.cpu_repack:
-            ram["weights"] += t.repack_dense[layer]
+            repacked += t.repack_dense[layer]
         if layer == n:
             break
         experts_cpu = not layer_gpu or layer < cpu_moe
         (ram if experts_cpu else gpu)["weights"] += t.experts[layer]
         if experts_cpu:
             if p.cpu_repack:
-                ram["weights"] += t.repack_experts[layer]
+                repacked += t.repack_experts[layer]
             if layer_gpu:
                 largest_cpu_expert = max(largest_cpu_expert, t.largest_expert[layer])
         if f.n_head_kv[layer] > 0:
@@ -424,7 +429,8 @@ def estimate(facts: ModelFacts, p: Placement, overheads: Overheads = Overheads()
         gpu["overhead"] = overheads.cuda_context_bytes * max(1, p.n_gpus)
         notes.append("GPU compute and CUDA overhead are estimates; CPU buffers are calibrated")
     return Estimate(
-        gpu=Components(**gpu), ram=Components(**ram), n_ctx=n_ctx, n_ubatch=n_ubatch, notes=tuple(notes)
+        gpu=Components(**gpu), ram=Components(**ram), n_ctx=n_ctx, n_ubatch=n_ubatch, notes=tuple(notes),
+        repacked_bytes=repacked,
     )
 
 

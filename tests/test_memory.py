@@ -75,3 +75,13 @@ def test_unknown_kv_type_is_a_usage_error():
 def test_output_buffer_is_logits_of_one_token_per_sequence():
     assert estimate(Q4, Placement(n_ctx=4096)).ram.output == 131072 * 4 == 512 * 1024
     assert MiB == 1048576
+
+
+def test_repacked_cpu_weights_are_resident_once():
+    # IQ4_XS falls back to iq4_nl for this model's 2688-wide rows, and the CPU backend repacks
+    # iq4_nl: llama.cpp's log shows those bytes twice (mapped + CPU_REPACK), RAM holds them once.
+    iq4 = find_variant("IQ4_XS").facts
+    est = estimate(iq4, Placement(n_ctx=4096, n_gpu_layers=0))
+    assert est.repacked_bytes > iq4.file_tensor_bytes // 2
+    assert est.ram.weights == iq4.file_tensor_bytes
+    assert est.gpu.weights == 0
