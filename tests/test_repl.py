@@ -39,7 +39,7 @@ class Terminal:
     """`localcascade run` in an 80x24 pty, with helpers that wait for the prompt."""
 
     def __init__(self, tmp_path: Path, model: Path, *args: str, term: str = "xterm-256color",
-                 no_color: bool = False, grammar: str | None = None, timeout: float = 20) -> None:
+                 no_color: bool = False, grammar: str | None = None, timeout: float = 60) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
         env.update(TERM=term, PROMPT_TOOLKIT_NO_CPR="1", COLUMNS="80", LINES="24")
         if no_color:

@@ -315,24 +315,20 @@ class Chat:
         prompt_done = time.perf_counter()
         self.messages.append(user)
         stop_reason = "interrupted"
-        thinking: list[str] = []
-        answer: list[str] = []
-        thinking_tokens = answer_tokens = 0
+        thinking, answer = _Channel(ThinkingText), _Channel(AnswerText)
+        channels = {True: thinking, False: answer}
         in_thinking = _opens_thinking(prompt, engine.think_open, engine.think_close)
         pending = None   # a sampled token handed out but not yet evaluated
         try:
-            decoders = {True: StreamDecoder(), False: StreamDecoder()}
-            answer_started = False
-            thinking_started = False
             close_ids = vocab.tokenize(sampling_profile()["think_close_text"], special=True)
             while True:
-                if options.max_tokens is not None and thinking_tokens + answer_tokens >= options.max_tokens:
+                if options.max_tokens is not None and thinking.tokens + answer.tokens >= options.max_tokens:
                     stop_reason = "length"
                     break
                 if len(engine.tokens) >= engine.n_ctx:
                     stop_reason = "length"
                     break
-                if in_thinking and options.think_budget is not None and thinking_tokens >= options.think_budget:
+                if in_thinking and options.think_budget is not None and thinking.tokens >= options.think_budget:
                     # Budget spent: close the thought ourselves and let the model answer.
                     if len(engine.tokens) + len(close_ids) >= engine.n_ctx:
                         stop_reason = "length"
@@ -347,41 +343,22 @@ class Chat:
                     stop_reason = "stop"
                     break
                 pending = token
+                channel = channels[in_thinking]
                 if token == engine.think_open or token == engine.think_close:
-                    text = decoders[in_thinking].flush()
-                    if text:
-                        (thinking if in_thinking else answer).append(text)
-                        yield ThinkingText(text) if in_thinking else AnswerText(text)
-                    if in_thinking:
-                        thinking_tokens += 1
-                    else:
-                        answer_tokens += 1
+                    # A marker ends the current side: the split is by token id, not by text.
+                    event = channel.flush()
+                    channel.tokens += 1
                     in_thinking = token == engine.think_open
                 else:
-                    text = decoders[in_thinking].feed(vocab.piece(token))
-                    if in_thinking:
-                        thinking_tokens += 1
-                        if not thinking_started:
-                            text = text.lstrip()
-                            thinking_started = bool(text)
-                        if text:
-                            thinking.append(text)
-                            yield ThinkingText(text)
-                    else:
-                        answer_tokens += 1
-                        if not answer_started:
-                            text = text.lstrip()
-                            answer_started = bool(text)
-                        if text:
-                            answer.append(text)
-                            yield AnswerText(text)
+                    event = channel.feed(vocab.piece(token))
+                if event is not None:
+                    yield event
                 engine.decode([token])
                 pending = None
-            for is_thinking, decoder in decoders.items():
-                text = decoder.flush()
-                if text:
-                    (thinking if is_thinking else answer).append(text)
-                    yield ThinkingText(text) if is_thinking else AnswerText(text)
+            for channel in channels.values():
+                event = channel.flush()
+                if event is not None:
+                    yield event
         finally:
             sampler.close()
             if pending is not None:
@@ -389,18 +366,18 @@ class Chat:
                     engine.decode([pending])
                 except EngineError:
                     pass
-            self.messages.append({"role": "assistant", "content": "".join(answer).strip()})
-            self.last_reasoning = "".join(thinking).strip() or None
+            self.messages.append({"role": "assistant", "content": answer.text})
+            self.last_reasoning = thinking.text or None
             self._ended_in_thinking = in_thinking
             self._context_in_sync = engine.owner is self
-        if stop_reason == "length" and in_thinking and not "".join(answer).strip():
+        if stop_reason == "length" and in_thinking and not answer.text:
             stop_reason = "think_budget_no_answer"
         finished = time.perf_counter()
         yield TurnStats(
             prompt_tokens=len(prompt),
             evaluated_tokens=evaluated,
-            thinking_tokens=thinking_tokens,
-            answer_tokens=answer_tokens,
+            thinking_tokens=thinking.tokens,
+            answer_tokens=answer.tokens,
             prompt_seconds=prompt_done - started,
             generation_seconds=finished - prompt_done,
             context_used=len(engine.tokens),
@@ -408,6 +385,35 @@ class Chat:
             stop_reason=stop_reason,
             reset_reason=reset_reason,
         )
+
+
+class _Channel:
+    """One side of a reply (thinking or answer): its UTF-8-safe detokenizer, text and token count."""
+
+    def __init__(self, event: type[ThinkingText] | type[AnswerText]) -> None:
+        self.event = event
+        self.decoder = StreamDecoder()
+        self.parts: list[str] = []
+        self.tokens = 0
+
+    def feed(self, piece: bytes) -> ThinkingText | AnswerText | None:
+        self.tokens += 1
+        return self._emit(self.decoder.feed(piece))
+
+    def flush(self) -> ThinkingText | AnswerText | None:
+        return self._emit(self.decoder.flush())
+
+    def _emit(self, text: str) -> ThinkingText | AnswerText | None:
+        if not self.parts:
+            text = text.lstrip()   # the template's newline after <think> is not part of the text
+        if not text:
+            return None
+        self.parts.append(text)
+        return self.event(text)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts).strip()
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
