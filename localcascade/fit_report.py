@@ -1,4 +1,4 @@
-"""The `fit` report: every variant x context on one machine, the recommendation, and its rendering.
+"""The `fit` report: every variant x context on one machine, and the recommendation.
 
 Gathers the model facts (catalog, a live header from the hub, or a local file), asks the planner
 for each context, and returns plain JSON-ready data (schema in README.md, "What fits").
@@ -13,7 +13,6 @@ from localcascade.errors import DownloadError, LocalCascadeError
 from localcascade.hardware.facts import Hardware
 from localcascade.plan import Plan, PlanRequest
 from localcascade.planner import FIT_CONTEXTS, place, rank_variants
-from localcascade.units import format_bytes, format_tokens
 
 
 class _Model:
@@ -105,38 +104,3 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
             "n_cpu_moe": plan.n_cpu_moe, "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s, "reasons": list(plan.reasons),
         }
     return {"hardware": hardware.to_dict(), "recommended": recommended, "variants": variants, "notes": notes}
-
-
-def render_table(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from localcascade.settings import no_color
-
-    console = Console(no_color=no_color(), highlight=False, width=max(120, Console().width))
-    hw = report["hardware"]
-    gpus = ", ".join(f"{g['name']} ({format_bytes(g['vram_free_bytes'])} usable)" for g in hw["gpus"]) or "no GPU"
-    console.print(f"Hardware: {gpus}; RAM {format_bytes(hw['ram_available_bytes'])} available")
-    rec = report["recommended"]
-    if rec:
-        console.print(f"Recommended: {rec['variant']} at {format_tokens(rec['n_ctx'])} ({rec['verdict']}) - "
-                      + "; ".join(r for r in rec["reasons"] if not r.startswith("GPU compute")))
-    else:
-        console.print("Recommended: nothing fits this machine")
-    for note in report.get("notes", []):
-        console.print(f"Note: {note}")
-    table = Table(show_lines=False)
-    for col in ("variant", "context", "verdict", "GPU", "RAM", "tok/s"):
-        table.add_column(col, justify="right" if col in ("GPU", "RAM", "tok/s", "context") else "left")
-    for v in report["variants"]:
-        for row in v["rows"]:
-            verdict = row["verdict"]
-            if verdict == "experts_in_ram":
-                blocks = row["cpu_moe_blocks"]
-                verdict += f" ({blocks} block{'s' if blocks != 1 else ''})"
-            elif verdict == "partial":
-                verdict += f" ({row['n_gpu_layers']} layers)"
-            tps = "-" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f}"
-            table.add_row(v["variant"], format_tokens(row["n_ctx"]), verdict, format_bytes(row["gpu_bytes"]),
-                          format_bytes(row["ram_bytes"]), tps)
-    console.print(table)

@@ -25,7 +25,7 @@ def fit(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (schema in the README, section What fits)."),
 ) -> None:
     from localcascade.hardware.resolve import hardware_for
-    from localcascade.fit_report import fit_report, render_table
+    from localcascade.fit_report import fit_report
     from localcascade.units import parse_tokens
 
     n_ctx = parse_tokens(ctx) if ctx else None
@@ -35,3 +35,40 @@ def fit(
         typer.echo(json.dumps(report, indent=1))
     else:
         render_table(report)
+
+
+def render_table(report: dict) -> None:
+    """The human table: hardware, recommendation, notes, then one row per variant x context."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from localcascade.settings import no_color
+    from localcascade.units import format_bytes, format_tokens
+
+    console = Console(no_color=no_color(), highlight=False, width=max(120, Console().width))
+    hw = report["hardware"]
+    gpus = ", ".join(f"{g['name']} ({format_bytes(g['vram_free_bytes'])} usable)" for g in hw["gpus"]) or "no GPU"
+    console.print(f"Hardware: {gpus}; RAM {format_bytes(hw['ram_available_bytes'])} available")
+    rec = report["recommended"]
+    if rec:
+        console.print(f"Recommended: {rec['variant']} at {format_tokens(rec['n_ctx'])} ({rec['verdict']}) - "
+                      + "; ".join(r for r in rec["reasons"] if not r.startswith("GPU compute")))
+    else:
+        console.print("Recommended: nothing fits this machine")
+    for note in report.get("notes", []):
+        console.print(f"Note: {note}")
+    table = Table(show_lines=False)
+    for col in ("variant", "context", "verdict", "GPU", "RAM", "tok/s"):
+        table.add_column(col, justify="right" if col in ("GPU", "RAM", "tok/s", "context") else "left")
+    for v in report["variants"]:
+        for row in v["rows"]:
+            verdict = row["verdict"]
+            if verdict == "experts_in_ram":
+                blocks = row["cpu_moe_blocks"]
+                verdict += f" ({blocks} block{'s' if blocks != 1 else ''})"
+            elif verdict == "partial":
+                verdict += f" ({row['n_gpu_layers']} layers)"
+            tps = "-" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f}"
+            table.add_row(v["variant"], format_tokens(row["n_ctx"]), verdict, format_bytes(row["gpu_bytes"]),
+                          format_bytes(row["ram_bytes"]), tps)
+    console.print(table)
