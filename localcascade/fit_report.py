@@ -12,7 +12,7 @@ from typing import Any
 from localcascade.errors import DownloadError, LocalCascadeError
 from localcascade.hardware.facts import Hardware
 from localcascade.plan import Plan, PlanRequest
-from localcascade.planner import FIT_CONTEXTS, place, rank_variants
+from localcascade.planner import FIT_CONTEXTS, Limits, place, rank_variants
 
 
 class _Model:
@@ -86,16 +86,18 @@ def _row(plan: Plan) -> dict:
     }
 
 
-def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None, kv_type: str = "f16") -> dict:
+def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None, kv_type: str = "f16",
+               limits: Limits = Limits()) -> dict:
     models, notes = resolve_models(spec)
     request = PlanRequest(n_ctx=n_ctx, type_k=kv_type, type_v=kv_type)
     contexts = sorted(set(FIT_CONTEXTS) | ({n_ctx} if n_ctx else set()))
     variants = []
     for m in models:
-        rows = [_row(place(m.facts, hardware, request, n_ctx=c, name=m.quant, source=m.source)) for c in contexts]
+        rows = [_row(place(m.facts, hardware, request, n_ctx=c, name=m.quant, source=m.source, limits=limits))
+                for c in contexts]
         variants.append({"variant": m.quant, "file_bytes": m.file_bytes, "source": m.source, "rows": rows})
     recommended: dict[str, Any] | None = None
-    ranked = rank_variants(hardware, models, request)
+    ranked = rank_variants(hardware, models, request, limits)
     if ranked:
         model, plan = ranked[0]
         recommended = {
@@ -103,4 +105,8 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
             "n_gpu_layers": plan.n_gpu_layers, "cpu_moe_blocks": plan.moe_blocks_in_ram,
             "n_cpu_moe": plan.n_cpu_moe, "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s, "reasons": list(plan.reasons),
         }
-    return {"hardware": hardware.to_dict(), "recommended": recommended, "variants": variants, "notes": notes}
+    assumptions = {"cuda_context_bytes_per_gpu": limits.overheads.cuda_context_bytes,
+                   "gpu_margin_bytes": limits.gpu_margin_bytes, "ram_margin_bytes": limits.ram_margin_bytes,
+                   "process_ram_bytes": limits.overheads.process_ram_bytes}
+    return {"hardware": hardware.to_dict(), "recommended": recommended, "variants": variants, "notes": notes,
+            "assumptions": assumptions}

@@ -27,7 +27,7 @@ from localcascade.memory import (
     facts_from_header,
 )
 from localcascade.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, Plan, PlanRequest
-from localcascade.units import format_bytes, format_tokens
+from localcascade.units import format_bytes, format_tokens, parse_size
 
 # Context lengths tried when the user gives none, and shown by `fit`.
 CONTEXT_LADDER = tuple(2**k * 1024 for k in range(2, 11))   # 4K .. 1M
@@ -44,6 +44,16 @@ class Limits:
     efficiency: float = 0.6               # achieved / peak memory bandwidth when generating
     default_gpu_bandwidth: float = 400e9  # bytes/s when a GPU's bandwidth is unknown
     default_ram_bandwidth: float = 50e9   # bytes/s when RAM bandwidth is unknown
+
+
+def limits_from(*, gpu_overhead: str | None = None, gpu_margin: str | None = None) -> Limits:
+    """Limits with the user's sizes ("0.8GiB", "512MiB") in place of the stated defaults."""
+    limits = Limits()
+    if gpu_margin is not None:
+        limits = replace(limits, gpu_margin_bytes=parse_size(gpu_margin))
+    if gpu_overhead is not None:
+        limits = replace(limits, overheads=replace(limits.overheads, cuda_context_bytes=parse_size(gpu_overhead)))
+    return limits
 
 
 def usable_gpus(hw: Hardware) -> tuple:
@@ -184,7 +194,8 @@ def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(),
 def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(), *,
                    name: str = "model", source: str = "header", limits: Limits = Limits()) -> Plan:
     """The default plan: the requested context, or the largest one on the ladder (up to the trained
-    context) that keeps the best placement reachable at 4K; raises DoesNotFitError if nothing fits."""
+    context) that keeps the placement reachable at 4K (same GPU layers, same expert blocks in RAM, so
+    the speed stays what it is at short context); raises DoesNotFitError if nothing fits."""
     if request.n_ctx is not None:
         if request.n_ctx <= 0:
             raise UsageError("context length must be positive")
@@ -202,12 +213,16 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
     best = first
     for n_ctx in ladder[1:]:
         plan = place(facts, hw, request, n_ctx=n_ctx, name=name, source=source, limits=limits)
-        if plan.verdict != first.verdict:
+        if _placement(plan) != _placement(first):
             if plan.verdict != WONT_FIT:
                 best = replace(best, reasons=best.reasons + (plan.reasons[0],))
             break
         best = plan
     return best
+
+
+def _placement(plan: Plan) -> tuple:
+    return plan.verdict, plan.n_gpu_layers, plan.n_cpu_moe
 
 
 def plan_for_model(header: Any, hardware: Hardware, request: PlanRequest = PlanRequest()) -> Plan:
@@ -216,13 +231,14 @@ def plan_for_model(header: Any, hardware: Hardware, request: PlanRequest = PlanR
     return plan_for_facts(facts_from_header(header), hardware, request, name=name, source="header")
 
 
-def rank_variants(hardware: Hardware, variants: Iterable[Any], request: PlanRequest = PlanRequest()
-                  ) -> list[tuple[Any, Plan]]:
+def rank_variants(hardware: Hardware, variants: Iterable[Any], request: PlanRequest = PlanRequest(),
+                  limits: Limits = Limits()) -> list[tuple[Any, Plan]]:
     """Variants that fit, best first: full GPU by quality, then the fastest of the rest."""
     ranked = []
     for v in variants:
         try:
-            plan = plan_for_facts(v.facts, hardware, request, name=v.quant, source="catalog")
+            plan = plan_for_facts(v.facts, hardware, request, name=v.quant,
+                                  source=getattr(v, "source", "catalog"), limits=limits)
         except DoesNotFitError:
             continue
         ranked.append((v, plan))
@@ -236,9 +252,10 @@ def rank_variants(hardware: Hardware, variants: Iterable[Any], request: PlanRequ
     return sorted(ranked, key=key)
 
 
-def recommend(hardware: Hardware, variants: Iterable[Any], request: PlanRequest = PlanRequest()) -> tuple[Any, Plan]:
+def recommend(hardware: Hardware, variants: Iterable[Any], request: PlanRequest = PlanRequest(),
+              limits: Limits = Limits()) -> tuple[Any, Plan]:
     """The best variant for this hardware and its plan; DoesNotFitError when none fits."""
-    ranked = rank_variants(hardware, variants, request)
+    ranked = rank_variants(hardware, variants, request, limits)
     if not ranked:
         raise DoesNotFitError("no variant fits this machine at the requested context")
     return ranked[0]

@@ -58,3 +58,16 @@ def test_bad_size_is_one_line_exit_2():
 def test_unknown_variant_is_one_line_error():
     out = run("Q3_XYZ", "--gpu", "rtx-4090")
     assert out.returncode != 0 and out.stderr.strip().count("\n") == 0
+
+
+def test_cuda_overhead_and_margin_are_stated_and_configurable():
+    default = json.loads(run("Q4_K_M", "--gpu", "rtx-4090", "--json").stdout)
+    assert default["assumptions"]["cuda_context_bytes_per_gpu"] == int(0.45 * 1024**3)
+    assert default["assumptions"]["gpu_margin_bytes"] == 256 * 1024**2
+    assert default["variants"][0]["rows"][0]["verdict"] == "full_gpu"
+    # A driver that takes 0.8 GiB for its context leaves Q4_K_M short even at 4K.
+    heavier = json.loads(run("Q4_K_M", "--gpu", "rtx-4090", "--gpu-overhead", "0.8GiB", "--json").stdout)
+    assert heavier["assumptions"]["cuda_context_bytes_per_gpu"] == int(0.8 * 1024**3)
+    assert heavier["variants"][0]["rows"][0]["verdict"] == "experts_in_ram"
+    bad = run("--gpu-margin", "much")
+    assert bad.returncode == 2 and "cannot read size" in bad.stderr

@@ -22,15 +22,21 @@ def fit(
     ram: Optional[str] = typer.Option(None, "--ram", help="System RAM, e.g. 64GiB."),
     ctx: Optional[str] = typer.Option(None, "--ctx", help="Also show (and recommend for) this context, e.g. 64K."),
     kv_type: str = typer.Option("f16", "--kv-type", help="KV cache type: f16, q8_0 or q4_0."),
+    gpu_overhead: Optional[str] = typer.Option(
+        None, "--gpu-overhead", help="CUDA context and runtime per GPU, not reported by llama.cpp [default: 0.45GiB]."),
+    gpu_margin: Optional[str] = typer.Option(
+        None, "--gpu-margin", help="VRAM kept free on each GPU [default: 256MiB]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (schema in the README, section What fits)."),
 ) -> None:
     from localcascade.hardware.resolve import hardware_for
     from localcascade.fit_report import fit_report
+    from localcascade.planner import limits_from
     from localcascade.units import parse_tokens
 
     n_ctx = parse_tokens(ctx) if ctx else None
     hardware = hardware_for(gpu=gpu, vram=vram, ram=ram)
-    report = fit_report(model, hardware, n_ctx=n_ctx, kv_type=kv_type)
+    report = fit_report(model, hardware, n_ctx=n_ctx, kv_type=kv_type,
+                        limits=limits_from(gpu_overhead=gpu_overhead, gpu_margin=gpu_margin))
     if as_json:
         typer.echo(json.dumps(report, indent=1))
     else:
