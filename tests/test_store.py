@@ -198,6 +198,19 @@ def test_show_reads_a_hub_model_without_downloading_it(served, capsys):
     assert store.list_models() == []
 
 
+def test_show_a_catalog_variant_before_pulling_reads_its_hub_header(hf_server, tiny_model, capsys):
+    from localcascade.catalog import find_variant
+
+    variant = find_variant("Q4_K_M")
+    hf_server.add_file(variant.repo, variant.files[0], tiny_model)
+
+    code, out, err = _cli(["show", "Q4_K_M"], capsys)
+
+    assert code == 0, err
+    assert "nemotron_h_moe" in out and "6 Mamba-2" in out
+    assert store.list_models() == []      # nothing was downloaded
+
+
 def test_quantize_a_pulled_model_by_name_writes_outside_the_hub_cache(hf_server, tiny_f16_model, capsys):
     hf_server.add_file("someone/Src-GGUF", "Src-F16.gguf", tiny_f16_model)
     _pull("someone/Src-GGUF:F16")

@@ -180,7 +180,7 @@ def show(
     elif model.startswith("hf://"):
         source = model  # not downloaded: the header comes from range requests
     else:
-        source = str(store.find_local_model(model))
+        source = _local_or_hub_source(store, model)
     header = read_header(source)
     summary = summarize(header)
     plan, plan_error = _plan_for(header, hardware_for(gpu=gpu, vram=vram, ram=ram))
@@ -190,6 +190,21 @@ def show(
         typer.echo(json.dumps(data, indent=2))
         return
     _render_show(model, stored, summary, plan, plan_error)
+
+
+def _local_or_hub_source(store, model: str) -> str:
+    """A local file for MODEL, else, for a catalog variant not downloaded yet, its file on the hub
+    (the header is read with range requests, so `show Q4_K_M` works before `pull`)."""
+    from localcascade.catalog import find_variant
+
+    try:
+        return str(store.find_local_model(model))
+    except ModelNotFoundError:
+        try:
+            variant = find_variant(model)
+        except LocalCascadeError:
+            raise ModelNotFoundError(f"no model file or known model named {model!r} (see `localcascade list`)") from None
+        return f"hf://{variant.repo}/{variant.files[0]}"
 
 
 def _plan_for(header, hardware):
