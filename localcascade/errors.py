@@ -31,6 +31,10 @@ class HardwareError(LocalCascadeError):
     """A hardware profile or size that cannot be used."""
 
 
+class UnknownProfileError(HardwareError, UsageError):
+    """`--gpu NAME` names no hardware profile: a usage error (exit 2)."""
+
+
 class DoesNotFitError(LocalCascadeError):
     """A requested placement or override that the memory model says cannot fit."""
 

@@ -10,13 +10,16 @@ function of the layer below and renders the result. Heavy libraries
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
-import click
 import typer
 
 from localcascade.errors import LocalCascadeError
+
+# typer >= 0.29 raises the exceptions of its own bundled copy of click; older typers use click itself.
+_click = getattr(typer, "_click", None) or importlib.import_module("click")
 
 app = typer.Typer(
     name="localcascade",
@@ -40,15 +43,20 @@ from localcascade.cli import (  # noqa: E402,F401
 )
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from localcascade import __version__
 
         typer.echo(f"localcascade {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", help="Print the version and exit.",
+                                 callback=_print_version, is_eager=True),
+) -> None:
+    pass
 
 
 def _fail(message: str, code: int) -> int:
@@ -63,12 +71,18 @@ def main(argv: list[str] | None = None) -> None:
         code = result if isinstance(result, int) else 0
     except LocalCascadeError as err:
         code = _fail(str(err), err.exit_code)
-    except click.exceptions.Exit as err:
+    except typer.Exit as err:
         code = err.exit_code
-    except click.ClickException as err:
-        err.show()
-        code = err.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except _click.exceptions.NoArgsIsHelpError as err:
+        # Bare `localcascade` (or a group without its command): the help is what was asked for.
+        typer.echo(err.ctx.get_help())
+        code = 0
+    except _click.exceptions.UsageError as err:
+        hint = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+        code = _fail(f"{err.format_message()}{hint}", 2)
+    except _click.exceptions.ClickException as err:
+        code = _fail(err.format_message(), err.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         code = _fail("interrupted", 130)
     except BrokenPipeError:
         # The reader went away (`| head -1`): stop quietly, and keep Python from

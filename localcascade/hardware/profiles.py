@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
 
-from localcascade.errors import HardwareError
+from localcascade.errors import HardwareError, UnknownProfileError
 from localcascade.hardware.facts import CPU, GPU, Hardware, LlamaCppBuild
 
 # The llama.cpp build a profile's owner would have: the one matching their GPU vendor.
@@ -107,7 +107,7 @@ def find_profile(name: str) -> HardwareProfile:
     close += [k for k in by_key if wanted and len(wanted) >= 2 and wanted in k]
     suggestions = list(dict.fromkeys(by_key[k].id for k in close))[:5]
     hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
-    raise HardwareError(
+    raise UnknownProfileError(
         f"unknown hardware profile {name!r}{hint} (`localcascade doctor --profiles` lists them)"
     )
 
