@@ -12,6 +12,7 @@ from typing import Any
 from localcascade.errors import DownloadError, LocalCascadeError
 from localcascade.hardware.facts import Hardware
 from localcascade.plan import Plan, PlanRequest
+from localcascade.units import format_tokens
 from localcascade.planner import FIT_CONTEXTS, Limits, place, rank_variants
 
 
@@ -90,12 +91,20 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
                limits: Limits = Limits()) -> dict:
     models, notes = resolve_models(spec)
     request = PlanRequest(n_ctx=n_ctx, type_k=kv_type, type_v=kv_type)
-    contexts = sorted(set(FIT_CONTEXTS) | ({n_ctx} if n_ctx else set()))
     variants = []
+    beyond: dict[int, list[str]] = {}   # trained context -> models asked for more than that
     for m in models:
+        trained = m.facts.n_ctx_train or max(FIT_CONTEXTS)
+        # Rows past the context the model was trained for would only say what memory they take.
+        contexts = sorted({c for c in FIT_CONTEXTS if c <= trained} | ({n_ctx} if n_ctx else set()))
+        if n_ctx and n_ctx > trained:
+            beyond.setdefault(trained, []).append(m.quant)
         rows = [_row(place(m.facts, hardware, request, n_ctx=c, name=m.quant, source=m.source, limits=limits))
                 for c in contexts]
         variants.append({"variant": m.quant, "file_bytes": m.file_bytes, "source": m.source, "rows": rows})
+    for trained, names in beyond.items():
+        notes.append(f"{', '.join(names)}: trained for {format_tokens(trained)} tokens, "
+                     f"{format_tokens(n_ctx)} is beyond what the model was made for")
     recommended: dict[str, Any] | None = None
     ranked = rank_variants(hardware, models, request, limits)
     if ranked:
@@ -108,5 +117,5 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
     assumptions = {"cuda_context_bytes_per_gpu": limits.overheads.cuda_context_bytes,
                    "gpu_margin_bytes": limits.gpu_margin_bytes, "ram_margin_bytes": limits.ram_margin_bytes,
                    "process_ram_bytes": limits.overheads.process_ram_bytes}
-    return {"hardware": hardware.to_dict(), "recommended": recommended, "variants": variants, "notes": notes,
+    return {"hardware": hardware.to_dict(), "requested_n_ctx": n_ctx, "recommended": recommended, "variants": variants, "notes": notes,
             "assumptions": assumptions}

@@ -71,3 +71,28 @@ def test_cuda_overhead_and_margin_are_stated_and_configurable():
     assert heavier["variants"][0]["rows"][0]["verdict"] == "experts_in_ram"
     bad = run("--gpu-margin", "much")
     assert bad.returncode == 2 and "cannot read size" in bad.stderr
+
+
+def test_rows_stop_at_the_trained_context_and_beyond_it_is_said(tiny_model):
+    data = json.loads(run(str(tiny_model), "--ctx", "64K", "--json").stdout)
+    assert [r["n_ctx"] for r in data["variants"][0]["rows"]] == [4096, 65536]   # tiny is trained for 4K
+    assert any("trained for 4K" in note for note in data["notes"])
+
+
+def test_nothing_fits_names_the_context_asked_for():
+    out = run("--ctx", "100M")
+    assert out.returncode == 0
+    assert "nothing fits this machine at 100M" in out.stdout
+
+
+def test_no_color_on_a_terminal_writes_no_escape_codes():
+    import os
+
+    import pexpect
+
+    env = dict(os.environ, NO_COLOR="1", TERM="xterm-256color", HF_HUB_OFFLINE="1")
+    out = pexpect.run(f"{sys.executable} -m localcascade fit Q4_K_M --gpu rtx-4090", env=env, timeout=60)
+    assert b"Q4_K_M" in out and b"\x1b" not in out
+    with_color = pexpect.run(f"{sys.executable} -m localcascade fit Q4_K_M --gpu rtx-4090",
+                             env={k: v for k, v in env.items() if k != "NO_COLOR"}, timeout=60)
+    assert b"\x1b" in with_color   # the check above can fail: a terminal does get styles

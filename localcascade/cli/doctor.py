@@ -40,11 +40,9 @@ def doctor(
 
 
 def _console():
-    from rich.console import Console
+    from localcascade.cli.console import make_console
 
-    from localcascade import settings
-
-    return Console(no_color=settings.no_color(), highlight=False, soft_wrap=False)
+    return make_console(soft_wrap=False)
 
 
 def _gb_per_s(value: float | None) -> str:

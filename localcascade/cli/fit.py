@@ -48,10 +48,10 @@ def render_table(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from localcascade.settings import no_color
+    from localcascade.cli.console import make_console
     from localcascade.units import format_bytes, format_tokens
 
-    console = Console(no_color=no_color(), highlight=False, width=max(120, Console().width))
+    console = make_console(width=max(120, Console().width))
     hw = report["hardware"]
     gpus = ", ".join(f"{g['name']} ({format_bytes(g['vram_free_bytes'])} usable)" for g in hw["gpus"]) or "no GPU"
     console.print(f"Hardware: {gpus}; RAM {format_bytes(hw['ram_available_bytes'])} available")
@@ -60,7 +60,8 @@ def render_table(report: dict) -> None:
         console.print(f"Recommended: {rec['variant']} at {format_tokens(rec['n_ctx'])} ({rec['verdict']}) - "
                       + "; ".join(r for r in rec["reasons"] if not r.startswith("GPU compute")))
     else:
-        console.print("Recommended: nothing fits this machine")
+        at = f" at {format_tokens(report['requested_n_ctx'])}" if report.get("requested_n_ctx") else ""
+        console.print(f"Recommended: nothing fits this machine{at}")
     for note in report.get("notes", []):
         console.print(f"Note: {note}")
     table = Table(show_lines=False)
