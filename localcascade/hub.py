@@ -408,11 +408,12 @@ class _HashingWriter:
         self._f.flush()
 
 
-def _download(meta: _FileMeta, *, on_bytes: ByteProgress | None, show_progress: bool) -> tuple[int, str]:
+def _download(meta: _FileMeta, *, on_bytes: ByteProgress | None, show_progress: bool) -> tuple[int, str | None]:
     """Fetch the bytes of one blob not yet on disk, continuing ``<blob>.incomplete``.
 
     Returns (bytes fetched now, sha256 of the whole file); the file is under its
-    blob name only once that sha256 matched.
+    blob name only once that sha256 matched. (0, None) when a concurrent pull
+    completed the blob while this one waited for the lock.
     """
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import WeakFileLock, build_hf_headers
@@ -421,6 +422,11 @@ def _download(meta: _FileMeta, *, on_bytes: ByteProgress | None, show_progress: 
     lock = meta.blob.parent.parent / ".localcascade-locks" / f"{meta.etag}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with WeakFileLock(lock):
+        if meta.blob.exists():
+            # Another pull of the same file finished while this one waited for the lock:
+            # its blob is complete and was verified before it got that name, so fetching
+            # it again would only replace it. _finish still checks it (once, then by record).
+            return 0, None
         have = meta.partial.stat().st_size if meta.partial.exists() else 0
         if have > meta.size:  # not a prefix of this file: start over
             meta.partial.unlink()

@@ -340,3 +340,29 @@ def _error_line(err: str) -> str:
 
 def _snapshot_files() -> list[Path]:
     return [p for p in _cache().rglob("snapshots/**/*") if p.is_file() or p.is_symlink()]
+
+
+def test_pull_waiting_on_the_lock_uses_the_blob_a_concurrent_pull_finished(served, payload, monkeypatch):
+    """Two pulls of one file: the one that waited for the blob lock must not fetch and replace it again."""
+    import contextlib
+
+    import huggingface_hub.utils
+
+    real_lock = huggingface_hub.utils.WeakFileLock
+
+    @contextlib.contextmanager
+    def lock_released_by_a_finished_pull(lock_path, *args, **kwargs):
+        with real_lock(lock_path, *args, **kwargs):
+            if Path(lock_path).parent.name == ".localcascade-locks":  # the pull's own blob lock
+                # What the other pull left when it released the lock: the verified blob under its final name.
+                blob = Path(lock_path).parent.parent / "blobs" / Path(lock_path).stem
+                shutil.copyfile(payload, blob)
+            yield
+
+    monkeypatch.setattr(huggingface_hub.utils, "WeakFileLock", lock_released_by_a_finished_pull)
+
+    pulled = _pull(f"{REPO}:Q8_0")
+
+    assert served.bytes_served[FILE] == 0 and pulled.downloaded_bytes == 0
+    assert _sha(pulled.path) == _sha(payload) and pulled.files[0].verified
+    assert not list(_cache().rglob("*.incomplete"))
