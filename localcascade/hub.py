@@ -452,13 +452,19 @@ def _download(meta: _FileMeta, *, on_bytes: ByteProgress | None, show_progress: 
 def _finish(model: RemoteModel, meta: _FileMeta, sha: str | None) -> LocalFile:
     """Make the snapshot link (through huggingface_hub); verify a blob this pull did not just hash."""
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.file_download import _cache_commit_hash_for_specific_revision
 
     from localcascade import store
 
     if not meta.pointer.exists():
+        # The commit the metadata (and so the blob) came from, not the branch: a branch that moved
+        # during a long download would put the link under the new commit, not at meta.pointer.
         with _hub_errors(model.repo, meta.remote.path):
-            hf_hub_download(model.repo, meta.remote.path, revision=model.revision, cache_dir=settings.hf_hub_cache(),
+            hf_hub_download(model.repo, meta.remote.path, revision=meta.commit, cache_dir=settings.hf_hub_cache(),
                             endpoint=settings.hf_endpoint(), token=settings.hf_token())
+    # Asked by commit, hf_hub_download records no branch: write refs/<branch> as it would have,
+    # so tools that look a file up by branch in the cache (offline) find this snapshot.
+    _cache_commit_hash_for_specific_revision(str(meta.blob.parent.parent), model.revision, meta.commit)
     expected = meta.expected_sha256()
     record = store.verified_record(meta.blob)
     if sha is None:

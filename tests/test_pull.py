@@ -366,3 +366,29 @@ def test_pull_waiting_on_the_lock_uses_the_blob_a_concurrent_pull_finished(serve
     assert served.bytes_served[FILE] == 0 and pulled.downloaded_bytes == 0
     assert _sha(pulled.path) == _sha(payload) and pulled.files[0].verified
     assert not list(_cache().rglob("*.incomplete"))
+
+
+def test_branch_moving_during_the_download_keeps_the_pinned_commit(served, payload):
+    """A commit lands on main while the file downloads: the link goes where the metadata said, and exists."""
+    repo = served.repos[REPO]
+    pinned = served.commit_id(REPO)
+    moved = "f" * 40
+    old_commit = repo.commit
+
+    def push_a_commit(path, n, done=[]):
+        if not done:
+            done.append(True)
+            # From now on main is `moved`; the pinned commit still resolves to the same files.
+            repo.revisions[pinned] = repo.revisions["main"]
+            repo.commit = lambda rev: moved if rev == "main" else pinned if rev == pinned else old_commit(rev)
+
+    pulled = hub.pull(hub.resolve_remote(hub.parse_model_spec(f"{REPO}:Q8_0")), on_bytes=push_a_commit,
+                      show_progress=False)
+
+    assert pulled.commit == pinned
+    assert pulled.path == _cache() / "models--someone--Tiny-GGUF" / "snapshots" / pinned / FILE
+    assert pulled.path.exists() and _sha(pulled.path) == _sha(payload)
+    assert not (_cache() / "models--someone--Tiny-GGUF" / "snapshots" / moved).exists()
+    from huggingface_hub import try_to_load_from_cache
+
+    assert try_to_load_from_cache(REPO, FILE, cache_dir=_cache()) == str(pulled.path)  # refs/main -> what we have
