@@ -530,14 +530,16 @@ def make_console(file=None):
     from rich.console import Console
 
     plain = lc_settings.no_color()
-    return Console(
+    console = Console(
         file=file,
         no_color=plain,
         color_system=None if plain else "auto",
         highlight=False,
         emoji=False,
-        soft_wrap=False,
     )
+    # A pipe or a file has no width: rich would break prose at 80 columns; whatever shows it wraps.
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 def _fancy(console) -> bool:
@@ -822,12 +824,16 @@ class LineReader:
     and KeyboardInterrupt on Ctrl-C (``interrupted_text`` says what was typed).
     """
 
-    def __init__(self, history_path: Path | None = None, *, interactive: bool | None = None):
+    def __init__(self, history_path: Path | None = None, *, interactive: bool | None = None,
+                 show_prompt: bool | None = None):
         if interactive is None:
             # A dumb terminal (an editor's shell buffer) gets plain lines: prompt-toolkit writes
             # cursor codes even in its dumb mode, and such terminals cannot show them.
             interactive = sys.stdin.isatty() and not lc_settings.dumb_terminal()
         self.interactive = interactive
+        # Lines piped in are not typed by anyone: a prompt would only end up in the output,
+        # glued to the reply that follows it.
+        self.show_prompt = interactive or (sys.stdin.isatty() if show_prompt is None else show_prompt)
         self.session = None
         self.interrupted_text = ""
         if self.interactive:
@@ -865,8 +871,9 @@ class LineReader:
 
     def _line(self, prompt: str) -> str:
         if self.session is None:
-            sys.stdout.write(prompt)
-            sys.stdout.flush()
+            if self.show_prompt:
+                sys.stdout.write(prompt)
+                sys.stdout.flush()
             line = sys.stdin.readline()
             if not line:
                 raise EOFError
@@ -921,7 +928,8 @@ def run_repl(state: ReplState, *, console=None, reader: LineReader | None = None
         try:
             line = reader.read(state.prompt_label())
         except EOFError:
-            console.print()
+            if reader.show_prompt:
+                console.print()      # leave the prompt's line
             return 0
         except KeyboardInterrupt:
             if reader.interrupted_text.strip():

@@ -309,6 +309,30 @@ def test_the_plan_is_printed_before_loading_and_bad_flags_are_one_line_errors(tm
     assert "Traceback" not in bad.stderr
 
 
+def test_a_piped_session_prints_replies_without_prompt_chrome(tmp_path, tiny_model):
+    import subprocess
+
+    grammar_file = tmp_path / "grammar.gbnf"
+    grammar_file.write_text(THOUGHT_AND_ANSWER + "\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM", "COLUMNS")}
+    result = subprocess.run(
+        [sys.executable, "-m", "localcascade", "run", "--model", str(tiny_model), "--seed", "1",
+         "--max-tokens", "40", "--grammar-file", str(grammar_file)],
+        input='hello\n"""first\nsecond"""\n/stats\n/bye\n', capture_output=True, text=True, env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert ">>>" not in out and "... " not in out and "[think" not in out
+    assert out.endswith("\n")
+    lines = out.splitlines()
+    # The banner is one line: whatever shows the output wraps it, not localcascade at 80 columns.
+    assert lines[0].endswith("Ctrl-D or /bye to leave."), lines[0]
+    assert lines.count("plain visible answer") == 2, out        # each reply on a line of its own
+    assert any(line.startswith("last reply: ") for line in lines)
+    assert "session: 2 replies" in out
+
+
 @pytest.mark.gemma
 def test_a_short_session_with_gemma(tmp_path, gemma_model):
     term = Terminal(tmp_path, gemma_model, "--no-think", "--max-tokens", "24", "--temp", "0", "--ctx", "2K",
