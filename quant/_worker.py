@@ -124,16 +124,22 @@ def _load(llama_cpp, path: str) -> dict:
     Memory-mapped and without the CPU repacking buffers, so it costs a fraction of a
     second even for a 20 GB file instead of rewriting every weight in memory.
     """
-    params = llama_cpp.llama_model_default_params()
-    params.n_gpu_layers = 0
-    params.use_mmap = True
-    params.use_extra_bufts = False
-    model = llama_cpp.llama_model_load_from_file(path.encode(), params)
+    model = llama_cpp.llama_model_load_from_file(path.encode(), _load_params(llama_cpp))
     if not model:
         return {"loaded": False, "error": "llama.cpp could not load the output file"}
     n_params = int(llama_cpp.llama_model_n_params(model))
     llama_cpp.llama_model_free(model)
     return {"loaded": True, "n_params": n_params}
+
+
+def _load_params(llama_cpp):
+    """CPU, memory-mapped, no repacking. 0.3.36's struct has ``load_mode``, not ``use_mmap``: ctypes
+    would keep an unknown attribute as a plain Python one and llama.cpp would never see it."""
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = 0
+    params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
+    params.use_extra_bufts = False
+    return params
 
 
 if __name__ == "__main__":

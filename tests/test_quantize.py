@@ -177,3 +177,16 @@ def _workers_writing_to(folder: Path) -> list[int]:
         if "quant._worker" in cmdline and str(folder) in cmdline:
             pids.append(p.pid)
     return pids
+
+
+def test_output_check_loads_memory_mapped_through_real_struct_fields():
+    """Every setting reaches llama.cpp: an unknown field name would only become a Python attribute."""
+    import llama_cpp
+
+    from quant._worker import _load_params
+
+    params = _load_params(llama_cpp)
+
+    assert vars(params) == {}  # nothing set outside the C struct
+    assert params.load_mode == llama_cpp.LLAMA_LOAD_MODE_MMAP
+    assert params.n_gpu_layers == 0 and params.use_extra_bufts is False
