@@ -248,3 +248,60 @@ def test_system_prompt_change_and_save_load(engine):
 def test_count_tokens(engine):
     assert engine.count_tokens("<|im_start|>") == 1
     assert engine.count_tokens("hello world") >= 2
+
+
+# --- Ctrl-C while llama.cpp evaluates ---------------------------------------------------------------
+
+
+def interrupt_decode_call(monkeypatch, number: int) -> None:
+    """Make the ``number``-th llama_decode call evaluate its batch and then raise KeyboardInterrupt,
+    as Python does when the signal arrived while the C call ran."""
+    import llama_cpp
+
+    real = llama_cpp.llama_decode
+    calls = [0]
+
+    def decode(ctx, batch):
+        calls[0] += 1
+        rc = real(ctx, batch)
+        if calls[0] == number:
+            raise KeyboardInterrupt
+        return rc
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", decode)
+
+
+def held_tokens(engine: Engine) -> int:
+    import llama_cpp
+
+    return llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(engine._loaded.ctx), 0) + 1
+
+
+def test_interrupt_after_a_generated_token_was_evaluated_keeps_the_context_true(engine, monkeypatch):
+    chat = Chat(engine)
+    options = GenerationOptions(think=False, seed=1, grammar='root ::= "hello world the end of it"')
+    interrupt_decode_call(monkeypatch, 4)   # 1: the prompt, then one call per generated token
+    with pytest.raises(KeyboardInterrupt):
+        list(chat.send("hello", options))
+    monkeypatch.undo()
+    assert len(engine.tokens) == held_tokens(engine)
+    used = chat.context_used
+    assert used == len(engine.tokens) > 0
+    _, answer, stats = run_turn(chat, "yes", GenerationOptions(think=False, seed=1, grammar='root ::= "ok"'))
+    assert answer == "ok"
+    assert stats.evaluated_tokens == stats.prompt_tokens - used
+    assert len(engine.tokens) == held_tokens(engine) == stats.context_used
+
+
+def test_interrupt_while_the_prompt_is_evaluated_is_not_evaluated_twice(tiny_model, monkeypatch):
+    with Engine.load(tiny_model, cpu_plan(n_batch=16, n_ubatch=16)) as engine:
+        chat = Chat(engine)
+        interrupt_decode_call(monkeypatch, 2)   # the second 16-token chunk of the prompt
+        with pytest.raises(KeyboardInterrupt):
+            list(chat.send("hello world " * 30, GenerationOptions(seed=1, max_tokens=2)))
+        monkeypatch.undo()
+        assert len(engine.tokens) == held_tokens(engine) == 32
+        _, _, stats = run_turn(chat, "hello world " * 30, GenerationOptions(seed=1, max_tokens=2))
+        assert stats.evaluated_tokens == stats.prompt_tokens - 32
+        assert stats.completion_tokens > 0
+        assert len(engine.tokens) == held_tokens(engine) == stats.context_used

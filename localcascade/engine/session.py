@@ -76,6 +76,7 @@ class Engine:
         self.tokens: list[int] = []           # what the context holds, in order
         self.owner: object | None = None      # the Chat whose conversation the context holds
         self.full_reevaluations = 0           # times a non-empty context had to be thrown away
+        self._lost_reason: str | None = None  # why the context was thrown away outside prepare()
 
     @classmethod
     def load(
@@ -139,10 +140,13 @@ class Engine:
         import llama_cpp
 
         ctx = self._ctx
+        if self._held() != len(self.tokens):
+            self._resync(self.tokens)   # an interrupt between cutting the state and our bookkeeping
+        reason = self._lost_reason
+        self._lost_reason = None
         common = _common_prefix(self.tokens, prompt)
         if common == len(prompt):
             common -= 1   # the last prompt token must be evaluated again to get its logits
-        reason = None
         if common < len(self.tokens):
             memory = llama_cpp.llama_get_memory(ctx)
             if common > 0 and llama_cpp.llama_memory_seq_rm(memory, 0, common, -1):
@@ -167,12 +171,45 @@ class Engine:
         step = self._loaded.n_batch
         for start in range(0, len(tokens), step):
             chunk = tokens[start:start + step]
-            array = (llama_cpp.llama_token * len(chunk))(*chunk)
-            rc = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
-            if rc != 0:
-                self.reset()
-                raise EngineError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})")
-            self.tokens.extend(chunk)
+            base = len(self.tokens)
+            try:
+                array = (llama_cpp.llama_token * len(chunk))(*chunk)
+                rc = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
+                if rc != 0:
+                    self.reset()
+                    raise EngineError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})")
+                self.tokens.extend(chunk)
+            except EngineError:
+                raise
+            except BaseException:
+                # Python raises a pending KeyboardInterrupt as soon as the C call returns, so
+                # llama.cpp may hold the chunk while self.tokens does not yet: ask it what it holds.
+                self._resync(self.tokens[:base] + chunk)
+                raise
+
+    def _resync(self, candidate: list[int]) -> None:
+        """Make ``self.tokens`` what the context really holds, a prefix of ``candidate``.
+
+        If the state holds more than that (it cannot be named), the context is cleared and
+        the next prepare() evaluates its prompt from scratch and says why.
+        """
+        import llama_cpp
+
+        held = self._held()
+        if 0 <= held <= len(candidate):
+            self.tokens = list(candidate[:held])
+            return
+        lost = len(self.tokens)
+        self.reset()   # also drops the owner: no conversation's tokens are in the context now
+        if lost:
+            self.full_reevaluations += 1
+            self._lost_reason = "an interrupted evaluation left the context in an unknown state"
+
+    def _held(self) -> int:
+        """How many tokens the context's state really holds (sequence 0)."""
+        import llama_cpp
+
+        return llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(self._ctx), 0) + 1
 
     def reset(self) -> None:
         """Forget the context entirely."""
@@ -319,6 +356,7 @@ class Chat:
         channels = {True: thinking, False: answer}
         in_thinking = _opens_thinking(prompt, engine.think_open, engine.think_close)
         pending = None   # a sampled token handed out but not yet evaluated
+        pending_at = 0   # len(engine.tokens) when it was sampled: more means it was evaluated after all
         try:
             close_ids = vocab.tokenize(sampling_profile()["think_close_text"], special=True)
             while True:
@@ -342,7 +380,7 @@ class Chat:
                 if vocab.is_eog(token):
                     stop_reason = "stop"
                     break
-                pending = token
+                pending, pending_at = token, len(engine.tokens)
                 channel = channels[in_thinking]
                 if token == engine.think_open or token == engine.think_close:
                     # A marker ends the current side: the split is by token id, not by text.
@@ -361,15 +399,18 @@ class Chat:
                     yield event
         finally:
             sampler.close()
-            if pending is not None:
-                try:
-                    engine.decode([pending])
-                except EngineError:
-                    pass
             self.messages.append({"role": "assistant", "content": answer.text})
             self.last_reasoning = thinking.text or None
             self._ended_in_thinking = in_thinking
-            self._context_in_sync = engine.owner is self
+            try:
+                # The reply shown includes the pending token: the context must too, once. An
+                # interrupt can land after llama.cpp evaluated it but before we recorded it.
+                if pending is not None and len(engine.tokens) == pending_at:
+                    engine.decode([pending])
+            except EngineError:
+                pass
+            finally:
+                self._context_in_sync = engine.owner is self
         if stop_reason == "length" and in_thinking and not answer.text:
             stop_reason = "think_budget_no_answer"
         finished = time.perf_counter()
