@@ -725,15 +725,50 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
+@dataclass
+class _TurnStart:
+    """What was known when a message was sent, to account for a reply the engine could not finish."""
+
+    messages: int                 # messages in the conversation before it
+    context_used: int             # tokens the context held (the part the engine can reuse)
+    sent: float                   # time.monotonic()
+    first_text: float | None = None
+
+
+def _estimated_stats(state: ReplState, printer: "TurnPrinter", start: _TurnStart) -> TurnStats:
+    """TurnStats for a reply cut off before the engine's own: counted from what was shown, and
+    from how far the context grew, so /stats and the session totals still include it."""
+    count = state.engine.count_tokens
+    thinking = count("".join(printer.thinking).strip()) if printer.thinking else 0
+    answer = count("".join(printer.answer).strip()) if printer.answer else 0
+    used = state.chat.context_used
+    prompt = max(0, used - thinking - answer)
+    now = time.monotonic()
+    first = start.first_text if start.first_text is not None else now
+    return TurnStats(
+        prompt_tokens=prompt,
+        evaluated_tokens=max(0, prompt - start.context_used),
+        thinking_tokens=thinking,
+        answer_tokens=answer,
+        prompt_seconds=first - start.sent,
+        generation_seconds=now - first,
+        context_used=used,
+        context_limit=state.chat.context_limit,
+        stop_reason="interrupted",
+    )
+
+
 def stream_reply(console, state: ReplState, text: str) -> None:
     """Send one message and render the reply as it streams; Ctrl-C stops it and keeps what was said."""
     printer = TurnPrinter(console, state, state.engine.count_tokens)
     stats: TurnStats | None = None
     stopped = False
     events: Iterator = iter(())
+    options = state.options()
+    before = _TurnStart(len(state.chat.messages), state.chat.context_used, time.monotonic())
     try:
         with _StopRequest() as stop:
-            events = state.chat.send(text, state.options())
+            events = state.chat.send(text, options)
             for event in events:
                 if isinstance(event, ThinkingText):
                     printer.thinking_text(event.text)
@@ -741,11 +776,16 @@ def stream_reply(console, state: ReplState, text: str) -> None:
                     printer.answer_text(event.text)
                 elif isinstance(event, TurnStats):
                     stats = event
-                if stop.requested:
+                if before.first_text is None and not isinstance(event, TurnStats):
+                    before.first_text = time.monotonic()
+                if stop.requested and not stopped:
                     stopped = True
-                    break
+                    # End the turn through the engine's own token limit, checked before every
+                    # token: the reply stops at the next token and the engine still yields its
+                    # TurnStats, so the interrupted reply is counted like any other.
+                    options.max_tokens = 0
     except KeyboardInterrupt:
-        stopped = True
+        stopped = True        # a second Ctrl-C: the engine was cut off before its TurnStats
     except ContextOverflowError as err:
         printer.finish(None, failed=True)
         for line in overflow_advice(err):
@@ -762,11 +802,12 @@ def stream_reply(console, state: ReplState, text: str) -> None:
             close()        # the engine keeps what was said so far in the history
     printer.finish(stats)
     if stopped:
-        console.print(
-            f"[reply stopped; what was said is kept] context {_context_line(state.chat)}",
-            style="yellow",
-            markup=False,
-        )
+        if stats is None and len(state.chat.messages) > before.messages:
+            stats = _estimated_stats(state, printer, before)      # the reply is in the history
+        if stats is not None:
+            stats = replace(stats, stop_reason="interrupted")
+        where = "" if stats is not None else f" context {_context_line(state.chat)}"   # else in the footer
+        console.print(f"[reply stopped; what was said is kept]{where}", style="yellow", markup=False)
     if stats is not None:
         state.record(stats)
         console.print(stats_footer(stats), style="dim", markup=False)

@@ -156,10 +156,16 @@ def test_ctrl_c_stops_a_long_reply_keeps_it_and_the_next_message_works(terminal,
     term.child.sendintr()
     term.child.expect(r"reply stopped; what was said is kept")
     term.child.expect(PROMPT)
+    # The interrupted reply counts: /stats shows it, and the session totals include it.
+    stats = term.send("/stats")
+    assert re.search(r"0 thinking \+ [1-9]\d* answer tokens .*stopped: interrupted", stats), stats
+    generated = int(re.search(r"session: 1 replies, \d+ prompt tokens evaluated, (\d+) generated", stats)[1])
+    assert generated > 4 and re.search(r"context: \d{2,}/4096", stats)
 
     term.send("/set max_tokens 5")
     after = term.send("and now briefly")
     assert re.search(r"reply 5 tok at [\d.]+ t/s · context \d+/4096", after), after
+    assert "session: 2 replies" in term.send("/stats")
     assert "saved 4 messages" in term.send("/save chat.json")
     messages = json.loads((tmp_path / "chat.json").read_text())["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
@@ -360,3 +366,40 @@ def test_with_no_model_pulled_run_says_what_to_do_in_one_line():
     assert result.returncode != 0
     assert "no model pulled" in result.stderr and "Traceback" not in result.stderr
     assert "localcascade pull" in result.stderr or "localcascade fit" in result.stderr
+
+
+def test_a_reply_cut_off_before_its_stats_still_counts_in_the_session():
+    # A second Ctrl-C raises inside the engine, which then yields no TurnStats; the reply is in the
+    # history and the context grew, so /stats and the session totals must include it anyway.
+    from rich.console import Console
+
+    from localcascade import repl
+    from localcascade.engine.events import AnswerText
+
+    class Engine:
+        model_name = "fake"
+
+        @staticmethod
+        def count_tokens(text: str) -> int:
+            return len(text.split())
+
+    class Chat:
+        def __init__(self):
+            self.messages, self.context_used, self.context_limit = [], 0, 4096
+
+        def send(self, text, options):
+            self.messages.append({"role": "user", "content": text})
+            self.context_used = 20                    # the prompt was evaluated
+            yield AnswerText("three words here")
+            self.messages.append({"role": "assistant", "content": "three words here"})
+            self.context_used = 23
+            raise KeyboardInterrupt
+
+    state = repl.ReplState(engine=Engine(), chat=Chat())
+    out = io.StringIO()
+    repl.stream_reply(Console(file=out, width=80), state, "hello")
+    assert "reply stopped; what was said is kept" in out.getvalue()
+    lines = [notice.text for notice in repl.run_command(state, "/stats").notices]
+    assert "0 thinking + 3 answer tokens" in lines[1] and "stopped: interrupted" in lines[1], lines
+    assert lines[0].startswith("last reply: 20 prompt tokens (20 evaluated)"), lines
+    assert lines[2].startswith("session: 1 replies, 20 prompt tokens evaluated, 3 generated"), lines
