@@ -9,13 +9,17 @@
   blob's real path), so a 20 GB file is hashed once, not on every ``pull``.
 
 The index is JSON written to a temporary file and renamed, so a crash never
-leaves it half-written.
+leaves it half-written, and every read-modify-write of it holds a file lock
+(``store.json.lock``), so a pull and a quantize running at once keep each
+other's records.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -72,18 +76,49 @@ def _load_index() -> dict:
         data = {}
     except (OSError, ValueError) as err:
         raise LocalCascadeError(f"the store index {path} is unreadable ({err}); move it away to start afresh") from None
+    # An error, not a fresh index: starting afresh would drop every registered model and the next
+    # save would overwrite the file, which may hold records worth recovering by hand.
+    if not isinstance(data, dict):
+        _malformed(path, f"a JSON {type(data).__name__}, not an object")
     data.setdefault("version", _INDEX_VERSION)
     data.setdefault("models", {})
     data.setdefault("verified", {})
+    for key in ("models", "verified"):
+        if not isinstance(data[key], dict):
+            _malformed(path, f"its {key!r} is a JSON {type(data[key]).__name__}, not an object")
     return data
+
+
+def _malformed(path: Path, what: str) -> None:
+    raise LocalCascadeError(f"the store index {path} is not a localcascade index ({what}); "
+                            "move it away to start afresh")
 
 
 def _save_index(data: dict) -> None:
     path = index_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        # Disk full, Ctrl-C or any other failure before the rename: leave no temporary behind.
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _updating_index():
+    """Load, let the caller change, and save the index while holding its lock across processes."""
+    from filelock import FileLock
+
+    path = index_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(path.name + ".lock")):
+        data = _load_index()
+        yield data
+        _save_index(data)
 
 
 def _now() -> str:
@@ -96,12 +131,11 @@ def _key(path: Path) -> str:
 
 def record_verified(path: Path, *, sha256: str | None, size: int, verified: bool, check: str = "sha256") -> None:
     """Remember that ``path`` (a blob or a local file) hashed to ``sha256`` and whether that was checked."""
-    data = _load_index()
-    data["verified"][_key(path)] = {
-        "sha256": sha256, "size": size, "verified": verified, "check": check if verified else "unverified",
-        "checked_at": _now(),
-    }
-    _save_index(data)
+    with _updating_index() as data:
+        data["verified"][_key(path)] = {
+            "sha256": sha256, "size": size, "verified": verified, "check": check if verified else "unverified",
+            "checked_at": _now(),
+        }
 
 
 def verified_record(path: Path) -> dict | None:
@@ -121,16 +155,13 @@ def register_local(name: str, files: list[Path], *, quant: str | None, source: s
     if not name or name.strip() != name or "/" in name or ":" in name:
         raise UsageError(f"cannot register a model as {name!r}: use a plain name without '/' or ':'")
     files = [Path(f).absolute() for f in files]
-    data = _load_index()
-    data["models"][name] = {
-        "files": [str(f) for f in files], "quant": quant, "source": source, "created": _now(),
-    }
-    size = 0
-    for f in files:
-        size += f.stat().st_size
-        data["verified"][_key(f)] = {"sha256": None, "size": f.stat().st_size, "verified": True,
-                                     "check": check, "checked_at": _now()}
-    _save_index(data)
+    with _updating_index() as data:
+        data["models"][name] = {
+            "files": [str(f) for f in files], "quant": quant, "source": source, "created": _now(),
+        }
+        for f in files:
+            data["verified"][_key(f)] = {"sha256": None, "size": f.stat().st_size, "verified": True,
+                                         "check": check, "checked_at": _now()}
     return _registered(name, data["models"][name], data["verified"])
 
 
@@ -277,28 +308,26 @@ def best_local_variant(hardware=None, request=None):
 def remove(model: StoredModel) -> list[Path]:
     """Delete a stored model's files (only those); returns what was removed."""
     removed: list[Path] = []
-    data = _load_index()
-    if model.where == "local":
-        for f in model.files:
-            data["verified"].pop(_key(f), None)
-            if f.exists():
-                f.unlink()
-                removed.append(f)
-        data["models"].pop(model.name, None)
-        _save_index(data)
-        return removed
-    still_linked = _blobs_linked_elsewhere(model)
-    for link in model.files:
-        if link.is_symlink() or link.exists():
-            link.unlink()
-            removed.append(link)
-        _prune_empty_dirs(link.parent, stop=link.parents[len(PurePosixPath(model.repo_files[0]).parts)])
-    for blob in model.blobs:
-        data["verified"].pop(_key(blob), None)
-        if blob not in still_linked and blob.exists():
-            blob.unlink()
-            removed.append(blob)
-    _save_index(data)
+    with _updating_index() as data:
+        if model.where == "local":
+            for f in model.files:
+                data["verified"].pop(_key(f), None)
+                if f.exists():
+                    f.unlink()
+                    removed.append(f)
+            data["models"].pop(model.name, None)
+            return removed
+        still_linked = _blobs_linked_elsewhere(model)
+        for link in model.files:
+            if link.is_symlink() or link.exists():
+                link.unlink()
+                removed.append(link)
+            _prune_empty_dirs(link.parent, stop=link.parents[len(PurePosixPath(model.repo_files[0]).parts)])
+        for blob in model.blobs:
+            data["verified"].pop(_key(blob), None)
+            if blob not in still_linked and blob.exists():
+                blob.unlink()
+                removed.append(blob)
     return removed
 
 

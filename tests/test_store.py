@@ -223,3 +223,63 @@ def test_quantize_a_pulled_model_by_name_writes_outside_the_hub_cache(hf_server,
     assert not Path(path).is_relative_to(_cache())
     assert store.find_local_model("Src-Q8_0") == Path(path)
     assert {m.name for m in store.list_models()} == {"someone/Src-GGUF:F16", "Src-Q8_0"}
+
+
+def test_index_updates_from_two_processes_keep_both_records(tmp_path, monkeypatch):
+    """A second process updating the index while this one is between load and save must not be lost."""
+    import subprocess
+    import sys
+
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF")
+    script = f"from localcascade import store; store.record_verified({str(other)!r}, sha256='b' * 64, size=4, verified=True)"
+    real_load = store._load_index
+    seen = []
+
+    def load_then_let_the_other_process_in():
+        data = real_load()
+        if not seen:
+            seen.append(subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy()))
+            try:  # it runs to the end unless the index is locked; locked, it waits for our save
+                seen[0].wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                pass
+        return data
+
+    monkeypatch.setattr(store, "_load_index", load_then_let_the_other_process_in)
+    mine = tmp_path / "mine.gguf"
+    mine.write_bytes(b"GGUF")
+
+    store.record_verified(mine, sha256="a" * 64, size=4, verified=True)
+
+    assert seen[0].wait(timeout=60) == 0
+    monkeypatch.setattr(store, "_load_index", real_load)
+    assert store.verified_record(mine)["sha256"] == "a" * 64
+    assert store.verified_record(other)["sha256"] == "b" * 64
+
+
+def test_interrupted_index_save_leaves_no_temporary_file(tmp_path, monkeypatch):
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.record_verified(f, sha256=None, size=4, verified=False)
+
+    assert [p.name for p in store.index_path().parent.iterdir() if not p.name.endswith(".lock")] == []
+
+
+@pytest.mark.parametrize("content", ["[]", '"text"', '{"models": [], "verified": {}}'])
+def test_a_malformed_index_is_one_clear_line(content, capsys):
+    store.index_path().parent.mkdir(parents=True, exist_ok=True)
+    store.index_path().write_text(content)
+
+    code, out, err = _cli(["list"], capsys)
+
+    assert code == 1 and out == ""
+    assert "Traceback" not in err
+    assert f"the store index {store.index_path()} is not a localcascade index" in err.strip().splitlines()[-1]
+    assert store.index_path().read_text() == content  # left for the user to look at
