@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from localcascade.errors import UsageError
 from localcascade.plan import Components
@@ -43,19 +43,36 @@ from localcascade.plan import Components
 MiB = 1024**2
 GiB = 1024**3
 
-# (block size, bytes per block) of the cache types llama.cpp accepts for K and V.
-KV_TYPES: dict[str, tuple[int, int]] = {
-    "f32": (1, 4),
-    "f16": (1, 2),
-    "bf16": (1, 2),
-    "q8_0": (32, 34),
-    "q4_0": (32, 18),
-    "q4_1": (32, 20),
-    "q5_0": (32, 22),
-    "q5_1": (32, 24),
-    "iq4_nl": (32, 18),
+class KVType(NamedTuple):
+    block: int      # elements per block
+    size: int       # bytes per block
+    ggml_id: int    # enum ggml_type (ggml.h), what llama_context_params.type_k/type_v take
+
+
+# The cache types llama.cpp accepts for K and V (common/arg.cpp kv_cache_types). The one table
+# for the planner's bytes, the loader's type ids and the CLI's --kv-type.
+KV_TYPES: dict[str, KVType] = {
+    "f32": KVType(1, 4, 0),
+    "f16": KVType(1, 2, 1),
+    "bf16": KVType(1, 2, 30),
+    "q8_0": KVType(32, 34, 8),
+    "q4_0": KVType(32, 18, 2),
+    "q4_1": KVType(32, 20, 3),
+    "q5_0": KVType(32, 22, 6),
+    "q5_1": KVType(32, 24, 7),
+    "iq4_nl": KVType(32, 18, 20),
 }
-QUANTIZED_KV = {t for t, (block, _) in KV_TYPES.items() if block > 1}
+
+
+def kv_type(name: str) -> KVType:
+    """The table entry for a KV cache type name, any case (``Q8_0`` is ``q8_0``)."""
+    try:
+        return KV_TYPES[name.lower()]
+    except (KeyError, AttributeError):
+        raise UsageError(f"unknown KV cache type {name!r}: use one of {', '.join(KV_TYPES)}") from None
+
+
+QUANTIZED_KV = {name for name, t in KV_TYPES.items() if t.block > 1}
 
 # Types the CPU backend repacks into an extra buffer (ggml-cpu/repack.cpp, AVX2/NEON builds).
 CPU_REPACK_TYPES = {"q4_0", "q4_k", "iq4_nl"}
@@ -282,9 +299,7 @@ def padded_ctx(n_ctx: int, n_seq: int = 1, unified: bool = False) -> tuple[int, 
 
 
 def kv_row_bytes(type_name: str, n_elements: int) -> int:
-    if type_name not in KV_TYPES:
-        raise UsageError(f"unknown KV cache type {type_name!r}: use one of {', '.join(sorted(KV_TYPES))}")
-    block, size = KV_TYPES[type_name]
+    block, size, _ = kv_type(type_name)
     if n_elements % block:
         raise UsageError(f"KV type {type_name} needs rows that are a multiple of {block}")
     return n_elements // block * size
@@ -292,9 +307,8 @@ def kv_row_bytes(type_name: str, n_elements: int) -> int:
 
 def check_kv_types(type_k: str, type_v: str, flash_attn: bool) -> None:
     """llama_init_from_model refuses a quantized V cache without flash attention."""
-    kv_row_bytes(type_k, KV_TYPES[type_k][0] if type_k in KV_TYPES else 1)
-    kv_row_bytes(type_v, KV_TYPES[type_v][0] if type_v in KV_TYPES else 1)
-    if type_v in QUANTIZED_KV and not flash_attn:
+    kv_row_bytes(type_k, kv_type(type_k).block)
+    if kv_type(type_v).block > 1 and not flash_attn:
         raise UsageError(f"a quantized V cache ({type_v}) requires flash attention")
 
 
@@ -378,8 +392,8 @@ def estimate(facts: ModelFacts, p: Placement, overheads: Overheads = Overheads()
         raise UsageError("context length must be positive")
     f, t = facts, _table(facts)
     for kind, head_dim in ((p.type_k, f.head_dim_k), (p.type_v, f.head_dim_v)):
-        if f.attention_layers and head_dim % KV_TYPES[kind][0]:
-            raise UsageError(f"KV type {kind} needs heads that are a multiple of {KV_TYPES[kind][0]} wide "
+        if f.attention_layers and head_dim % kv_type(kind).block:
+            raise UsageError(f"KV type {kind} needs heads that are a multiple of {kv_type(kind).block} wide "
                              f"(this model's are {head_dim})")
     n = f.n_layer
     ngl = max(0, min(p.n_gpu_layers, n + 1))

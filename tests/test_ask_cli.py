@@ -172,3 +172,17 @@ def test_override_that_cannot_fit_is_refused_with_numbers(tiny_model):
     assert result.returncode == 1 and result.stdout == b""
     assert b"does not fit" in result.stderr and b"iB" in result.stderr
     assert result.stderr.count(b"\n") == 1
+
+
+def test_kv_type_accepts_what_the_planner_accepts_in_any_case():
+    from localcascade.cli.options import plan_request
+    from localcascade.errors import UsageError
+    from localcascade.memory import KV_TYPES
+
+    assert plan_request(kv_type="Q8_0").type_k == "q8_0"
+    assert plan_request(kv_type="IQ4_NL").type_v == "iq4_nl"
+    with pytest.raises(UsageError) as refused:
+        plan_request(kv_type="q3_x")
+    assert all(name in str(refused.value) for name in KV_TYPES)
+    help_text = subprocess.run([*CMD, "--help"], capture_output=True, text=True, env=env(COLUMNS="200")).stdout
+    assert "iq4_nl" in help_text and "bf16" in help_text

@@ -36,7 +36,9 @@ def cpu_moe_option():
 
 
 def kv_type_option():
-    return typer.Option(None, "--kv-type", help="KV cache type for K and V: f16, q8_0, q4_0.")
+    from localcascade.memory import KV_TYPES
+
+    return typer.Option(None, "--kv-type", help=f"KV cache type for K and V: {', '.join(KV_TYPES)}.")
 
 
 def flash_attn_option():
@@ -102,11 +104,11 @@ def plan_request(
     if cpu_moe is not None and cpu_moe < 0:
         raise UsageError(f"--cpu-moe must be >= 0, got {cpu_moe}")
     if kv_type is not None:
-        from localcascade.engine.loader import kv_type_names
+        from localcascade.memory import KV_TYPES
 
+        if kv_type.lower() not in KV_TYPES:
+            raise UsageError(f"--kv-type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
         kv_type = kv_type.lower()
-        if kv_type not in kv_type_names():
-            raise UsageError(f"--kv-type must be one of {', '.join(kv_type_names())}, got {kv_type!r}")
     return PlanRequest(
         n_ctx=parse_tokens(ctx) if ctx is not None else None,
         type_k=kv_type,
