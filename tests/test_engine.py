@@ -305,3 +305,60 @@ def test_interrupt_while_the_prompt_is_evaluated_is_not_evaluated_twice(tiny_mod
         assert stats.evaluated_tokens == stats.prompt_tokens - 32
         assert stats.completion_tokens > 0
         assert len(engine.tokens) == held_tokens(engine) == stats.context_used
+
+
+# --- loading: Ctrl-C, cleanup, KV cache types -------------------------------------------------------
+
+
+def test_ctrl_c_during_the_load_cancels_it_and_is_an_interrupt(tiny_model, capfd):
+    from localcascade.errors import Interrupted
+
+    def progress(fraction: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted):
+        Engine.load(tiny_model, cpu_plan(), progress=progress)
+    _, err = capfd.readouterr()
+    assert "Exception ignored" not in err and "Traceback" not in err
+
+
+def test_ctrl_c_as_the_context_is_created_frees_model_and_context(tiny_model, monkeypatch):
+    import os
+    import signal
+
+    import llama_cpp
+
+    from localcascade.errors import Interrupted
+
+    freed = []
+    real_init, real_free, real_model_free = (
+        llama_cpp.llama_init_from_model, llama_cpp.llama_free, llama_cpp.llama_model_free)
+
+    def init(model, params):   # Ctrl-C arrives while llama.cpp builds the context
+        ctx = real_init(model, params)
+        os.kill(os.getpid(), signal.SIGINT)
+        return ctx
+
+    monkeypatch.setattr(llama_cpp, "llama_init_from_model", init)
+    monkeypatch.setattr(llama_cpp, "llama_free", lambda ctx: (freed.append("ctx"), real_free(ctx)))
+    monkeypatch.setattr(llama_cpp, "llama_model_free", lambda m: (freed.append("model"), real_model_free(m)))
+    with pytest.raises(Interrupted):
+        Engine.load(tiny_model, cpu_plan())
+    assert freed == ["ctx", "model"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_bad_kv_type_is_refused_before_the_weights_are_read(tiny_model, monkeypatch):
+    import llama_cpp
+
+    loads = []
+    monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", lambda *a: loads.append(a))
+    with pytest.raises(UsageError, match="iq4_nl"):
+        Engine.load(tiny_model, cpu_plan(type_k="q3_x"))
+    assert loads == []
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "iq4_nl"])
+def test_every_kv_type_the_planner_accepts_loads_in_any_case(tiny_f16_model, name):
+    with Engine.load(tiny_f16_model, cpu_plan(type_k=name, type_v=name, flash_attn=True)) as engine:
+        assert f"K ({name.lower()})" in "\n".join(engine.load_log)

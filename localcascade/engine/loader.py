@@ -15,32 +15,27 @@ things that class cannot pass or gets in the way of:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from localcascade.engine import llama_log
-from localcascade.errors import EngineError
+from localcascade.errors import EngineError, Interrupted
 from localcascade.plan import Plan
 
 # llama.cpp's LLM_FFN_EXPS_REGEX (common/common.h), one pattern per block as --n-cpu-moe builds them.
 _EXPERT_TENSOR_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 
-# KV cache type names (as plans and users write them) -> ggml_type ids.
-_KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
-
-
 def kv_type_id(name: str) -> int:
-    try:
-        return _KV_TYPES[name.lower()]
-    except KeyError:
-        raise EngineError(f"unknown KV cache type {name!r}; use one of {', '.join(_KV_TYPES)}") from None
+    """The ggml type id llama.cpp takes for a KV cache type name (memory.KV_TYPES)."""
+    from localcascade.memory import kv_type
 
-
-def kv_type_names() -> tuple[str, ...]:
-    return tuple(_KV_TYPES)
+    return kv_type(name).ggml_id
 
 
 def expert_override_patterns(n_blocks: int) -> list[str]:
@@ -145,6 +140,8 @@ def load(
         llama_cpp.llama_backend_init()
         _backend_ready = True
 
+    # Checked before the weights are read: a bad name must not cost a load.
+    type_k, type_v = kv_type_id(plan.type_k), kv_type_id(plan.type_v)
     keepalive: list = []
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = plan.n_gpu_layers
@@ -152,52 +149,104 @@ def load(
     if overrides is not None:
         keepalive.append(overrides)
         mparams.tensor_buft_overrides = ctypes.cast(overrides[0], ctypes.c_void_p)
-    if progress is not None:
-        def _on_progress(fraction: float, _user: ctypes.c_void_p) -> bool:
-            try:
+    with _sigint_held() as interrupted:
+        model = _load_weights(model_path, mparams, progress, keepalive, interrupted)
+        if not model:
+            tail = "; ".join(line for line in log.since(mark)[-3:] if line.strip())
+            raise EngineError(f"llama.cpp could not load {model_path}" + (f": {tail}" if tail else ""))
+        ctx = None
+        try:
+            if interrupted:
+                raise Interrupted("interrupted while loading the model")
+            threads, threads_batch = default_threads()
+            cparams = llama_cpp.llama_context_default_params()
+            cparams.n_ctx = plan.n_ctx
+            cparams.n_batch = min(plan.n_batch, plan.n_ctx)
+            cparams.n_ubatch = min(plan.n_ubatch, cparams.n_batch)
+            cparams.n_seq_max = max(1, plan.n_seq)
+            cparams.n_threads = n_threads or threads
+            cparams.n_threads_batch = n_threads_batch or threads_batch
+            cparams.flash_attn_type = (
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+            cparams.type_k = type_k
+            cparams.type_v = type_v
+            cparams.no_perf = True
+            ctx = llama_cpp.llama_init_from_model(model, cparams)
+            if not ctx:
+                tail = "; ".join(line for line in log.since(mark)[-3:] if line.strip())
+                raise EngineError(
+                    f"llama.cpp could not create a context of {plan.n_ctx} tokens for {model_path}"
+                    + (f": {tail}" if tail else "")
+                )
+            if interrupted:
+                raise Interrupted("interrupted while creating the context")
+            return LoadedModel(
+                path=Path(model_path),
+                model=model,
+                ctx=ctx,
+                vocab=llama_cpp.llama_model_get_vocab(model),
+                n_ctx=llama_cpp.llama_n_ctx(ctx),
+                n_batch=cparams.n_batch,
+                load_log=log.since(mark),
+                _keepalive=keepalive,
+            )
+        except BaseException:
+            # Whatever fails between the load and the return must not leave the weights and the
+            # context allocated for the rest of the process.
+            if ctx:
+                llama_cpp.llama_free(ctx)
+            llama_cpp.llama_model_free(model)
+            raise
+
+
+def _load_weights(model_path: Path, mparams, progress, keepalive: list, interrupted: list) -> int | None:
+    """``llama_model_load_from_file``, cancelled (raising Interrupted) when Ctrl-C is pressed.
+
+    The progress callback is the only Python code that runs during a load. An exception must
+    not propagate into C (ctypes prints it and the load carries on), so the callback returns
+    False instead, llama.cpp cancels the load, and the reason is raised once it has returned.
+    """
+    import llama_cpp
+
+    stopped: list[BaseException] = []
+
+    def _on_progress(fraction: float, _user: ctypes.c_void_p) -> bool:
+        try:
+            if progress is not None:
                 progress(float(fraction))
-            except Exception:  # never raise into C; a broken progress bar must not stop the load
-                pass
-            return True
+        except Exception:  # a broken progress bar must not stop the load
+            pass
+        except BaseException as err:  # KeyboardInterrupt, SystemExit: stop the load
+            stopped.append(err)
+        return not (stopped or interrupted)
 
-        callback = llama_cpp.llama_progress_callback(_on_progress)
-        keepalive.append(callback)
-        mparams.progress_callback = callback
-
+    callback = llama_cpp.llama_progress_callback(_on_progress)
+    keepalive.append(callback)
+    mparams.progress_callback = callback
     model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), mparams)
-    if not model:
-        tail = "; ".join(line for line in log.since(mark)[-3:] if line.strip())
-        raise EngineError(f"llama.cpp could not load {model_path}" + (f": {tail}" if tail else ""))
+    if not model and (stopped or interrupted):
+        if stopped and not isinstance(stopped[0], KeyboardInterrupt):
+            raise stopped[0]
+        raise Interrupted("interrupted while loading the model")
+    return model
 
-    threads, threads_batch = default_threads()
-    cparams = llama_cpp.llama_context_default_params()
-    cparams.n_ctx = plan.n_ctx
-    cparams.n_batch = min(plan.n_batch, plan.n_ctx)
-    cparams.n_ubatch = min(plan.n_ubatch, cparams.n_batch)
-    cparams.n_seq_max = max(1, plan.n_seq)
-    cparams.n_threads = n_threads or threads
-    cparams.n_threads_batch = n_threads_batch or threads_batch
-    cparams.flash_attn_type = (
-        llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if plan.flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    )
-    cparams.type_k = kv_type_id(plan.type_k)
-    cparams.type_v = kv_type_id(plan.type_v)
-    cparams.no_perf = True
-    ctx = llama_cpp.llama_init_from_model(model, cparams)
-    if not ctx:
-        llama_cpp.llama_model_free(model)
-        tail = "; ".join(line for line in log.since(mark)[-3:] if line.strip())
-        raise EngineError(
-            f"llama.cpp could not create a context of {plan.n_ctx} tokens for {model_path}"
-            + (f": {tail}" if tail else "")
-        )
-    return LoadedModel(
-        path=Path(model_path),
-        model=model,
-        ctx=ctx,
-        vocab=llama_cpp.llama_model_get_vocab(model),
-        n_ctx=llama_cpp.llama_n_ctx(ctx),
-        n_batch=cparams.n_batch,
-        load_log=log.since(mark),
-        _keepalive=keepalive,
-    )
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Turn Ctrl-C into a flag (the yielded list fills) while C hands us pointers.
+
+    A KeyboardInterrupt raised as a C call returns, before its result is assigned, would leak
+    the model or context it returned; with the flag the caller frees them and raises.
+    Only Python's own SIGINT handler in the main thread is replaced; anything else is left alone.
+    """
+    hits: list[bool] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield hits
+        return
+    signal.signal(signal.SIGINT, lambda *_: hits.append(True))
+    try:
+        yield hits
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
