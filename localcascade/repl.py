@@ -9,7 +9,9 @@ Two halves, kept apart so each is easy to read:
 * **The terminal** (``TurnPrinter``, ``LineReader``, ``run_repl``): reading
   lines with prompt-toolkit (history, multi-line input, completion) and
   rendering a streaming reply with rich. Plain terminals (``TERM=dumb``,
-  ``NO_COLOR``, pipes) get plain text with no escape codes.
+  ``NO_COLOR``, pipes) get plain text with no escape codes. With ``NO_COLOR``
+  on a real terminal the one exception is prompt-toolkit's input line, drawn
+  without colour but with the cursor codes line editing needs.
 
 The engine does the model work; this module never imports llama_cpp.
 """
@@ -543,8 +545,14 @@ def make_console(file=None):
 
 
 def _fancy(console) -> bool:
-    """Can we move the cursor (live regions, markdown re-rendering)? Not on dumb terminals or pipes."""
-    return console.is_terminal and not console.is_dumb_terminal and not lc_settings.dumb_terminal()
+    """Can we move the cursor (live regions, markdown re-rendering)? Not on dumb terminals or pipes,
+    and not with NO_COLOR: rich's live region writes cursor codes whatever its colour system."""
+    return (
+        console.is_terminal
+        and not console.is_dumb_terminal
+        and not lc_settings.dumb_terminal()
+        and not lc_settings.no_color()
+    )
 
 
 class _MarkdownBlocks:
@@ -901,7 +909,12 @@ class LineReader:
         def _newline(event):          # Alt-Enter (sent as Esc Enter): a new line, not "send"
             event.current_buffer.insert_text("\n")
 
+        from prompt_toolkit.output import ColorDepth
+
         return PromptSession(
+            # NO_COLOR: a monochrome input line. Editing it still takes cursor moves and attribute
+            # resets (prompt-toolkit cannot edit a line without them); TERM=dumb gets plain lines.
+            color_depth=ColorDepth.MONOCHROME if lc_settings.no_color() else None,
             history=history,
             completer=_SlashCompleter(),
             complete_while_typing=False,
@@ -957,13 +970,13 @@ def _print_notices(console, outcome: Outcome) -> None:
 def run_repl(state: ReplState, *, console=None, reader: LineReader | None = None) -> int:
     """Talk until /bye, Ctrl-D or a second Ctrl-C at an empty prompt; returns the exit code (0)."""
     console = console or make_console()
-    reader = reader or LineReader(lc_settings.data_dir() / "history")
     console.print(
         f"{getattr(state.engine, 'model_name', 'model')} ready. /help for commands, "
         "Ctrl-D or /bye to leave.",
         style="dim",
         markup=False,
     )
+    reader = reader or LineReader(lc_settings.data_dir() / "history")
     warned_interrupt = False
     while True:
         try:

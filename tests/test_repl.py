@@ -294,6 +294,29 @@ def test_dumb_terminal_with_no_color_gets_no_escape_codes(terminal):
     assert max(len(line) for line in session.replace("\r", "").split("\n")) <= 80
 
 
+def test_no_color_on_a_real_terminal_writes_no_escape_codes_outside_the_input_line(terminal):
+    term = terminal("--think", "--trace", "show", "--max-tokens", "40", no_color=True,
+                    grammar=THOUGHT_AND_ANSWER)
+    # Plan, load progress and banner: everything before prompt-toolkit draws its first input line.
+    opening = term.transcript.getvalue()
+    banner_end = opening.index("leave.") + len("leave.")
+    assert "\x1b" not in opening[:banner_end], repr(opening)
+    replies = []
+    for line in ("hello", "/trace collapse", "again", "/stats"):
+        start = term.transcript.tell()
+        term.send(line)
+        # What is printed between accepting the line and drawing the next prompt.
+        output = term.transcript.getvalue()[start:]
+        replies.append(output.split(ACCEPTED, 1)[1].split("\x1b[?2004h", 1)[0])
+    for reply in replies:
+        assert "\x1b" not in reply, repr(reply)
+    assert "deep inner musing" in replies[0] and "plain visible answer" in replies[0]
+    assert "thought for" in replies[2] and "plain visible answer" in replies[2]
+    assert "session: 2 replies" in replies[3]
+    term.child.sendline("/bye")
+    assert term.exit_status() == 0
+
+
 def test_the_plan_is_printed_before_loading_and_bad_flags_are_one_line_errors(tmp_path, tiny_model):
     import subprocess
 
