@@ -128,7 +128,9 @@ def test_budget_spent_without_answer_exits_non_zero(tiny_model, tmp_path):
     result = ask("--model", str(tiny_model), "--grammar-file", grammar, "--max-tokens", "5", "hello")
     assert result.returncode == 1
     assert result.stdout == b""
-    assert b"no answer" in result.stderr
+    assert b"no answer: thinking used all 5 tokens of --max-tokens" in result.stderr
+    as_json = ask("--model", str(tiny_model), "--grammar-file", grammar, "--max-tokens", "5", "--json", "hello")
+    assert json.loads(as_json.stdout)["stop_reason"] == "length"
 
 
 def test_think_budget_lets_the_model_answer(tiny_model, tmp_path):
@@ -186,3 +188,10 @@ def test_kv_type_accepts_what_the_planner_accepts_in_any_case():
     assert all(name in str(refused.value) for name in KV_TYPES)
     help_text = subprocess.run([*CMD, "--help"], capture_output=True, text=True, env=env(COLUMNS="200")).stdout
     assert "iq4_nl" in help_text and "bf16" in help_text
+
+
+def test_context_filled_while_thinking_says_so(tiny_model, tmp_path):
+    grammar = write_grammar(tmp_path, 'root ::= [a-z ]{2000} </think> "ok"')
+    result = ask("--model", str(tiny_model), "--grammar-file", grammar, "--ctx", "256", "hello")
+    assert result.returncode == 1 and result.stdout == b""
+    assert b"no answer: the context (256 tokens) filled up while thinking" in result.stderr

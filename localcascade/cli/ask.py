@@ -180,14 +180,19 @@ def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds
             f"({stats.generation_tokens_per_s:.1f} t/s), stop: {stats.stop_reason}",
             file=sys.stderr,
         )
-    return _exit_code(stats, "".join(answer))
+    return _exit_code(stats, "".join(answer), gen.max_tokens)
 
 
-def _exit_code(stats, answer: str) -> int:
-    if stats is not None and stats.stop_reason == "think_budget_no_answer":
+def _exit_code(stats, answer: str, max_tokens: int | None) -> int:
+    if stats is not None and stats.stop_reason == "length" and stats.ended_in_thinking and not answer.strip():
+        if max_tokens is not None and stats.completion_tokens >= max_tokens:
+            raise LocalCascadeError(
+                f"no answer: thinking used all {max_tokens} tokens of --max-tokens; "
+                "raise --max-tokens, set a --think-budget below it, or use --no-think"
+            )
         raise LocalCascadeError(
-            f"no answer: thinking used all {stats.thinking_tokens} tokens allowed; "
-            "raise --max-tokens, set --think-budget, or use --no-think"
+            f"no answer: the context ({stats.context_limit} tokens) filled up while thinking; "
+            "raise --ctx, set --think-budget, or use --no-think"
         )
     if not answer.strip():
         print("localcascade: warning: the model gave an empty answer", file=sys.stderr)

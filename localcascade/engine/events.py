@@ -35,9 +35,9 @@ class TurnStats:
     generation_seconds: float
     context_used: int           # tokens in the context after this turn
     context_limit: int
-    stop_reason: str            # "stop" (end of turn), "length" (max_tokens), "interrupted",
-                                # "think_budget_no_answer" (budget spent, no answer came)
+    stop_reason: str            # "stop" (end of turn), "length" (max_tokens or a full context), "interrupted"
     reset_reason: str | None = None  # why the cached context could not be reused, when it was not
+    ended_in_thinking: bool = False  # the reply stopped before </think>: no answer came
 
     @property
     def completion_tokens(self) -> int:

@@ -411,8 +411,6 @@ class Chat:
                 pass
             finally:
                 self._context_in_sync = engine.owner is self
-        if stop_reason == "length" and in_thinking and not answer.text:
-            stop_reason = "think_budget_no_answer"
         finished = time.perf_counter()
         yield TurnStats(
             prompt_tokens=len(prompt),
@@ -425,6 +423,7 @@ class Chat:
             context_limit=engine.n_ctx,
             stop_reason=stop_reason,
             reset_reason=reset_reason,
+            ended_in_thinking=in_thinking,
         )
 
 
