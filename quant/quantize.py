@@ -90,15 +90,42 @@ def quantize(
     nthread: int = 0,
     progress: Progress | None = None,
     verify_load: bool = True,
+    overwrite: bool = False,
 ) -> QuantResult:
     """Quantize ``src`` to ``target`` at ``dst`` and check the result.
 
     With ``keep_split`` a split source gives split output named
-    ``<dst without .gguf>-0000N-of-0000M.gguf``. Raises QuantizeError,
-    DiskSpaceError, or Interrupted (Ctrl-C); none of them leaves an output file.
+    ``<dst without .gguf>-0000N-of-0000M.gguf``. An existing output file is
+    refused unless ``overwrite``. Raises QuantizeError, DiskSpaceError, or
+    Interrupted (Ctrl-C); none of them leaves an output file.
     """
+    check_destination(src, dst, keep_split=keep_split, overwrite=overwrite)  # before llama.cpp starts
     with prepare(src, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
-        return job.run(dst, keep_split=keep_split, nthread=nthread, progress=progress, verify_load=verify_load)
+        return job.run(dst, keep_split=keep_split, nthread=nthread, progress=progress, verify_load=verify_load,
+                       overwrite=overwrite)
+
+
+def check_destination(src: str | os.PathLike, dst: str | os.PathLike, *, keep_split: bool = False,
+                      overwrite: bool = False) -> list[Path]:
+    """The output file(s) ``dst`` names for ``src``, or QuantizeError when they cannot be written.
+
+    Cheap (no header read, no llama.cpp), so callers can refuse before the dry run:
+    the folder must exist, no output may be a file of the source, and existing
+    outputs are refused unless ``overwrite``.
+    """
+    dst = Path(dst).expanduser().absolute()
+    sources = shard_paths(Path(src).expanduser().absolute())
+    finals = _split_names(dst, len(sources)) if keep_split and len(sources) > 1 else [dst]
+    if not dst.parent.is_dir():
+        raise QuantizeError(f"output directory {dst.parent} does not exist")
+    source_files = {os.path.realpath(p) for p in sources}
+    for final in finals:
+        if os.path.realpath(final) in source_files:
+            raise QuantizeError(f"the output path {final} is the source file; choose another --out")
+    existing = [f for f in finals if f.exists() or f.is_symlink()]
+    if existing and not overwrite:
+        raise QuantizeError(f"{existing[0]} already exists; choose another --out, or pass --force to replace it")
+    return finals
 
 
 def prepare(src: str | os.PathLike, target: str, *, imatrix: str | os.PathLike | None = None,
@@ -152,14 +179,14 @@ class Quantization:
                       source_bytes=self.facts.file_bytes)
 
     def run(self, dst, *, keep_split: bool = False, nthread: int = 0, progress: Progress | None = None,
-            verify_load: bool = True) -> QuantResult:
-        """Write the quantized file(s) at ``dst`` (through a temporary folder), check them, rename them."""
+            verify_load: bool = True, overwrite: bool = False) -> QuantResult:
+        """Write the quantized file(s) at ``dst`` (through a temporary folder), check them, rename them.
+
+        Existing output files are refused unless ``overwrite``.
+        """
         target, src, plan = self.target, self.src, self.plan
         dst = Path(dst).expanduser().absolute()
-        if dst.exists() and dst.resolve() == src.resolve():
-            raise QuantizeError("the output path is the source file; choose another --out")
-        if not dst.parent.is_dir():
-            raise QuantizeError(f"output directory {dst.parent} does not exist")
+        check_destination(src, dst, keep_split=keep_split, overwrite=overwrite)
         free = shutil.disk_usage(dst.parent).free
         if free < plan.predicted_bytes + _DISK_MARGIN:
             raise DiskSpaceError(

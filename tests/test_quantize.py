@@ -190,3 +190,38 @@ def test_output_check_loads_memory_mapped_through_real_struct_fields():
     assert vars(params) == {}  # nothing set outside the C struct
     assert params.load_mode == llama_cpp.LLAMA_LOAD_MODE_MMAP
     assert params.n_gpu_layers == 0 and params.use_extra_bufts is False
+
+
+def _cli_in_process(args, capsys):
+    from localcascade.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_cli_refuses_an_existing_output_unless_forced(tiny_f16_model, tmp_path, capsys):
+    out = tmp_path / "out.gguf"
+    out.write_bytes(b"someone else's file")
+
+    code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(out)], capsys)
+    assert code == 1 and "already exists" in err and "--force" in err and "predicted" not in err
+    assert out.read_bytes() == b"someone else's file"
+
+    code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(out), "--force"],
+                                   capsys)
+    assert code == 0, err
+    assert out.read_bytes()[:4] == b"GGUF"
+
+
+def test_cli_refuses_a_missing_out_folder_or_the_source_before_the_dry_run(tiny_f16_model, tmp_path, capsys):
+    code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0",
+                                    "--out", str(tmp_path / "nowhere" / "x.gguf")], capsys)
+    assert code == 1 and "output directory" in err and "does not exist" in err and "predicted" not in err
+
+    code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(tiny_f16_model),
+                                    "--force"], capsys)
+    assert code == 1 and "is the source file" in err and "predicted" not in err
+    assert not (tmp_path / "nowhere").exists()

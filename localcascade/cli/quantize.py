@@ -28,6 +28,7 @@ def quantize(
     keep_split: bool = typer.Option(False, "--keep-split", help="Split output like the split source."),
     name: Optional[str] = typer.Option(None, "--name", help="Name to register it under (default: the file's)."),
     threads: int = typer.Option(0, "--threads", help="Quantizer threads (0 = all cores)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
 ) -> None:
     """Quantize a GGUF with llama.cpp's quantizer, check the result, and add it to the store."""
     import quant
@@ -36,12 +37,14 @@ def quantize(
     target = quant.normalize_target(to)
     source = store.find_local_model(src).absolute()
     dst = (out or _default_out(source, target)).expanduser()
+    # Everything that can be refused is refused here, before llama.cpp's dry run and the work.
+    quant.check_destination(source, dst, keep_split=keep_split, overwrite=force)
 
     with quant.prepare(source, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
         typer.echo(f"{source.name} -> {target}: predicted {format_bytes(job.plan.predicted_bytes)} "
                    f"(from {format_bytes(job.plan.source_bytes)})", err=True)
         with _progress_bar(target) as progress:
-            result = job.run(dst, keep_split=keep_split, nthread=threads, progress=progress)
+            result = job.run(dst, keep_split=keep_split, nthread=threads, progress=progress, overwrite=force)
     for warning in result.warnings:
         typer.echo(f"note: {warning}", err=True)
     registered = store.register_local(
