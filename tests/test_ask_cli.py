@@ -195,3 +195,23 @@ def test_context_filled_while_thinking_says_so(tiny_model, tmp_path):
     result = ask("--model", str(tiny_model), "--grammar-file", grammar, "--ctx", "256", "hello")
     assert result.returncode == 1 and result.stdout == b""
     assert b"no answer: the context (256 tokens) filled up while thinking" in result.stderr
+
+
+def test_no_default_model_names_what_is_there_and_the_right_syntax(tiny_model, tmp_path):
+    home = str(tmp_path / "home")
+    register = (
+        "import sys; from pathlib import Path; from localcascade import store; "
+        "store.register_local('my-tiny', [Path(sys.argv[1])], quant='F32', source=None, check='sha256')"
+    )
+    subprocess.run([sys.executable, "-c", register, str(tiny_model)], env=env(LOCALCASCADE_HOME=home), check=True)
+    result = ask("hi", LOCALCASCADE_HOME=home)
+    assert result.returncode == 1 and result.stderr.count(b"\n") == 1
+    assert b"no model pulled yet" not in result.stderr
+    assert b"localcascade list" in result.stderr and b"my-tiny" in result.stderr and b"--model" in result.stderr
+    bench = subprocess.run([sys.executable, "-m", "localcascade", "bench"], capture_output=True,
+                           env=env(LOCALCASCADE_HOME=home))
+    assert bench.returncode == 1 and b"my-tiny" in bench.stderr
+    assert b"--model" not in bench.stderr and b"localcascade bench NAME" in bench.stderr
+    empty = subprocess.run([sys.executable, "-m", "localcascade", "bench"], capture_output=True,
+                           env=env(LOCALCASCADE_HOME=str(tmp_path / "empty")))
+    assert b"localcascade pull" in empty.stderr and b"--model" not in empty.stderr

@@ -108,7 +108,7 @@ def ask(
         gen.grammar = _read_text(grammar_file, "grammar")
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
     text = read_prompt(prompt or [], sys.stdin)
-    model_path = options.resolve_model(model)
+    model_path = options.resolve_model(model, how="--model NAME|FILE")
 
     from localcascade.engine.session import Chat
 

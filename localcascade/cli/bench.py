@@ -32,7 +32,7 @@ def bench(
     if ctx is None:
         ctx = str(max(prompt_tokens, gen_tokens, 1))   # like llama-bench: just enough context
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
-    model_path = options.resolve_model(model)
+    model_path = options.resolve_model(model, how="`localcascade bench NAME|FILE`")
     engine = options.load_engine(model_path, request, verbose=verbose,
                                  progress=options.stderr_progress(model_path.name, as_json))
     with engine:

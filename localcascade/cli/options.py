@@ -143,15 +143,27 @@ def generation_options(
     )
 
 
-def resolve_model(spec: Optional[str]) -> Path:
-    """The model file to use: the one named, else the best pulled variant, else a clear error."""
+def resolve_model(spec: Optional[str], how: str = "--model NAME|FILE") -> Path:
+    """The model file to use: the one named, else the best pulled variant, else a clear error.
+
+    ``how`` is how the command takes a model (``--model NAME|FILE``, ``bench NAME|FILE``),
+    for the error.
+    """
     from localcascade import store
 
     if spec:
         return store.find_local_model(spec)
     found = store.best_local_variant()   # (StoredModel, Plan) or None
     if found is None:
-        raise ModelNotFoundError("no model pulled yet: run `localcascade pull` or give --model FILE")
+        present = store.list_models()
+        if present:
+            # Only catalog variants are picked by default; the others must be named.
+            names = ", ".join(m.name for m in present[:3]) + (", ..." if len(present) > 3 else "")
+            raise ModelNotFoundError(
+                f"no Nemotron-Cascade-2 catalog variant is pulled, so none is picked by default: "
+                f"name one of the models `localcascade list` shows ({names}) with {how}"
+            )
+        raise ModelNotFoundError(f"no model pulled yet: run `localcascade pull` or give {how}")
     return Path(found[0].path)
 
 
