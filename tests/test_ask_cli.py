@@ -215,3 +215,18 @@ def test_no_default_model_names_what_is_there_and_the_right_syntax(tiny_model, t
     empty = subprocess.run([sys.executable, "-m", "localcascade", "bench"], capture_output=True,
                            env=env(LOCALCASCADE_HOME=str(tmp_path / "empty")))
     assert b"localcascade pull" in empty.stderr and b"--model" not in empty.stderr
+
+
+def test_context_beyond_the_trained_length_is_warned_about(tiny_model, tmp_path):
+    from localcascade.gguf_header import read_header
+
+    trained = read_header(tiny_model).arch_get("context_length")
+    grammar = write_grammar(tmp_path, 'root ::= "ok"')
+    args = ("--model", str(tiny_model), "--no-think", "--grammar-file", grammar, "hi")
+    beyond = ask("--ctx", str(trained * 2), *args)
+    assert beyond.returncode == 0, beyond.stderr
+    assert b"warning" in beyond.stderr and str(trained).encode() in beyond.stderr
+    within = ask("--ctx", str(trained), *args)
+    assert b"warning" not in within.stderr
+    quiet = ask("--ctx", str(trained * 2), "--quiet", *args)
+    assert quiet.returncode == 0 and quiet.stderr == b""

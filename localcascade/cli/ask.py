@@ -129,6 +129,12 @@ def ask(
                 f"KV {plan.type_k}/{plan.type_v}, loaded in {load_seconds:.1f}s",
                 file=sys.stderr,
             )
+            if request.n_ctx and engine.n_ctx_train and request.n_ctx > engine.n_ctx_train:
+                print(
+                    f"localcascade: warning: --ctx {request.n_ctx} is more than the {engine.n_ctx_train} tokens "
+                    f"{engine.model_name} was trained on; replies may degrade past that",
+                    file=sys.stderr,
+                )
         chat = Chat(engine, system=system)
         try:
             return _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds)

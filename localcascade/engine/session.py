@@ -67,6 +67,7 @@ class Engine:
         self.plan = plan
         self.model_path = loaded.path
         self.n_ctx = loaded.n_ctx
+        self.n_ctx_train = _n_ctx_train(loaded.model)   # {arch}.context_length; 0 if unknown
         self.vocab = Vocab(loaded.model, loaded.vocab)
         self.template = template
         self.model_name = _meta(loaded.model, "general.name") or loaded.path.stem
@@ -474,6 +475,12 @@ def _opens_thinking(prompt: list[int], think_open: int | None, think_close: int 
         if token == think_open:
             return True
     return False
+
+
+def _n_ctx_train(model: int) -> int:
+    import llama_cpp
+
+    return max(0, int(llama_cpp.llama_model_n_ctx_train(model)))
 
 
 def _meta(model: int, key: str) -> str | None:
