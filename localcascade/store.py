@@ -149,13 +149,47 @@ def verified_record(path: Path) -> dict | None:
     return None
 
 
-def register_local(name: str, files: list[Path], *, quant: str | None, source: str | None,
-                   check: str) -> StoredModel:
-    """Register a locally made model under ``name`` (re-registering the same name replaces it)."""
+def check_new_name(name: str, *, replace: bool = False) -> StoredModel | None:
+    """Refuse a name ``register_local`` must not take; returns the model registered under it now, if any.
+
+    Refused: a malformed name; a catalog variant's name (``run``/``ask``/``show Q4_K_M`` must mean the
+    catalog's Q4_K_M, not a file made here); a name already registered to a file that is present,
+    unless ``replace``.
+    """
     if not name or name.strip() != name or "/" in name or ":" in name:
         raise UsageError(f"cannot register a model as {name!r}: use a plain name without '/' or ':'")
+    if _is_catalog_name(name):
+        raise UsageError(f"cannot register a model as {name!r}: it is the name of a catalog variant; "
+                         "choose another name (--name)")
+    data = _load_index()
+    entry = data["models"].get(name)
+    current = _registered(name, entry, data["verified"]) if entry else None
+    if current is not None and not replace:
+        raise UsageError(f"a model named {name!r} is already registered ({current.path}); "
+                         "choose another name (--name), or replace it (--force)")
+    return current
+
+
+def _is_catalog_name(name: str) -> bool:
+    try:
+        from localcascade.catalog import find_variant
+
+        return find_variant(name) is not None
+    except (ImportError, ModelNotFoundError):
+        return False
+
+
+def register_local(name: str, files: list[Path], *, quant: str | None, source: str | None,
+                   check: str, replace: bool = False) -> StoredModel:
+    """Register a locally made model under ``name``; an existing name is refused unless ``replace``."""
     files = [Path(f).absolute() for f in files]
+    keys = {_key(f) for f in files}
     with _updating_index() as data:
+        check_new_name(name, replace=replace)  # again under the lock: two quantizes may race for a name
+        for other, entry in list(data["models"].items()):
+            # Files just rewritten in place: an older name for them would describe the old content.
+            if other != name and keys & {_key(Path(f)) for f in entry.get("files", [])}:
+                del data["models"][other]
         data["models"][name] = {
             "files": [str(f) for f in files], "quant": quant, "source": source, "created": _now(),
         }

@@ -202,6 +202,44 @@ def _cli_in_process(args, capsys):
     return exit_info.value.code, captured.out, captured.err
 
 
+@pytest.mark.parametrize("name", ["Q4_K_M", "q8_0"])
+def test_cli_refuses_a_catalog_variant_name_before_any_work(tiny_f16_model, tmp_path, capsys, name):
+    code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q4_0", "--name", name,
+                                    "--out", str(tmp_path / "x.gguf"), "--force"], capsys)
+
+    assert code == 2 and "catalog variant" in err and "predicted" not in err
+    assert not (tmp_path / "x.gguf").exists() and store.list_models() == []
+
+
+def test_cli_refuses_an_existing_name_or_output_unless_forced(tiny_f16_model, tmp_path, capsys):
+    first, second = tmp_path / "first.gguf", tmp_path / "second.gguf"
+    assert _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(first),
+                            "--name", "mine"], capsys)[0] == 0
+    before = first.read_bytes()
+
+    code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q4_0", "--out", str(first),
+                                    "--name", "other"], capsys)
+    assert code == 1 and "already exists" in err and "--force" in err and "predicted" not in err
+    assert first.read_bytes() == before
+
+    code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q4_0", "--out", str(second),
+                                    "--name", "mine"], capsys)
+    assert code == 2 and "already registered" in err and "--force" in err and "predicted" not in err
+    assert not second.exists() and store.find_local_model("mine") == first
+
+    code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q4_0", "--out", str(second),
+                                    "--name", "mine", "--force"], capsys)
+    assert code == 0, err
+    assert store.find_local_model("mine") == second
+    assert f"{first}" in err and "no longer registered" in err  # the user learns about the old file
+
+    code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(second),
+                                    "--name", "mine", "--force"], capsys)
+    assert code == 0, err
+    [entry] = [m for m in store.list_models() if m.name == "mine"]
+    assert entry.path == second and entry.quant == "Q8_0"
+
+
 def test_cli_refuses_an_existing_output_unless_forced(tiny_f16_model, tmp_path, capsys):
     out = tmp_path / "out.gguf"
     out.write_bytes(b"someone else's file")

@@ -28,7 +28,7 @@ def quantize(
     keep_split: bool = typer.Option(False, "--keep-split", help="Split output like the split source."),
     name: Optional[str] = typer.Option(None, "--name", help="Name to register it under (default: the file's)."),
     threads: int = typer.Option(0, "--threads", help="Quantizer threads (0 = all cores)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output file and registered name."),
 ) -> None:
     """Quantize a GGUF with llama.cpp's quantizer, check the result, and add it to the store."""
     import quant
@@ -38,7 +38,9 @@ def quantize(
     source = store.find_local_model(src).absolute()
     dst = (out or _default_out(source, target)).expanduser()
     # Everything that can be refused is refused here, before llama.cpp's dry run and the work.
-    quant.check_destination(source, dst, keep_split=keep_split, overwrite=force)
+    finals = quant.check_destination(source, dst, keep_split=keep_split, overwrite=force)
+    register_as = name or _name_for(finals[0])
+    replaced = store.check_new_name(register_as, replace=force)
 
     with quant.prepare(source, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
         typer.echo(f"{source.name} -> {target}: predicted {format_bytes(job.plan.predicted_bytes)} "
@@ -48,9 +50,12 @@ def quantize(
     for warning in result.warnings:
         typer.echo(f"note: {warning}", err=True)
     registered = store.register_local(
-        name or _name_for(result.path), list(result.outputs), quant=target, source=str(source),
+        register_as, list(result.outputs), quant=target, source=str(source), replace=force,
         check="loaded in llama.cpp, tensor types as planned" if result.loaded else "tensor types as planned",
     )
+    if replaced is not None and not set(replaced.files) & set(result.outputs):
+        typer.echo(f"note: {register_as} now names {result.path}; {replaced.path}, which it named before, "
+                   "is kept but no longer registered", err=True)
     types = ", ".join(f"{n} {t}" for t, n in sorted(result.histogram.items(), key=lambda kv: -kv[1]))
     typer.echo(f"wrote {result.path} ({format_bytes(result.output_bytes)}; {types})", err=True)
     typer.echo(f"{registered.name}\t{format_bytes(result.output_bytes)}\t{result.path}")
