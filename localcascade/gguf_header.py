@@ -9,7 +9,8 @@
   token: the first 1 MiB, then geometrically more only as far as the header goes.
 
 The parser is our own, over the bytes read so far: every count and length is
-checked against what the file can still hold before anything is allocated, so a
+checked against what the file can still hold before anything is allocated, and the
+metadata arrays together are capped at MAX_METADATA_ELEMENTS elements, so a
 damaged or hostile file gives one ``GGUFHeaderError`` line naming the file and the
 problem - never a crash, a hang or a multi-gigabyte allocation. (gguf.GGUFReader
 maps the whole file and trusts the counts; we use the gguf package only for its
@@ -57,6 +58,10 @@ DEFAULT_ALIGNMENT = 32
 GGML_MAX_DIMS = 4
 GGML_MAX_NAME = 64  # llama.cpp refuses tensor names this long or longer
 MAX_ARRAY_NESTING = 8
+# Array elements in all metadata together. The bounds check alone lets a 128 MiB header hold
+# ~128M one-byte elements, a ~1 GiB Python list; a real header (262K-token vocab: tokens,
+# scores, types, merges) holds about 1M.
+MAX_METADATA_ELEMENTS = 8 << 20
 INT64_MAX = (1 << 63) - 1
 FETCH_ATTEMPTS = 3  # per range request, for dropped connections and timeouts
 CACHE_FORMAT = 1
@@ -209,6 +214,7 @@ class _Parser:
         self.name = prefix.name
         self.pos = 0
         self.endian = "<"
+        self.elements = 0  # metadata array elements so far, against MAX_METADATA_ELEMENTS
 
     def fail(self, problem: str) -> GGUFHeaderError:
         return GGUFHeaderError(f"{self.name}: {problem}")
@@ -259,6 +265,10 @@ class _Parser:
                 raise self.fail(f"{what} has an array of unknown value type {item_type}")
             n = self.u64(what)
             self.check_count(n, _MIN_VALUE_BYTES[item_type], what)
+            self.elements += n
+            if self.elements > MAX_METADATA_ELEMENTS:
+                raise self.fail(f"{what} brings the metadata arrays to {self.elements:,} elements, more than the "
+                                f"{MAX_METADATA_ELEMENTS:,} this reader accepts")
             if item_type in _SCALARS:  # numbers: one struct call for the whole array
                 code, size = _SCALARS[item_type]
                 start = self.take(n * size, what)
@@ -601,6 +611,7 @@ def _load_cached(key: str) -> GGUFFile | None:
 def _store_cached(key: str, parsed: GGUFFile) -> None:
     path = _cache_path(key)
     payload = {"format": CACHE_FORMAT, "key": key, "file": dataclasses.asdict(parsed)}
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -609,6 +620,13 @@ def _store_cached(key: str, parsed: GGUFFile) -> None:
         os.replace(tmp, path)
     except OSError:
         pass  # a cache that cannot be written only costs a re-read next time
+    finally:
+        # Whatever stopped it before the rename (disk full, Ctrl-C): leave no temporary behind.
+        if tmp is not None and os.path.exists(tmp):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def _read_hub_file(hub: HubFile) -> GGUFFile:

@@ -459,3 +459,34 @@ def test_a_dropped_connection_during_a_header_read_is_retried(hf_server, tmp_pat
     assert comparable(header) == comparable(read_header(path))
     gets = [r for r in hf_server.file_requests("model.gguf") if r.method == "GET"]
     assert [r.bytes_sent for r in gets] == [100, path.stat().st_size]
+
+
+def test_a_huge_byte_array_is_refused_before_it_becomes_a_python_list(tmp_path):
+    # 9M one-byte elements pass the bytes-left check (they are all there) but would make a
+    # ~75 MB list; at the 128 MiB header limit, ~1 GiB.
+    from localcascade.gguf_header import MAX_METADATA_ELEMENTS
+
+    n = MAX_METADATA_ELEMENTS + 1
+    content = raw_gguf([ARCH, kv("blob", 9, struct.pack("<IQ", 0, n) + bytes(n))])
+
+    message = one_line_error(tmp_path, content)
+
+    assert f"{n:,} elements" in message and "'blob'" in message
+
+
+def test_an_interrupted_header_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import json
+
+    from localcascade import gguf_header
+
+    parsed = read_header(write_model(tmp_path / "m.gguf")).files[0]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        gguf_header._store_cached("some-hub-key", parsed)
+
+    folder = gguf_header._cache_path("some-hub-key").parent
+    assert not folder.exists() or list(folder.iterdir()) == []
