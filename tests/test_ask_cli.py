@@ -230,3 +230,20 @@ def test_context_beyond_the_trained_length_is_warned_about(tiny_model, tmp_path)
     assert b"warning" not in within.stderr
     quiet = ask("--ctx", str(trained * 2), "--quiet", *args)
     assert quiet.returncode == 0 and quiet.stderr == b""
+
+
+def test_a_bad_grammar_or_a_missing_template_is_refused_before_the_load(tiny_model, tmp_path, monkeypatch):
+    grammar = write_grammar(tmp_path, 'root ::= "unclosed')
+    bad = ask("--model", str(tiny_model), "--grammar-file", grammar, "hi")
+    assert bad.returncode == 2 and b"grammar does not parse" in bad.stderr
+    assert b"loaded in" not in bad.stderr and bad.stderr.count(b"\n") == 1
+
+    import synth
+
+    monkeypatch.setattr(synth, "chat_template", lambda: "")
+    bare = synth.write_nemotron_h_moe(tmp_path / "no-template.gguf", synth.TINY)
+    missing = ask("--model", str(bare), "hi")
+    assert missing.returncode == 1 and b"no chat template" in missing.stderr
+    assert b"loaded in" not in missing.stderr and missing.stderr.count(b"\n") == 1
+    assert subprocess.run([sys.executable, "-m", "localcascade", "bench", str(bare), "-p", "8", "-n", "2", "-r", "1"],
+                          capture_output=True, env=env()).returncode == 0   # bench needs no template

@@ -115,7 +115,7 @@ def ask(
     started = time.perf_counter()
     try:
         engine = options.load_engine(
-            model_path, request, chat_template=chat_template, verbose=verbose,
+            model_path, request, chat_template=chat_template, verbose=verbose, grammar=gen.grammar,
             progress=options.stderr_progress(model_path.name, quiet),
         )
     except KeyboardInterrupt:

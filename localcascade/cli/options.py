@@ -174,13 +174,19 @@ def load_engine(
     chat_template: Optional[Path] = None,
     verbose: bool = False,
     progress: Optional[Callable[[float], None]] = None,
+    for_chat: bool = True,
+    grammar: Optional[str] = None,
 ):
-    """Load the Engine for ``model_path`` with the planner's plan and the user's overrides."""
+    """Load the Engine for ``model_path`` with the planner's plan and the user's overrides.
+
+    ``for_chat`` (and ``grammar``) have the engine check the template (and the grammar) first.
+    """
     from localcascade.engine.session import Engine
     from localcascade.engine.template import read_template_file
 
     template_text = read_template_file(chat_template) if chat_template is not None else None
-    return Engine.load(model_path, request=request, chat_template=template_text, verbose=verbose, progress=progress)
+    return Engine.load(model_path, request=request, chat_template=template_text, verbose=verbose, progress=progress,
+                       for_chat=for_chat, grammar=grammar)
 
 
 def stderr_progress(label: str, quiet: bool) -> Optional[Callable[[float], None]]:

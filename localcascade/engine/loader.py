@@ -233,6 +233,28 @@ def _load_weights(model_path: Path, mparams, progress, keepalive: list, interrup
 
 
 @contextlib.contextmanager
+def vocab_only(model_path: Path):
+    """The vocabulary of ``model_path`` without its weights (to check inputs before a long load)."""
+    import llama_cpp
+
+    log = llama_log.install()
+    mark = log.mark()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    with _sigint_held() as interrupted:
+        model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), params)
+    if not model:
+        tail = "; ".join(line for line in log.since(mark)[-3:] if line.strip())
+        raise EngineError(f"llama.cpp could not read the vocabulary of {model_path}" + (f": {tail}" if tail else ""))
+    try:
+        if interrupted:
+            raise Interrupted("interrupted while reading the model's vocabulary")
+        yield llama_cpp.llama_model_get_vocab(model)
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+@contextlib.contextmanager
 def _sigint_held():
     """Turn Ctrl-C into a flag (the yielded list fills) while C hands us pointers.
 

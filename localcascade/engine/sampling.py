@@ -49,12 +49,11 @@ class Sampler:
         self._chain = chain
         grammar = getattr(options, "grammar", None)
         if grammar:
-            with _stderr_captured() as captured:
-                g = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
-            if not g:
+            try:
+                g = grammar_sampler(vocab, grammar)
+            except UsageError:
                 self.close()
-                detail = next((line for line in "".join(captured).splitlines() if line.strip()), "")
-                raise UsageError("the grammar does not parse" + (f": {detail}" if detail else " (GBNF expected)"))
+                raise
             llama_cpp.llama_sampler_chain_add(chain, g)
         temperature = values["temperature"] or 0.0
         if temperature <= 0:
@@ -85,6 +84,28 @@ class Sampler:
         if self._chain:
             self._lib.llama_sampler_free(self._chain)
             self._chain = None
+
+
+def grammar_sampler(vocab: int, grammar: str) -> int:
+    """A llama.cpp grammar sampler for GBNF ``grammar``; UsageError with the parser's message if it does not parse.
+
+    The parser needs the vocabulary (token pieces), so checking a grammar needs at least a
+    vocab-only load of the model (see loader.vocab_only).
+    """
+    import llama_cpp
+
+    with _stderr_captured() as captured:
+        g = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+    if not g:
+        detail = next((line for line in "".join(captured).splitlines() if line.strip()), "")
+        raise UsageError("the grammar does not parse" + (f": {detail}" if detail else " (GBNF expected)"))
+    return g
+
+
+def check_grammar(vocab: int, grammar: str) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_sampler_free(grammar_sampler(vocab, grammar))
 
 
 @contextlib.contextmanager

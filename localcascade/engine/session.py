@@ -43,6 +43,7 @@ from localcascade.plan import Plan, PlanRequest
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 # Stands in for the previous answer when rendering a turn, to find where the new turn's text starts.
+_NO_TEMPLATE = "{name} has no chat template; give one with --chat-template FILE"
 _SENTINEL = "\u2063LOCALCASCADE-PREVIOUS-ANSWER\u2063"
 
 
@@ -90,16 +91,30 @@ class Engine:
         progress: Callable[[float], None] | None = None,
         chat_template: str | None = None,
         verbose: bool = False,
+        for_chat: bool = True,
+        grammar: str | None = None,
     ) -> "Engine":
         """Load ``model_path`` with ``plan`` (default: the planner's plan, with ``request``'s overrides).
 
-        ``chat_template`` (Jinja text) replaces the model's own template.
+        ``chat_template`` (Jinja text) replaces the model's own template. With ``for_chat`` a
+        model without a template, and a ``grammar`` (GBNF) that does not parse, are refused
+        before the weights are read: a load can take minutes.
         """
         model_path = Path(model_path)
         if not model_path.is_file():
             from localcascade.errors import ModelNotFoundError
 
             raise ModelNotFoundError(f"model file not found: {model_path}")
+        if for_chat and chat_template is None:
+            from localcascade.gguf_header import read_header
+
+            if not read_header(model_path).metadata.get("tokenizer.chat_template"):
+                raise ChatTemplateError(_NO_TEMPLATE.format(name=model_path.name))
+        if grammar:
+            from localcascade.engine.sampling import check_grammar
+
+            with loader.vocab_only(model_path) as vocab:
+                check_grammar(vocab, grammar)
         if plan is None:
             from localcascade.engine.planning import plan_for_file
 
@@ -240,9 +255,7 @@ class Chat:
 
     def __init__(self, engine: Engine, *, system: str | None = None, reuse_prefix: bool = True) -> None:
         if engine.template is None:
-            raise ChatTemplateError(
-                f"{engine.model_path.name} has no chat template; give one with --chat-template FILE"
-            )
+            raise ChatTemplateError(_NO_TEMPLATE.format(name=engine.model_path.name))
         self.engine = engine
         self.reuse_prefix = reuse_prefix
         self.messages: list[dict] = []
