@@ -819,14 +819,14 @@ def stream_reply(console, state: ReplState, text: str) -> None:
     if stats is not None:
         state.record(stats)
         console.print(stats_footer(stats), style="dim", markup=False)
-        if stats.stop_reason == "length":
-            console.print("(reply cut at max_tokens: /set max_tokens N for longer replies)", style="dim")
-        elif stats.stop_reason == "think_budget_no_answer":
+        if stats.stop_reason == "length" and stats.ended_in_thinking:
             console.print(
                 "(max_tokens ran out while thinking, before any answer: /set max_tokens N, "
                 "or /budget N to cap the thinking)",
                 style="dim",
             )
+        elif stats.stop_reason == "length":
+            console.print("(reply cut at max_tokens: /set max_tokens N for longer replies)", style="dim")
     warning = context_warning(state.chat.context_used, state.chat.context_limit)
     if warning:
         console.print(warning, style="yellow", markup=False)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from localcascade.cli import app
+from localcascade.memory import KV_TYPES
 
 FIT_HELP = "Show which variants fit at which context, and recommend one, before anything is downloaded."
 
@@ -21,7 +22,7 @@ def fit(
     vram: Optional[str] = typer.Option(None, "--vram", help="GPU memory, e.g. 24GiB."),
     ram: Optional[str] = typer.Option(None, "--ram", help="System RAM, e.g. 64GiB."),
     ctx: Optional[str] = typer.Option(None, "--ctx", help="Also show (and recommend for) this context, e.g. 64K."),
-    kv_type: str = typer.Option("f16", "--kv-type", help="KV cache type: f16, q8_0 or q4_0."),
+    kv_type: str = typer.Option("f16", "--kv-type", help=f"KV cache type for K and V: {', '.join(KV_TYPES)}."),
     gpu_overhead: Optional[str] = typer.Option(
         None, "--gpu-overhead", help="CUDA context and runtime per GPU, not reported by llama.cpp [default: 0.45GiB]."),
     gpu_margin: Optional[str] = typer.Option(

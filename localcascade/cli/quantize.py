@@ -92,13 +92,14 @@ class _progress_bar:
         self.target = target
 
     def __enter__(self):
-        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        from localcascade.cli.console import make_console
         from localcascade.settings import no_color
 
-        console = Console(stderr=True, no_color=no_color())
-        self.live = console.is_terminal
+        console = make_console(stderr=True)
+        # A live bar redraws with cursor codes: NO_COLOR gets the plain line-per-step form instead.
+        self.live = console.is_terminal and not no_color()
         self.bar = Progress(TextColumn(f"quantizing to {self.target}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
                             disable=not self.live)

@@ -209,8 +209,6 @@ class Engine:
         If the state holds more than that (it cannot be named), the context is cleared and
         the next prepare() evaluates its prompt from scratch and says why.
         """
-        import llama_cpp
-
         held = self._held()
         if 0 <= held <= len(candidate):
             self.tokens = list(candidate[:held])
