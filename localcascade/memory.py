@@ -349,6 +349,12 @@ class _LayerTable:
 _TABLES: dict[int, tuple[ModelFacts, _LayerTable]] = {}
 
 
+def largest_layer_bytes(facts: ModelFacts) -> int:
+    """The weights of the largest single layer: layers are not split across devices."""
+    t = _table(facts)
+    return max(d + e for d, e in zip(t.dense, t.experts + [0]))
+
+
 def _table(facts: ModelFacts) -> _LayerTable:
     cached = _TABLES.get(id(facts))
     if cached is None or cached[0] is not facts:
@@ -437,7 +443,9 @@ def estimate(facts: ModelFacts, p: Placement, overheads: Overheads = Overheads()
     else:
         # The GPU runs the graph (op offload sends large batches of CPU-resident matmuls there
         # too, copying the weights into its compute buffer); the host keeps the inputs.
-        gpu["compute"] = compute + largest_cpu_expert
+        # With several GPUs every device reserves a compute buffer for its part of the graph;
+        # sizing each like the whole graph's is conservative.
+        gpu["compute"] = (compute + largest_cpu_expert) * max(1, p.n_gpus)
         host_inputs = f.n_embd * n_ubatch * 4
         ram["compute"] = host_inputs if ngl > n else max(compute, host_inputs)
         gpu["overhead"] = overheads.cuda_context_bytes * max(1, p.n_gpus)

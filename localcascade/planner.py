@@ -25,6 +25,7 @@ from localcascade.memory import (
     check_kv_types,
     estimate,
     facts_from_header,
+    largest_layer_bytes,
 )
 from localcascade.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, Plan, PlanRequest
 from localcascade.units import format_bytes, format_tokens, parse_size
@@ -67,11 +68,17 @@ def _budgets(hw: Hardware, limits: Limits) -> tuple[int, int]:
     return gpu, ram
 
 
-def _fits(est: Estimate, hw: Hardware, limits: Limits) -> bool:
+def _fits(est: Estimate, hw: Hardware, limits: Limits, facts: ModelFacts) -> bool:
     gpu_budget, ram_budget = _budgets(hw, limits)
     unified = any(g.unified_memory for g in hw.gpus)
     ram_used = est.ram.total + (est.gpu.total if unified else 0)
-    return est.gpu.total <= gpu_budget and ram_used <= ram_budget
+    gpu_used = est.gpu.total
+    n_gpus = len(usable_gpus(hw))
+    if n_gpus > 1 and est.gpu.weights:
+        # llama.cpp splits whole layers across GPUs in proportion to their free memory, so each
+        # device can end up to one layer above its share: keep that much slack on all but one.
+        gpu_used += largest_layer_bytes(facts) * (n_gpus - 1)
+    return gpu_used <= gpu_budget and ram_used <= ram_budget
 
 
 def _verdict(p: Placement, facts: ModelFacts) -> str:
@@ -167,7 +174,7 @@ def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(),
             ngl = facts.n_layer + 1
         p = replace(base, n_gpu_layers=ngl, n_cpu_moe=request.n_cpu_moe or 0)
         est = estimate(facts, p, limits.overheads)
-        if not _fits(est, hw, limits):
+        if not _fits(est, hw, limits, facts):
             gpu_budget, ram_budget = _budgets(hw, limits)
             raise DoesNotFitError(
                 f"{name} at {format_tokens(est.n_ctx)} with n_gpu_layers={p.n_gpu_layers}, "
@@ -182,7 +189,7 @@ def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(),
     for p in _candidates(facts, base, bool(usable_gpus(hw))):
         est = estimate(facts, p, limits.overheads)
         last = (p, est)
-        if _fits(est, hw, limits):
+        if _fits(est, hw, limits, facts):
             verdict = _verdict(p, facts)
             return _plan(name, facts, p, est, verdict, hw, limits, source,
                          (_describe(name, verdict, p, est, facts, hw, limits),) + est.notes)

@@ -95,3 +95,18 @@ def test_experts_in_ram_counts_moe_blocks_not_layers():
     # --n-cpu-moe counts layers; about half of the leading layers are MoE blocks in this pattern.
     assert 0 < plan.moe_blocks_in_ram < plan.n_cpu_moe
     assert plan.moe_blocks_in_ram == sum(1 for i in Q4.moe_layers if i < plan.n_cpu_moe)
+
+
+def test_two_12gb_cards_hold_less_than_one_24gb_card():
+    one = machine(24)
+    two = replace(one, gpus=(GPU("A", 12 * GiB, 12 * GiB, index=0, memory_bandwidth_bytes_per_s=1008e9),
+                             GPU("B", 12 * GiB, 12 * GiB, index=1, memory_bandwidth_bytes_per_s=1008e9)))
+    single = place(IQ4, one, n_ctx=262144)
+    split = place(IQ4, two, n_ctx=262144)
+    assert single.verdict == FULL_GPU
+    # Each card runs its own CUDA context and compute buffer, and whole layers cannot be split evenly.
+    assert split.gpu.overhead == 2 * single.gpu.overhead
+    assert split.gpu.compute == 2 * single.gpu.compute
+    assert split.verdict == FULL_GPU
+    tight = place(Q4, two, n_ctx=4096)
+    assert tight.verdict != FULL_GPU and place(Q4, one, n_ctx=4096).verdict == FULL_GPU
