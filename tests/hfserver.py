@@ -146,6 +146,9 @@ class RequestRecord:
     status: int = 0
     bytes_sent: int = 0
     authorized: bool = False
+    # Set when the handler is done with the request. The client can hold every byte before
+    # the server thread records it, so readers wait on this rather than race the handler.
+    finished: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
 class _HubError(Exception):
@@ -161,7 +164,7 @@ class HFServer:
         self.token = token
         self.repos: dict[str, _Repo] = {}
         self.requests: list[RequestRecord] = []
-        self.bytes_served: collections.Counter[str] = collections.Counter()
+        self._bytes_served: collections.Counter[str] = collections.Counter()
         self._fail_after: dict[str, int] = {}
         self._corrupt: set[str] = set()
         self._lock = threading.Lock()
@@ -247,17 +250,33 @@ class HFServer:
         with self._lock:
             (self._corrupt.add if enabled else self._corrupt.discard)(path_in_repo)
 
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until every request received so far has been fully handled and recorded."""
+        with self._lock:
+            pending = list(self.requests)
+        for record in pending:
+            if not record.finished.wait(timeout):
+                raise TimeoutError(f"the test hub is still handling {record.method} {record.path}")
+
+    @property
+    def bytes_served(self) -> collections.Counter[str]:
+        """Body bytes written per file, counted once every request so far is handled."""
+        self.wait_idle()
+        return self._bytes_served
+
     @property
     def total_bytes_served(self) -> int:
         return sum(self.bytes_served.values())
 
     def reset_counters(self) -> None:
+        self.wait_idle()  # a request still being recorded would leak into the fresh counts
         with self._lock:
             self.requests.clear()
-            self.bytes_served.clear()
+            self._bytes_served.clear()
 
     def file_requests(self, path_in_repo: str) -> list[RequestRecord]:
         """The resolve (download) requests for ``path_in_repo``."""
+        self.wait_idle()
         return [r for r in self.requests if "/resolve/" in r.path and r.path.endswith("/" + path_in_repo)]
 
     # -- lookups used by the handler --------------------------------------------------
@@ -362,6 +381,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(record, err)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        finally:
+            record.finished.set()
 
     do_GET = do_HEAD = do_POST = _route
 
@@ -507,7 +528,7 @@ class _Handler(BaseHTTPRequestHandler):
                 sent += len(chunk)
                 record.bytes_sent = sent
                 with self.hub._lock:
-                    self.hub.bytes_served[path] += len(chunk)
+                    self.hub._bytes_served[path] += len(chunk)
         if cut_at is not None and cut_at < length:
             # A lost connection: stop mid-body so the client sees a short read.
             self.wfile.flush()
