@@ -134,11 +134,23 @@ def test_budget_spent_without_answer_exits_non_zero(tiny_model, tmp_path):
 
 
 def test_think_budget_lets_the_model_answer(tiny_model, tmp_path):
-    grammar = write_grammar(tmp_path, 'root ::= [a-z ]+ "\\n"? </think> "\\n"* "ok"')
-    result = ask("--model", str(tiny_model), "--grammar-file", grammar, "--think-budget", "4", "--json", "hello")
+    # Greedy, so the model's own choice of when to stop thinking cannot come before the budget's.
+    grammar = write_grammar(tmp_path, 'root ::= [a-z ]+ "\\n"? </think> "\\n"{0,2} "ok"')
+    for budget in (2, 4, 6):
+        result = ask("--model", str(tiny_model), "--grammar-file", grammar, "--think-budget", str(budget),
+                     "--temp", "0", "--json", "hello")
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        assert data["answer"] == "ok" and data["usage"]["thinking_tokens"] == budget
+
+
+def test_think_budget_waits_for_a_grammar_that_does_not_allow_the_close_yet(tiny_model, tmp_path):
+    """Forcing </think> where the grammar forbids it would abort llama.cpp; the thought ends where it may."""
+    grammar = write_grammar(tmp_path, 'root ::= [a-z ]{40} </think> "ok"')
+    result = ask("--model", str(tiny_model), "--grammar-file", grammar, "--think-budget", "2", "--json", "hello")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["answer"] == "ok" and data["usage"]["thinking_tokens"] == 4
+    assert data["answer"] == "ok" and len(data["reasoning"]) == 40 and data["usage"]["thinking_tokens"] > 2
 
 
 def test_interrupt_exits_130(tiny_model, tmp_path):

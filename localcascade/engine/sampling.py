@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import sys
@@ -47,6 +48,7 @@ class Sampler:
         values = resolve(options)
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self._chain = chain
+        self._grammar = None  # owned by the chain; kept to ask it what it allows
         grammar = getattr(options, "grammar", None)
         if grammar:
             try:
@@ -55,6 +57,7 @@ class Sampler:
                 self.close()
                 raise
             llama_cpp.llama_sampler_chain_add(chain, g)
+            self._grammar = g
         temperature = values["temperature"] or 0.0
         if temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
@@ -77,13 +80,36 @@ class Sampler:
         return token
 
     def accept(self, token: int) -> None:
-        """Tell the chain (grammar, penalties) about a token we fed ourselves."""
+        """Tell the chain (grammar, penalties) about a token we fed ourselves.
+
+        Only for tokens ``allows`` approved: llama.cpp aborts the process when a grammar is
+        handed a token it cannot take.
+        """
         self._lib.llama_sampler_accept(self._chain, token)
+
+    def allows(self, tokens: list[int]) -> bool:
+        """Whether the grammar, if any, can take ``tokens`` next; asked of a copy, so nothing changes."""
+        if not self._grammar:
+            return True
+        lib = self._lib
+        probe = lib.llama_sampler_clone(self._grammar)
+        try:
+            for token in tokens:
+                candidate = (lib.llama_token_data * 1)(lib.llama_token_data(token, 0.0, 0.0))
+                candidates = lib.llama_token_data_array(candidate, 1, -1, False)
+                lib.llama_sampler_apply(probe, ctypes.byref(candidates))
+                if candidate[0].logit == float("-inf"):  # the grammar masked it out
+                    return False
+                lib.llama_sampler_accept(probe, token)
+            return True
+        finally:
+            lib.llama_sampler_free(probe)
 
     def close(self) -> None:
         if self._chain:
             self._lib.llama_sampler_free(self._chain)
             self._chain = None
+            self._grammar = None
 
 
 def grammar_sampler(vocab: int, grammar: str) -> int:

@@ -379,15 +379,18 @@ class Chat:
                     stop_reason = "length"
                     break
                 if in_thinking and options.think_budget is not None and thinking.tokens >= options.think_budget:
-                    # Budget spent: close the thought ourselves and let the model answer.
-                    if len(engine.tokens) + len(close_ids) >= engine.n_ctx:
-                        stop_reason = "length"
-                        break
-                    for token in close_ids:
-                        sampler.accept(token)
-                    engine.decode(close_ids)
-                    in_thinking = False
-                    continue
+                    # Budget spent: close the thought ourselves and let the model answer. A grammar
+                    # may not allow the close yet; then the thought goes on until it does.
+                    close = next((ids for ids in (close_ids, [engine.think_close]) if sampler.allows(ids)), None)
+                    if close is not None:
+                        if len(engine.tokens) + len(close) >= engine.n_ctx:
+                            stop_reason = "length"
+                            break
+                        for token in close:
+                            sampler.accept(token)
+                        engine.decode(close)
+                        in_thinking = False
+                        continue
                 token = sampler.sample(engine._ctx)
                 if vocab.is_eog(token):
                     stop_reason = "stop"
