@@ -146,7 +146,7 @@ def test_think_budget_lets_the_model_answer(tiny_model, tmp_path):
 
 def test_think_budget_waits_for_a_grammar_that_does_not_allow_the_close_yet(tiny_model, tmp_path):
     """Forcing </think> where the grammar forbids it would abort llama.cpp; the thought ends where it may."""
-    grammar = write_grammar(tmp_path, 'root ::= [a-z ]{40} </think> "ok"')
+    grammar = write_grammar(tmp_path, 'root ::= [a-z]{40} </think> "ok"')
     result = ask("--model", str(tiny_model), "--grammar-file", grammar, "--think-budget", "2", "--json", "hello")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
