@@ -2,7 +2,8 @@
 
 Each entry carries what the planner needs without a download or a network: the file(s), their
 size and checksum where known, a quality rank, and the header facts (hyperparameters and every
-tensor's shape, type and bytes) derived by scripts/derive_catalog.py.
+tensor's shape, type and bytes) derived by scripts/derive_catalog.py. Where the published file is
+larger than the derived one, the tensor sizes are grown to match it (see _grown_to_published).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class Variant:
 
 def _variant_from(data: dict) -> Variant:
     tensors = [TensorFact(name, tuple(shape), type_name, n_bytes) for name, type_name, shape, n_bytes in data["tensors"]]
+    derived = data.get("derived_from", {}).get("derived_file_bytes")
+    if derived and int(data["size_bytes"]) > derived:
+        tensors = _grown_to_published(tensors, int(data["size_bytes"]) - derived)
     return Variant(
         quant=data["quant"],
         repo=data["repo"],
@@ -44,6 +48,25 @@ def _variant_from(data: dict) -> Variant:
         facts=ModelFacts.from_dict(data["hparams"], tensors),
         derived_from=data.get("derived_from", {}),
     )
+
+
+def _grown_to_published(tensors: list[TensorFact], missing: int) -> list[TensorFact]:
+    """Spread ``missing`` bytes over the quantized tensors in proportion to their size.
+
+    The published file is larger than llama.cpp's default recipe makes it (an imatrix recipe
+    picks some types differently) and we cannot see which tensors differ without the file.
+    Planning with the smaller derived sizes would call a fit that the real download misses,
+    so every quantized tensor grows by the same fraction and the totals match the real file.
+    A published size smaller than the derived one is ignored: then the derived sizes are the
+    safer figure.
+    """
+    quantized = sum(t.n_bytes for t in tensors if t.type_name.upper() not in _UNQUANTIZED)
+    factor = 1 + missing / quantized
+    return [t if t.type_name.upper() in _UNQUANTIZED else TensorFact(t.name, t.shape, t.type_name, round(t.n_bytes * factor))
+            for t in tensors]
+
+
+_UNQUANTIZED = {"F32", "F16", "BF16"}  # norms, biases, routers: the quantizer keeps their type
 
 
 @functools.lru_cache(maxsize=1)

@@ -29,12 +29,14 @@ from localcascade.memory import facts_from_header  # noqa: E402
 REPO = "bartowski/nvidia_Nemotron-Cascade-2-30B-A3B-GGUF"
 STEM = "nvidia_Nemotron-Cascade-2-30B-A3B"
 
-# quant -> (llama_ftype, quality rank (1 = best), published file size in bytes or None, note)
+# quant -> (llama_ftype, quality rank (1 = best), published file size in bytes or None, note).
+# A rounded published size is used as given: when it is above the derived size the catalog
+# loader grows the tensors to it, and planning a little large is the safe side.
 VARIANTS = {
     "BF16": (32, 1, None, "size derived: the skeleton's own BF16 tensors"),
-    "Q8_0": (7, 2, None, "size derived (REFERENCE: ~33.59 GB published)"),
+    "Q8_0": (7, 2, 33_590_000_000, "published size, rounded (REFERENCE: ~33.59 GB)"),
     "Q6_K": (18, 3, None, "size derived"),
-    "Q5_K_M": (17, 4, None, "size derived (REFERENCE: ~26.2 GB published)"),
+    "Q5_K_M": (17, 4, 26_200_000_000, "published size, rounded (REFERENCE: ~26.2 GB)"),
     "Q4_K_M": (15, 5, 24_725_740_992, "published size"),
     "IQ4_XS": (30, 6, 18_166_698_432, "published size"),
 }
