@@ -25,6 +25,7 @@ from typing import Callable
 from localcascade.errors import DiskSpaceError, Interrupted, QuantizeError
 from quant.gguf_facts import GGUFFacts, read_facts, shard_paths
 from quant.targets import MAIN_TYPE, UNQUANTIZED_TYPES, accepted_main_types, normalize_target
+from quant.workdir import sweep_abandoned, work_dir_for
 
 # progress(done_tensors, total_tensors, tensor_name)
 Progress = Callable[[int, int, str], None]
@@ -187,6 +188,8 @@ class Quantization:
         target, src, plan = self.target, self.src, self.plan
         dst = Path(dst).expanduser().absolute()
         check_destination(src, dst, keep_split=keep_split, overwrite=overwrite)
+        swept = sweep_abandoned(dst.parent)
+        notes = (f"removed {_gib(swept)} left in {dst.parent} by a quantization that was killed",) if swept else ()
         free = shutil.disk_usage(dst.parent).free
         if free < plan.predicted_bytes + _DISK_MARGIN:
             raise DiskSpaceError(
@@ -195,41 +198,40 @@ class Quantization:
             )
         n_split = len(self.facts.shards)
         split_out = keep_split and n_split > 1
-        work_dir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
-        try:
-            tmp_out = work_dir / ("out" if split_out else dst.name)
-            finals = _split_names(dst, n_split) if split_out else [dst]
-            temps = _split_names(tmp_out, n_split) if split_out else [tmp_out]
-            total = len(self.facts.tensor_types)
+        with work_dir_for(dst) as work_dir:
+            try:
+                tmp_out = work_dir / ("out" if split_out else dst.name)
+                finals = _split_names(dst, n_split) if split_out else [dst]
+                temps = _split_names(tmp_out, n_split) if split_out else [tmp_out]
+                total = len(self.facts.tensor_types)
 
-            def on_line(line: str) -> None:
-                match = _TENSOR_LINE.match(line)
-                if match and progress is not None:
-                    progress(int(match.group(1)) - 1, total, match.group(3))
+                def on_line(line: str) -> None:
+                    match = _TENSOR_LINE.match(line)
+                    if match and progress is not None:
+                        progress(int(match.group(1)) - 1, total, match.group(3))
 
-            self._worker.send({"dst": str(tmp_out), "keep_split": split_out, "nthread": nthread,
-                               "load": str(temps[0]) if verify_load else None})
-            lines, done = self._worker.read_until("done", on_line)
-            if done is None or done["done"] != 0:
-                raise QuantizeError(_failure_message(lines, f"llama.cpp failed to quantize {src.name}"))
-            if progress is not None:
-                progress(total, total, "")
-            load = {"loaded": False}
-            if verify_load:
-                _, load = self._worker.read_until("loaded")
-                load = load or {"loaded": False, "error": "the checker exited without an answer"}
-                if not load.get("loaded"):
-                    raise QuantizeError(f"the {target} output does not load in llama.cpp: {load.get('error')}")
-            self._worker.stop()
-            result = _check_output(src, temps, plan, target, load)
-            for tmp, final in zip(temps, finals):
-                os.replace(tmp, final)
-            return dataclasses.replace(result, outputs=tuple(finals))
-        except KeyboardInterrupt:
-            raise Interrupted("interrupted: quantization stopped, no output file was written") from None
-        finally:
-            self._worker.stop()  # before removing the folder: a killed child writes nothing more
-            shutil.rmtree(work_dir, ignore_errors=True)
+                self._worker.send({"dst": str(tmp_out), "keep_split": split_out, "nthread": nthread,
+                                   "load": str(temps[0]) if verify_load else None})
+                lines, done = self._worker.read_until("done", on_line)
+                if done is None or done["done"] != 0:
+                    raise QuantizeError(_failure_message(lines, f"llama.cpp failed to quantize {src.name}"))
+                if progress is not None:
+                    progress(total, total, "")
+                load = {"loaded": False}
+                if verify_load:
+                    _, load = self._worker.read_until("loaded")
+                    load = load or {"loaded": False, "error": "the checker exited without an answer"}
+                    if not load.get("loaded"):
+                        raise QuantizeError(f"the {target} output does not load in llama.cpp: {load.get('error')}")
+                self._worker.stop()
+                result = _check_output(src, temps, plan, target, load)
+                for tmp, final in zip(temps, finals):
+                    os.replace(tmp, final)
+                return dataclasses.replace(result, outputs=tuple(finals), warnings=notes + result.warnings)
+            except KeyboardInterrupt:
+                raise Interrupted("interrupted: quantization stopped, no output file was written") from None
+            finally:
+                self._worker.stop()  # before the folder goes: a killed child writes nothing more
 
 
 # -- checks ------------------------------------------------------------------------------

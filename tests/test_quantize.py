@@ -168,6 +168,46 @@ def test_ctrl_c_during_quantize_leaves_no_output(tiny_f16_model, tmp_path):
     assert not _workers_writing_to(tmp_path)
 
 
+def test_a_killed_quantize_leaves_work_that_the_next_one_removes(tiny_f16_model, tmp_path):
+    """SIGKILL skips every clean-up; the next quantization into the folder frees the space, and
+    leaves alone the work folder of a quantization that is still running."""
+    tmp_path = tmp_path / "work"
+    tmp_path.mkdir()
+    cmd = [sys.executable, "-m", "localcascade", "quantize", str(tiny_f16_model), "--to", "IQ4_XS"]
+    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed.gguf")], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=os.environ.copy())
+    try:
+        for line in proc.stderr:
+            if "quantizing to IQ4_XS:" in line and not line.split(":")[1].strip().startswith("0/"):
+                break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    [killed] = [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+    running = tmp_path / ".running.gguf.abc123.partial"
+    running.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True); time.sleep(120)"), str(running / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        old = time.time() - 3600  # both look long abandoned by their age alone
+        for folder in (killed, running):
+            os.utime(folder, (old, old))
+
+        result = _cli("quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(tmp_path / "next.gguf"))
+
+        assert result.returncode == 0, result.stderr
+        assert "left in" in result.stderr and "by a quantization that was killed" in result.stderr
+        assert not killed.exists() and running.is_dir()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "next.gguf"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def _workers_writing_to(folder: Path) -> list[int]:
     import psutil
 
