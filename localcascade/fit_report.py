@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from localcascade.errors import DownloadError, LocalCascadeError
+from localcascade.errors import DownloadError, ModelNotFoundError
 from localcascade.hardware.facts import Hardware
 from localcascade.plan import Plan, PlanRequest
 from localcascade.units import format_tokens
@@ -24,48 +24,97 @@ class _Model:
             quant, facts, file_bytes, source, quality_rank)
 
 
+_CATALOG_NOTE = "from the built-in catalog (header facts derived offline)"
+
+
 def _catalog_models(only: str | None = None) -> list[_Model]:
+    """Catalog variants; one already downloaded is planned from its own header, which is exact."""
+    from localcascade import store
     from localcascade.catalog import find_variant, load_catalog
 
     variants = [find_variant(only)] if only else list(load_catalog())
-    return [_Model(v.quant, v.facts, v.size_bytes, "catalog", v.quality_rank) for v in variants]
+    pulled = {m.variant: m for m in store.list_models() if m.variant}
+    return [_header_model(str(pulled[v.quant].path), v.quant, v.quant, v.quality_rank) if v.quant in pulled
+            else _Model(v.quant, v.facts, v.size_bytes, "catalog", v.quality_rank) for v in variants]
 
 
-def _header_model(source: str, label: str, quant: str | None) -> _Model:
+def _header_model(source: str, label: str, quant: str | None, quality_rank: int | None = None) -> _Model:
     from localcascade.gguf_header import read_header
     from localcascade.memory import facts_from_header
 
     header = read_header(source)
-    return _Model(quant or label, facts_from_header(header), header.file_bytes or header.tensor_bytes, "header")
+    size = header.file_bytes or header.tensor_bytes
+    # Without a catalog rank, the bigger file of one model is the one with more bits per weight.
+    return _Model(quant or label, facts_from_header(header), size, "header",
+                  -size if quality_rank is None else quality_rank)
+
+
+def _notes_for(models: list[_Model]) -> list[str]:
+    """Where the facts came from, when it is not simply the file's own header."""
+    from_catalog = [m.quant for m in models if m.source == "catalog"]
+    if not from_catalog:
+        return []
+    if len(from_catalog) == len(models):
+        return [_CATALOG_NOTE]
+    return [f"{', '.join(from_catalog)} {_CATALOG_NOTE}; the rest from the downloaded files' headers"]
 
 
 def resolve_models(spec: str | None) -> tuple[list[_Model], list[str]]:
     """The models `spec` names, and notes (e.g. "offline: answered from the catalog")."""
     if not spec:
-        return _catalog_models(), ["from the built-in catalog (header facts derived offline)"]
-    from localcascade.hub import parse_model_spec
+        models = _catalog_models()
+        return models, _notes_for(models)
+    from localcascade import store
+    from localcascade.hub import is_repo_name, parse_model_spec
 
+    if is_repo_name(spec):
+        return _repo_models(spec), ["from the live headers on the hub"]
+    try:
+        stored = store.find_stored(spec)  # a registered name, a download, or a known file
+    except ModelNotFoundError:
+        stored = None
+    if stored is not None:
+        return [_header_model(str(stored.path), stored.name, stored.quant or stored.variant)], []
     ref = parse_model_spec(spec)
     if ref.kind == "local":
         return [_header_model(str(ref.path), ref.path.name, ref.quant)], []
     if ref.kind == "variant":
-        return _catalog_models(ref.spec), ["from the built-in catalog (header facts derived offline)"]
+        models = _catalog_models(ref.spec)
+        return models, _notes_for(models)
     try:
         if ref.kind == "hf_file":
             return [_header_model(ref.spec, ref.files[0], ref.quant)], ["from the live header on the hub"]
         from localcascade.hub import resolve_remote
 
         remote = resolve_remote(ref)
-        first = f"hf://{remote.repo}/{remote.files[0].path}" if hasattr(remote, "files") else None
+        first = f"hf://{remote.repo}/{remote.files[0].path}"
         return [_header_model(first, ref.label, ref.quant)], ["from the live header on the hub"]
     except (DownloadError, OSError) as err:
-        if ref.quant:
-            try:
-                models = _catalog_models(ref.quant)
-            except LocalCascadeError:
-                raise err from None
-            return models, [f"hub not reachable ({err}); answered from the built-in catalog"]
-        raise
+        fallback = _catalog_stand_in(ref)
+        if fallback is None:
+            raise
+        return fallback, [f"hub not reachable ({err}); answered from the built-in catalog"]
+
+
+def _catalog_stand_in(ref) -> list[_Model] | None:
+    """The catalog's facts for a hub file, when it is the catalog's own file: never another model's."""
+    from localcascade.catalog import load_catalog
+
+    for v in load_catalog():
+        if v.repo.lower() != (ref.repo or "").lower():
+            continue
+        if (ref.kind == "repo_quant" and v.quant.upper() == (ref.quant or "").upper()) or (
+                ref.kind == "hf_file" and ref.files[0] in v.files):
+            return _catalog_models(v.quant)
+    return None
+
+
+def _repo_models(repo: str) -> list[_Model]:
+    """Every model in a hub repository, each planned from its live header."""
+    from localcascade.hub import list_repo_models, quant_from_name
+
+    return [_header_model(f"hf://{repo}/{files[0]}", files[0], quant_from_name(files[0]))
+            for files in list_repo_models(repo)]
 
 
 def _row(plan: Plan) -> dict:

@@ -44,6 +44,7 @@ from localcascade.units import format_bytes
 
 SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _REPO_QUANT_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<quant>[\w.-]+)$")
+_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Projector and imatrix files share repos with the model files but are not models.
 _NOT_MODELS = ("mmproj", "imatrix")
@@ -100,6 +101,9 @@ def parse_model_spec(spec: str) -> ModelRef:
     if repo_quant:
         return ModelRef(kind="repo_quant", spec=text, repo=repo_quant.group("repo"),
                         quant=repo_quant.group("quant").upper())
+    if is_repo_name(text):
+        raise UsageError(f"{text} is a repository: name one of its models, e.g. {text}:Q4_K_M "
+                         f"(`localcascade fit {text}` shows them all)")
     if text.endswith(".gguf") or os.sep in text or text.startswith((".", "~")):
         raise ModelNotFoundError(f"model file {text} not found")
     from localcascade.catalog import find_variant
@@ -110,6 +114,11 @@ def parse_model_spec(spec: str) -> ModelRef:
         check_remote_name(name)
     return ModelRef(kind="variant", spec=variant.quant, repo=variant.repo, quant=variant.quant, files=files,
                     variant=variant, sha256=_catalog_checksums(variant))
+
+
+def is_repo_name(text: str) -> bool:
+    """"owner/name" that is not a file or folder here: a Hugging Face repository."""
+    return bool(_REPO_RE.match(text)) and not text.endswith(".gguf") and not Path(text).expanduser().exists()
 
 
 def _find_variant(find_variant, name: str):
@@ -247,8 +256,25 @@ def _list_files(api, repo: str, revision: str) -> list:
     return [e for e in api.list_repo_tree(repo, recursive=True, revision=revision) if hasattr(e, "size")]
 
 
+def list_repo_models(repo: str, revision: str = "main") -> list[tuple[str, ...]]:
+    """Every model in ``repo`` (one file, or the shards of a split set), from one listing request."""
+    if settings.hub_offline():
+        raise OfflineError(f"HF_HUB_OFFLINE=1 forbids listing {repo} on the hub")
+    with _hub_errors(repo, None):
+        ggufs = _model_files([f.path for f in _list_files(_api(), repo, revision)])
+    for name in ggufs:
+        check_remote_name(name)
+    if not ggufs:
+        raise ModelNotFoundError(f"{repo} holds no GGUF model files")
+    return group_model_files(ggufs)
+
+
+def _model_files(paths: list[str]) -> list[str]:
+    return [p for p in paths if p.endswith(".gguf") and not PurePosixPath(p).name.lower().startswith(_NOT_MODELS)]
+
+
 def _pick_quant_files(repo: str, paths: list[str], quant: str) -> tuple[str, ...]:
-    ggufs = [p for p in paths if p.endswith(".gguf") and not PurePosixPath(p).name.lower().startswith(_NOT_MODELS)]
+    ggufs = _model_files(paths)
     candidates = [g for g in group_model_files([p for p in ggufs if _name_has_quant(p, quant)])]
     if not candidates:
         known = sorted({q for q in (quant_from_name(p) for p in ggufs) if q})

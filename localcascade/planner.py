@@ -241,14 +241,7 @@ def plan_for_model(header: Any, hardware: Hardware, request: PlanRequest = PlanR
 def rank_variants(hardware: Hardware, variants: Iterable[Any], request: PlanRequest = PlanRequest(),
                   limits: Limits = Limits()) -> list[tuple[Any, Plan]]:
     """Variants that fit, best first: full GPU by quality, then the fastest of the rest."""
-    ranked = []
-    for v in variants:
-        try:
-            plan = plan_for_facts(v.facts, hardware, request, name=v.quant,
-                                  source=getattr(v, "source", "catalog"), limits=limits)
-        except DoesNotFitError:
-            continue
-        ranked.append((v, plan))
+    ranked, _ = _plans_that_fit(hardware, variants, request, limits)
 
     def key(item):
         v, plan = item
@@ -262,7 +255,27 @@ def rank_variants(hardware: Hardware, variants: Iterable[Any], request: PlanRequ
 def recommend(hardware: Hardware, variants: Iterable[Any], request: PlanRequest = PlanRequest(),
               limits: Limits = Limits()) -> tuple[Any, Plan]:
     """The best variant for this hardware and its plan; DoesNotFitError when none fits."""
+    variants = list(variants)
     ranked = rank_variants(hardware, variants, request, limits)
     if not ranked:
-        raise DoesNotFitError("no variant fits this machine at the requested context")
+        _, refusals = _plans_that_fit(hardware, variants, request, limits)
+        smallest = min(variants, key=lambda v: v.facts.file_tensor_bytes, default=None)
+        why = f": {refusals[smallest.quant]}" if smallest is not None and smallest.quant in refusals else ""
+        raise DoesNotFitError(f"none of {', '.join(v.quant for v in variants) or 'no variants'} "
+                              f"fits this machine{why}")
     return ranked[0]
+
+
+def _plans_that_fit(hardware: Hardware, variants: Iterable[Any], request: PlanRequest,
+                    limits: Limits) -> tuple[list[tuple[Any, Plan]], dict[str, str]]:
+    """(variant, plan) for each variant that fits, and why each other one does not."""
+    fitting, refusals = [], {}
+    for v in variants:
+        try:
+            plan = plan_for_facts(v.facts, hardware, request, name=v.quant,
+                                  source=getattr(v, "source", "catalog"), limits=limits)
+        except DoesNotFitError as err:
+            refusals[v.quant] = str(err)
+            continue
+        fitting.append((v, plan))
+    return fitting, refusals

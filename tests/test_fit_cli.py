@@ -96,3 +96,62 @@ def test_no_color_on_a_terminal_writes_no_escape_codes():
     with_color = pexpect.run(f"{sys.executable} -m localcascade fit Q4_K_M --gpu rtx-4090",
                              env={k: v for k, v in env.items() if k != "NO_COLOR"}, timeout=60)
     assert b"\x1b" in with_color   # the check above can fail: a terminal does get styles
+
+
+# -- which facts a named model is planned from ------------------------------------------------
+
+CATALOG_REPO = "bartowski/nvidia_Nemotron-Cascade-2-30B-A3B-GGUF"
+
+
+def _fit_json(args, capsys, monkeypatch, offline=False):
+    import pytest
+
+    from localcascade.cli import main
+
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--json"])
+    captured = capsys.readouterr()
+    return exit_info.value.code, (json.loads(captured.out) if captured.out else None), captured.err
+
+
+def test_a_repository_is_planned_model_by_model_from_its_live_headers(hf_server, tiny_model, tiny_f16_model,
+                                                                       capsys, monkeypatch):
+    hf_server.add_file("someone/Tiny-GGUF", "Tiny-F32.gguf", tiny_model)
+    hf_server.add_file("someone/Tiny-GGUF", "Tiny-F16.gguf", tiny_f16_model)
+
+    code, data, err = _fit_json(["someone/Tiny-GGUF", "--vram", "8GiB"], capsys, monkeypatch)
+
+    assert code == 0, err
+    assert {(v["variant"], v["source"]) for v in data["variants"]} == {("F32", "header"), ("F16", "header")}
+    sizes = {v["variant"]: v["file_bytes"] for v in data["variants"]}
+    assert sizes == {"F32": tiny_model.stat().st_size, "F16": tiny_f16_model.stat().st_size}
+
+
+def test_another_repos_model_is_never_answered_with_the_catalogs_numbers(capsys, monkeypatch):
+    code, data, err = _fit_json(["someone/Llama-3-8B-GGUF:Q4_K_M"], capsys, monkeypatch, offline=True)
+    assert code == 1 and data is None
+    assert "HF_HUB_OFFLINE" in err and err.count("\n") == 1
+    # The catalog's own repo may stand in for the hub, and says so.
+    code, data, err = _fit_json([f"{CATALOG_REPO}:Q4_K_M"], capsys, monkeypatch, offline=True)
+    assert code == 0 and data["variants"][0]["source"] == "catalog"
+    assert any("answered from the built-in catalog" in note for note in data["notes"])
+
+
+def test_a_registered_or_downloaded_model_is_planned_from_its_own_header(hf_server, tiny_model, capsys, monkeypatch):
+    from localcascade import hub, store
+
+    store.register_local("mine-Q8_0", [tiny_model], quant="Q8_0", source=None, check="test")
+    code, data, err = _fit_json(["mine-Q8_0"], capsys, monkeypatch)
+    assert code == 0, err
+    assert data["variants"][0]["source"] == "header" and data["variants"][0]["file_bytes"] == tiny_model.stat().st_size
+
+    # A catalog variant once pulled: its real header replaces the derived catalog facts.
+    hf_server.add_file(CATALOG_REPO, "nvidia_Nemotron-Cascade-2-30B-A3B-Q4_K_M.gguf", tiny_model)
+    hub.pull(hub.resolve_remote(hub.parse_model_spec("Q4_K_M")), show_progress=False)
+    code, data, err = _fit_json([], capsys, monkeypatch, offline=True)
+    assert code == 0, err
+    sources = {v["variant"]: v["source"] for v in data["variants"]}
+    assert sources.pop("Q4_K_M") == "header" and set(sources.values()) == {"catalog"}
+    assert any(note.startswith("BF16, Q8_0") and "downloaded files' headers" in note for note in data["notes"])

@@ -110,3 +110,11 @@ def test_two_12gb_cards_hold_less_than_one_24gb_card():
     assert split.verdict == FULL_GPU
     tight = place(Q4, two, n_ctx=4096)
     assert tight.verdict != FULL_GPU and place(Q4, one, n_ctx=4096).verdict == FULL_GPU
+
+
+def test_when_nothing_fits_the_error_names_the_smallest_variant_and_its_shortfall():
+    with pytest.raises(DoesNotFitError) as err:
+        recommend(machine(None, 8), load_catalog(), PlanRequest())
+    message = str(err.value)
+    assert message.startswith("none of BF16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, IQ4_XS fits this machine: IQ4_XS at 4K")
+    assert "GiB of RAM" in message and "requested" not in message

@@ -16,8 +16,8 @@ FIT_HELP = "Show which variants fit at which context, and recommend one, before 
 @app.command(help=FIT_HELP)
 def fit(
     model: Optional[str] = typer.Argument(
-        None, help="Catalog variant (Q4_K_M), REPO, REPO:QUANT, hf://REPO/FILE.gguf or a local file; "
-        "omitted: every catalog variant."),
+        None, help="Catalog variant (Q4_K_M), a model from `list`, REPO (all its models), REPO:QUANT, "
+        "hf://REPO/FILE.gguf or a local file; omitted: every catalog variant."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="A hardware profile, e.g. rtx-4090."),
     vram: Optional[str] = typer.Option(None, "--vram", help="GPU memory, e.g. 24GiB."),
     ram: Optional[str] = typer.Option(None, "--ram", help="System RAM, e.g. 64GiB."),
