@@ -283,3 +283,10 @@ def test_a_malformed_index_is_one_clear_line(content, capsys):
     assert "Traceback" not in err
     assert f"the store index {store.index_path()} is not a localcascade index" in err.strip().splitlines()[-1]
     assert store.index_path().read_text() == content  # left for the user to look at
+
+
+def test_pulling_a_registered_name_says_it_is_already_here(tiny_model, capsys):
+    store.register_local("mine-Q8_0", [tiny_model], quant="Q8_0", source=None, check="test")
+    code, out, err = _cli(["pull", "mine-Q8_0"], capsys)
+    assert code == 2 and out == ""
+    assert err.strip() == f"localcascade: mine-Q8_0 is a model on this machine ({tiny_model}); nothing to pull"

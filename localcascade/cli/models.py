@@ -53,6 +53,9 @@ def pull(
 
         ref = _auto_choice(hardware_for(gpu=gpu, vram=vram, ram=ram), ctx, yes)
     else:
+        stored = _stored_or_none(store, model)
+        if stored is not None and stored.where == "local":
+            raise UsageError(f"{model} is a model on this machine ({stored.path}); nothing to pull")
         ref = hub.parse_model_spec(model)
     if ref.kind == "local":
         raise UsageError(f"{model} is a local file already; nothing to pull")
