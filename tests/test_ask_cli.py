@@ -259,3 +259,12 @@ def test_a_bad_grammar_or_a_missing_template_is_refused_before_the_load(tiny_mod
     assert b"loaded in" not in missing.stderr and missing.stderr.count(b"\n") == 1
     assert subprocess.run([sys.executable, "-m", "localcascade", "bench", str(bare), "-p", "8", "-n", "2", "-r", "1"],
                           capture_output=True, env=env()).returncode == 0   # bench needs no template
+
+
+def test_an_empty_answer_is_a_failure_a_script_can_see(tiny_model, tmp_path):
+    grammar = write_grammar(tmp_path, 'root ::= [a-z]{3} </think>')   # thinks, then only the end is allowed
+    result = ask("--model", str(tiny_model), "--grammar-file", grammar, "-q", "hello")
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode().strip() == "localcascade: no answer: the model ended its reply after thinking without answering"
+    as_json = ask("--model", str(tiny_model), "--grammar-file", grammar, "--json", "hello")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["answer"] == ""

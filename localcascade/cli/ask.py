@@ -201,7 +201,9 @@ def _exit_code(stats, answer: str, max_tokens: int | None) -> int:
             "raise --ctx, set --think-budget, or use --no-think"
         )
     if not answer.strip():
-        print("localcascade: warning: the model gave an empty answer", file=sys.stderr)
+        # Empty stdout with status 0 would pass for an answer in a script.
+        after = " after thinking" if stats is not None and stats.thinking_tokens else ""
+        raise LocalCascadeError(f"no answer: the model ended its reply{after} without answering")
     return 0
 
 
