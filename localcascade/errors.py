@@ -63,6 +63,10 @@ class QuantizeError(LocalCascadeError):
     """Quantization refused or failed."""
 
 
+class OutputPathError(QuantizeError, UsageError):
+    """A quantize output path refused before any work (missing folder, the source, an existing file)."""
+
+
 class EngineError(LocalCascadeError):
     """The model could not be loaded or run."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from localcascade.errors import DiskSpaceError, Interrupted, QuantizeError
+from localcascade.errors import DiskSpaceError, Interrupted, OutputPathError, QuantizeError
 from quant.gguf_facts import GGUFFacts, read_facts, shard_paths
 from quant.targets import MAIN_TYPE, UNQUANTIZED_TYPES, accepted_main_types, normalize_target
 from quant.workdir import sweep_abandoned, work_dir_for
@@ -118,14 +118,14 @@ def check_destination(src: str | os.PathLike, dst: str | os.PathLike, *, keep_sp
     sources = shard_paths(Path(src).expanduser().absolute())
     finals = _split_names(dst, len(sources)) if keep_split and len(sources) > 1 else [dst]
     if not dst.parent.is_dir():
-        raise QuantizeError(f"output directory {dst.parent} does not exist")
+        raise OutputPathError(f"output directory {dst.parent} does not exist")
     source_files = {os.path.realpath(p) for p in sources}
     for final in finals:
         if os.path.realpath(final) in source_files:
-            raise QuantizeError(f"the output path {final} is the source file; choose another --out")
+            raise OutputPathError(f"the output path {final} is the source file; choose another --out")
     existing = [f for f in finals if f.exists() or f.is_symlink()]
     if existing and not overwrite:
-        raise QuantizeError(f"{existing[0]} already exists; choose another --out, or pass --force to replace it")
+        raise OutputPathError(f"{existing[0]} already exists; choose another --out, or pass --force to replace it")
     return finals
 
 

@@ -259,7 +259,7 @@ def test_cli_refuses_an_existing_name_or_output_unless_forced(tiny_f16_model, tm
 
     code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q4_0", "--out", str(first),
                                     "--name", "other"], capsys)
-    assert code == 1 and "already exists" in err and "--force" in err and "predicted" not in err
+    assert code == 2 and "already exists" in err and "--force" in err and "predicted" not in err
     assert first.read_bytes() == before
 
     code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q4_0", "--out", str(second),
@@ -285,7 +285,7 @@ def test_cli_refuses_an_existing_output_unless_forced(tiny_f16_model, tmp_path, 
     out.write_bytes(b"someone else's file")
 
     code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(out)], capsys)
-    assert code == 1 and "already exists" in err and "--force" in err and "predicted" not in err
+    assert code == 2 and "already exists" in err and "--force" in err and "predicted" not in err
     assert out.read_bytes() == b"someone else's file"
 
     code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(out), "--force"],
@@ -297,9 +297,9 @@ def test_cli_refuses_an_existing_output_unless_forced(tiny_f16_model, tmp_path, 
 def test_cli_refuses_a_missing_out_folder_or_the_source_before_the_dry_run(tiny_f16_model, tmp_path, capsys):
     code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0",
                                     "--out", str(tmp_path / "nowhere" / "x.gguf")], capsys)
-    assert code == 1 and "output directory" in err and "does not exist" in err and "predicted" not in err
+    assert code == 2 and "output directory" in err and "does not exist" in err and "predicted" not in err
 
     code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(tiny_f16_model),
                                     "--force"], capsys)
-    assert code == 1 and "is the source file" in err and "predicted" not in err
+    assert code == 2 and "is the source file" in err and "predicted" not in err
     assert not (tmp_path / "nowhere").exists()

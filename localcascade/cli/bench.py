@@ -17,7 +17,7 @@ def bench(
     prompt_tokens: int = typer.Option(512, "-p", "--n-prompt", help="Prompt tokens per pp test."),
     gen_tokens: int = typer.Option(128, "-n", "--n-gen", help="Generated tokens per tg test."),
     repetitions: int = typer.Option(5, "-r", "--repetitions", help="Repetitions of each test."),
-    ctx: Optional[str] = options.ctx_option(),
+    ctx: Optional[str] = options.ctx_option(default_is="the larger of -p and -n, as llama-bench"),
     ngl: Optional[int] = options.ngl_option(),
     cpu_moe: Optional[int] = options.cpu_moe_option(),
     kv_type: Optional[str] = options.kv_type_option(),

@@ -23,8 +23,8 @@ def model_option():
     return typer.Option(None, "--model", "-m", help="GGUF file or model name (default: the best one pulled).")
 
 
-def ctx_option():
-    return typer.Option(None, "--ctx", help="Context length in tokens: 8192, 32K, 1M (default: the plan's).")
+def ctx_option(default_is: str = "the plan's"):
+    return typer.Option(None, "--ctx", help=f"Context length in tokens: 8192, 32K, 1M (default: {default_is}).")
 
 
 def ngl_option():
@@ -32,7 +32,8 @@ def ngl_option():
 
 
 def cpu_moe_option():
-    return typer.Option(None, "--cpu-moe", help="Keep the expert tensors of the first N layers in system RAM.")
+    return typer.Option(None, "--cpu-moe", help="Keep the expert tensors of the first N layers (not MoE blocks) in system RAM, "
+                        "as llama.cpp's --n-cpu-moe; fit's n_cpu_moe is this number.")
 
 
 def kv_type_option():
