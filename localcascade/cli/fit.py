@@ -58,8 +58,9 @@ def render_table(report: dict) -> None:
     console.print(f"Hardware: {gpus}; RAM {format_bytes(hw['ram_available_bytes'])} available")
     rec = report["recommended"]
     if rec:
-        console.print(f"Recommended: {rec['variant']} at {format_tokens(rec['n_ctx'])} ({rec['verdict']}) - "
-                      + "; ".join(r for r in rec["reasons"] if not r.startswith("GPU compute")))
+        console.print(f"Recommended: {rec['variant']} at {format_tokens(rec['n_ctx'])} ({rec['verdict']})")
+        for reason in rec["reasons"]:
+            console.print(f"  - {reason}", soft_wrap=True)
     else:
         at = f" at {format_tokens(report['requested_n_ctx'])}" if report.get("requested_n_ctx") else ""
         console.print(f"Recommended: nothing fits this machine{at}")
