@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from localcascade.candidates import Candidate, catalog_candidates, header_candidate
 from localcascade.errors import DownloadError, ModelNotFoundError
 from localcascade.hardware.facts import Hardware
 from localcascade.plan import Plan, PlanRequest
@@ -16,40 +17,10 @@ from localcascade.units import format_tokens
 from localcascade.planner import FIT_CONTEXTS, Limits, place, rank_variants
 
 
-class _Model:
-    """One model to plan: its name, facts, quality rank and where the facts came from."""
-
-    def __init__(self, quant: str, facts, file_bytes: int, source: str, quality_rank: int = 99):
-        self.quant, self.facts, self.file_bytes, self.source, self.quality_rank = (
-            quant, facts, file_bytes, source, quality_rank)
-
-
 _CATALOG_NOTE = "from the built-in catalog (header facts derived offline)"
 
 
-def _catalog_models(only: str | None = None) -> list[_Model]:
-    """Catalog variants; one already downloaded is planned from its own header, which is exact."""
-    from localcascade import store
-    from localcascade.catalog import find_variant, load_catalog
-
-    variants = [find_variant(only)] if only else list(load_catalog())
-    pulled = {m.variant: m for m in store.list_models() if m.variant}
-    return [_header_model(str(pulled[v.quant].path), v.quant, v.quant, v.quality_rank) if v.quant in pulled
-            else _Model(v.quant, v.facts, v.size_bytes, "catalog", v.quality_rank) for v in variants]
-
-
-def _header_model(source: str, label: str, quant: str | None, quality_rank: int | None = None) -> _Model:
-    from localcascade.gguf_header import read_header
-    from localcascade.memory import facts_from_header
-
-    header = read_header(source)
-    size = header.file_bytes or header.tensor_bytes
-    # Without a catalog rank, the bigger file of one model is the one with more bits per weight.
-    return _Model(quant or label, facts_from_header(header), size, "header",
-                  -size if quality_rank is None else quality_rank)
-
-
-def _notes_for(models: list[_Model]) -> list[str]:
+def _notes_for(models: list[Candidate]) -> list[str]:
     """Where the facts came from, when it is not simply the file's own header."""
     from_catalog = [m.quant for m in models if m.source == "catalog"]
     if not from_catalog:
@@ -59,10 +30,10 @@ def _notes_for(models: list[_Model]) -> list[str]:
     return [f"{', '.join(from_catalog)} {_CATALOG_NOTE}; the rest from the downloaded files' headers"]
 
 
-def resolve_models(spec: str | None) -> tuple[list[_Model], list[str]]:
+def resolve_models(spec: str | None) -> tuple[list[Candidate], list[str]]:
     """The models `spec` names, and notes (e.g. "offline: answered from the catalog")."""
     if not spec:
-        models = _catalog_models()
+        models = catalog_candidates()
         return models, _notes_for(models)
     from localcascade import store
     from localcascade.hub import is_repo_name, parse_model_spec
@@ -74,21 +45,21 @@ def resolve_models(spec: str | None) -> tuple[list[_Model], list[str]]:
     except ModelNotFoundError:
         stored = None
     if stored is not None:
-        return [_header_model(str(stored.path), stored.name, stored.quant or stored.variant)], []
+        return [header_candidate(str(stored.path), stored.name, stored.quant or stored.variant)], []
     ref = parse_model_spec(spec)
     if ref.kind == "local":
-        return [_header_model(str(ref.path), ref.path.name, ref.quant)], []
+        return [header_candidate(str(ref.path), ref.path.name, ref.quant)], []
     if ref.kind == "variant":
-        models = _catalog_models(ref.spec)
+        models = catalog_candidates(ref.spec)
         return models, _notes_for(models)
     try:
         if ref.kind == "hf_file":
-            return [_header_model(ref.spec, ref.files[0], ref.quant)], ["from the live header on the hub"]
+            return [header_candidate(ref.spec, ref.files[0], ref.quant)], ["from the live header on the hub"]
         from localcascade.hub import resolve_remote
 
         remote = resolve_remote(ref)
         first = f"hf://{remote.repo}/{remote.files[0].path}"
-        return [_header_model(first, ref.label, ref.quant)], ["from the live header on the hub"]
+        return [header_candidate(first, ref.label, ref.quant)], ["from the live header on the hub"]
     except (DownloadError, OSError) as err:
         fallback = _catalog_stand_in(ref)
         if fallback is None:
@@ -96,7 +67,7 @@ def resolve_models(spec: str | None) -> tuple[list[_Model], list[str]]:
         return fallback, [f"hub not reachable ({err}); answered from the built-in catalog"]
 
 
-def _catalog_stand_in(ref) -> list[_Model] | None:
+def _catalog_stand_in(ref) -> list[Candidate] | None:
     """The catalog's facts for a hub file, when it is the catalog's own file: never another model's."""
     from localcascade.catalog import load_catalog
 
@@ -105,15 +76,15 @@ def _catalog_stand_in(ref) -> list[_Model] | None:
             continue
         if (ref.kind == "repo_quant" and v.quant.upper() == (ref.quant or "").upper()) or (
                 ref.kind == "hf_file" and ref.files[0] in v.files):
-            return _catalog_models(v.quant)
+            return catalog_candidates(v.quant)
     return None
 
 
-def _repo_models(repo: str) -> list[_Model]:
+def _repo_models(repo: str) -> list[Candidate]:
     """Every model in a hub repository, each planned from its live header."""
     from localcascade.hub import list_repo_models, quant_from_name
 
-    return [_header_model(f"hf://{repo}/{files[0]}", files[0], quant_from_name(files[0]))
+    return [header_candidate(f"hf://{repo}/{files[0]}", files[0], quant_from_name(files[0]))
             for files in list_repo_models(repo)]
 
 

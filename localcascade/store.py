@@ -324,7 +324,7 @@ def best_local_variant(hardware=None, request=None):
     present = {m.variant: m for m in list_models() if m.variant}
     if not present:
         return None
-    from localcascade.catalog import load_catalog
+    from localcascade.candidates import catalog_candidates
     from localcascade.plan import PlanRequest
     from localcascade.planner import recommend
 
@@ -332,8 +332,8 @@ def best_local_variant(hardware=None, request=None):
         from localcascade.hardware.resolve import hardware_for
 
         hardware = hardware_for()  # this machine, unknown bandwidths filled in
-    variants = [v for v in load_catalog() if v.quant in present]
-    variant, plan = recommend(hardware, variants, request or PlanRequest())
+    # Planned from the downloaded files' own headers, as loading them will be.
+    variant, plan = recommend(hardware, catalog_candidates(pulled_only=True), request or PlanRequest())
     return present[variant.quant], plan
 
 

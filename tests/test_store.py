@@ -112,6 +112,8 @@ def test_catalog_variant_in_the_cache_is_found_by_name_and_by_the_planner(hf_ser
 
     best, plan = store.best_local_variant(load_profile("rtx-4090"))
     assert best.name == "Q4_K_M" and plan.model == "Q4_K_M"
+    # Planned from the file on disk (tiny here), not from the catalog's 24.7 GB facts.
+    assert plan.source == "header" and plan.gpu.weights + plan.ram.weights < 10 * 1024**2
 
 
 def test_pull_auto_takes_the_planners_choice(hf_server, tiny_model, capsys):
