@@ -268,3 +268,72 @@ def test_an_empty_answer_is_a_failure_a_script_can_see(tiny_model, tmp_path):
     assert result.stderr.decode().strip() == "localcascade: no answer: the model ended its reply after thinking without answering"
     as_json = ask("--model", str(tiny_model), "--grammar-file", grammar, "--json", "hello")
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["answer"] == ""
+
+
+def test_closed_or_full_output_streams_end_in_one_line_not_a_traceback(tiny_model, tmp_path):
+    grammar = write_grammar(tmp_path, 'root ::= "four"')
+    base = f"{sys.executable} -m localcascade ask --model {tiny_model} --no-think --grammar-file {grammar} hi"
+    closed = subprocess.run(["bash", "-c", f"{base} >&-"], capture_output=True, env=env(), timeout=120)
+    assert closed.returncode == 1
+    assert closed.stderr.decode().strip() == "localcascade: standard output is closed: there is nowhere to write results"
+    if Path("/dev/full").exists():
+        full = subprocess.run(["bash", "-c", f"{base} -q > /dev/full"], capture_output=True, env=env(), timeout=120)
+        assert full.returncode == 1
+        assert full.stderr.decode().strip() == "localcascade: cannot write the output: No space left on device"
+    # With stderr closed an error has nowhere to go, and must not land in the answer's place.
+    no_stderr = subprocess.run(["bash", "-c", f"{CMD[0]} -m localcascade ask --model {tmp_path}/missing.gguf hi 2>&-"],
+                               capture_output=True, env=env(), timeout=120)
+    assert no_stderr.returncode == 1 and no_stderr.stdout == b""
+
+
+def test_a_template_that_renders_nothing_is_refused_instead_of_aborting_llama_cpp(tiny_model, tmp_path):
+    template = tmp_path / "empty.jinja"
+    template.write_text('{{ "" }}')
+    result = ask("--model", str(tiny_model), "--chat-template", str(template), "hi")
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode().splitlines()[-1] == \
+        "localcascade: the chat template rendered an empty prompt for this conversation"
+
+
+@pytest.mark.parametrize("body, error", [
+    ("{% for i in range(100000000) %}{% endfor %}", "OverflowError"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
+])
+def test_a_template_that_fails_while_rendering_is_one_line(tiny_model, tmp_path, body, error):
+    template = tmp_path / "bad.jinja"
+    template.write_text(body)
+    result = ask("--model", str(tiny_model), "--chat-template", str(template), "hi")
+    assert result.returncode == 1 and result.stdout == b""
+    last = result.stderr.decode().strip().splitlines()
+    assert len(last) <= 2 and last[-1].startswith(f"localcascade: the given chat template failed to render: {error}")
+
+
+def test_ctrl_c_that_typer_meets_first_is_still_one_line(monkeypatch, capsys):
+    """typer turns a KeyboardInterrupt in a command it runs into a bare status 130."""
+    from localcascade import fit_report
+    from localcascade.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_report, "fit_report", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--gpu", "rtx-4090"])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "localcascade: interrupted\n"
+
+
+def test_sigterm_mid_run_is_one_line_and_143(tiny_model):
+    proc = subprocess.Popen([sys.executable, "-m", "localcascade", "bench", str(tiny_model), "-r", "100000",
+                             "-p", "8", "-n", "8", "-v"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=env(), text=True)
+    try:
+        for line in proc.stderr:   # llama.cpp's log (-v): its last line while the context is made
+            if "reserve took" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, rest
+    assert rest.strip().splitlines()[-1] == "localcascade: terminated"

@@ -10,8 +10,10 @@ function of the layer below and renders the result. Heavy libraries
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
+import signal
 import sys
 
 import typer
@@ -64,11 +66,78 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived. A BaseException that is not a KeyboardInterrupt: every
+    ``finally`` clean-up runs (a quantization's work folder goes), but nothing that treats
+    Ctrl-C as "stop this reply" (the chat) can swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, _frame) -> None:
+    raise _Terminated(signum)
+
+
+def _prepare_process() -> str | None:
+    """Process-wide set-up before any command; returns a reason to refuse to run, or None."""
+    # llama.cpp answers a failed assertion by attaching gdb and printing its backtrace to
+    # stdout, which would land in the user's pipe; the one-line abort message is enough.
+    os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+    stdout_closed = False
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            # A closed standard stream: the next file opened (a model, the store) would get
+            # this number and receive whatever is written to the stream.
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            stdout_closed |= fd == 1
+    if sys.stdin is None:
+        sys.stdin = open(0, closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if _on_main_thread():  # signal handlers can only be set there (tests may call main elsewhere)
+        for name in ("SIGTERM", "SIGHUP"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), _terminate)
+    return "standard output is closed: there is nowhere to write results" if stdout_closed else None
+
+
+def _on_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _silence_stdout() -> None:
+    """After the reader went away or the disk filled: no more writes, not even Python's at exit."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and map every failure to one line and an exit code."""
+    refusal = _prepare_process()
+    if refusal:
+        sys.exit(_fail(refusal, 1))
     try:
         result = app(args=argv, prog_name="localcascade", standalone_mode=False)
         code = result if isinstance(result, int) else 0
+        if code == 130:
+            # typer turns a KeyboardInterrupt it meets into a bare exit status 130.
+            code = _fail("interrupted", 130)
     except LocalCascadeError as err:
         code = _fail(str(err), err.exit_code)
     except typer.Exit as err:
@@ -84,10 +153,25 @@ def main(argv: list[str] | None = None) -> None:
         code = _fail(err.format_message(), err.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         code = _fail("interrupted", 130)
+    except _Terminated as err:
+        code = _fail("terminated", 128 + err.signum)
     except BrokenPipeError:
         # The reader went away (`| head -1`): stop quietly, and keep Python from
         # complaining again when it flushes stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        _silence_stdout()
         code = 0
+    except SystemExit as err:
+        # typer meets a broken pipe first in some commands and exits 1 for it.
+        cause = err.__context__
+        if not (isinstance(cause, OSError) and cause.errno == errno.EPIPE):
+            raise
+        _silence_stdout()
+        code = 0
+    except OSError as err:
+        if err.filename:
+            code = _fail(f"{err.filename}: {err.strerror or err}", 1)
+        else:
+            # Writing a stream failed: a full disk behind `> file`, a terminal that went away.
+            _silence_stdout()
+            code = _fail(f"cannot write the output: {err.strerror or err}", 1)
     sys.exit(code)

@@ -155,6 +155,9 @@ class Engine:
         """
         import llama_cpp
 
+        if not prompt:
+            # Nothing to evaluate means no logits: llama.cpp's sampler would abort the process.
+            raise ChatTemplateError("the chat template rendered an empty prompt for this conversation")
         ctx = self._ctx
         if self._held() != len(self.tokens):
             self._resync(self.tokens)   # an interrupt between cutting the state and our bookkeeping

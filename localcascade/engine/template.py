@@ -61,8 +61,9 @@ class ChatTemplate:
             )
         except ChatTemplateError:
             raise
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError) as err:
-            raise ChatTemplateError(f"the {self.origin} chat template failed to render: {err}") from None
+        except Exception as err:  # noqa: BLE001 - the template is code from the model file or the user
+            detail = str(err) if isinstance(err, jinja2.TemplateError) else f"{type(err).__name__}: {err}"
+            raise ChatTemplateError(f"the {self.origin} chat template failed to render: {detail}") from None
 
 
 def read_template_file(path: str | Path) -> str:
