@@ -39,7 +39,13 @@ def hf_hub_cache() -> Path:
 
 def hf_endpoint() -> str:
     """The hub URL, read at call time (huggingface_hub copies HF_ENDPOINT once, at its import)."""
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    scheme, _, host = endpoint.partition("://")
+    if scheme.lower() not in ("http", "https") or not host or any(c.isspace() for c in endpoint):
+        from localcascade.errors import UsageError
+
+        raise UsageError(f"HF_ENDPOINT {endpoint!r} is not an http(s) URL (e.g. https://huggingface.co)")
+    return endpoint
 
 
 def hf_token() -> str | None:

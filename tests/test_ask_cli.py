@@ -337,3 +337,40 @@ def test_sigterm_mid_run_is_one_line_and_143(tiny_model):
         proc.kill()
     assert proc.returncode == 143, rest
     assert rest.strip().splitlines()[-1] == "localcascade: terminated"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('root ::= ("a" | "b"', "the grammar does not parse: expecting ')' at 'root ::= (\"a\" | \"b\"'"),
+    ('root ::= root "a"', "the grammar does not parse: unsupported grammar, left recursion detected"),
+    ('answer ::= "a"', "the grammar does not parse: grammar does not contain a 'root' symbol"),
+    ("", "is empty: it would constrain nothing"),
+    (" \n", "is empty: it would constrain nothing"),
+])
+def test_a_refused_grammar_says_why(tiny_model, tmp_path, text, message):
+    grammar = write_grammar(tmp_path, text)
+    result = ask("--model", str(tiny_model), "--grammar-file", grammar, "hi")
+    assert result.returncode == 2 and result.stdout == b""
+    [line] = result.stderr.decode().splitlines()
+    assert message in line
+
+
+@pytest.mark.parametrize("args", [["--temp", "nan"], ["--temp", "inf"], ["-s", "\udcff"]])
+def test_values_that_are_not_numbers_or_not_text_are_usage_errors(tiny_model, args):
+    result = ask("--model", str(tiny_model), *args, "hi")
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr.count(b"\n") == 1 and b"loaded in" not in result.stderr
+
+
+def test_a_bad_hub_address_is_a_usage_error():
+    result = subprocess.run([sys.executable, "-m", "localcascade", "pull", "Q4_K_M", "--yes"], capture_output=True,
+                            env=env(HF_ENDPOINT="garbage", HF_HUB_OFFLINE="0"), timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.decode() == \
+        "localcascade: HF_ENDPOINT 'garbage' is not an http(s) URL (e.g. https://huggingface.co)\n"
+
+
+def test_a_reply_cut_before_any_answer_names_the_limit(tiny_model, tmp_path):
+    grammar = write_grammar(tmp_path, 'root ::= "\\n" [a-z]{20}')   # the cut lands on the leading newline
+    result = ask("--model", str(tiny_model), "--no-think", "--grammar-file", grammar, "--max-tokens", "1", "-q", "hi")
+    assert result.returncode == 1
+    assert result.stderr.decode() == "localcascade: no answer: --max-tokens (1) ran out before any answer text; raise it\n"

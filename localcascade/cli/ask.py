@@ -46,13 +46,6 @@ def read_prompt(args: List[str], stdin) -> str:
     return "\n\n".join(parts)
 
 
-def _read_text(path: Path, what: str) -> str:
-    try:
-        return Path(path).expanduser().read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read {what} file {path}: {err}") from None
-
-
 class _ThinkingWriter:
     """Thinking text to stderr, dim on a colour terminal."""
 
@@ -105,7 +98,7 @@ def ask(
         think=think, think_budget=think_budget, temp=temp, top_p=top_p, max_tokens=max_tokens, seed=seed
     )
     if grammar_file is not None:
-        gen.grammar = _read_text(grammar_file, "grammar")
+        gen.grammar = options.read_grammar_file(grammar_file)
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
     text = read_prompt(prompt or [], sys.stdin)
     model_path = options.resolve_model(model, how="--model NAME|FILE")
@@ -202,6 +195,10 @@ def _exit_code(stats, answer: str, max_tokens: int | None) -> int:
         )
     if not answer.strip():
         # Empty stdout with status 0 would pass for an answer in a script.
+        if stats is not None and stats.stop_reason == "length":
+            limit = (f"--max-tokens ({max_tokens})" if max_tokens is not None and stats.completion_tokens >= max_tokens
+                     else f"the context ({stats.context_limit} tokens)")
+            raise LocalCascadeError(f"no answer: {limit} ran out before any answer text; raise it")
         after = " after thinking" if stats is not None and stats.thinking_tokens else ""
         raise LocalCascadeError(f"no answer: the model ended its reply{after} without answering")
     return 0

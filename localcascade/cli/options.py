@@ -8,6 +8,8 @@ GenerationOptions, the model path, a loaded Engine). No heavy imports here:
 
 from __future__ import annotations
 
+import math
+
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -66,7 +68,17 @@ def think_budget_option():
 
 
 def system_option():
-    return typer.Option(None, "--system", "-s", help="System prompt.")
+    return typer.Option(None, "--system", "-s", help="System prompt.", callback=_utf8_text)
+
+
+def _utf8_text(value: Optional[str]) -> Optional[str]:
+    """Reject text the shell handed over as undecodable bytes (Python keeps them as surrogates)."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise typer.BadParameter("not UTF-8 text") from None
+    return value
 
 
 def temp_option():
@@ -135,13 +147,24 @@ def generation_options(
         raise UsageError(f"--think-budget must be >= 0, got {think_budget}")
     if max_tokens is not None and max_tokens <= 0:
         raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
-    if temp is not None and temp < 0:
-        raise UsageError(f"--temp must be >= 0, got {temp}")
+    if temp is not None and not (math.isfinite(temp) and temp >= 0):
+        raise UsageError(f"--temp must be a number >= 0, got {temp}")
     if top_p is not None and not 0 < top_p <= 1:
         raise UsageError(f"--top-p must be in (0, 1], got {top_p}")
     return GenerationOptions(
         think=think, think_budget=think_budget, temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed
     )
+
+
+def read_grammar_file(path: Path) -> str:
+    """The text of a ``--grammar-file``; an empty file would silently constrain nothing."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read grammar file {path}: {err}") from None
+    if not text.strip():
+        raise UsageError(f"grammar file {path} is empty: it would constrain nothing (GBNF expected)")
+    return text
 
 
 def resolve_model(spec: Optional[str], how: str = "--model NAME|FILE") -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import os
 import sys
 import tempfile
@@ -31,8 +32,8 @@ def resolve(options) -> dict:
         "min_p": getattr(options, "min_p", None),
     }
     values = {key: defaults.get(key) if value is None else value for key, value in chosen.items()}
-    if values["temperature"] is not None and values["temperature"] < 0:
-        raise UsageError(f"temperature must be >= 0, got {values['temperature']}")
+    if values["temperature"] is not None and not (math.isfinite(values["temperature"]) and values["temperature"] >= 0):
+        raise UsageError(f"temperature must be a number >= 0, got {values['temperature']}")
     if values["top_p"] is not None and not 0 < values["top_p"] <= 1:
         raise UsageError(f"top-p must be in (0, 1], got {values['top_p']}")
     return values
@@ -120,12 +121,31 @@ def grammar_sampler(vocab: int, grammar: str) -> int:
     """
     import llama_cpp
 
+    from localcascade.engine.llama_log import LOG
+
+    if not grammar.strip():
+        raise UsageError("the grammar is empty: it would constrain nothing (GBNF expected)")
+    mark = LOG.mark()
     with _stderr_captured() as captured:
         g = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
     if not g:
-        detail = next((line for line in "".join(captured).splitlines() if line.strip()), "")
+        # The parser reports on stderr, the grammar checks through llama.cpp's log.
+        detail = _grammar_error("".join(captured).splitlines() + LOG.since(mark))
         raise UsageError("the grammar does not parse" + (f": {detail}" if detail else " (GBNF expected)"))
     return g
+
+
+def _grammar_error(lines: list[str]) -> str:
+    """One line from what llama.cpp said about a grammar it refused."""
+    lines = [line.strip() for line in lines if line.strip() and line.strip() != "failed to parse grammar"]
+    for i, line in enumerate(lines):
+        prefix = "parse: error parsing grammar: "
+        if line.startswith(prefix):
+            # "expecting ')' at " is followed by the rest of the input on the next line.
+            message = line[len(prefix):].strip()
+            rest = lines[i + 1] if i + 1 < len(lines) else ""
+            return f"{message} {rest[:40]!r}" if rest and message.endswith(" at") else message
+    return lines[0] if lines else ""
 
 
 def check_grammar(vocab: int, grammar: str) -> None:
