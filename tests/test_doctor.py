@@ -129,3 +129,12 @@ def test_bad_recording_is_one_line_and_exit_1(tmp_path):
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.startswith("localcascade: cannot read hardware recording")
     assert proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("columns", ["0", "5"])
+def test_a_tiny_or_zero_terminal_width_still_prints_the_tables(columns):
+    result = subprocess.run([sys.executable, "-m", "localcascade", "doctor"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": columns, "NO_COLOR": "1"}, timeout=60)
+    assert result.returncode == 0
+    assert "RAM" in result.stdout and "GiB" in result.stdout
+    assert max(len(line) for line in result.stdout.splitlines()) >= 40
