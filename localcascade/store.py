@@ -74,7 +74,9 @@ def _load_index() -> dict:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         data = {}
-    except (OSError, ValueError) as err:
+    except OSError as err:
+        raise LocalCascadeError(f"cannot read the store index {path}: {_reason(err)}") from None
+    except ValueError as err:
         raise LocalCascadeError(f"the store index {path} is unreadable ({err}); move it away to start afresh") from None
     # An error, not a fresh index: starting afresh would drop every registered model and the next
     # save would overwrite the file, which may hold records worth recovering by hand.
@@ -86,6 +88,7 @@ def _load_index() -> dict:
     for key in ("models", "verified"):
         if not isinstance(data[key], dict):
             _malformed(path, f"its {key!r} is a JSON {type(data[key]).__name__}, not an object")
+    _check_entries(path, data)
     return data
 
 
@@ -94,31 +97,127 @@ def _malformed(path: Path, what: str) -> None:
                             "move it away to start afresh")
 
 
+# What each entry must hold for the code below to read it: (key, accepted types, required).
+_MODEL_FIELDS = (("files", list, True), ("quant", (str, type(None)), False),
+                 ("source", (str, type(None)), False), ("created", (str, type(None)), False))
+_VERIFIED_FIELDS = (("size", int, True), ("checked_at", str, True), ("verified", bool, False),
+                    ("sha256", (str, type(None)), False), ("check", (str, type(None)), False))
+
+
+def _check_entries(path: Path, data: dict) -> None:
+    """Refuse an index with an entry the store cannot read, naming that entry.
+
+    Refused rather than skipped: every command goes on reading the file as it is and
+    nothing rewrites it, so the other entries (and the bad one) stay for the user to fix.
+    """
+    for section, fields in (("models", _MODEL_FIELDS), ("verified", _VERIFIED_FIELDS)):
+        for key, entry in data[section].items():
+            problem = _entry_problem(entry, fields)
+            if section == "models" and problem is None:
+                files = entry["files"]
+                if not files or not all(isinstance(f, str) and f for f in files):
+                    problem = "its 'files' must be a list of file paths"
+            if problem is not None:
+                raise LocalCascadeError(
+                    f"the store index {path} has a malformed entry {section}[{key!r}] ({problem}); "
+                    "fix or delete that entry by hand (localcascade leaves the file as it is)"
+                )
+
+
+def _entry_problem(entry, fields) -> str | None:
+    if not isinstance(entry, dict):
+        return f"a JSON {_json_type(entry)}, not an object"
+    for name, types, required in fields:
+        if name not in entry:
+            if required:
+                return f"no {name!r}"
+            continue
+        value = entry[name]
+        if types is int:
+            # bool is an int in Python, never a size.
+            if not isinstance(value, int) or isinstance(value, bool):
+                return f"its {name!r} is not a whole number"
+        elif not isinstance(value, types):
+            return f"its {name!r} is a JSON {_json_type(value)}"
+    return None
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
+             int: "number", float: "number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+def _cannot_write(path: Path, err: OSError, verb: str = "write") -> LocalCascadeError:
+    return LocalCascadeError(
+        f"cannot {verb} {path}: {_reason(err)} (the store index lives in {settings.data_dir()}; "
+        "set LOCALCASCADE_HOME to a writable folder)"
+    )
+
+
 def _save_index(data: dict) -> None:
     path = index_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
+    except OSError as err:
+        raise _cannot_write(path, err) from None
     finally:
         # Disk full, Ctrl-C or any other failure before the rename: leave no temporary behind.
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _locked():
+    from filelock import FileLock
+
+    path = index_path()
+    lock_path = path.with_name(path.name + ".lock")
+    lock = FileLock(lock_path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _cannot_write(path.parent, err, "create") from None
+    try:
+        lock.acquire()
+    except OSError as err:
+        raise _cannot_write(lock_path, err) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextlib.contextmanager
 def _updating_index():
     """Load, let the caller change, and save the index while holding its lock across processes."""
-    from filelock import FileLock
-
-    path = index_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path.with_name(path.name + ".lock")):
+    with _locked():
         data = _load_index()
         yield data
         _save_index(data)
+
+
+def check_writable() -> None:
+    """Refuse now, with one line, when the index could not be updated later (a read-only
+    LOCALCASCADE_HOME): a quantization must not run for an hour and then fail to register."""
+    with _locked():
+        _load_index()
+        path = index_path()
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as err:
+            raise _cannot_write(path.parent, err) from None
 
 
 def _now() -> str:
@@ -129,18 +228,44 @@ def _key(path: Path) -> str:
     return os.path.realpath(path)
 
 
+# Verification records this process could not write, for the command to report (see take_unrecorded).
+_unrecorded: list[str] = []
+
+
 def record_verified(path: Path, *, sha256: str | None, size: int, verified: bool, check: str = "sha256") -> None:
-    """Remember that ``path`` (a blob or a local file) hashed to ``sha256`` and whether that was checked."""
-    with _updating_index() as data:
-        data["verified"][_key(path)] = {
-            "sha256": sha256, "size": size, "verified": verified, "check": check if verified else "unverified",
-            "checked_at": _now(),
-        }
+    """Remember that ``path`` (a blob or a local file) hashed to ``sha256`` and whether that was checked.
+
+    Best effort: the record only saves hashing the file again, so an index that cannot be
+    read or written must not fail a download that succeeded. The reason is kept for
+    ``take_unrecorded``.
+    """
+    try:
+        with _updating_index() as data:
+            data["verified"][_key(path)] = {
+                "sha256": sha256, "size": size, "verified": verified,
+                "check": check if verified else "unverified", "checked_at": _now(),
+            }
+    except LocalCascadeError as err:
+        _unrecorded.append(str(err))
+
+
+def take_unrecorded() -> list[str]:
+    """Why verification records could not be kept since the last call (each reason once)."""
+    reasons = list(dict.fromkeys(_unrecorded))
+    _unrecorded.clear()
+    return reasons
 
 
 def verified_record(path: Path) -> dict | None:
-    """What was recorded for ``path``, if its size still matches (a changed file needs a new check)."""
-    record = _load_index()["verified"].get(_key(path))
+    """What was recorded for ``path``, if its size still matches (a changed file needs a new check).
+
+    None too when the index cannot be read: the caller hashes the file again, which is only slower.
+    """
+    try:
+        record = _load_index()["verified"].get(_key(path))
+    except LocalCascadeError as err:
+        _unrecorded.append(str(err))
+        return None
     try:
         if record and record.get("size") == Path(path).stat().st_size:
             return record
@@ -342,26 +467,45 @@ def best_local_variant(hardware=None, request=None):
 def remove(model: StoredModel) -> list[Path]:
     """Delete a stored model's files (only those); returns what was removed."""
     removed: list[Path] = []
+    failed: tuple[Path, OSError] | None = None
+
+    def delete(path: Path) -> bool:
+        nonlocal failed
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return True
+        except OSError as err:
+            failed = (path, err)
+            return False
+        removed.append(path)
+        return True
+
+    # A file that cannot be deleted stops the removal there; the index is still saved, so it
+    # matches what is left on disk.
     with _updating_index() as data:
         if model.where == "local":
             for f in model.files:
+                if (f.exists() or f.is_symlink()) and not delete(f):
+                    break
                 data["verified"].pop(_key(f), None)
-                if f.exists():
-                    f.unlink()
-                    removed.append(f)
-            data["models"].pop(model.name, None)
-            return removed
-        still_linked = _blobs_linked_elsewhere(model)
-        for link in model.files:
-            if link.is_symlink() or link.exists():
-                link.unlink()
-                removed.append(link)
-            _prune_empty_dirs(link.parent, stop=link.parents[len(PurePosixPath(model.repo_files[0]).parts)])
-        for blob in model.blobs:
-            data["verified"].pop(_key(blob), None)
-            if blob not in still_linked and blob.exists():
-                blob.unlink()
-                removed.append(blob)
+            else:
+                data["models"].pop(model.name, None)
+        else:
+            still_linked = _blobs_linked_elsewhere(model)
+            for link in model.files:
+                if (link.is_symlink() or link.exists()) and not delete(link):
+                    break
+                _prune_empty_dirs(link.parent, stop=link.parents[len(PurePosixPath(model.repo_files[0]).parts)])
+            else:
+                for blob in model.blobs:
+                    if blob not in still_linked and blob.exists() and not delete(blob):
+                        break
+                    data["verified"].pop(_key(blob), None)
+    if failed is not None:
+        path, err = failed
+        done = f" ({len(removed)} file(s) were deleted before it)" if removed else ""
+        raise LocalCascadeError(f"cannot delete {path}: {_reason(err)}{done}")
     return removed
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,91 @@ def test_pulling_a_registered_name_says_it_is_already_here(tiny_model, capsys):
     code, out, err = _cli(["pull", "mine-Q8_0"], capsys)
     assert code == 2 and out == ""
     assert err.strip() == f"localcascade: mine-Q8_0 is a model on this machine ({tiny_model}); nothing to pull"
+
+
+def _lock_path() -> Path:
+    return store.index_path().with_name(store.index_path().name + ".lock")
+
+
+@pytest.mark.parametrize("content, entry, problem", [
+    ('{"models": {"x": {}}}', "models['x']", "no 'files'"),
+    ('{"models": {"x": 5}}', "models['x']", "a JSON number, not an object"),
+    ('{"models": {"x": {"files": [5]}}}', "models['x']", "its 'files' must be a list of file paths"),
+    ('{"models": {"x": {"files": "/a.gguf"}}}', "models['x']", "its 'files' is a JSON string"),
+    ('{"verified": {"/a.gguf": {"size": 4}}}', "verified['/a.gguf']", "no 'checked_at'"),
+    ('{"verified": {"/a.gguf": []}}', "verified['/a.gguf']", "a JSON array, not an object"),
+])
+def test_a_malformed_entry_is_one_line_naming_it_and_the_file_is_kept(tiny_model, content, entry, problem, capsys):
+    store.register_local("good", [tiny_model], quant="Q8_0", source=None, check="test")
+    data = json.loads(store.index_path().read_text())
+    for section, entries in json.loads(content).items():
+        data[section].update(entries)
+    text = json.dumps(data)
+    store.index_path().write_text(text)
+    expected = (f"localcascade: the store index {store.index_path()} has a malformed entry {entry} ({problem}); "
+                "fix or delete that entry by hand (localcascade leaves the file as it is)")
+
+    for args in (["list"], ["show", "good"], ["rm", "good", "--yes"], ["fit", "good"],
+                 ["quantize", "good", "--to", "Q4_0"]):
+        code, out, err = _cli(args, capsys)
+        assert (code, out, err.splitlines()) == (1, "", [expected]), args
+
+    assert store.index_path().read_text() == text  # the good entry and the bad one, for the user to fix
+    assert tiny_model.exists()
+
+
+def test_rm_with_an_unwritable_store_is_one_line_and_deletes_nothing(tiny_model, tmp_path, capsys):
+    mine = tmp_path / "mine.gguf"
+    shutil.copy(tiny_model, mine)
+    store.register_local("mine", [mine], quant="Q8_0", source=None, check="test")
+    _lock_path().unlink(missing_ok=True)  # filelock leaves it behind
+    _lock_path().mkdir()  # a folder where the lock file goes: unwritable even for root
+
+    code, out, err = _cli(["rm", "mine", "--yes"], capsys)
+
+    assert code == 1 and out == ""
+    assert err.splitlines()[-1] == (f"localcascade: cannot write {_lock_path()}: Is a directory (the store index "
+                                    f"lives in {store.index_path().parent}; set LOCALCASCADE_HOME to a writable "
+                                    "folder)")
+    assert mine.exists()
+    assert store.find_local_model("mine") == mine
+
+
+def test_a_pull_that_cannot_record_its_check_still_says_it_is_downloaded(served, capsys):
+    _lock_path().parent.mkdir(parents=True, exist_ok=True)
+    _lock_path().mkdir()
+
+    code, out, err = _cli(["pull", f"{REPO}:Q8_0"], capsys)
+
+    assert code == 0, err
+    name, _size, state, path = out.strip().split("\t")
+    assert name == f"{REPO}:Q8_0" and state == "sha256 verified" and Path(path).is_file()
+    assert "Traceback" not in err
+    [note] = [line for line in err.splitlines() if line.startswith("note:")]
+    assert note == (f"note: the download is complete ({path}), but its check could not be recorded: "
+                    f"cannot write {_lock_path()}: Is a directory (the store index lives in "
+                    f"{store.index_path().parent}; set LOCALCASCADE_HOME to a writable folder); "
+                    "`localcascade list` shows it as not verified and the next pull checks it again")
+    [model] = store.list_models()
+    assert model.path == Path(path) and not model.verified
+
+
+def test_rm_of_a_file_that_cannot_be_deleted_is_one_line_and_keeps_the_entry(tiny_model, tmp_path, capsys,
+                                                                            monkeypatch):
+    mine = tmp_path / "mine.gguf"
+    shutil.copy(tiny_model, mine)
+    store.register_local("mine", [mine], quant="Q8_0", source=None, check="test")
+    real_unlink = Path.unlink
+
+    def read_only_for_mine(self, *args, **kwargs):
+        if self == mine:  # the model's folder is read-only (root cannot be stopped by chmod)
+            raise OSError(30, "Read-only file system")
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", read_only_for_mine)
+
+    code, out, err = _cli(["rm", "mine", "--yes"], capsys)
+
+    assert code == 1 and out == ""
+    assert err.splitlines()[-1] == f"localcascade: cannot delete {mine}: Read-only file system"
+    assert mine.exists() and store.find_local_model("mine") == mine
