@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from localcascade.errors import DiskSpaceError, Interrupted, OutputPathError, QuantizeError
+from localcascade.errors import DiskSpaceError, Interrupted, OutputPathError, QuantizeError, UsageError
 from quant.gguf_facts import GGUFFacts, read_facts, shard_paths
 from quant.targets import MAIN_TYPE, UNQUANTIZED_TYPES, accepted_main_types, normalize_target
 from quant.workdir import sweep_abandoned, work_dir_for
@@ -97,13 +97,26 @@ def quantize(
 
     With ``keep_split`` a split source gives split output named
     ``<dst without .gguf>-0000N-of-0000M.gguf``. An existing output file is
-    refused unless ``overwrite``. Raises QuantizeError, DiskSpaceError, or
-    Interrupted (Ctrl-C); none of them leaves an output file.
+    refused unless ``overwrite``. Raises UsageError (``nthread`` out of range),
+    QuantizeError, DiskSpaceError, or Interrupted (Ctrl-C); none of them leaves an output file.
     """
-    check_destination(src, dst, keep_split=keep_split, overwrite=overwrite)  # before llama.cpp starts
+    check_threads(nthread)  # before llama.cpp starts
+    check_destination(src, dst, keep_split=keep_split, overwrite=overwrite)
     with prepare(src, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
         return job.run(dst, keep_split=keep_split, nthread=nthread, progress=progress, verify_load=verify_load,
                        overwrite=overwrite)
+
+
+def max_threads() -> int:
+    """The most quantizer threads accepted: llama.cpp starts every one of them, and far past
+    the core count the process dies (``terminate called ...``) instead of going faster."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(nthread: int) -> None:
+    """Refuse a thread count llama.cpp cannot use (0 means one per core)."""
+    if not 0 <= nthread <= max_threads():
+        raise UsageError(f"--threads takes 0 (all cores) to {max_threads()} (4 per core here), not {nthread}")
 
 
 def check_destination(src: str | os.PathLike, dst: str | os.PathLike, *, keep_split: bool = False,
@@ -186,6 +199,7 @@ class Quantization:
         Existing output files are refused unless ``overwrite``.
         """
         target, src, plan = self.target, self.src, self.plan
+        check_threads(nthread)
         dst = Path(dst).expanduser().absolute()
         check_destination(src, dst, keep_split=keep_split, overwrite=overwrite)
         swept = sweep_abandoned(dst.parent)

@@ -17,7 +17,7 @@ import pytest
 
 import quant
 from localcascade import store
-from localcascade.errors import DiskSpaceError, QuantizeError
+from localcascade.errors import DiskSpaceError, QuantizeError, UsageError
 
 # The targets the project promises, and two more the ftype table allows.
 TARGETS = ["IQ4_XS", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "Q5_K_S"]
@@ -303,3 +303,57 @@ def test_cli_refuses_a_missing_out_folder_or_the_source_before_the_dry_run(tiny_
                                     "--force"], capsys)
     assert code == 2 and "is the source file" in err and "predicted" not in err
     assert not (tmp_path / "nowhere").exists()
+
+
+def _unwritable_store() -> Path:
+    """A store whose lock file cannot be created, even by root (chmod would not stop root):
+    a folder sits where the lock file goes."""
+    lock = store.index_path().with_name(store.index_path().name + ".lock")
+    lock.mkdir(parents=True)
+    return lock
+
+
+def test_cli_refuses_an_unwritable_store_before_any_work(tiny_f16_model, tmp_path, capsys):
+    lock = _unwritable_store()
+    out = tmp_path / "out.gguf"
+
+    code, stdout, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(out)], capsys)
+
+    assert code == 1 and stdout == ""
+    assert err.splitlines() == [f"localcascade: cannot write {lock}: Is a directory (the store index lives in "
+                                f"{lock.parent}; set LOCALCASCADE_HOME to a writable folder)"]
+    assert not out.exists() and list(tmp_path.glob(".out.gguf.*")) == []
+
+
+def test_cli_says_where_the_file_is_when_registering_fails_after_the_work(tiny_f16_model, tmp_path, capsys,
+                                                                          monkeypatch):
+    from localcascade.errors import LocalCascadeError
+
+    def store_went_read_only(*args, **kwargs):
+        raise LocalCascadeError("cannot write /somewhere/store.json: Read-only file system")
+
+    monkeypatch.setattr(store, "register_local", store_went_read_only)
+    out = tmp_path / "out.gguf"
+
+    code, stdout, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(out)], capsys)
+
+    assert code == 1 and stdout == ""
+    assert err.splitlines()[-1] == (f"localcascade: wrote {out}, but could not register it as out: cannot write "
+                                    "/somewhere/store.json: Read-only file system; use it by its path")
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("threads", ["-1", "100000"])
+def test_cli_refuses_a_thread_count_llama_cpp_cannot_use(tiny_f16_model, tmp_path, capsys, threads):
+    out = tmp_path / "out.gguf"
+
+    code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--threads", threads,
+                                    "--out", str(out)], capsys)
+
+    most = 4 * os.cpu_count()
+    assert code == 2
+    assert err.splitlines() == [f"localcascade: --threads takes 0 (all cores) to {most} (4 per core here), "
+                                f"not {threads}"]
+    assert not out.exists()
+    with pytest.raises(UsageError):
+        quant.quantize(tiny_f16_model, out, "Q8_0", nthread=int(threads))

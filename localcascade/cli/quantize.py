@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from localcascade.cli import app
+from localcascade.errors import LocalCascadeError, OutputPathError
 from localcascade.units import format_bytes
 
 
@@ -27,17 +28,20 @@ def quantize(
     allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Accept an already-quantized source."),
     keep_split: bool = typer.Option(False, "--keep-split", help="Split output like the split source."),
     name: Optional[str] = typer.Option(None, "--name", help="Name to register it under (default: the file's)."),
-    threads: int = typer.Option(0, "--threads", help="Quantizer threads (0 = all cores)."),
+    threads: int = typer.Option(0, "--threads", help="Quantizer threads (0 = all cores; at most 4 per core)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file and registered name."),
 ) -> None:
     """Quantize a GGUF with llama.cpp's quantizer, check the result, and add it to the store."""
     import quant
     from localcascade import store
+    from quant.quantize import check_threads
 
-    target = quant.normalize_target(to)
-    source = store.find_local_model(src).absolute()
-    dst = (out or _default_out(source, target)).expanduser()
     # Everything that can be refused is refused here, before llama.cpp's dry run and the work.
+    target = quant.normalize_target(to)
+    check_threads(threads)
+    source = store.find_local_model(src).absolute()
+    store.check_writable()  # the result is registered at the end
+    dst = (out or _default_out(source, target)).expanduser()
     finals = quant.check_destination(source, dst, keep_split=keep_split, overwrite=force)
     register_as = name or _name_for(finals[0])
     replaced = store.check_new_name(register_as, replace=force)
@@ -49,10 +53,16 @@ def quantize(
             result = job.run(dst, keep_split=keep_split, nthread=threads, progress=progress, overwrite=force)
     for warning in result.warnings:
         typer.echo(f"note: {warning}", err=True)
-    registered = store.register_local(
-        register_as, list(result.outputs), quant=target, source=str(source), replace=force,
-        check="loaded in llama.cpp, tensor types as planned" if result.loaded else "tensor types as planned",
-    )
+    try:
+        registered = store.register_local(
+            register_as, list(result.outputs), quant=target, source=str(source), replace=force,
+            check="loaded in llama.cpp, tensor types as planned" if result.loaded else "tensor types as planned",
+        )
+    except LocalCascadeError as err:
+        # The store changed since the check above (another process, a remount): the file is
+        # complete and checked, so say where it is rather than only why it has no name.
+        raise LocalCascadeError(f"wrote {result.path}, but could not register it as {register_as}: {err}; "
+                                "use it by its path") from None
     if replaced is not None and not set(replaced.files) & set(result.outputs):
         typer.echo(f"note: {register_as} now names {result.path}; {replaced.path}, which it named before, "
                    "is kept but no longer registered", err=True)
@@ -71,9 +81,14 @@ def _default_out(source: Path, target: str) -> Path:
     try:
         source.absolute().relative_to(settings.hf_hub_cache().absolute())
         folder = settings.data_dir() / "models"
-        folder.mkdir(parents=True, exist_ok=True)
     except ValueError:
         pass
+    else:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputPathError(f"cannot create {folder} for the output: {err.strerror or err}; "
+                                  "choose the output file with --out") from None
     stem = re.sub(r"-\d{5}-of-\d{5}$", "", source.name[: -len(".gguf")] if source.name.endswith(".gguf")
                   else source.name)
     renamed = re.sub(r"(?i)(?<![A-Za-z0-9])(BF16|F16|F32)(?![A-Za-z0-9])", target, stem)
