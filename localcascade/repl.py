@@ -274,14 +274,27 @@ def _cmd_clear(state: ReplState, arg: str) -> Outcome:
     return _say("new conversation (same model, same settings)")
 
 
-def _cmd_save(state: ReplState, arg: str) -> Outcome:
+def _cmd_save(state: ReplState, arg: str, *, replace_file: bool = False) -> Outcome:
+    command = "/save!" if replace_file else "/save"
     if not arg.strip():
-        raise UsageError("usage: /save FILE")
+        raise UsageError(f"usage: {command} FILE")
     path = Path(arg.strip()).expanduser()
+    if path.is_dir():
+        raise UsageError(f"cannot save to {path}: it is a folder; name a file in it")
+    # A conversation file is easy to lose by typing a name twice: replacing one takes /save!.
+    if not replace_file and (path.exists() or path.is_symlink()):
+        raise UsageError(f"{path} already exists: /save! {arg.strip()} replaces it, or /save another name")
     data = json.dumps(state.chat.to_dict(), indent=2, ensure_ascii=False)
-    _write_atomically(path, data + "\n")
+    try:
+        _write_atomically(path, data + "\n")
+    except OSError as err:
+        raise UsageError(f"cannot save to {path}: {err.strerror or err}") from None
     count = len(state.chat.messages)
     return _say(f"saved {count} message{'s' if count != 1 else ''} to {path}")
+
+
+def _cmd_save_replacing(state: ReplState, arg: str) -> Outcome:
+    return _cmd_save(state, arg, replace_file=True)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -307,10 +320,15 @@ def _cmd_load(state: ReplState, arg: str) -> Outcome:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"no such file: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
         raise UsageError(f"cannot read {path}: {err}") from None
     except json.JSONDecodeError as err:
         raise UsageError(f"{path} is not a saved conversation (bad JSON: {err.msg}, line {err.lineno})") from None
+    if not_utf8(json.dumps(data, ensure_ascii=False)) is not None:
+        # JSON escapes can spell lone surrogates, which no tokenizer takes: refuse them here, not mid-reply.
+        raise UsageError(f"{path} is not a saved conversation (its text is not valid Unicode)")
     try:
         chat = type(state.chat).from_dict(state.engine, data)
     except LocalCascadeError:
@@ -419,7 +437,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("/set", "/set temp|top_p|top_k|max_tokens|seed V", "sampling settings",
             _cmd_set, tuple(_SETTABLE)),
     Command("/clear", "/clear", "start a new conversation", _cmd_clear),
-    Command("/save", "/save FILE", "save the conversation as JSON", _cmd_save),
+    Command("/save", "/save FILE", "save the conversation as JSON (never over an existing file)", _cmd_save),
+    Command("/save!", "/save! FILE", "save it, replacing FILE if it exists", _cmd_save_replacing),
     Command("/load", "/load FILE", "load a saved conversation", _cmd_load),
     Command("/stats", "/stats", "tokens, speed, context used", _cmd_stats),
     Command("/info", "/info", "model, plan, hardware, settings", _cmd_info),
@@ -453,6 +472,24 @@ def run_command(state: ReplState, line: str) -> Outcome:
         return command.handler(state, arg)
     except LocalCascadeError as err:
         return _say(str(err), kind=ERROR)
+    except (OSError, ValueError) as err:
+        # A file or a path the command could not use (a NUL in a name, a full disk...): the
+        # conversation must outlive it.
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        return _say(f"{command.name} failed: {reason}", kind=ERROR)
+
+
+def not_utf8(text: str) -> str | None:
+    """Why ``text`` cannot be sent as UTF-8 (the bytes a pipe could not decode), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        char = ord(text[err.start])
+        # stdin decodes with surrogateescape: U+DC80..U+DCFF stand for the undecodable bytes.
+        if 0xDC80 <= char <= 0xDCFF:
+            return f"byte 0x{char - 0xDC00:02x} is not UTF-8"
+        return f"U+{char:04X} is not a character"
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -866,6 +903,14 @@ class _SlashCompleter:
         return SlashCompleter()
 
 
+class UnfinishedBlock(EOFError):
+    """The input ended inside a \"\"\" block; ``lines`` is how many lines it held."""
+
+    def __init__(self, lines: int):
+        super().__init__(lines)
+        self.lines = lines
+
+
 class LineReader:
     """Reads one message at a time: prompt-toolkit on a terminal, plain lines from a pipe.
 
@@ -878,11 +923,15 @@ class LineReader:
         if interactive is None:
             # A dumb terminal (an editor's shell buffer) gets plain lines: prompt-toolkit writes
             # cursor codes even in its dumb mode, and such terminals cannot show them.
-            interactive = sys.stdin.isatty() and not lc_settings.dumb_terminal()
+            interactive = _stdin_is_terminal() and not lc_settings.dumb_terminal()
         self.interactive = interactive
         # Lines piped in are not typed by anyone: a prompt would only end up in the output,
         # glued to the reply that follows it.
-        self.show_prompt = interactive or (sys.stdin.isatty() if show_prompt is None else show_prompt)
+        self.show_prompt = interactive or (_stdin_is_terminal() if show_prompt is None else show_prompt)
+        if not interactive and hasattr(sys.stdin, "reconfigure"):
+            # Bytes that are not UTF-8 must reach run_repl as text it can refuse line by line;
+            # a strict decoder would raise from readline and end the chat.
+            sys.stdin.reconfigure(errors="surrogateescape")
         self.session = None
         self.interrupted_text = ""
         if self.interactive:
@@ -928,6 +977,8 @@ class LineReader:
             if self.show_prompt:
                 sys.stdout.write(prompt)
                 sys.stdout.flush()
+            if sys.stdin is None:             # started with stdin closed
+                raise EOFError
             line = sys.stdin.readline()
             if not line:
                 raise EOFError
@@ -949,11 +1000,18 @@ class LineReader:
             return body.rstrip()[: -len(MULTILINE_FENCE)]
         lines = [body] if body else []
         while True:
-            line = self._line("... ")
+            try:
+                line = self._line("... ")
+            except EOFError:
+                raise UnfinishedBlock(len(lines)) from None
             if line.rstrip().endswith(MULTILINE_FENCE):
                 lines.append(line.rstrip()[: -len(MULTILINE_FENCE)])
                 return "\n".join(lines).strip("\n")
             lines.append(line)
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
 
 
 # --------------------------------------------------------------------------
@@ -981,6 +1039,18 @@ def run_repl(state: ReplState, *, console=None, reader: LineReader | None = None
     while True:
         try:
             line = reader.read(state.prompt_label())
+        except UnfinishedBlock as err:
+            # Not sent, as a shell or Python treats an unclosed quote at the end of a script: a
+            # missing closing fence more likely means input that was cut off than a finished
+            # message. On a terminal, Ctrl-D there is a choice to leave; in a pipe the input is
+            # incomplete, so the exit status says so.
+            held = f"{err.lines} line{'s' if err.lines != 1 else ''}" if err.lines else "empty"
+            print(f'localcascade: the input ended inside a """ block ({held}), which was not sent; '
+                  'close the block with """ to send it', file=sys.stderr)
+            return 0 if getattr(reader, "show_prompt", False) else 1
+        except OSError as err:
+            print(f"localcascade: cannot read the chat input: {err.strerror or err}", file=sys.stderr)
+            return 1
         except EOFError:
             if reader.show_prompt:
                 console.print()      # leave the prompt's line
@@ -996,6 +1066,11 @@ def run_repl(state: ReplState, *, console=None, reader: LineReader | None = None
             continue
         warned_interrupt = False
         if not line.strip():
+            continue
+        problem = not_utf8(line)
+        if problem is not None:
+            console.print(f"error: that input was not sent: {problem} (the chat takes UTF-8 text)",
+                          style="red", markup=False)
             continue
         if is_command(line):
             outcome = run_command(state, line)

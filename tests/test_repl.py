@@ -426,3 +426,107 @@ def test_a_reply_cut_off_before_its_stats_still_counts_in_the_session():
     assert "0 thinking + 3 answer tokens" in lines[1] and "stopped: interrupted" in lines[1], lines
     assert lines[0].startswith("last reply: 20 prompt tokens (20 evaluated)"), lines
     assert lines[2].startswith("session: 1 replies, 20 prompt tokens evaluated, 3 generated"), lines
+
+
+class _SavedChat:
+    """Enough of a Chat for /save and /load."""
+
+    messages = [{"role": "user", "content": "hello"}]
+
+    def to_dict(self):
+        return {"format": "localcascade-chat", "version": 1, "messages": self.messages}
+
+
+def _notices(state, line: str) -> list[tuple[str, str]]:
+    from localcascade import repl
+
+    return [(notice.kind, notice.text) for notice in repl.run_command(state, line).notices]
+
+
+def test_save_refuses_to_overwrite_and_save_bang_replaces(tmp_path, monkeypatch):
+    from localcascade import repl
+
+    monkeypatch.chdir(tmp_path)
+    state = repl.ReplState(engine=None, chat=_SavedChat())
+    (tmp_path / "notes.txt").write_text("my notes\n")
+
+    assert _notices(state, "/save notes.txt") == [
+        ("error", "notes.txt already exists: /save! notes.txt replaces it, or /save another name")]
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+
+    assert _notices(state, "/save! notes.txt") == [("info", "saved 1 message to notes.txt")]
+    assert json.loads((tmp_path / "notes.txt").read_text())["messages"] == _SavedChat.messages
+    assert any(text.startswith("/save! FILE ") for _, text in _notices(state, "/help"))
+
+
+def test_a_file_command_that_fails_is_one_line_and_the_chat_goes_on(tmp_path, monkeypatch):
+    from localcascade import repl
+
+    state = repl.ReplState(engine=None, chat=_SavedChat())
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    for line in (f"/save {folder}", f"/save! {folder}"):
+        assert _notices(state, line) == [("error", f"cannot save to {folder}: it is a folder; name a file in it")]
+    assert _notices(state, f"/load {folder}") == [("error", f"cannot read {folder}: Is a directory")]
+    assert _notices(state, "/save a\0b") == [("error", "/save failed: embedded null byte")]
+    escaped = tmp_path / "escaped.json"     # JSON can spell a lone surrogate, which no tokenizer takes
+    escaped.write_text('{"format": "localcascade-chat", "version": 1, "messages": '
+                       '[{"role": "user", "content": "\\udcff"}]}')
+    assert _notices(state, f"/load {escaped}") == [
+        ("error", f"{escaped} is not a saved conversation (its text is not valid Unicode)")]
+    escaped.unlink()
+
+    def read_only(*args):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only)  # a read-only folder, which root could still write
+    target = tmp_path / "x.json"
+    assert _notices(state, f"/save {target}") == [("error", f"cannot save to {target}: Read-only file system")]
+    assert [p.name for p in tmp_path.iterdir()] == ["dir"]  # no temporary file left
+
+
+def _piped_run(model: Path, data: bytes, tmp_path: Path, **kwargs):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    return subprocess.run([sys.executable, "-m", "localcascade", "run", "--model", str(model), "--no-think"],
+                          input=data, capture_output=True, env=env, cwd=str(tmp_path), timeout=60, **kwargs)
+
+
+def test_piped_bytes_that_are_not_utf8_are_refused_line_by_line(tmp_path, tiny_model):
+    result = _piped_run(tiny_model, b"hi \xff\n/system \xfe\n/stats\n", tmp_path)
+
+    out, err = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 0, err
+    assert "Traceback" not in err
+    lines = out.splitlines()
+    assert "error: that input was not sent: byte 0xff is not UTF-8 (the chat takes UTF-8 text)" in lines
+    assert "error: that input was not sent: byte 0xfe is not UTF-8 (the chat takes UTF-8 text)" in lines
+    assert "session: 0 replies, 0 prompt tokens evaluated, 0 generated" in lines   # the chat went on
+
+
+def test_input_ending_inside_a_multiline_block_is_reported_not_dropped(tmp_path, tiny_model):
+    result = _piped_run(tiny_model, b'/stats\n"""\nfirst\nsecond\n', tmp_path)
+
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert err.splitlines()[-1] == ('localcascade: the input ended inside a """ block (2 lines), which was not '
+                                    'sent; close the block with """ to send it')
+    assert "no reply yet" in result.stdout.decode()
+
+
+@pytest.mark.parametrize("how", ["closed", "devnull"])
+def test_run_with_no_input_to_read_is_one_line_before_loading(tmp_path, tiny_model, how):
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TERM")}
+    extra = {"preexec_fn": lambda: os.close(0)} if how == "closed" else {}
+    result = subprocess.run([sys.executable, "-m", "localcascade", "run", "--model", str(tiny_model)],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=60,
+                            **extra)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "localcascade: standard input is closed (or /dev/null) and the chat reads its messages from it: "
+        "run it from a terminal or pipe the messages in (`localcascade ask` answers one prompt)"]
+    assert result.stdout == ""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Optional
@@ -56,6 +59,10 @@ def run(
 
     hardware = hardware_for()  # this machine, unknown bandwidths filled in
     model_path = _choose_model(model_arg or model, hardware, request, yes)
+    if _stdin_is_empty():
+        # Before the load, which can take minutes for a model this size, only to read nothing.
+        raise UsageError("standard input is closed (or /dev/null) and the chat reads its messages from it: "
+                         "run it from a terminal or pipe the messages in (`localcascade ask` answers one prompt)")
 
     from localcascade.engine.planning import plan_for_file
     from localcascade.engine.session import Chat, Engine
@@ -83,6 +90,17 @@ def run(
             grammar=grammar,
         )
         return repl.run_repl(state)
+
+
+def _stdin_is_empty() -> bool:
+    """stdin closed at start (the CLI puts /dev/null in its place) or /dev/null itself."""
+    if sys.stdin is None:
+        return True
+    try:
+        mine, null = os.fstat(sys.stdin.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False      # not a real file (a test's StringIO): there is something to read
+    return stat.S_ISCHR(mine.st_mode) and mine.st_rdev == null.st_rdev
 
 
 def _read_grammar(path: Path) -> str:
@@ -132,4 +150,8 @@ def _offer_pull(hardware, request, yes: bool) -> Path:
         if not typer.confirm(f"Download {what} from {variant.repo}?", default=True, err=True):
             raise ModelNotFoundError(f"nothing to run: `localcascade pull {variant.quant}` downloads it later")
     pulled = hub.pull(hub.resolve_remote(hub.parse_model_spec(variant.quant)))
+    from localcascade import store
+    from localcascade.cli.models import report_unrecorded
+
+    report_unrecorded(store, pulled)
     return Path(pulled.files[0].local_path)
