@@ -676,8 +676,15 @@ def _read_hub(uri: str) -> ModelHeader:
 
 
 def read_header(source: str | os.PathLike) -> ModelHeader:
-    """The header of a local GGUF file or split set, or of a hub file (``hf://...``)."""
+    """The header of a local GGUF file or split set, or of a hub file (``hf://...``).
+
+    Hyperparameters of the wrong type, or that llama.cpp would abort on while loading, are refused
+    here too (memory.check_hparams): every command reads the header before it plans, summarizes,
+    quantizes or loads, so none of them meets such a file later.
+    """
+    from localcascade.memory import check_hparams
+
     text = os.fspath(source)
-    if text.startswith(HF_SCHEME):
-        return _read_hub(text)
-    return _read_local(Path(text).expanduser())
+    header = _read_hub(text) if text.startswith(HF_SCHEME) else _read_local(Path(text).expanduser())
+    check_hparams(header.metadata, header.source)
+    return header
