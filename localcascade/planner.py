@@ -168,10 +168,15 @@ def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(),
     """
     base = _base(facts, hw, request, n_ctx)
     if request.n_gpu_layers is not None or request.n_cpu_moe is not None:
-        ngl = request.n_gpu_layers if request.n_gpu_layers is not None else (
-            facts.n_layer + 1 if usable_gpus(hw) else 0)
-        if ngl < 0:
-            ngl = facts.n_layer + 1
+        n = facts.n_layer
+        if request.n_cpu_moe is not None and request.n_cpu_moe > n:
+            # The loader writes one override pattern per block: an unchecked 99999 makes llama.cpp
+            # match every tensor name against 99999 regexes, a load of half a minute.
+            raise UsageError(f"--cpu-moe {request.n_cpu_moe} is more than the {n} layers of {name}: give 0 to {n} "
+                             f"({n} keeps every layer's experts in RAM)")
+        ngl = request.n_gpu_layers if request.n_gpu_layers is not None else (n + 1 if usable_gpus(hw) else 0)
+        if ngl < 0 or ngl > n + 1:
+            ngl = n + 1  # llama.cpp's meaning of any count past the last layer: all of them
         p = replace(base, n_gpu_layers=ngl, n_cpu_moe=request.n_cpu_moe or 0)
         est = estimate(facts, p, limits.overheads)
         if not _fits(est, hw, limits, facts):

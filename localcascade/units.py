@@ -15,14 +15,27 @@ _SIZE_UNITS = {
     "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
 }
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+# No machine has a petabyte of memory: a larger size is a typo, and a long enough digit string
+# even overflows float to infinity, which int() cannot take.
+MAX_SIZE_BYTES = 1024**5
+# llama.cpp keeps context, batch and token counts in 32-bit fields, some of them signed.
+MAX_TOKENS = 2**31 - 1
+
+
+def _quoted(text: str, limit: int = 40) -> str:
+    """The user's text for a one-line message, shortened: a pasted megabyte stays one short line."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def parse_size(text: str) -> int:
     """Parse a byte size: "24GiB", "24 GB", "1.5TiB", "512MiB", "1024" (bytes)."""
     match = _SIZE_RE.match(text)
     if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise UsageError(f"cannot read size {text!r}: write it like 24GiB, 16GB or 512MiB")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+        raise UsageError(f"cannot read size {_quoted(text)}: write it like 24GiB, 16GB or 512MiB")
+    value = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if value > MAX_SIZE_BYTES:
+        raise UsageError(f"size {_quoted(text)} is larger than 1 PiB: write it like 24GiB, 16GB or 512MiB")
+    return int(value)
 
 
 _TOKENS_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmM]?)\s*$")
@@ -32,9 +45,12 @@ def parse_tokens(text: str) -> int:
     """Parse a context length: "4096", "32K" (=32768), "1M" (=1048576)."""
     match = _TOKENS_RE.match(text)
     if not match:
-        raise UsageError(f"cannot read token count {text!r}: write it like 8192, 32K or 1M")
+        raise UsageError(f"cannot read token count {_quoted(text)}: write it like 8192, 32K or 1M")
     scale = {"": 1, "k": 1024, "m": 1024**2}[match.group(2).lower()]
-    value = int(float(match.group(1)) * scale)
+    value = float(match.group(1)) * scale
+    if value > MAX_TOKENS:
+        raise UsageError(f"token count {_quoted(text)} is too large: at most {MAX_TOKENS} (2047M)")
+    value = int(value)
     if value <= 0:
         raise UsageError(f"token count must be positive, got {text!r}")
     return value

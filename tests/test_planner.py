@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from localcascade.catalog import find_variant, load_catalog
-from localcascade.errors import DoesNotFitError
+from localcascade.errors import DoesNotFitError, UsageError
 from localcascade.hardware.facts import GPU, Hardware, LlamaCppBuild
 from localcascade.memory import GiB
 from localcascade.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, PlanRequest
@@ -118,3 +118,14 @@ def test_when_nothing_fits_the_error_names_the_smallest_variant_and_its_shortfal
     message = str(err.value)
     assert message.startswith("none of BF16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, IQ4_XS fits this machine: IQ4_XS at 4K")
     assert "GiB of RAM" in message and "requested" not in message
+
+
+def test_cpu_moe_past_the_last_layer_is_refused_and_ngl_past_it_means_all():
+    n = Q4.n_layer
+    with pytest.raises(UsageError, match=rf"^--cpu-moe {n + 1} is more than the {n} layers of Q4_K_M: give 0 to {n}"):
+        plan_for_facts(Q4, machine(None, 512), PlanRequest(n_ctx=4096, n_cpu_moe=n + 1), name="Q4_K_M")
+    assert plan_for_facts(Q4, machine(None, 512), PlanRequest(n_ctx=4096, n_cpu_moe=n)).n_cpu_moe == n
+    # llama.cpp takes any count past the output layer as "all"; the plan (and the int32 llama.cpp
+    # is handed) says how many that is.
+    plan = plan_for_facts(IQ4, machine(80), PlanRequest(n_ctx=4096, n_gpu_layers=10**12))
+    assert plan.n_gpu_layers == n + 1 and plan.verdict == FULL_GPU
