@@ -381,3 +381,9 @@ def test_rm_of_a_file_that_cannot_be_deleted_is_one_line_and_keeps_the_entry(tin
     assert code == 1 and out == ""
     assert err.splitlines()[-1] == f"localcascade: cannot delete {mine}: Read-only file system"
     assert mine.exists() and store.find_local_model("mine") == mine
+
+
+def test_show_names_an_unknown_hardware_profile_before_looking_for_the_model(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, err = _cli(["show", "Q4_K_M", "--gpu", "nosuch"], capsys)
+    assert code == 2 and out == "" and "nosuch" in err and "HF_HUB_OFFLINE" not in err

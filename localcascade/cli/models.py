@@ -186,6 +186,7 @@ def show(
     from localcascade.gguf_header import read_header
     from localcascade.model_summary import summarize
 
+    hardware = hardware_for(gpu=gpu, vram=vram, ram=ram)  # a bad --gpu is the user's first mistake to hear of
     stored = _stored_or_none(store, model)
     if stored is not None:
         source = str(stored.path)
@@ -195,7 +196,7 @@ def show(
         source = _local_or_hub_source(store, model)
     header = read_header(source)
     summary = summarize(header)
-    plan, plan_error = _plan_for(header, hardware_for(gpu=gpu, vram=vram, ram=ram))
+    plan, plan_error = _plan_for(header, hardware)
     if as_json:
         data = {"model": stored.to_dict() if stored else {"path": source}, "summary": summary.to_dict(),
                 "plan": plan.to_dict() if plan else None, "plan_error": plan_error}

@@ -53,7 +53,7 @@ def run(
     )
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
 
-    grammar = _read_grammar(grammar_file) if grammar_file is not None else None
+    grammar = options.read_grammar_file(grammar_file) if grammar_file is not None else None
 
     from localcascade.hardware.resolve import hardware_for
 
@@ -101,13 +101,6 @@ def _stdin_is_empty() -> bool:
     except (OSError, ValueError, io.UnsupportedOperation):
         return False      # not a real file (a test's StringIO): there is something to read
     return stat.S_ISCHR(mine.st_mode) and mine.st_rdev == null.st_rdev
-
-
-def _read_grammar(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read grammar file {path}: {err}") from None
 
 
 def _choose_model(spec: Optional[str], hardware, request, yes: bool) -> Path:
