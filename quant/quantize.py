@@ -132,6 +132,8 @@ def check_destination(src: str | os.PathLike, dst: str | os.PathLike, *, keep_sp
     finals = _split_names(dst, len(sources)) if keep_split and len(sources) > 1 else [dst]
     if not dst.parent.is_dir():
         raise OutputPathError(f"output directory {dst.parent} does not exist")
+    if not os.access(dst.parent, os.W_OK):  # a read-only mount also shows 0 bytes free, a misleading reason
+        raise OutputPathError(f"cannot write in {dst.parent} (read-only or not yours); choose another --out")
     source_files = {os.path.realpath(p) for p in sources}
     for final in finals:
         if os.path.realpath(final) in source_files:

@@ -357,3 +357,14 @@ def test_cli_refuses_a_thread_count_llama_cpp_cannot_use(tiny_f16_model, tmp_pat
     assert not out.exists()
     with pytest.raises(UsageError):
         quant.quantize(tiny_f16_model, out, "Q8_0", nthread=int(threads))
+
+
+def test_cli_refuses_an_output_folder_it_cannot_write_before_the_dry_run(tiny_f16_model, tmp_path, capsys, monkeypatch):
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    real_access = os.access
+    # Tests run as root, which writes anywhere but on a read-only mount: stand in for that mount.
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == locked else real_access(path, mode, **kw))
+    code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(locked / "x.gguf")], capsys)
+    assert code == 2 and f"cannot write in {locked}" in err and "predicted" not in err
+    assert list(locked.iterdir()) == []
