@@ -679,10 +679,10 @@ def read_header(source: str | os.PathLike) -> ModelHeader:
     """The header of a local GGUF file or split set, or of a hub file (``hf://...``).
 
     Hyperparameters of the wrong type, or that llama.cpp would abort on while loading, are refused
-    here too (memory.check_hparams): every command reads the header before it plans, summarizes,
+    here too (hparams.check_hparams): every command reads the header before it plans, summarizes,
     quantizes or loads, so none of them meets such a file later.
     """
-    from localcascade.memory import check_hparams
+    from localcascade.hparams import check_hparams
 
     text = os.fspath(source)
     header = _read_hub(text) if text.startswith(HF_SCHEME) else _read_local(Path(text).expanduser())
