@@ -56,6 +56,21 @@ class LlamaLog:
 LOG = LlamaLog()
 
 
+def _send_again(err: BaseException) -> None:
+    """A signal's exception (Ctrl-C, SIGTERM) raised inside this callback cannot cross the C
+    frames below it: ctypes would print it and drop it, and the load or run would go on as if
+    nothing had happened. The signal is sent again a moment later, from another thread, so it is
+    delivered once the C code is back in Python (and again, should it land in a callback again)."""
+    import os
+    import signal
+
+    signum = getattr(err, "signum", None) or (signal.SIGINT if isinstance(err, KeyboardInterrupt) else None)
+    if signum:
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+
+
 def install() -> LlamaLog:
     """Route llama.cpp's log into ``LOG`` (idempotent); returns ``LOG``."""
     if LOG._callback is not None:
@@ -68,6 +83,8 @@ def install() -> LlamaLog:
             LOG.write(level, text.decode("utf-8", errors="replace") if text else "")
         except Exception:  # a callback from C must never raise
             pass
+        except BaseException as err:  # noqa: BLE001
+            _send_again(err)
 
     LOG._callback = _on_log
     llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
