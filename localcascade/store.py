@@ -350,6 +350,30 @@ def list_models() -> list[StoredModel]:
     return models
 
 
+@dataclass(frozen=True)
+class PartialDownload:
+    """Bytes of an interrupted pull, kept in the HF cache so the next pull continues them."""
+
+    repo: str
+    path: Path
+    size: int
+
+
+def partial_downloads() -> list[PartialDownload]:
+    """Every ``blobs/*.incomplete`` file in the Hugging Face cache's model repositories."""
+    cache = settings.hf_hub_cache()
+    if not cache.is_dir():
+        return []
+    found = []
+    for blob in sorted(cache.glob("models--*/blobs/*.incomplete")):
+        repo = blob.parent.parent.name[len("models--"):].replace("--", "/", 1)
+        try:
+            found.append(PartialDownload(repo, blob, blob.stat().st_size))
+        except OSError:
+            continue  # finished or removed while we looked
+    return found
+
+
 def _cached_models(verified: dict) -> list[StoredModel]:
     cache = settings.hf_hub_cache()
     if not cache.is_dir():

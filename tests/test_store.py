@@ -387,3 +387,15 @@ def test_show_names_an_unknown_hardware_profile_before_looking_for_the_model(cap
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, out, err = _cli(["show", "Q4_K_M", "--gpu", "nosuch"], capsys)
     assert code == 2 and out == "" and "nosuch" in err and "HF_HUB_OFFLINE" not in err
+
+
+def test_list_tells_of_interrupted_downloads_still_holding_disk(served, capsys):
+    _pull(f"{REPO}:Q8_0")
+    blobs = next(_cache().glob("models--someone--Tiny-GGUF/blobs"))
+    partial = blobs / ("0" * 64 + ".incomplete")   # what an interrupted pull keeps to continue from
+    partial.write_bytes(b"\0" * 3000)
+
+    code, out, err = _cli(["list"], capsys)
+
+    assert code == 0 and str(partial) not in out   # the table stays one model per line
+    assert f"partial download: 2.9 KiB of a file from {REPO} ({partial}); pulling the same model again" in err

@@ -157,6 +157,10 @@ def list_models(
     if as_json:
         typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
         return
+    # Interrupted pulls hold disk too; said on stderr so the table stays one model per line.
+    for partial in store.partial_downloads():
+        _err(f"partial download: {format_bytes(partial.size)} of a file from {partial.repo} ({partial.path}); "
+             "pulling the same model again continues it, deleting the file drops it")
     if not models:
         _err("no models yet: `localcascade pull` downloads the best one for this machine")
         return
