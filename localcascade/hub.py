@@ -97,6 +97,8 @@ def parse_model_spec(spec: str) -> ModelRef:
     local = Path(text).expanduser()
     if local.is_file():
         return ModelRef(kind="local", spec=text, path=local.absolute(), quant=quant_from_name(local.name))
+    if local.exists():
+        raise ModelNotFoundError(not_a_model_file(local))
     repo_quant = _REPO_QUANT_RE.match(text)
     if repo_quant:
         return ModelRef(kind="repo_quant", spec=text, repo=repo_quant.group("repo"),
@@ -114,6 +116,12 @@ def parse_model_spec(spec: str) -> ModelRef:
         check_remote_name(name)
     return ModelRef(kind="variant", spec=variant.quant, repo=variant.repo, quant=variant.quant, files=files,
                     variant=variant, sha256=_catalog_checksums(variant))
+
+
+def not_a_model_file(path: Path) -> str:
+    """Why an existing path that is not a regular file (a folder, a device, a pipe) is no model."""
+    kind = "a folder" if path.is_dir() else "not a regular file"
+    return f"{path} is {kind}: give a .gguf model file"
 
 
 def is_repo_name(text: str) -> bool:

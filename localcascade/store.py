@@ -440,6 +440,10 @@ def find_stored(spec: str) -> StoredModel:
             return model
     path = Path(text).expanduser()
     if path.exists():
+        if not path.is_file():
+            from localcascade.hub import not_a_model_file
+
+            raise ModelNotFoundError(not_a_model_file(path))
         real = _key(path)
         for model in models:
             if any(_key(f) == real for f in model.files):

@@ -399,3 +399,16 @@ def test_list_tells_of_interrupted_downloads_still_holding_disk(served, capsys):
 
     assert code == 0 and str(partial) not in out   # the table stays one model per line
     assert f"partial download: 2.9 KiB of a file from {REPO} ({partial}); pulling the same model again" in err
+
+
+@pytest.mark.parametrize("command", [["ask", "-m"], ["fit"], ["show"], ["quantize", "--to", "Q8_0"]])
+def test_a_folder_or_device_named_as_the_model_is_said_to_be_one(command, tmp_path, capsys, monkeypatch):
+    import io
+    import sys
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))  # ask reads piped stdin first
+    for path, kind in ((tmp_path, "a folder"), (Path("/dev/null"), "not a regular file")):
+        args = [*command, str(path)] if command[0] != "ask" else [*command, str(path), "hi"]
+        code, out, err = _cli(args, capsys)
+        assert code == 1 and out == ""
+        assert err == f"localcascade: {path} is {kind}: give a .gguf model file\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -217,6 +218,8 @@ def _local_or_hub_source(store, model: str) -> str:
     try:
         return str(store.find_local_model(model))
     except ModelNotFoundError:
+        if Path(model).expanduser().exists():
+            raise  # a folder or device named as the model: its own error says so
         try:
             variant = find_variant(model)
         except LocalCascadeError:
