@@ -44,10 +44,14 @@ def small_chunks(monkeypatch):
 
 @pytest.fixture
 def payload(tmp_path) -> Path:
-    """An 8 MiB file with a GGUF magic (the download does not parse it)."""
-    path = tmp_path / "served" / FILE
-    path.parent.mkdir()
-    path.write_bytes(b"GGUF" + os.urandom(SIZE - 4))
+    """An 8 MiB GGUF: the tiny model (pull reads its header before downloading) and random bytes
+    after its tensor data, which make every run's file, and its sha256, new."""
+    import synth
+
+    (tmp_path / "served").mkdir()
+    path = synth.write_nemotron_h_moe(tmp_path / "served" / FILE, synth.TINY)
+    with open(path, "ab") as f:
+        f.write(os.urandom(SIZE - path.stat().st_size))
     return path
 
 
@@ -392,3 +396,25 @@ def test_branch_moving_during_the_download_keeps_the_pinned_commit(served, paylo
     from huggingface_hub import try_to_load_from_cache
 
     assert try_to_load_from_cache(REPO, FILE, cache_dir=_cache()) == str(pulled.path)  # refs/main -> what we have
+
+
+def test_pull_shows_the_plan_from_the_hub_header_before_downloading(served, capsys):
+    code, _, err = _run_cli(["pull", f"{REPO}:Q8_0", "--vram", "8GiB", "--ctx", "2K"], capsys)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0] == f"{REPO}:Q8_0: {REPO}, 8.0 MiB"
+    assert lines[1].startswith("  full gpu at 2K context: GPU ")
+
+
+def test_a_file_that_is_no_gguf_model_is_refused_before_its_bytes_are_fetched(hf_server, tmp_path, capsys):
+    fake = tmp_path / "Fake-Q8_0.gguf"
+    fake.write_bytes(b"<html>not a model</html>" + os.urandom(SIZE))   # e.g. an LFS mishap
+    hf_server.add_file("someone/Fake-GGUF", "Fake-Q8_0.gguf", fake)
+
+    code, out, err = _run_cli(["pull", "someone/Fake-GGUF:Q8_0"], capsys)
+
+    assert code == 1 and out == ""
+    assert err.splitlines()[-1].endswith("; nothing was downloaded")
+    assert "GGUF" in err.splitlines()[-1], err
+    assert hf_server.bytes_served["Fake-Q8_0.gguf"] <= MIB   # one range request, not the file
+    assert not list(_cache().rglob("*.incomplete")) and not [m for m in store.list_models() if m.repo]

@@ -40,10 +40,10 @@ def _confirm(question: str, yes: bool, *, without_terminal: str) -> None:
 def pull(
     model: str = typer.Argument("auto", help="Variant (Q4_K_M), REPO:QUANT, hf://REPO/FILE.gguf, or auto: "
                                              "the best variant for this machine."),
-    ctx: Optional[str] = typer.Option(None, "--ctx", help="Context length to plan `auto` for: 8192, 32K, 1M."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan `auto` for a hardware profile (rtx-4090) instead."),
-    vram: Optional[str] = typer.Option(None, "--vram", help="Plan `auto` for this much GPU memory, e.g. 16GiB."),
-    ram: Optional[str] = typer.Option(None, "--ram", help="Plan `auto` for this much system RAM, e.g. 64GiB."),
+    ctx: Optional[str] = typer.Option(None, "--ctx", help="Context length to plan for: 8192, 32K, 1M."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan for a hardware profile (rtx-4090) instead of this machine."),
+    vram: Optional[str] = typer.Option(None, "--vram", help="Plan for this much GPU memory, e.g. 16GiB."),
+    ram: Optional[str] = typer.Option(None, "--ram", help="Plan for this much system RAM, e.g. 64GiB."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before downloading the variant `auto` chose."),
 ) -> None:
     """Download a model into the Hugging Face cache, resuming and verifying it."""
@@ -72,6 +72,10 @@ def pull(
     remote = hub.resolve_remote(ref)
     shards = f" in {len(remote.files)} files" if len(remote.files) > 1 else ""
     _err(f"{ref.label}: {remote.repo}, {format_bytes(remote.size)}{shards}")
+    if model != "auto":  # auto has shown its plan already
+        from localcascade.hardware.resolve import hardware_for
+
+        _check_before_download(remote, hardware_for(gpu=gpu, vram=vram, ram=ram), ctx)
     try:
         pulled = hub.pull(remote, show_progress=sys.stderr.isatty())
     except KeyboardInterrupt:
@@ -86,6 +90,26 @@ def pull(
     name = ref.spec if ref.kind == "variant" else ref.label
     report_unrecorded(store, pulled)
     typer.echo(f"{name}\t{format_bytes(pulled.size)}\t{state}\t{pulled.path}")
+
+
+def _check_before_download(remote, hardware, ctx: Optional[str]) -> None:
+    """Read the file's header from the hub first (a few MB of range requests): a file llama.cpp
+    cannot use is refused before its gigabytes are fetched, and the user sees how it would fit."""
+    from localcascade.errors import GGUFHeaderError
+    from localcascade.gguf_header import read_header
+    from localcascade.plan import PlanRequest
+    from localcascade.units import parse_tokens
+
+    request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None)
+    try:
+        header = read_header(f"hf://{remote.repo}@{remote.revision}/{remote.files[0].path}")
+    except GGUFHeaderError as err:
+        raise GGUFHeaderError(f"{err}; nothing was downloaded") from None
+    except LocalCascadeError as err:  # the hub would not answer a range request: the download decides
+        _err(f"  (the header could not be read first: {err})")
+        return
+    plan, plan_error = _plan_for(header, hardware, request)
+    _err(f"  {_plan_line(plan)}" if plan is not None else f"  warning: {plan_error}")
 
 
 def report_unrecorded(store, pulled) -> None:
@@ -227,12 +251,12 @@ def _local_or_hub_source(store, model: str) -> str:
         return f"hf://{variant.repo}/{variant.files[0]}"
 
 
-def _plan_for(header, hardware):
+def _plan_for(header, hardware, request=None):
     try:
         from localcascade.plan import PlanRequest
         from localcascade.planner import plan_for_model
 
-        return plan_for_model(header, hardware, PlanRequest()), None
+        return plan_for_model(header, hardware, request or PlanRequest()), None
     except LocalCascadeError as err:
         return None, str(err)
 
