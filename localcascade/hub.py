@@ -318,7 +318,7 @@ class PulledModel:
     files: tuple[LocalFile, ...]
     downloaded_bytes: int = 0     # fetched by this pull (0 when it was already here)
     resumed_bytes: int = 0        # already on disk from an interrupted pull
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = field(default=())  # why a check could not be recorded (the files are fine)
 
     @property
     def path(self) -> Path:
@@ -366,15 +366,19 @@ def pull(model: RemoteModel, *, on_bytes: ByteProgress | None = None, show_progr
     downloaded = 0
     files = []
     show = show_progress and not constants.HF_HUB_DISABLE_PROGRESS_BARS
+    notes: list[str] = []
     for meta in metas:
         sha = None
         if not meta.blob.exists():
             fetched, sha = _download(meta, on_bytes=on_bytes, show_progress=show)
             downloaded += fetched
-        files.append(_finish(model, meta, sha))
+        local, unrecorded = _finish(model, meta, sha)
+        files.append(local)
+        if unrecorded and unrecorded not in notes:
+            notes.append(unrecorded)
     commit = metas[0].commit if metas else None
     return PulledModel(repo=model.repo, revision=model.revision, commit=commit, quant=model.quant,
-                       files=tuple(files), downloaded_bytes=downloaded, resumed_bytes=resumed)
+                       files=tuple(files), downloaded_bytes=downloaded, resumed_bytes=resumed, notes=tuple(notes))
 
 
 def _file_meta(model: RemoteModel, remote: RemoteFile, cache: Path) -> _FileMeta:
@@ -483,8 +487,9 @@ def _download(meta: _FileMeta, *, on_bytes: ByteProgress | None, show_progress: 
         return writer.written, sha
 
 
-def _finish(model: RemoteModel, meta: _FileMeta, sha: str | None) -> LocalFile:
-    """Make the snapshot link (through huggingface_hub); verify a blob this pull did not just hash."""
+def _finish(model: RemoteModel, meta: _FileMeta, sha: str | None) -> tuple[LocalFile, str | None]:
+    """Make the snapshot link (through huggingface_hub); verify a blob this pull did not just hash.
+    Also returns why its check could not be recorded in the store index, if it could not."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.file_download import _cache_commit_hash_for_specific_revision
 
@@ -506,9 +511,9 @@ def _finish(model: RemoteModel, meta: _FileMeta, sha: str | None) -> LocalFile:
         sha = (record or {}).get("sha256") or _sha256_of(meta.blob)
     _verify_or_delete(meta, sha, [meta.blob, meta.pointer])
     verified = bool(expected)
-    store.record_verified(meta.blob, sha256=sha, size=meta.size, verified=verified)
+    unrecorded = store.record_verified(meta.blob, sha256=sha, size=meta.size, verified=verified)
     return LocalFile(path_in_repo=meta.remote.path, local_path=meta.pointer, size=meta.size, sha256=sha,
-                     verified=verified)
+                     verified=verified), unrecorded
 
 
 def _verify_or_delete(meta: _FileMeta, sha: str, paths: list[Path]) -> None:

@@ -228,16 +228,13 @@ def _key(path: Path) -> str:
     return os.path.realpath(path)
 
 
-# Verification records this process could not write, for the command to report (see take_unrecorded).
-_unrecorded: list[str] = []
-
-
-def record_verified(path: Path, *, sha256: str | None, size: int, verified: bool, check: str = "sha256") -> None:
+def record_verified(path: Path, *, sha256: str | None, size: int, verified: bool,
+                    check: str = "sha256") -> str | None:
     """Remember that ``path`` (a blob or a local file) hashed to ``sha256`` and whether that was checked.
 
     Best effort: the record only saves hashing the file again, so an index that cannot be
-    read or written must not fail a download that succeeded. The reason is kept for
-    ``take_unrecorded``.
+    read or written must not fail a download that succeeded. Returns why it could not be
+    recorded, for the command to say, or None.
     """
     try:
         with _updating_index() as data:
@@ -246,25 +243,19 @@ def record_verified(path: Path, *, sha256: str | None, size: int, verified: bool
                 "check": check if verified else "unverified", "checked_at": _now(),
             }
     except LocalCascadeError as err:
-        _unrecorded.append(str(err))
-
-
-def take_unrecorded() -> list[str]:
-    """Why verification records could not be kept since the last call (each reason once)."""
-    reasons = list(dict.fromkeys(_unrecorded))
-    _unrecorded.clear()
-    return reasons
+        return str(err)
+    return None
 
 
 def verified_record(path: Path) -> dict | None:
     """What was recorded for ``path``, if its size still matches (a changed file needs a new check).
 
-    None too when the index cannot be read: the caller hashes the file again, which is only slower.
+    None too when the index cannot be read: the caller hashes the file again, which is only
+    slower, and recording the result then says what is wrong with the index.
     """
     try:
         record = _load_index()["verified"].get(_key(path))
-    except LocalCascadeError as err:
-        _unrecorded.append(str(err))
+    except LocalCascadeError:
         return None
     try:
         if record and record.get("size") == Path(path).stat().st_size:

@@ -88,7 +88,7 @@ def pull(
         _err("already downloaded")
     state = "sha256 verified" if all(f.verified for f in pulled.files) else "no published sha256 to check"
     name = ref.spec if ref.kind == "variant" else ref.label
-    report_unrecorded(store, pulled)
+    report_unrecorded(pulled)
     typer.echo(f"{name}\t{format_bytes(pulled.size)}\t{state}\t{pulled.path}")
 
 
@@ -112,10 +112,10 @@ def _check_before_download(remote, hardware, ctx: Optional[str]) -> None:
     _err(f"  {_plan_line(plan)}" if plan is not None else f"  warning: {plan_error}")
 
 
-def report_unrecorded(store, pulled) -> None:
+def report_unrecorded(pulled) -> None:
     """The download is complete whatever the store index says: a record that could not be kept
     (read-only LOCALCASCADE_HOME, a broken index) is a note, after which the model is still used."""
-    for reason in store.take_unrecorded():
+    for reason in pulled.notes:
         _err(f"note: the download is complete ({pulled.path}), but its check could not be recorded: {reason}; "
              "`localcascade list` shows it as not verified and the next pull checks it again")
 

@@ -143,8 +143,7 @@ def _offer_pull(hardware, request, yes: bool) -> Path:
         if not typer.confirm(f"Download {what} from {variant.repo}?", default=True, err=True):
             raise ModelNotFoundError(f"nothing to run: `localcascade pull {variant.quant}` downloads it later")
     pulled = hub.pull(hub.resolve_remote(hub.parse_model_spec(variant.quant)))
-    from localcascade import store
     from localcascade.cli.models import report_unrecorded
 
-    report_unrecorded(store, pulled)
+    report_unrecorded(pulled)
     return Path(pulled.files[0].local_path)
