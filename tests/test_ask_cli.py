@@ -374,3 +374,35 @@ def test_a_reply_cut_before_any_answer_names_the_limit(tiny_model, tmp_path):
     result = ask("--model", str(tiny_model), "--no-think", "--grammar-file", grammar, "--max-tokens", "1", "-q", "hi")
     assert result.returncode == 1
     assert result.stderr.decode() == "localcascade: no answer: --max-tokens (1) ran out before any answer text; raise it\n"
+
+
+@pytest.mark.gemma
+def test_top_k_one_is_the_most_likely_token_every_time(gemma_model):
+    """--top-k keeps the K most likely tokens: with K=1 the reply is the greedy one, whatever the seed."""
+    template = str(DATA / "gemma_chat_template.jinja")
+    common = ["--model", str(gemma_model), "--chat-template", template, "--no-think", "--max-tokens", "12", "--json"]
+    greedy = ask(*common, "--temp", "0", "Name three colours.")
+    assert greedy.returncode == 0, greedy.stderr
+    for seed in ("1", "2"):
+        top1 = ask(*common, "--temp", "1.5", "--top-k", "1", "--seed", seed, "Name three colours.")
+        assert top1.returncode == 0, top1.stderr
+        assert json.loads(top1.stdout)["answer"] == json.loads(greedy.stdout)["answer"]
+
+
+def test_a_negative_top_k_is_a_usage_error(tiny_model):
+    result = ask("--model", str(tiny_model), "--top-k", "-3", "hi")
+    assert result.returncode == 2
+    assert result.stderr.decode().strip().splitlines() == ["localcascade: --top-k must be >= 0 (0 = no top-k), got -3"]
+
+
+@pytest.mark.gemma
+def test_the_same_seed_gives_the_same_sampled_reply(gemma_model):
+    template = str(DATA / "gemma_chat_template.jinja")
+    common = ["--model", str(gemma_model), "--chat-template", template, "--no-think", "--max-tokens", "16", "--json"]
+    first = ask(*common, "--seed", "7", "Tell me about the sea.")
+    again = ask(*common, "--seed", "7", "Tell me about the sea.")
+    other = ask(*common, "--seed", "8", "Tell me about the sea.")
+    assert first.returncode == again.returncode == other.returncode == 0, first.stderr
+    answers = [json.loads(r.stdout)["answer"] for r in (first, again, other)]
+    assert answers[0] == answers[1]
+    assert answers[0] != answers[2]

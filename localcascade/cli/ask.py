@@ -79,6 +79,7 @@ def ask(
     system: Optional[str] = options.system_option(),
     temp: Optional[float] = options.temp_option(),
     top_p: Optional[float] = options.top_p_option(),
+    top_k: Optional[int] = options.top_k_option(),
     max_tokens: Optional[int] = options.max_tokens_option(),
     seed: Optional[int] = options.seed_option(),
     ctx: Optional[str] = options.ctx_option(),
@@ -95,7 +96,8 @@ def ask(
 ) -> int:
     """Answer one prompt; only the answer goes to stdout."""
     gen = options.generation_options(
-        think=think, think_budget=think_budget, temp=temp, top_p=top_p, max_tokens=max_tokens, seed=seed
+        think=think, think_budget=think_budget, temp=temp, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
+        seed=seed,
     )
     if grammar_file is not None:
         gen.grammar = options.read_grammar_file(grammar_file)

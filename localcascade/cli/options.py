@@ -89,6 +89,11 @@ def top_p_option():
     return typer.Option(None, "--top-p", help="Nucleus sampling threshold (default: the model card's).")
 
 
+def top_k_option():
+    return typer.Option(None, "--top-k", help="Keep only the K most likely tokens before top-p (default: the "
+                        "model card's, none; 0 = none).")
+
+
 def max_tokens_option():
     return typer.Option(None, "--max-tokens", help="At most N generated tokens, thinking included.")
 
@@ -138,6 +143,7 @@ def generation_options(
     think_budget: Optional[int] = None,
     temp: Optional[float] = None,
     top_p: Optional[float] = None,
+    top_k: Optional[int] = None,
     max_tokens: Optional[int] = None,
     seed: Optional[int] = None,
 ):
@@ -151,8 +157,11 @@ def generation_options(
         raise UsageError(f"--temp must be a number >= 0, got {temp}")
     if top_p is not None and not 0 < top_p <= 1:
         raise UsageError(f"--top-p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 0:
+        raise UsageError(f"--top-k must be >= 0 (0 = no top-k), got {top_k}")
     return GenerationOptions(
-        think=think, think_budget=think_budget, temperature=temp, top_p=top_p, max_tokens=max_tokens, seed=seed
+        think=think, think_budget=think_budget, temperature=temp, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
+        seed=seed,
     )
 
 

@@ -25,6 +25,7 @@ def run(
     system: Optional[str] = options.system_option(),
     temp: Optional[float] = options.temp_option(),
     top_p: Optional[float] = options.top_p_option(),
+    top_k: Optional[int] = options.top_k_option(),
     max_tokens: Optional[int] = options.max_tokens_option(),
     seed: Optional[int] = options.seed_option(),
     ctx: Optional[str] = options.ctx_option(),
@@ -49,7 +50,8 @@ def run(
         raise UsageError(f"--trace takes show, hide or collapse, not {trace!r}")
     # Validates the sampling values with the same messages as `ask`.
     gen = options.generation_options(
-        think=think, think_budget=think_budget, temp=temp, top_p=top_p, max_tokens=max_tokens, seed=seed
+        think=think, think_budget=think_budget, temp=temp, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
+        seed=seed,
     )
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
 
@@ -84,7 +86,8 @@ def run(
             trace=trace,
             think_budget=gen.think_budget,
             sampling=repl.Sampling(
-                temperature=gen.temperature, top_p=gen.top_p, max_tokens=gen.max_tokens, seed=gen.seed
+                temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k, max_tokens=gen.max_tokens,
+                seed=gen.seed,
             ),
             hardware=hardware,
             grammar=grammar,

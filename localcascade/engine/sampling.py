@@ -12,6 +12,9 @@ import tempfile
 from functools import lru_cache
 from importlib import resources
 
+import numpy as np
+
+from localcascade.engine import nucleus
 from localcascade.errors import EngineError, UsageError
 
 
@@ -40,53 +43,75 @@ def resolve(options) -> dict:
 
 
 class Sampler:
-    """One llama.cpp sampler chain for one reply; ``close()`` frees it."""
+    """The sampler for one reply; ``close()`` frees what it holds in llama.cpp.
+
+    Without a grammar the model card's chain (top-k, top-p, min-p, temperature) runs on the host
+    over a view of llama.cpp's logits (nucleus.py: exact, without sorting the vocabulary, which
+    llama.cpp's top-p does on flat steps at ~17 ms a token for a 131K vocabulary). A grammar
+    needs llama.cpp's own chain, which masks the candidates through the grammar first.
+    """
 
     def __init__(self, vocab: int, options) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
         values = resolve(options)
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        self._chain = chain
+        self._temperature = float(values["temperature"] or 0.0)
+        self._top_k = int(values["top_k"] or 0)
+        self._top_p = 1.0 if values["top_p"] is None else float(values["top_p"])
+        self._min_p = float(values["min_p"] or 0.0)
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        self._chain = None
         self._grammar = None  # owned by the chain; kept to ask it what it allows
         grammar = getattr(options, "grammar", None)
-        if grammar:
-            try:
-                g = grammar_sampler(vocab, grammar)
-            except UsageError:
-                self.close()
-                raise
-            llama_cpp.llama_sampler_chain_add(chain, g)
-            self._grammar = g
-        temperature = values["temperature"] or 0.0
-        if temperature <= 0:
+        if not grammar:
+            self._rng = np.random.default_rng(None if options.seed is None else options.seed & 0xFFFFFFFF)
+            self._workspace = nucleus.Workspace(self._n_vocab)
+            return
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        self._chain = chain
+        try:
+            g = grammar_sampler(vocab, grammar)
+        except UsageError:
+            self.close()
+            raise
+        llama_cpp.llama_sampler_chain_add(chain, g)
+        self._grammar = g
+        if self._temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
             return
-        if values["top_k"]:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(int(values["top_k"])))
-        if values["top_p"] is not None and values["top_p"] < 1.0:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(float(values["top_p"]), 1))
-        if values["min_p"]:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(float(values["min_p"]), 1))
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(float(temperature)))
+        if self._top_k:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_k(self._top_k))
+        if self._top_p < 1.0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_top_p(self._top_p, 1))
+        if self._min_p:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_min_p(self._min_p, 1))
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_temp(self._temperature))
         seed = llama_cpp.LLAMA_DEFAULT_SEED if options.seed is None else options.seed & 0xFFFFFFFF
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
 
-    def sample(self, ctx: int) -> int:
-        """Pick the next token from the last logits (and accept it into the chain's state)."""
-        token = self._lib.llama_sampler_sample(self._chain, ctx, -1)
+    def sample(self, ctx: int, idx: int = -1) -> int:
+        """Pick the next token from the logits of output ``idx`` (default: the last one evaluated)."""
+        if self._chain is None:
+            pointer = self._lib.llama_get_logits_ith(ctx, idx)
+            if not pointer:
+                raise EngineError("llama.cpp holds no logits to sample from")
+            logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
+            return self._workspace.sample(logits, self._rng, temperature=self._temperature, top_k=self._top_k,
+                                          top_p=self._top_p, min_p=self._min_p)
+        token = self._lib.llama_sampler_sample(self._chain, ctx, idx)
         if token < 0:
             raise EngineError("the sampler found no allowed token (a grammar that cannot continue?)")
         return token
 
     def accept(self, token: int) -> None:
-        """Tell the chain (grammar, penalties) about a token we fed ourselves.
+        """Tell the grammar about a token we fed ourselves (the host chain keeps no state).
 
         Only for tokens ``allows`` approved: llama.cpp aborts the process when a grammar is
         handed a token it cannot take.
         """
-        self._lib.llama_sampler_accept(self._chain, token)
+        if self._chain is not None:
+            self._lib.llama_sampler_accept(self._chain, token)
 
     def allows(self, tokens: list[int]) -> bool:
         """Whether the grammar, if any, can take ``tokens`` next; asked of a copy, so nothing changes."""

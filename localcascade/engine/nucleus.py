@@ -1,0 +1,252 @@
+"""Exact top-k / top-p / min-p / temperature sampling over a logits vector, without sorting the vocabulary.
+
+llama.cpp's top-p sorts the candidates whenever the 256 most likely tokens hold less than p of the
+probability, which for a 131,072-token vocabulary costs ~17 ms a token on a small CPU, more than a
+GPU's whole decoding step. The nucleus is fully determined by one number, the weight of its
+lightest member, so this module finds that threshold by a weighted selection and sorts at most a
+few thousand tokens. Sampling then needs no order at all: any order of the nucleus gives the same
+distribution.
+
+Semantics are llama.cpp's sampler chain as the engine builds it (top-k, top-p, min-p, temperature,
+dist): top-p and min-p are decided on the temperature-1 probabilities (after top-k), the
+temperature only reshapes the probabilities inside the kept set. llama.cpp's own running float32
+sum stops a token early or late on flat steps; the nucleus here is the exact one. Of tokens tied
+exactly at the end, as many are kept as the nucleus needs, the lowest ids first.
+
+Sums over the whole vocabulary are float32 pairwise sums (numpy's; relative error ~1e-6 at worst,
+so only a token whose running sum lands within that of p can change sides), three times cheaper
+than float64 ones; running sums over the few sorted tokens are float64.
+
+Vocabulary-sized arrays live in a Workspace made once per reply: a fresh 0.5-1 MB array per
+token costs page faults that take longer than the arithmetic. Pure numpy, no llama.cpp: the engine
+hands in a view of llama.cpp's logits buffer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# A set of candidates this small is sorted outright.
+_SORT_AT_MOST = 4096
+# Cut-offs (weights relative to the most likely token's) that bracket the nucleus' end cheaply: a
+# peaked distribution's nucleus lies above one of them and holds few tokens; otherwise the end lies
+# between two of them, and only the weights above the lower one are searched.
+_CUTS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+# For a flat distribution, a strided sample of about this many weights estimates the nucleus' size.
+_SAMPLE = 2048
+# Weighted draws over a large nucleus go block by block: one cumulative sum over block sums and one
+# inside the chosen block instead of a cumulative sum over every kept token.
+_BLOCK = 1024
+# exp() of very negative numbers gives denormals, which are slow; weights below e^-80 cannot matter
+# (262,144 of them sum to under 1e-29 of the most likely token's).
+_LOWEST = -80.0
+
+
+class Workspace:
+    """Scratch arrays for one vocabulary size, reused token after token."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.weights = np.empty(n, dtype=np.float32)
+        self.scratch = np.empty(n, dtype=np.float32)
+        self.mask = np.empty(n, dtype=bool)
+
+    def sample(self, logits: np.ndarray, rng: np.random.Generator, *, temperature: float, top_k: int = 0,
+               top_p: float = 1.0, min_p: float = 0.0) -> int:
+        """One token drawn from the chain's distribution over ``logits`` (float32, one per vocabulary entry)."""
+        if temperature <= 0:
+            return int(np.argmax(logits))
+        ids, values, e, cut, mass = self._cut(logits, top_k, top_p, min_p)
+        keep = self._keep(e, cut, mass)
+        if np.count_nonzero(keep) <= _SORT_AT_MOST:
+            chosen = np.flatnonzero(keep)
+            weights = e[chosen] if temperature == 1.0 else _tempered(values[chosen], temperature)
+        else:
+            # A large nucleus is drawn from in place: zero weights outside it cost less than compacting.
+            chosen = None
+            if temperature != 1.0:
+                e = self._tempered_into(values, temperature)
+            weights = np.multiply(e, keep, out=self.scratch[:e.size])
+        i = _draw(weights, rng)
+        i = i if chosen is None else int(chosen[i])
+        return i if ids is None else int(ids[i])
+
+    def kept(self, logits: np.ndarray, *, top_k: int = 0, top_p: float = 1.0,
+             min_p: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """The token ids the chain keeps and their temperature-1 weights (unnormalized), ids ascending."""
+        ids, _, e, cut, mass = self._cut(logits, top_k, top_p, min_p)
+        chosen = np.flatnonzero(self._keep(e, cut, mass))
+        return (chosen if ids is None else ids[chosen]), e[chosen].copy()
+
+    def _keep(self, e: np.ndarray, cut: float, mass: float | None) -> np.ndarray:
+        """The mask of kept tokens: weights >= ``cut``, and of the tokens tied at the cut only as
+        many as the nucleus needs to reach ``mass`` (the first ones, as a stable sort would)."""
+        keep = np.greater_equal(e, cut, out=self.mask[:e.size])
+        if mass is None or cut <= 0.0:
+            return keep
+        tied = np.flatnonzero(e == cut)
+        if tied.size > 1:
+            above = float(e.sum(where=e > cut, dtype=np.float64))
+            needed = max(1, int(np.ceil((mass - above) / cut - 1e-9)))
+            keep[tied[needed:]] = False
+        return keep
+
+    def _cut(self, logits: np.ndarray, top_k: int, top_p: float,
+             min_p: float) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, float, float | None]:
+        """(top-k ids or None, their logits, their temperature-1 weights, the weight a kept token
+        reaches, and the weight the nucleus must hold when top-p decides the cut, else None)."""
+        n = logits.shape[0]
+        ids = None
+        values = logits
+        if 0 < top_k < n:
+            ids = np.sort(np.argpartition(logits, n - top_k)[n - top_k:])
+            values = logits[ids]
+        e = self.weights[:values.size]
+        np.subtract(values, values.max(), out=e)
+        np.maximum(e, _LOWEST, out=e)
+        np.exp(e, out=e)
+        cut, mass = 0.0, None
+        if top_p < 1.0:
+            mass = top_p * float(e.sum())
+            cut = self._threshold(e, mass)
+        if min_p > cut:
+            cut, mass = min_p, None   # p >= min_p * p_max, and the largest weight is exactly 1
+        return ids, values, e, cut, mass
+
+    def _tempered_into(self, values: np.ndarray, temperature: float) -> np.ndarray:
+        out = self.scratch[:values.size]
+        np.subtract(values, values.max(), out=out)
+        np.multiply(out, 1.0 / temperature, out=out)
+        np.maximum(out, _LOWEST, out=out)
+        return np.exp(out, out=out)
+
+    def _threshold(self, e: np.ndarray, mass: float) -> float:
+        """The largest value v such that the weights >= v sum to at least ``mass``.
+
+        ``e`` holds non-negative weights (exp(logit - max)); ``mass`` is at most their sum. The
+        tokens with ``e >= v`` are exactly the top-p nucleus: the fewest most likely tokens holding
+        ``mass``. Only data-independent passes (compare, count, sum) touch the whole vocabulary:
+        compacting a half-selected array costs more than sorting it.
+        """
+        if e.size <= _SORT_AT_MOST:
+            return _threshold_in(e, 0.0, mass)
+        mask = self.mask[:e.size]
+        known_count, known_mass, known_cut = 0, 0.0, np.inf   # the heaviest weights: all kept, sum exact
+        for cut in _CUTS:
+            np.greater_equal(e, cut, out=mask)
+            count = int(np.count_nonzero(mask))
+            if count <= _SORT_AT_MOST:
+                candidates = e[mask]
+                candidate_mass = float(candidates.sum(dtype=np.float64))
+                if candidate_mass >= mass:
+                    return _threshold_in(candidates, 0.0, mass)
+            else:
+                candidate_mass = float(np.multiply(e, mask, out=self.scratch[:e.size]).sum())
+                if candidate_mass >= mass:
+                    break   # the end lies between this cut and the one before
+            known_count, known_mass, known_cut = count, candidate_mass, cut
+        else:
+            count = e.size   # the end lies below the lowest cut: search all of them
+        if 4 * count < e.size:
+            # Search only the weights above the cut (compacting a few is cheaper than selecting among all).
+            part = np.compress(mask, e, out=self.scratch[:count])
+        else:
+            part = self.scratch[:e.size]
+            part[:] = e
+        return _flat_threshold(part, mass, known_count, known_mass, known_cut)
+
+
+def _flat_threshold(part: np.ndarray, mass: float, known_count: int, known_mass: float, known_cut: float) -> float:
+    """The threshold of a nucleus too large to sort outright; ``part`` holds the weights (it is reordered).
+
+    A weighted quickselect: an in-place partition (a linear-time selection) splits off the k heaviest
+    weights of the undecided part, their exact sum says on which side the end lies, and that side
+    becomes the undecided part. The first k comes from a strided sample's estimate of the nucleus'
+    size below ``known_cut`` (the ``known_count`` weights at or above it, summing to ``known_mass``,
+    are all kept); later ones from what the split proved (every weight on the far side of the
+    split is at most, or at least, the weight at it), never splitting off less than half, so the
+    part at least halves each step.
+    """
+    stride = max(1, part.size // _SAMPLE)
+    sample = part[::stride]
+    sample = np.sort(sample[sample < known_cut])[::-1]
+    position = int(np.searchsorted(known_mass + np.cumsum(sample, dtype=np.float64) * stride, mass))
+    estimate = known_count + position * stride
+    margin = max(_SORT_AT_MOST // 4, estimate // 32)
+    # Aim the first split so that the end most likely falls on its smaller side.
+    want = estimate - margin if estimate > part.size // 2 else estimate + margin
+    want = max(want, known_count - 1)
+    above = 0.0      # the sum of the weights heavier than all of ``part`` (all kept)
+    while part.size > _SORT_AT_MOST:
+        size = part.size
+        k = min(max(want, 1), size - 1)
+        part.partition(size - k)
+        at_split = float(part[size - k])   # the lightest of the k heaviest, the heaviest of the rest
+        heavy_mass = float(part[size - k:].sum())
+        if above + heavy_mass >= mass:
+            part = part[size - k:]
+            # The end is among these k; leaving out the j lightest loses at least j * at_split, so
+            # at most excess / at_split of them fall outside and the others are surely kept.
+            surely_kept = k - int((above + heavy_mass - mass) / at_split) - 1 if at_split > 0 else 0
+            want = max(surely_kept, k // 2)
+        else:
+            above += heavy_mass
+            part = part[:size - k]
+            # The rest weigh at most at_split each, so at least deficit / at_split more are needed.
+            surely_kept = int((mass - above) / at_split) - 1 if at_split > 0 else 0
+            want = max(surely_kept, part.size // 2)
+    return _threshold_in(part, above, mass)
+
+
+def _threshold_in(band: np.ndarray, above: float, mass: float) -> float:
+    """The threshold when every weight above ``band``'s largest sums to ``above`` (< ``mass``)."""
+    ordered = np.sort(band)[::-1]
+    running = above + np.cumsum(ordered, dtype=np.float64)
+    k = int(np.searchsorted(running, mass, side="left"))
+    return float(ordered[min(k, ordered.size - 1)])
+
+
+def _tempered(values: np.ndarray, temperature: float) -> np.ndarray:
+    return np.exp(np.maximum((values - values.max()) * (1.0 / temperature), _LOWEST))
+
+
+def _draw(p: np.ndarray, rng: np.random.Generator) -> int:
+    """An index drawn with probability proportional to ``p`` (non-negative, not all zero)."""
+    n = p.shape[0]
+    if n <= 4 * _BLOCK:
+        running = np.cumsum(p, dtype=np.float64)
+        return min(int(np.searchsorted(running, rng.random() * running[-1], side="right")), n - 1)
+    whole = n - n % _BLOCK
+    sums = p[:whole].reshape(-1, _BLOCK).sum(axis=1).astype(np.float64)
+    if whole < n:
+        sums = np.append(sums, p[whole:].sum(dtype=np.float64))
+    running = np.cumsum(sums)
+    u = rng.random() * running[-1]
+    b = min(int(np.searchsorted(running, u, side="right")), running.size - 1)
+    inside = np.cumsum(p[b * _BLOCK:(b + 1) * _BLOCK], dtype=np.float64)
+    u -= running[b - 1] if b > 0 else 0.0
+    return min(b * _BLOCK + int(np.searchsorted(inside, u, side="right")), n - 1)
+
+
+def sample(logits: np.ndarray, rng: np.random.Generator, *, temperature: float, top_k: int = 0,
+           top_p: float = 1.0, min_p: float = 0.0) -> int:
+    """One token from the chain's distribution (a one-off Workspace: the engine keeps one per reply)."""
+    return Workspace(logits.shape[0]).sample(logits, rng, temperature=temperature, top_k=top_k,
+                                             top_p=top_p, min_p=min_p)
+
+
+def kept(logits: np.ndarray, *, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The token ids the chain keeps and their temperature-1 weights (unnormalized), ids ascending."""
+    return Workspace(logits.shape[0]).kept(logits, top_k=top_k, top_p=top_p, min_p=min_p)
+
+
+def distribution(logits: np.ndarray, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
+                 min_p: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, probabilities) the chain samples from; temperature 0 is greedy (one id, probability 1)."""
+    if temperature <= 0:
+        return np.array([int(np.argmax(logits))]), np.array([1.0])
+    ids, weights = kept(logits, top_k=top_k, top_p=top_p, min_p=min_p)
+    if temperature != 1.0:
+        weights = _tempered(logits[ids], temperature)
+    p = weights.astype(np.float64)
+    return ids, p / p.sum()

@@ -1,0 +1,129 @@
+"""The host sampler: the exact top-k/top-p/min-p/temperature chain without sorting the vocabulary.
+
+Checked against a plain float64 sort-and-cumsum nucleus (slow, obviously right), against llama.cpp's
+own top-p sampler on the same logits, and by drawing: the frequencies match the distribution.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from localcascade.engine import nucleus
+
+
+def reference_nucleus(logits: np.ndarray, top_p: float) -> tuple[set[int], float]:
+    """The exact nucleus, and how close its running sum came to p at the step before the end
+    (a token whose running sum lands within float32 rounding of p may fall either way)."""
+    p = np.exp(logits.astype(np.float64) - logits.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    running = np.cumsum(p[order])
+    k = int(np.searchsorted(running, top_p, side="left")) + 1
+    slack = min(abs(running[k - 1] - top_p), abs(running[k - 2] - top_p) if k > 1 else 1.0)
+    return set(order[:k].tolist()), slack
+
+
+def distributions(seed: int = 0):
+    """Logits of every shape a model produces: peaked, flat (random weights), heavy-tailed, small and
+    large vocabularies, ties."""
+    rng = np.random.default_rng(seed)
+    for n in (7, 1000, 5000, 131072, 262144):
+        for scale in (0.01, 0.3, 1.0, 3.0, 10.0):
+            yield f"normal-{n}-{scale}", (rng.standard_normal(n) * scale).astype(np.float32)
+        yield f"student-{n}", (rng.standard_t(2, n) * 2).astype(np.float32)
+    ties = np.zeros(131072, dtype=np.float32)
+    ties[:3] = 5.0
+    yield "ties", ties
+    yield "one-hot", np.where(np.arange(131072) == 77, 50.0, -50.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95, 0.99])
+def test_the_nucleus_is_the_exact_one(top_p):
+    for name, logits in distributions():
+        ids, weights = nucleus.kept(logits, top_p=top_p)
+        expected, slack = reference_nucleus(logits, top_p)
+        got = set(ids.tolist())
+        if got != expected:
+            # Only a token at the boundary, whose running sum is within float32 rounding of p.
+            assert len(got ^ expected) <= 1 and slack < 1e-5, (name, len(got), len(expected))
+        assert np.all(np.diff(ids) > 0)
+        assert np.allclose(weights, np.exp(logits[ids].astype(np.float64) - logits.max()), rtol=1e-5)
+
+
+def test_top_k_and_min_p_keep_what_the_chain_keeps():
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal(50000) * 2).astype(np.float32)
+    order = np.argsort(-logits, kind="stable")
+    ids, _ = nucleus.kept(logits, top_k=40)
+    assert set(ids.tolist()) == set(order[:40].tolist())
+    # top-p over the 40 survivors, renormalized among them
+    ids, _ = nucleus.kept(logits, top_k=40, top_p=0.5)
+    expected, _ = reference_nucleus(logits[order[:40]], 0.5)
+    assert set(ids.tolist()) == {int(order[i]) for i in expected}
+    # min-p: at least min_p times the most likely token's probability
+    ids, _ = nucleus.kept(logits, min_p=0.05)
+    assert set(ids.tolist()) == set(np.flatnonzero(np.exp(logits - logits.max()) >= 0.05).tolist())
+
+
+def llama_cpp_top_p(logits: np.ndarray, top_p: float) -> set[int]:
+    """The tokens llama.cpp's own top-p sampler keeps for ``logits``."""
+    import llama_cpp
+
+    n = logits.shape[0]
+    data = (llama_cpp.llama_token_data * n)()
+    view = np.ctypeslib.as_array(ctypes.cast(data, ctypes.POINTER(ctypes.c_float)), shape=(n * 3,))
+    view.view(np.int32)[0::3] = np.arange(n, dtype=np.int32)
+    view[1::3] = logits
+    view[2::3] = 0.0
+    array = llama_cpp.llama_token_data_array(data, n, -1, False)
+    sampler = llama_cpp.llama_sampler_init_top_p(top_p, 1)
+    try:
+        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+    finally:
+        llama_cpp.llama_sampler_free(sampler)
+    return {data[i].id for i in range(array.size)}
+
+
+def test_agrees_with_llama_cpps_top_p():
+    # llama.cpp's float32 running sum may end its nucleus a token or (with 12K tokens in it) ~0.3%
+    # early; the sets agree otherwise.
+    rng = np.random.default_rng(5)
+    for scale in (3.0, 5.0, 7.0, 10.0):
+        logits = (rng.standard_normal(131072) * scale).astype(np.float32)
+        ids, _ = nucleus.kept(logits, top_p=0.95)
+        ours, theirs = set(ids.tolist()), llama_cpp_top_p(logits, 0.95)
+        assert theirs <= ours or ours <= theirs
+        assert len(ours ^ theirs) <= max(1, len(ours) // 200)
+
+
+@pytest.mark.parametrize("n,scale,temperature", [(40, 1.0, 1.0), (40, 1.0, 0.5), (131072, 0.3, 1.0),
+                                                  (131072, 0.3, 1.7)])
+def test_draws_follow_the_distribution(n, scale, temperature):
+    rng = np.random.default_rng(11)
+    logits = (rng.standard_normal(n) * scale).astype(np.float32)
+    ids, probs = nucleus.distribution(logits, temperature=temperature, top_p=0.9)
+    workspace = nucleus.Workspace(n)
+    count = 20000 if n < 1000 else 3000   # a large-vocabulary draw costs ~1 ms
+    draws = np.array([workspace.sample(logits, rng, temperature=temperature, top_p=0.9) for _ in range(count)])
+    assert set(np.unique(draws).tolist()) <= set(ids.tolist())   # nothing outside the nucleus, ever
+    # Compare frequencies on groups of ids (a 131K nucleus has too many ids to compare one by one).
+    groups = np.array_split(np.arange(ids.size), 8 if n < 1000 else 4)
+    position = {int(t): i for i, t in enumerate(ids)}
+    counts = np.bincount([position[int(t)] for t in draws], minlength=ids.size)
+    for group in groups:
+        expected = probs[group].sum()
+        observed = counts[group].sum() / draws.size
+        assert abs(observed - expected) < 4 * np.sqrt(expected * (1 - expected) / draws.size) + 1e-3
+
+
+def test_greedy_and_seeds():
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal(131072).astype(np.float32)
+    workspace = nucleus.Workspace(logits.size)
+    assert workspace.sample(logits, rng, temperature=0.0) == int(np.argmax(logits))
+    first = [workspace.sample(logits, np.random.default_rng(42), temperature=1.0, top_p=0.95) for _ in range(3)]
+    again = [workspace.sample(logits, np.random.default_rng(42), temperature=1.0, top_p=0.95) for _ in range(3)]
+    assert first == again
