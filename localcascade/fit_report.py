@@ -100,6 +100,8 @@ def _row(plan: Plan) -> dict:
         "n_cpu_moe": plan.n_cpu_moe,
         "n_gpu_layers": plan.n_gpu_layers,
         "tokens_per_s": plan.tokens_per_s,
+        "prompt_tokens_per_s": plan.prompt_tokens_per_s,
+        "speed_measured": plan.speed_measured,
         "components": comps,
         "gpu_components": asdict(plan.gpu),
         "ram_components": asdict(plan.ram),
@@ -132,10 +134,36 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
         recommended = {
             "variant": model.quant, "n_ctx": plan.n_ctx, "verdict": plan.verdict,
             "n_gpu_layers": plan.n_gpu_layers, "cpu_moe_blocks": plan.moe_blocks_in_ram,
-            "n_cpu_moe": plan.n_cpu_moe, "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s, "reasons": list(plan.reasons),
+            "n_cpu_moe": plan.n_cpu_moe, "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s,
+            "prompt_tokens_per_s": plan.prompt_tokens_per_s, "speed_measured": plan.speed_measured,
+            "reasons": list(plan.reasons) + [speed_reason(plan)],
         }
     assumptions = {"cuda_context_bytes_per_gpu": limits.overheads.cuda_context_bytes,
                    "gpu_margin_bytes": limits.gpu_margin_bytes, "ram_margin_bytes": limits.ram_margin_bytes,
                    "process_ram_bytes": limits.overheads.process_ram_bytes}
+    notes.append(speed_note(hardware))
     return {"hardware": hardware.to_dict(), "requested_n_ctx": n_ctx, "recommended": recommended, "variants": variants, "notes": notes,
             "assumptions": assumptions}
+
+
+def speed_note(hardware: Hardware) -> str:
+    """Where the tok/s figures come from, said once under the table."""
+    c = hardware.calibration
+    if c is not None and hardware.source == "detected":
+        gpu = " (GPU parts of a plan stay estimates)" if hardware.gpus else ""
+        return (f"speeds: measured on this machine by `localcascade bench` on {c.model} ({c.measured_at[:10]}){gpu}")
+    if hardware.source == "detected":
+        return "speeds: estimates; `localcascade bench MODEL` measures this machine and fit then uses its figures"
+    return "speeds: estimates for this hardware (profiles are never measured here)"
+
+
+def speed_reason(plan: Plan) -> str:
+    """The speed of a plan in words: generation, and how long reading a full context takes."""
+    from localcascade.units import format_duration
+
+    label = "measured" if plan.speed_measured else "estimated"
+    seconds = plan.prompt_seconds()
+    reading = (f"; reading a full {format_tokens(plan.n_ctx)} prompt takes ~{format_duration(seconds)}"
+               if seconds is not None else "")
+    return (f"~{plan.tokens_per_s:.0f} tokens/s generating, ~{plan.prompt_tokens_per_s:.0f} reading a prompt "
+            f"({label}){reading}")

@@ -459,28 +459,3 @@ def estimate(facts: ModelFacts, p: Placement, overheads: Overheads = Overheads()
         gpu=Components(**gpu), ram=Components(**ram), n_ctx=n_ctx, n_ubatch=n_ubatch, notes=tuple(notes),
         repacked_bytes=repacked,
     )
-
-
-def bytes_read_per_token(facts: ModelFacts, p: Placement) -> tuple[int, int]:
-    """(bytes read from GPU memory, bytes read from system RAM) to generate one token.
-
-    Every non-expert weight of the repeating layers and the output head is read once; of each
-    expert tensor only n_expert_used / n_expert (the routed experts); one embedding row (negligible).
-    """
-    t = _table(facts)
-    n = facts.n_layer
-    share = facts.n_expert_used / facts.n_expert if facts.n_expert else 1.0
-    gpu = ram = 0.0
-    for layer in range(n + 1):
-        layer_gpu = on_gpu(layer, n, p.n_gpu_layers)
-        if layer_gpu:
-            gpu += t.dense[layer]
-        else:
-            ram += t.dense[layer]
-        if layer < n:
-            experts = t.experts[layer] * share
-            if layer_gpu and layer >= p.n_cpu_moe:
-                gpu += experts
-            else:
-                ram += experts
-    return int(gpu), int(ram)

@@ -56,9 +56,17 @@ class Plan:
     verdict: str = CPU_ONLY
     gpu: Components = field(default_factory=Components)   # summed over GPUs
     ram: Components = field(default_factory=Components)
-    tokens_per_s: float | None = None
+    tokens_per_s: float | None = None          # generation, short context
+    prompt_tokens_per_s: float | None = None   # reading a prompt
+    speed_measured: bool = False               # from this machine's `bench` calibration, else estimated
     reasons: tuple[str, ...] = ()
     source: str = "header"     # "header" (a real file's header) or "catalog" (built-in facts)
+
+    def prompt_seconds(self, tokens: int | None = None) -> float | None:
+        """How long reading ``tokens`` (default: a full context) of prompt takes at the predicted speed."""
+        if not self.prompt_tokens_per_s:
+            return None
+        return (self.n_ctx if tokens is None else tokens) / self.prompt_tokens_per_s
 
     @property
     def gpu_bytes(self) -> int:

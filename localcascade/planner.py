@@ -21,12 +21,12 @@ from localcascade.memory import (
     ModelFacts,
     Overheads,
     Placement,
-    bytes_read_per_token,
     check_kv_types,
     estimate,
     facts_from_header,
     largest_layer_bytes,
 )
+from localcascade.speed import Speed, predict
 from localcascade.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, Plan, PlanRequest
 from localcascade.units import format_bytes, format_tokens, parse_size
 
@@ -42,9 +42,7 @@ class Limits:
     gpu_margin_bytes: int = 256 * MiB     # kept free on each GPU (fragmentation, driver growth)
     ram_margin_bytes: int = 1024 * MiB    # kept free in system RAM for everything else
     overheads: Overheads = Overheads()
-    efficiency: float = 0.6               # achieved / peak memory bandwidth when generating
-    default_gpu_bandwidth: float = 400e9  # bytes/s when a GPU's bandwidth is unknown
-    default_ram_bandwidth: float = 50e9   # bytes/s when RAM bandwidth is unknown
+    default_ram_bandwidth: float = 45e9   # bytes/s when RAM bandwidth is unknown (profiles/hardware/_defaults.json)
 
 
 def limits_from(*, gpu_overhead: str | None = None, gpu_margin: str | None = None) -> Limits:
@@ -105,14 +103,12 @@ def _candidates(facts: ModelFacts, base: Placement, has_gpu: bool) -> Iterable[P
     yield replace(base, n_gpu_layers=0, n_cpu_moe=0)
 
 
-def tokens_per_s(facts: ModelFacts, p: Placement, hw: Hardware, limits: Limits = Limits()) -> float:
-    """Generation speed with a short context: bytes read per token over memory bandwidth."""
-    gpu_read, ram_read = bytes_read_per_token(facts, p)
-    gpu_bw = next((g.memory_bandwidth_bytes_per_s for g in hw.gpus if g.memory_bandwidth_bytes_per_s), None)
-    gpu_bw = gpu_bw or limits.default_gpu_bandwidth
-    ram_bw = hw.ram_bandwidth_bytes_per_s or limits.default_ram_bandwidth
-    seconds = gpu_read / gpu_bw + ram_read / ram_bw
-    return round(limits.efficiency / seconds, 1) if seconds > 0 else 0.0
+def speed_of(facts: ModelFacts, p: Placement, hw: Hardware, limits: Limits = Limits()) -> Speed:
+    """Generation and prompt tokens/s of a placement on ``hw`` (measured rates where this machine has them)."""
+    gpu_bw = next((g.memory_bandwidth_bytes_per_s for g in usable_gpus(hw) if g.memory_bandwidth_bytes_per_s), None)
+    return predict(facts, p, gpu_bandwidth=gpu_bw,
+                   ram_bandwidth=hw.ram_bandwidth_bytes_per_s or limits.default_ram_bandwidth,
+                   cores=max(1, hw.cpu.physical_cores), calibration=hw.calibration)
 
 
 def _plan(name: str, facts: ModelFacts, p: Placement, est: Estimate, verdict: str, hw: Hardware,
@@ -122,9 +118,16 @@ def _plan(name: str, facts: ModelFacts, p: Placement, est: Estimate, verdict: st
         n_gpu_layers=p.n_gpu_layers, n_cpu_moe=p.n_cpu_moe, moe_blocks_in_ram=_moe_blocks_in_ram(p, facts),
         n_batch=p.n_batch,
         n_ubatch=est.n_ubatch, n_seq=p.n_seq, verdict=verdict, gpu=est.gpu, ram=est.ram,
-        tokens_per_s=None if verdict == WONT_FIT else tokens_per_s(facts, p, hw, limits),
-        reasons=reasons, source=source,
+        reasons=reasons, source=source, **_speed_fields(facts, p, hw, limits, verdict),
     )
+
+
+def _speed_fields(facts: ModelFacts, p: Placement, hw: Hardware, limits: Limits, verdict: str) -> dict:
+    if verdict == WONT_FIT:
+        return {}
+    speed = speed_of(facts, p, hw, limits)
+    return dict(tokens_per_s=round(speed.generation, 1), prompt_tokens_per_s=round(speed.prompt, 1),
+                speed_measured=speed.measured)
 
 
 def _base(facts: ModelFacts, hw: Hardware, request: PlanRequest, n_ctx: int) -> Placement:

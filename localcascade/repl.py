@@ -33,7 +33,7 @@ from localcascade import settings as lc_settings
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import ContextOverflowError, LocalCascadeError, UsageError
 from localcascade.plan import Plan
-from localcascade.units import format_bytes, format_tokens, parse_tokens
+from localcascade.units import format_duration, format_bytes, format_tokens, parse_tokens
 
 TRACE_MODES = ("show", "hide", "collapse")
 
@@ -502,7 +502,12 @@ def describe_plan(plan: Plan) -> list[str]:
     where = f"GPU {format_bytes(plan.gpu_bytes)} + RAM {format_bytes(plan.ram_bytes)}"
     if plan.gpu_bytes == 0:
         where = f"RAM {format_bytes(plan.ram_bytes)} (CPU only)"
-    speed = f", ~{plan.tokens_per_s:.0f} tokens/s expected" if plan.tokens_per_s else ""
+    speed = ""
+    if plan.tokens_per_s:
+        label = "measured" if plan.speed_measured else "estimated"
+        speed = f", ~{plan.tokens_per_s:.0f} tokens/s ({label})"
+        if plan.prompt_tokens_per_s:
+            speed += f", a full context reads in ~{format_duration(plan.prompt_seconds())}"
     first = f"{plan.model}, context {format_tokens(plan.n_ctx)}, {where}{speed}"
     offload = f"{plan.n_gpu_layers} GPU layers"
     if plan.n_cpu_moe:

@@ -23,6 +23,8 @@ def bench(
     kv_type: Optional[str] = options.kv_type_option(),
     flash_attn: Optional[bool] = options.flash_attn_option(),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
+                                   help="Store the measured speeds for fit, run and show (CPU-only runs)."),
     verbose: bool = options.verbose_option(),
 ) -> int:
     """Measure prompt processing and generation speed on this machine."""
@@ -38,9 +40,12 @@ def bench(
     with engine:
         results = run_bench(engine, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repetitions=repetitions)
         plan = engine.plan
+    stored = _store_calibration(model_path, engine.model_name, plan, results) if calibrate else None
+    if stored is not None and not as_json:
+        print(f"localcascade: {stored}", file=sys.stderr)
     if as_json:
         json.dump({"model": engine.model_name, "model_path": str(model_path), "plan": plan.to_dict(),
-                   "results": [r.to_dict() for r in results]}, sys.stdout)
+                   "results": [r.to_dict() for r in results], "calibration": stored}, sys.stdout)
         sys.stdout.write("\n")
         return 0
     print("| model | ctx | ngl | cpu-moe | kv | fa | test | t/s |")
@@ -50,3 +55,37 @@ def bench(
               f"| {plan.type_k}/{plan.type_v} | {'on' if plan.flash_attn else 'off'} | {r.test} "
               f"| {r.mean:.2f} ± {r.stddev:.2f} |")
     return 0
+
+
+def _store_calibration(model_path, model_name: str, plan, results) -> str | None:
+    """Turn a CPU-only run with both tests into this machine's speed calibration; say what was stored.
+
+    None when the run cannot calibrate (layers on a GPU, a test skipped); a line saying why when
+    the file cannot be written (the measurement itself still stands).
+    """
+    from datetime import datetime, timezone
+
+    from localcascade.engine.loader import default_threads
+    from localcascade.gguf_header import read_header
+    from localcascade.hardware import calibration, cpu, llama_build
+    from localcascade.memory import facts_from_header
+    from localcascade.speed import calibrate
+
+    rates = {r.test[:2]: r.mean for r in results}
+    if plan.n_gpu_layers != 0 or not rates.get("tg") or not rates.get("pp"):
+        return None
+    from localcascade.hardware.resolve import fill_unknown_bandwidths
+    from localcascade.hardware.facts import Hardware
+
+    bandwidth = fill_unknown_bandwidths(Hardware()).ram_bandwidth_bytes_per_s
+    measured = calibrate(
+        facts_from_header(read_header(model_path)), tg_tokens_per_s=rates["tg"], pp_tokens_per_s=rates["pp"],
+        cores=default_threads()[0], ram_bandwidth=bandwidth, model=model_name,
+        llama_cpp_version=llama_build.build().version, cpu_model=cpu.cpu().model,
+        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    try:
+        where = calibration.save(measured)
+    except OSError as err:
+        return f"speeds not stored for fit/run/show: {err.strerror or err}"
+    return f"speeds stored in {where}: fit, run and show now predict this machine's tokens/s from them"

@@ -67,8 +67,8 @@ def render_table(report: dict) -> None:
     for note in report.get("notes", []):
         console.print(f"Note: {note}")
     table = Table(show_lines=False)
-    for col in ("variant", "context", "verdict", "GPU", "RAM", "tok/s"):
-        table.add_column(col, justify="right" if col in ("GPU", "RAM", "tok/s", "context") else "left")
+    for col in ("variant", "context", "verdict", "GPU", "RAM", "tok/s", "prompt tok/s"):
+        table.add_column(col, justify="left" if col in ("variant", "verdict") else "right")
     for v in report["variants"]:
         for row in v["rows"]:
             verdict = row["verdict"]
@@ -78,6 +78,7 @@ def render_table(report: dict) -> None:
             elif verdict == "partial":
                 verdict += f" ({row['n_gpu_layers']} layers)"
             tps = "-" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f}"
+            pps = "-" if row["prompt_tokens_per_s"] is None else f"{row['prompt_tokens_per_s']:.0f}"
             table.add_row(v["variant"], format_tokens(row["n_ctx"]), verdict, format_bytes(row["gpu_bytes"]),
-                          format_bytes(row["ram_bytes"]), tps)
+                          format_bytes(row["ram_bytes"]), tps, pps)
     console.print(table)

@@ -288,8 +288,10 @@ def _render_show(label, stored, s, plan, plan_error) -> None:
         if stored.source:
             out(f"  made from      {stored.source}")
     if plan is not None:
+        from localcascade.fit_report import speed_reason
+
         out(f"  fit            {_plan_line(plan)}")
-        for reason in plan.reasons:
+        for reason in plan.reasons + ((speed_reason(plan),) if plan.tokens_per_s else ()):
             out(f"                 - {reason}")
     else:
         out(f"  fit            unknown ({plan_error})")

@@ -39,6 +39,22 @@ class LlamaCppBuild:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Speeds llama.cpp reached on this machine's CPU, measured by `localcascade bench` and stored.
+
+    A fact of this machine like its RAM (the probe reads it back); profiles never have one.
+    """
+
+    cpu_scale: float           # measured / default generation rate of this CPU's threads (see speed.py)
+    cpu_prompt_flops: float    # floating-point operations per second in prompt processing
+    threads: int               # llama.cpp threads the measurement used
+    llama_cpp_version: str | None = None
+    cpu_model: str | None = None
+    model: str = ""            # the model it was measured on
+    measured_at: str = ""      # ISO time
+
+
+@dataclass(frozen=True)
 class Hardware:
     gpus: tuple[GPU, ...] = ()
     ram_total_bytes: int = 0
@@ -51,8 +67,10 @@ class Hardware:
     model_dir: str | None = None           # the directory disk_free_bytes was measured in
     notes: tuple[str, ...] = ()            # how facts were obtained or assumed ("bandwidth assumed ...")
     warnings: tuple[str, ...] = ()         # what the probe could not read and the user should look at
+    calibration: Calibration | None = None # this CPU's measured speeds, if `bench` has run here
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["gpus"] = [asdict(g) for g in self.gpus]
+        data["calibration"] = asdict(self.calibration) if self.calibration else None
         return data

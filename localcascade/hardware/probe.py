@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from localcascade import settings
-from localcascade.hardware import amd, apple, cpu, disk, llama_build, nvidia
+from localcascade.hardware import amd, apple, calibration, cpu, disk, llama_build, nvidia
 from localcascade.hardware.facts import Hardware
 from localcascade.hardware.findings import GPUFindings
 
@@ -33,13 +33,15 @@ def detect(model_dir: Path | None = None) -> Hardware:
     notes = list(gpus.notes)
     if measured != model_dir.expanduser().absolute():
         notes.append(f"{model_dir} does not exist yet; free space measured at {measured}")
+    this_cpu, build = cpu.cpu(), llama_build.build()
     return Hardware(
         gpus=tuple(gpus.gpus),
         ram_total_bytes=ram_total,
         ram_available_bytes=ram_available,
-        cpu=cpu.cpu(),
+        cpu=this_cpu,
         disk_free_bytes=free,
-        llama_cpp=llama_build.build(),
+        llama_cpp=build,
+        calibration=calibration.load(this_cpu.model, build.version),
         source="detected",
         model_dir=str(model_dir),
         notes=tuple(notes),
