@@ -14,7 +14,9 @@ from localcascade.errors import DownloadError, ModelNotFoundError
 from localcascade.hardware.facts import Hardware
 from localcascade.plan import Plan, PlanRequest
 from localcascade.units import format_tokens
-from localcascade.planner import FIT_CONTEXTS, Limits, place, rank_variants
+from localcascade.errors import DoesNotFitError
+from localcascade.planner import FIT_CONTEXTS, Limits, place
+from localcascade.policy import Policy, recommend
 
 
 _CATALOG_NOTE = "from the built-in catalog (header facts derived offline)"
@@ -109,10 +111,14 @@ def _row(plan: Plan) -> dict:
     }
 
 
-def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None, kv_type: str = "f16",
-               limits: Limits = Limits()) -> dict:
+def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None, kv_type: str | None = None,
+               think: bool = True, limits: Limits = Limits(), policy: Policy = Policy()) -> dict:
+    """Every model's rows (a placement per context) and the policy's recommendation with two alternatives.
+
+    ``kv_type`` None: the rows use f16 and the recommendation weighs f16 and q8_0.
+    """
     models, notes = resolve_models(spec)
-    request = PlanRequest(n_ctx=n_ctx, type_k=kv_type, type_v=kv_type)
+    request = PlanRequest(n_ctx=n_ctx, type_k=kv_type or "f16", type_v=kv_type or "f16")
     variants = []
     beyond: dict[int, list[str]] = {}   # trained context -> models asked for more than that
     for m in models:
@@ -128,22 +134,36 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
         notes.append(f"{', '.join(names)}: trained for {format_tokens(trained)} tokens, "
                      f"{format_tokens(n_ctx)} is beyond what the model was made for")
     recommended: dict[str, Any] | None = None
-    ranked = rank_variants(hardware, models, request, limits)
-    if ranked:
-        model, plan = ranked[0]
-        recommended = {
-            "variant": model.quant, "n_ctx": plan.n_ctx, "verdict": plan.verdict,
-            "n_gpu_layers": plan.n_gpu_layers, "cpu_moe_blocks": plan.moe_blocks_in_ram,
-            "n_cpu_moe": plan.n_cpu_moe, "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s,
-            "prompt_tokens_per_s": plan.prompt_tokens_per_s, "speed_measured": plan.speed_measured,
-            "reasons": list(plan.reasons) + [speed_reason(plan)],
-        }
+    alternatives: list[dict] = []
+    try:
+        choice = recommend(hardware, models, PlanRequest(n_ctx=n_ctx, type_k=kv_type, type_v=kv_type),
+                           think=think, policy=policy, limits=limits)
+    except DoesNotFitError:
+        choice = None
+    if choice is not None:
+        recommended = _choice(choice.variant, choice.plan)
+        recommended["reasons"] = list(choice.plan.reasons) + [speed_reason(choice.plan)]
+        recommended["policy"] = list(choice.notes)
+        alternatives = [dict(_choice(a.variant, a.plan), trade=a.trade, summary=a.describe())
+                        for a in choice.alternatives]
     assumptions = {"cuda_context_bytes_per_gpu": limits.overheads.cuda_context_bytes,
                    "gpu_margin_bytes": limits.gpu_margin_bytes, "ram_margin_bytes": limits.ram_margin_bytes,
                    "process_ram_bytes": limits.overheads.process_ram_bytes}
     notes.append(speed_note(hardware))
-    return {"hardware": hardware.to_dict(), "requested_n_ctx": n_ctx, "recommended": recommended, "variants": variants, "notes": notes,
+    return {"hardware": hardware.to_dict(), "requested_n_ctx": n_ctx, "think": think,
+            "policy": {"context_floor": policy.floor(think), "usable_tokens_per_s": policy.usable_tokens_per_s,
+                       "kv_types": [kv_type] if kv_type else list(policy.kv_types)},
+            "recommended": recommended, "alternatives": alternatives, "variants": variants, "notes": notes,
             "assumptions": assumptions}
+
+
+def _choice(variant: Any, plan: Plan) -> dict:
+    return {
+        "variant": variant.quant, "n_ctx": plan.n_ctx, "verdict": plan.verdict,
+        "n_gpu_layers": plan.n_gpu_layers, "cpu_moe_blocks": plan.moe_blocks_in_ram,
+        "n_cpu_moe": plan.n_cpu_moe, "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s,
+        "prompt_tokens_per_s": plan.prompt_tokens_per_s, "speed_measured": plan.speed_measured,
+    }
 
 
 def speed_note(hardware: Hardware) -> str:

@@ -60,6 +60,7 @@ class Plan:
     prompt_tokens_per_s: float | None = None   # reading a prompt
     speed_measured: bool = False               # from this machine's `bench` calibration, else estimated
     reasons: tuple[str, ...] = ()
+    alternatives: tuple[str, ...] = ()         # other plans of the same model and what each trades
     source: str = "header"     # "header" (a real file's header) or "catalog" (built-in facts)
 
     def prompt_seconds(self, tokens: int | None = None) -> float | None:
@@ -81,6 +82,7 @@ class Plan:
         data["gpu_bytes"] = self.gpu_bytes
         data["ram_bytes"] = self.ram_bytes
         data["reasons"] = list(self.reasons)
+        data["alternatives"] = list(self.alternatives)
         return data
 
 
@@ -93,6 +95,7 @@ class PlanRequest:
     """
 
     n_ctx: int | None = None
+    think: bool = True                 # thinking on: the policy's context floor is larger
     type_k: str | None = None
     type_v: str | None = None
     flash_attn: bool | None = None

@@ -68,6 +68,7 @@ class ReplState:
     think_budget: int | None = None
     sampling: Sampling = field(default_factory=Sampling)
     hardware: object | None = None      # localcascade.hardware.facts.Hardware, for /info
+    larger_plan: object | None = None   # the next larger context's Plan (False: none fits), once asked
     grammar: str | None = None          # GBNF every reply must follow (--grammar-file)
     last_trace: str | None = None
     last_trace_tokens: int | None = None
@@ -547,13 +548,20 @@ def stats_footer(stats: TurnStats) -> str:
     )
 
 
-def context_warning(used: int, limit: int) -> str | None:
+def context_warning(used: int, limit: int, larger: Plan | None | bool = None) -> str | None:
+    """The warning past 85% of the context; ``larger`` is the next larger plan this machine would
+    hold, False when it holds none, None when unknown."""
     if not limit or used / limit <= CONTEXT_WARN_FRACTION:
         return None
-    return (
-        f"context {100 * used / limit:.0f}% full ({used}/{limit}): /save FILE then /clear to start "
-        "over, or restart with a larger --ctx if `localcascade fit` says it fits"
-    )
+    start = f"context {100 * used / limit:.0f}% full ({used}/{limit}): /save FILE then /clear to start over"
+    if larger is False:
+        return start + f"; this machine holds no larger context of this model than {format_tokens(limit)}"
+    if larger is None:
+        return start + ", or restart with a larger --ctx if `localcascade fit` says it fits"
+    from localcascade.policy import describe_briefly
+
+    return (start + f", or restart with --ctx {format_tokens(larger.n_ctx)}: this machine holds that "
+            f"{describe_briefly(larger)}")
 
 
 def overflow_advice(err: ContextOverflowError) -> list[str]:
@@ -869,9 +877,26 @@ def stream_reply(console, state: ReplState, text: str) -> None:
             )
         elif stats.stop_reason == "length":
             console.print("(reply cut at max_tokens: /set max_tokens N for longer replies)", style="dim")
-    warning = context_warning(state.chat.context_used, state.chat.context_limit)
+    warning = context_warning(state.chat.context_used, state.chat.context_limit, _larger_plan(state))
     if warning:
         console.print(warning, style="yellow", markup=False)
+
+
+def _larger_plan(state: ReplState) -> Plan | None | bool:
+    """The next larger plan for the warning (once the context is nearly full; remembered)."""
+    chat = state.chat
+    if not chat.context_limit or chat.context_used / chat.context_limit <= CONTEXT_WARN_FRACTION:
+        return None
+    if state.hardware is None or getattr(state.engine, "plan", None) is None:
+        return None
+    if state.larger_plan is None:
+        from localcascade.engine.planning import larger_plan
+
+        try:
+            state.larger_plan = larger_plan(state.engine.model_path, state.engine.plan, state.hardware) or False
+        except LocalCascadeError:
+            return None
+    return state.larger_plan
 
 
 # --------------------------------------------------------------------------

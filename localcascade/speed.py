@@ -56,6 +56,7 @@ class WeightsPerToken:
     cpu_quant_bytes: float = 0.0
     gpu_prompt_params: float = 0.0   # active parameters, without the output head
     cpu_prompt_params: float = 0.0
+    cpu_resident_bytes: float = 0.0  # every weight kept in system RAM (all experts, not a token's share)
 
 
 @lru_cache(maxsize=1)
@@ -74,7 +75,8 @@ def weights_per_token(facts: ModelFacts, p: Placement) -> WeightsPerToken:
     n = facts.n_layer
     share = facts.n_expert_used / facts.n_expert if facts.n_expert else 1.0
     tied = not any(t.name == "output.weight" for t in facts.tensors)
-    out = dict(gpu_bytes=0.0, cpu_float_bytes=0.0, cpu_quant_bytes=0.0, gpu_prompt_params=0.0, cpu_prompt_params=0.0)
+    out = dict(gpu_bytes=0.0, cpu_float_bytes=0.0, cpu_quant_bytes=0.0, gpu_prompt_params=0.0, cpu_prompt_params=0.0,
+               cpu_resident_bytes=0.0)
     for t in facts.tensors:
         head = t.name == "output.weight" or (tied and t.name == "token_embd.weight")
         match = _LAYER.match(t.name)
@@ -87,6 +89,8 @@ def weights_per_token(facts: ModelFacts, p: Placement) -> WeightsPerToken:
         for d in t.shape:
             elements *= d
         gpu = on_gpu(layer, n, p.n_gpu_layers) and not (expert and layer < p.n_cpu_moe)
+        if not gpu:
+            out["cpu_resident_bytes"] += t.n_bytes
         if gpu:
             out["gpu_bytes"] += t.n_bytes * used
         elif t.type_name.lower() in FLOAT_TYPES:
@@ -119,13 +123,17 @@ def predict(facts: ModelFacts, p: Placement, *, gpu_bandwidth: float | None, ram
     usable = calibration if calibration is not None and calibration.threads == cores else None
     scale = usable.cpu_scale if usable else 1.0
     gen = cpu_generation_seconds(w, cores=cores, ram_bandwidth=ram_bandwidth) / scale
-    prompt = 0.0
     cpu_flops = usable.cpu_prompt_flops if usable else d["cpu"]["prompt_flops_per_core"] * cores
-    prompt += 2 * w.cpu_prompt_params / cpu_flops
     if w.gpu_bytes or w.gpu_prompt_params:
         bandwidth = gpu_bandwidth or d["gpu"]["default_bandwidth_bytes_per_s"]
         gen += w.gpu_bytes / (bandwidth * d["gpu"]["memory_efficiency"])
-        prompt += 2 * w.gpu_prompt_params / (bandwidth * d["gpu"]["prompt_flops_per_byte_of_bandwidth"])
+        # With a GPU in the plan, llama.cpp computes a prompt's batches on the GPU even for weights
+        # kept in RAM: it copies them over PCIe once per micro-batch (ggml's op offload).
+        gpu_flops = bandwidth * d["gpu"]["prompt_flops_per_byte_of_bandwidth"]
+        prompt = (2 * (w.gpu_prompt_params + w.cpu_prompt_params) / gpu_flops
+                  + w.cpu_resident_bytes / (d["gpu"]["pcie_bytes_per_s"] * max(1, p.n_ubatch)))
+    else:
+        prompt = 2 * w.cpu_prompt_params / cpu_flops
     measured = usable is not None and not (w.gpu_bytes or w.gpu_prompt_params)
     return Speed(generation=1.0 / gen if gen > 0 else 0.0, prompt=1.0 / prompt if prompt > 0 else 0.0,
                  measured=measured)

@@ -470,15 +470,15 @@ def best_local_variant(hardware=None, request=None):
         return None
     from localcascade.candidates import catalog_candidates
     from localcascade.plan import PlanRequest
-    from localcascade.planner import recommend
+    from localcascade.policy import recommend
 
     if hardware is None:
         from localcascade.hardware.resolve import hardware_for
 
         hardware = hardware_for()  # this machine, unknown bandwidths filled in
     # Planned from the downloaded files' own headers, as loading them will be.
-    variant, plan = recommend(hardware, catalog_candidates(pulled_only=True), request or PlanRequest())
-    return present[variant.quant], plan
+    choice = recommend(hardware, catalog_candidates(pulled_only=True), request or PlanRequest())
+    return present[choice.variant.quant], choice.plan
 
 
 # -- removal -----------------------------------------------------------------------------------

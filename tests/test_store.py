@@ -122,9 +122,9 @@ def test_pull_auto_takes_the_planners_choice(hf_server, tiny_model, capsys):
         for name in variant.files:
             hf_server.add_file(variant.repo, name, tiny_model)
     from localcascade.hardware.profiles import load_profile
-    from localcascade.planner import recommend
+    from localcascade.policy import recommend
 
-    expected, _ = recommend(load_profile("rtx-4090"), load_catalog())
+    expected = recommend(load_profile("rtx-4090"), load_catalog()).variant
 
     code, out, err = _cli(["pull", "--gpu", "rtx-4090", "--yes"], capsys)
 

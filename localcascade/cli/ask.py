@@ -101,7 +101,8 @@ def ask(
     )
     if grammar_file is not None:
         gen.grammar = options.read_grammar_file(grammar_file)
-    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
+    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn,
+                                   think=think)
     text = read_prompt(prompt or [], sys.stdin)
     model_path = options.resolve_model(model, how="--model NAME|FILE")
 

@@ -22,7 +22,11 @@ def fit(
     vram: Optional[str] = typer.Option(None, "--vram", help="GPU memory, e.g. 24GiB."),
     ram: Optional[str] = typer.Option(None, "--ram", help="System RAM, e.g. 64GiB."),
     ctx: Optional[str] = typer.Option(None, "--ctx", help="Also show (and recommend for) this context, e.g. 64K."),
-    kv_type: str = typer.Option("f16", "--kv-type", help=f"KV cache type for K and V: {', '.join(KV_TYPES)}."),
+    kv_type: Optional[str] = typer.Option(
+        None, "--kv-type", help=f"KV cache type for K and V: {', '.join(KV_TYPES)} [default: f16 in the table; "
+        "the recommendation weighs f16 and q8_0]."),
+    think: bool = typer.Option(True, "--think/--no-think",
+                               help="Plan for thinking (a 64K context floor) or not (16K)."),
     gpu_overhead: Optional[str] = typer.Option(
         None, "--gpu-overhead", help="CUDA context and runtime per GPU, not reported by llama.cpp [default: 0.45GiB]."),
     gpu_margin: Optional[str] = typer.Option(
@@ -36,7 +40,7 @@ def fit(
 
     n_ctx = parse_tokens(ctx) if ctx else None
     hardware = hardware_for(gpu=gpu, vram=vram, ram=ram)
-    report = fit_report(model, hardware, n_ctx=n_ctx, kv_type=kv_type,
+    report = fit_report(model, hardware, n_ctx=n_ctx, kv_type=kv_type, think=think,
                         limits=limits_from(gpu_overhead=gpu_overhead, gpu_margin=gpu_margin))
     if as_json:
         typer.echo(json.dumps(report, indent=1))
@@ -57,10 +61,17 @@ def render_table(report: dict) -> None:
     gpus = ", ".join(f"{g['name']} ({format_bytes(g['vram_free_bytes'])} usable)" for g in hw["gpus"]) or "no GPU"
     console.print(f"Hardware: {gpus}; RAM {format_bytes(hw['ram_available_bytes'])} available")
     rec = report["recommended"]
+    policy = report["policy"]
+    console.print(f"Policy: at least {format_tokens(policy['context_floor'])} of context "
+                  f"({'thinking' if report['think'] else 'no thinking'}), then the best quality at "
+                  f"{policy['usable_tokens_per_s']:.0f}+ tokens/s, then the fastest", soft_wrap=True)
     if rec:
-        console.print(f"Recommended: {rec['variant']} at {format_tokens(rec['n_ctx'])} ({rec['verdict']})")
-        for reason in rec["reasons"]:
+        console.print(f"Recommended: {rec['variant']} at {format_tokens(rec['n_ctx'])}, KV {rec['kv_type']} "
+                      f"({rec['verdict']})")
+        for reason in rec["reasons"] + rec["policy"]:
             console.print(f"  - {reason}", soft_wrap=True)
+        for alt in report["alternatives"]:
+            console.print(f"  Alternative, {alt['summary']}", soft_wrap=True)
     else:
         at = f" at {format_tokens(report['requested_n_ctx'])}" if report.get("requested_n_ctx") else ""
         console.print(f"Recommended: nothing fits this machine{at}")

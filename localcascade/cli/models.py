@@ -125,11 +125,12 @@ def _auto_choice(hardware, ctx: Optional[str], yes: bool):
     from localcascade import hub
     from localcascade.catalog import load_catalog
     from localcascade.plan import PlanRequest
-    from localcascade.planner import recommend
+    from localcascade.policy import recommend
     from localcascade.units import parse_tokens
 
     request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None)
-    variant, plan = recommend(hardware, load_catalog(), request)
+    choice = recommend(hardware, load_catalog(), request)
+    variant, plan = choice.variant, choice.plan
     plan = _plan_from_remote_header(variant, hardware, request) or plan
     _err(f"best for this machine: {variant.quant} ({format_bytes(variant.size_bytes)}) from {variant.repo}")
     _err(f"  {_plan_line(plan)}")
@@ -147,7 +148,7 @@ def _plan_from_remote_header(variant, hardware, request):
         return None
     try:
         from localcascade.gguf_header import read_header
-        from localcascade.planner import plan_for_model
+        from localcascade.policy import plan_for_model
 
         header = read_header(f"hf://{variant.repo}/{variant.files[0]}")
         return plan_for_model(header, hardware, request)
@@ -254,7 +255,7 @@ def _local_or_hub_source(store, model: str) -> str:
 def _plan_for(header, hardware, request=None):
     try:
         from localcascade.plan import PlanRequest
-        from localcascade.planner import plan_for_model
+        from localcascade.policy import plan_for_model
 
         return plan_for_model(header, hardware, request or PlanRequest()), None
     except LocalCascadeError as err:

@@ -112,8 +112,10 @@ def plan_request(
     cpu_moe: Optional[int] = None,
     kv_type: Optional[str] = None,
     flash_attn: Optional[bool] = None,
+    think: bool = True,
 ):
-    """The user's placement overrides as a PlanRequest (the planner checks they fit)."""
+    """The user's placement overrides as a PlanRequest (the planner checks they fit); ``think``
+    sets the context floor of the default plan."""
     from localcascade.plan import PlanRequest
     from localcascade.units import parse_tokens
 
@@ -129,6 +131,7 @@ def plan_request(
         kv_type = kv_type.lower()
     return PlanRequest(
         n_ctx=parse_tokens(ctx) if ctx is not None else None,
+        think=think,
         type_k=kv_type,
         type_v=kv_type,
         flash_attn=flash_attn,

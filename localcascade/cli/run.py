@@ -53,7 +53,8 @@ def run(
         think=think, think_budget=think_budget, temp=temp, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
         seed=seed,
     )
-    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
+    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn,
+                                   think=think)
 
     grammar = options.read_grammar_file(grammar_file) if grammar_file is not None else None
 
@@ -73,6 +74,8 @@ def run(
     plan = plan_for_file(model_path, request, hardware)
     for line in repl.describe_plan(plan):
         print(f"localcascade: {line}", file=sys.stderr)
+    for alternative in plan.alternatives:
+        print(f"localcascade:   alternative, {alternative}", file=sys.stderr)
     template = read_template_file(chat_template) if chat_template is not None else None
     engine = Engine.load(
         model_path, plan, hardware=hardware, chat_template=template, verbose=verbose,
@@ -123,12 +126,13 @@ def _offer_pull(hardware, request, yes: bool) -> Path:
     """Nothing pulled yet: show what fits this machine and download it if the user agrees."""
     from localcascade import hub
     from localcascade.catalog import load_catalog
-    from localcascade.planner import recommend
+    from localcascade.policy import recommend
     from localcascade.repl import describe_plan
     from localcascade.units import format_bytes
 
     try:
-        variant, plan = recommend(hardware, list(load_catalog()), request)
+        choice = recommend(hardware, list(load_catalog()), request)
+        variant, plan = choice.variant, choice.plan
     except DoesNotFitError as err:
         raise DoesNotFitError(
             f"no model pulled yet, and none to recommend: {err} (`localcascade fit` shows what each "

@@ -1,0 +1,268 @@
+"""What to recommend: the stated policy over the planner's placements. Pure, like the planner.
+
+Nemotron-Cascade-2 thinks before it answers, often for thousands of tokens, and its context is cheap
+(only 6 attention blocks hold KV: 384 MiB at 64K with f16). So the policy is, in order:
+
+1. A context floor that fits thinking: 64K with thinking on, 16K with it off. The user's --ctx
+   always wins. Smaller only where nothing fits at the floor, and then it says so.
+2. Of the plans at the floor, the best quality that still runs at a usable speed: 20 tokens/s
+   (a 4,000-token thought then takes under three and a half minutes; below that a reasoning model
+   keeps the user waiting minutes per answer). Quality ranks the variant first, then the KV cache
+   (f16 over q8_0, which halves the cache for a small, measured loss: README, "Quality of a q8_0
+   KV cache").
+3. Among equals, the fastest. Where no plan reaches the usable speed (a CPU-only machine), the
+   fastest plan that fits, with its speed said plainly.
+
+Each chosen plan then takes the largest context its placement still holds (same GPU layers and
+expert blocks in RAM, so the speed is unchanged), and two alternatives are shown beside it with
+what each trades: a faster one, one with a longer context, or one of higher quality.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
+
+from localcascade.errors import DoesNotFitError, UsageError
+from localcascade.hardware.facts import Hardware
+from localcascade.memory import ModelFacts
+from localcascade.plan import WONT_FIT, Plan, PlanRequest
+from localcascade.planner import CONTEXT_LADDER, Limits, place
+from localcascade.units import format_tokens
+
+THINKING_FLOOR = 65536
+NO_THINKING_FLOOR = 16384
+USABLE_TOKENS_PER_S = 20.0
+KV_TYPES_BY_QUALITY = ("f16", "q8_0")
+
+
+@dataclass(frozen=True)
+class Policy:
+    thinking_floor: int = THINKING_FLOOR
+    no_thinking_floor: int = NO_THINKING_FLOOR
+    usable_tokens_per_s: float = USABLE_TOKENS_PER_S
+    kv_types: tuple[str, ...] = KV_TYPES_BY_QUALITY
+
+    def floor(self, think: bool) -> int:
+        return self.thinking_floor if think else self.no_thinking_floor
+
+
+@dataclass(frozen=True)
+class Alternative:
+    trade: str        # "faster", "longer context", "higher quality"
+    variant: Any
+    plan: Plan
+
+    def describe(self) -> str:
+        return f"{self.trade}: {self.variant.quant} {describe_briefly(self.plan)}"
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    variant: Any
+    plan: Plan
+    alternatives: tuple[Alternative, ...]
+    notes: tuple[str, ...]     # how the policy decided (floor lowered, no usable speed...)
+
+
+def describe_briefly(plan: Plan) -> str:
+    """"at 256K, full GPU, KV f16, ~180 t/s": what a plan trades, in a line."""
+    where = {"full_gpu": "full GPU", "cpu_only": "CPU only"}.get(plan.verdict)
+    if where is None and plan.verdict == "experts_in_ram":
+        where = f"{plan.moe_blocks_in_ram} MoE block{'s' if plan.moe_blocks_in_ram != 1 else ''} in RAM"
+    elif where is None:
+        where = f"{plan.n_gpu_layers} layers on the GPU"
+    speed = f"~{plan.tokens_per_s:.0f} t/s" + ("" if plan.speed_measured else " (est.)")
+    return f"at {format_tokens(plan.n_ctx)}, {where}, KV {plan.type_k}, {speed}"
+
+
+def _kv_types(request: PlanRequest, policy: Policy) -> tuple[str, ...]:
+    return (request.type_k,) if request.type_k else policy.kv_types
+
+
+def _stretched(facts: ModelFacts, hw: Hardware, request: PlanRequest, plan: Plan, name: str, source: str,
+               limits: Limits) -> Plan:
+    """``plan`` grown to the largest ladder context (up to the trained one) that keeps its placement,
+    and so its speed; its reasons say what the next context would need."""
+    top = facts.n_ctx_train or CONTEXT_LADDER[-1]
+    ladder = [c for c in CONTEXT_LADDER if plan.n_ctx < c <= top]
+    if top not in ladder and plan.n_ctx < top < CONTEXT_LADDER[-1]:
+        ladder.append(top)
+    best = plan
+    for n_ctx in ladder:
+        bigger = place(facts, hw, request, n_ctx=n_ctx, name=name, source=source, limits=limits)
+        if bigger.verdict == WONT_FIT or _placement(bigger) != _placement(plan):
+            if bigger.verdict != WONT_FIT:
+                best = replace(best, reasons=best.reasons + (bigger.reasons[0],))
+            break
+        best = bigger
+    return best
+
+
+def _placement(plan: Plan) -> tuple:
+    return plan.verdict, plan.n_gpu_layers, plan.n_cpu_moe
+
+
+def plans_at(facts: ModelFacts, hw: Hardware, request: PlanRequest, n_ctx: int, *, name: str, source: str,
+             policy: Policy, limits: Limits, stretch: bool) -> list[Plan]:
+    """One plan per KV type that fits at ``n_ctx`` (stretched to the largest context of its placement)."""
+    plans = []
+    for kv in _kv_types(request, policy):
+        r = replace(request, type_k=kv, type_v=request.type_v if request.type_k else kv)
+        try:
+            plan = place(facts, hw, r, n_ctx=n_ctx, name=name, source=source, limits=limits)
+        except UsageError:
+            continue   # e.g. a quantized V cache without flash attention
+        if plan.verdict == WONT_FIT:
+            continue
+        plans.append(_stretched(facts, hw, r, plan, name, source, limits) if stretch else plan)
+    return plans
+
+
+def _quality(variant: Any, plan: Plan) -> tuple:
+    kv = KV_TYPES_BY_QUALITY.index(plan.type_k) if plan.type_k in KV_TYPES_BY_QUALITY else len(KV_TYPES_BY_QUALITY)
+    return getattr(variant, "quality_rank", 0), kv
+
+
+def _floors(facts_list: list[ModelFacts], request: PlanRequest, policy: Policy, think: bool) -> list[int]:
+    """Contexts to try, first the floor, then smaller ones (only when the user named none)."""
+    if request.n_ctx is not None:
+        if request.n_ctx <= 0:
+            raise UsageError("context length must be positive")
+        return [request.n_ctx]
+    trained = max((f.n_ctx_train for f in facts_list if f.n_ctx_train), default=CONTEXT_LADDER[-1])
+    floor = min(policy.floor(think), trained)
+    return [floor] + [c for c in reversed(CONTEXT_LADDER) if c < floor]
+
+
+def recommend(hardware: Hardware, variants: Iterable[Any], request: PlanRequest = PlanRequest(), *,
+              think: bool | None = None, policy: Policy = Policy(), limits: Limits = Limits()) -> Recommendation:
+    """The policy's choice among ``variants`` (objects with .facts, .quant, .quality_rank) on ``hardware``;
+    ``think`` (default: the request's) sets the context floor.
+
+    Raises DoesNotFitError when none fits at any context.
+    """
+    think = request.think if think is None else think
+    variants = list(variants)
+    floors = _floors([v.facts for v in variants], request, policy, think)
+    notes: list[str] = []
+    options: list[tuple[Any, Plan]] = []
+    for n_ctx in floors:
+        options = [(v, plan) for v in variants
+                   for plan in plans_at(v.facts, hardware, request, n_ctx, name=v.quant,
+                                        source=getattr(v, "source", "catalog"), policy=policy, limits=limits,
+                                        stretch=request.n_ctx is None)]
+        if options:
+            if n_ctx != floors[0]:
+                notes.append(f"nothing fits at {format_tokens(floors[0])} (the floor for a "
+                             f"{'thinking' if think else 'non-thinking'} chat): {format_tokens(n_ctx)} is the "
+                             "largest context that fits")
+            break
+    if not options:
+        raise DoesNotFitError(_nothing_fits(variants, hardware, request, floors[-1], limits))
+    usable = [o for o in options if (o[1].tokens_per_s or 0) >= policy.usable_tokens_per_s]
+    if usable:
+        variant, plan = min(usable, key=lambda o: (_quality(*o), -(o[1].tokens_per_s or 0)))
+        notes.append(f"the best quality that runs at {policy.usable_tokens_per_s:.0f}+ tokens/s"
+                     f" at {format_tokens(plan.n_ctx)} or more")
+    else:
+        variant, plan = max(options, key=lambda o: (o[1].tokens_per_s or 0, [-x for x in _quality(*o)]))
+        notes.append(f"no plan reaches {policy.usable_tokens_per_s:.0f} tokens/s on this machine: the fastest "
+                     f"that fits, ~{plan.tokens_per_s:.1f} tokens/s")
+    alternatives = _alternatives(variant, plan, options, hardware, request, policy, limits)
+    return Recommendation(variant, plan, alternatives, tuple(notes))
+
+
+def _alternatives(variant: Any, plan: Plan, options: list[tuple[Any, Plan]], hardware: Hardware,
+                  request: PlanRequest, policy: Policy, limits: Limits) -> tuple[Alternative, ...]:
+    """Two real plans beside the choice: faster, longer context, or higher quality (in that order)."""
+    found: list[Alternative] = []
+    speed = plan.tokens_per_s or 0
+    faster = [o for o in options if (o[1].tokens_per_s or 0) > 1.15 * speed]
+    if faster:
+        v, p = min(faster, key=lambda o: (_quality(*o), -(o[1].tokens_per_s or 0)))
+        found.append(Alternative("faster", v, p))
+    longer = _longest(variant, plan, hardware, request, policy, limits)
+    if longer is not None:
+        found.append(Alternative("longer context", variant, longer))
+    better = [o for o in options if _quality(*o) < _quality(variant, plan)]
+    if better and len(found) < 2:
+        v, p = max(better, key=lambda o: (o[1].tokens_per_s or 0, [-x for x in _quality(*o)]))
+        found.append(Alternative("higher quality", v, p))
+    return tuple(found[:2])
+
+
+def _longest(variant: Any, plan: Plan, hardware: Hardware, request: PlanRequest, policy: Policy,
+             limits: Limits) -> Plan | None:
+    """The chosen variant at the largest context that fits at all (any placement, any KV type)."""
+    if request.n_ctx is not None:
+        return None
+    top = variant.facts.n_ctx_train or CONTEXT_LADDER[-1]
+    for n_ctx in (c for c in reversed(CONTEXT_LADDER) if plan.n_ctx < c <= top):
+        plans = plans_at(variant.facts, hardware, request, n_ctx, name=variant.quant,
+                         source=getattr(variant, "source", "catalog"), policy=policy, limits=limits, stretch=False)
+        if plans:
+            return min(plans, key=lambda p: (KV_TYPES_BY_QUALITY.index(p.type_k)
+                                             if p.type_k in KV_TYPES_BY_QUALITY else 9, -(p.tokens_per_s or 0)))
+    return None
+
+
+def _nothing_fits(variants: list[Any], hardware: Hardware, request: PlanRequest, n_ctx: int, limits: Limits) -> str:
+    smallest = min(variants, key=lambda v: v.facts.file_tensor_bytes, default=None)
+    names = ", ".join(v.quant for v in variants) or "no variants"
+    if smallest is None:
+        return f"none of {names} fits this machine"
+    plan = place(smallest.facts, hardware, request, n_ctx=n_ctx, name=smallest.quant, limits=limits)
+    return f"none of {names} fits this machine: {plan.reasons[0]}"
+
+
+@dataclass(frozen=True)
+class _OneModel:
+    facts: ModelFacts
+    quant: str
+    source: str
+    quality_rank: int = 0
+
+
+def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(), *, think: bool | None = None,
+                   name: str = "model", source: str = "header", policy: Policy = Policy(),
+                   limits: Limits = Limits()) -> Plan:
+    """The plan one model file loads with: the user's context exactly (refused if it cannot fit),
+    else the policy's (the floor, a KV type, the largest context of that placement). The reasons
+    end with how the policy decided. Raises DoesNotFitError if nothing fits."""
+    if request.n_ctx is not None:
+        if request.n_ctx <= 0:
+            raise UsageError("context length must be positive")
+        plan = place(facts, hw, request, n_ctx=request.n_ctx, name=name, source=source, limits=limits)
+        if plan.verdict == WONT_FIT:
+            raise DoesNotFitError(plan.reasons[0])
+        return plan
+    choice = recommend(hw, [_OneModel(facts, name, source)], request, think=think, policy=policy, limits=limits)
+    return replace(choice.plan, reasons=choice.plan.reasons + choice.notes,
+                   alternatives=tuple(f"{a.trade}: {describe_briefly(a.plan)}" for a in choice.alternatives))
+
+
+def plan_for_model(header: Any, hardware: Hardware, request: PlanRequest = PlanRequest(), *,
+                   think: bool | None = None) -> Plan:
+    """The engine's entry point: the Plan for a model file's parsed header."""
+    from localcascade.memory import facts_from_header
+
+    name = str(header.metadata.get("general.name") or header.source)
+    return plan_for_facts(facts_from_header(header), hardware, request, think=think, name=name, source="header")
+
+
+def larger_context(facts: ModelFacts, hw: Hardware, plan: Plan, *, name: str = "model", source: str = "header",
+                   policy: Policy = Policy(), limits: Limits = Limits()) -> Plan | None:
+    """The same model at the next context up the ladder (twice or more ``plan``'s), as this machine
+    would hold it (any placement; the plan's KV type first, then the smaller ones); None if it cannot."""
+    top = facts.n_ctx_train or CONTEXT_LADDER[-1]
+    request = PlanRequest(type_k=plan.type_k, type_v=plan.type_v)
+    kv_types = (plan.type_k,) + tuple(k for k in policy.kv_types if k != plan.type_k)
+    for n_ctx in (c for c in CONTEXT_LADDER if 2 * plan.n_ctx <= c <= top):
+        for kv in kv_types:
+            bigger = place(facts, hw, replace(request, type_k=kv, type_v=kv), n_ctx=n_ctx, name=name,
+                           source=source, limits=limits)
+            if bigger.verdict != WONT_FIT:
+                return bigger
+        return None
+    return None
