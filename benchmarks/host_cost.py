@@ -23,7 +23,6 @@ written to a temporary folder. Threads: llama.cpp's default for this machine (lo
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import statistics
 import sys
@@ -35,6 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+
+from llama_sampling_truth import llama_cpp_top_p  # noqa: E402
 
 PROMPTS = {
     "prose": "Write a long story about a lighthouse keeper who finds a message in a bottle.",
@@ -106,27 +107,6 @@ def host_costs(engine, prompt: str, tokens: int, seed: int) -> tuple[list[float]
     return timer.gaps_ms(skip=max(0, (prompt_calls or 1) - 1))
 
 
-def reference_distribution(logits: np.ndarray, top_p: float) -> dict[int, float]:
-    """llama.cpp's own top-p over ``logits``: {token: probability} of the kept tokens, renormalized."""
-    import llama_cpp
-
-    n = logits.shape[0]
-    data = (llama_cpp.llama_token_data * n)()
-    view = np.ctypeslib.as_array(ctypes.cast(data, ctypes.POINTER(ctypes.c_float)), shape=(n * 3,))
-    view.view(np.int32)[0::3] = np.arange(n, dtype=np.int32)
-    view[1::3] = logits
-    view[2::3] = 0.0
-    array = llama_cpp.llama_token_data_array(data, n, -1, False)
-    sampler = llama_cpp.llama_sampler_init_top_p(top_p, 1)
-    try:
-        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
-    finally:
-        llama_cpp.llama_sampler_free(sampler)
-    kept = {data[i].id: float(data[i].p) for i in range(array.size)}
-    total = sum(kept.values())
-    return {token: p / total for token, p in kept.items()}
-
-
 def exact_distribution(logits: np.ndarray, top_p: float) -> dict[int, float]:
     """The exact top-p distribution: a full float64 sort and running sum (slow, plain, obviously right)."""
     weights = np.exp(logits.astype(np.float64) - float(logits.max()))
@@ -165,7 +145,7 @@ def distribution_gaps(engine, prompt: str, tokens: int, seed: int) -> dict[str, 
     for logits in captured:
         ids, p = nucleus.distribution(logits, temperature=1.0, top_p=0.95)
         ours = dict(zip(ids.tolist(), p.tolist()))
-        for name, reference in (("exact", exact_distribution), ("llama.cpp", reference_distribution)):
+        for name, reference in (("exact", exact_distribution), ("llama.cpp", llama_cpp_top_p)):
             theirs = reference(logits, 0.95)
             distances, differing = results[name]
             distances.append(total_variation(ours, theirs))

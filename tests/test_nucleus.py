@@ -6,10 +6,10 @@ own top-p sampler on the same logits, and by drawing: the frequencies match the 
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 import pytest
+
+from llama_sampling_truth import llama_cpp_top_p
 
 from localcascade.engine import nucleus
 
@@ -68,25 +68,6 @@ def test_top_k_and_min_p_keep_what_the_chain_keeps():
     assert set(ids.tolist()) == set(np.flatnonzero(np.exp(logits - logits.max()) >= 0.05).tolist())
 
 
-def llama_cpp_top_p(logits: np.ndarray, top_p: float) -> set[int]:
-    """The tokens llama.cpp's own top-p sampler keeps for ``logits``."""
-    import llama_cpp
-
-    n = logits.shape[0]
-    data = (llama_cpp.llama_token_data * n)()
-    view = np.ctypeslib.as_array(ctypes.cast(data, ctypes.POINTER(ctypes.c_float)), shape=(n * 3,))
-    view.view(np.int32)[0::3] = np.arange(n, dtype=np.int32)
-    view[1::3] = logits
-    view[2::3] = 0.0
-    array = llama_cpp.llama_token_data_array(data, n, -1, False)
-    sampler = llama_cpp.llama_sampler_init_top_p(top_p, 1)
-    try:
-        llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
-    finally:
-        llama_cpp.llama_sampler_free(sampler)
-    return {data[i].id for i in range(array.size)}
-
-
 def test_agrees_with_llama_cpps_top_p():
     # llama.cpp's float32 running sum may end its nucleus a token or (with 12K tokens in it) ~0.3%
     # early; the sets agree otherwise.
@@ -94,7 +75,7 @@ def test_agrees_with_llama_cpps_top_p():
     for scale in (3.0, 5.0, 7.0, 10.0):
         logits = (rng.standard_normal(131072) * scale).astype(np.float32)
         ids, _ = nucleus.kept(logits, top_p=0.95)
-        ours, theirs = set(ids.tolist()), llama_cpp_top_p(logits, 0.95)
+        ours, theirs = set(ids.tolist()), set(llama_cpp_top_p(logits, 0.95))
         assert theirs <= ours or ours <= theirs
         assert len(ours ^ theirs) <= max(1, len(ours) // 200)
 

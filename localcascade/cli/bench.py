@@ -68,15 +68,15 @@ def _store_calibration(model_path, model_name: str, plan, results) -> str | None
     from localcascade.engine.loader import default_threads
     from localcascade.gguf_header import read_header
     from localcascade.hardware import calibration, cpu, llama_build
+    from localcascade.hardware.facts import Hardware
+    from localcascade.hardware.resolve import fill_unknown_bandwidths
     from localcascade.memory import facts_from_header
     from localcascade.speed import calibrate
 
     rates = {r.test[:2]: r.mean for r in results}
     if plan.n_gpu_layers != 0 or not rates.get("tg") or not rates.get("pp"):
         return None
-    from localcascade.hardware.resolve import fill_unknown_bandwidths
-    from localcascade.hardware.facts import Hardware
-
+    # The bandwidth fit assumes for this machine, so that fit reproduces the measured speeds.
     bandwidth = fill_unknown_bandwidths(Hardware()).ram_bandwidth_bytes_per_s
     measured = calibrate(
         facts_from_header(read_header(model_path)), tg_tokens_per_s=rates["tg"], pp_tokens_per_s=rates["pp"],
