@@ -132,17 +132,24 @@ def _base(facts: ModelFacts, hw: Hardware, request: PlanRequest, n_ctx: int) -> 
     type_k = request.type_k or "f16"
     type_v = request.type_v or type_k
     check_kv_types(type_k, type_v, flash)
+    n_seq = max(1, request.n_seq or 1)
     return Placement(
-        n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=flash,
+        n_ctx=n_ctx * n_seq, n_seq=n_seq, type_k=type_k, type_v=type_v, flash_attn=flash,
         n_batch=request.n_batch or 2048, n_ubatch=request.n_ubatch or 512, n_gpus=max(1, len(usable_gpus(hw))),
     )
+
+
+def _ctx_words(est: Estimate, p: Placement) -> str:
+    if p.n_seq > 1:
+        return f"{format_tokens(est.n_ctx // p.n_seq)} x {p.n_seq} conversations"
+    return format_tokens(est.n_ctx)
 
 
 def _describe(name: str, verdict: str, p: Placement, est: Estimate, facts: ModelFacts, hw: Hardware,
               limits: Limits) -> str:
     gpu_budget, ram_budget = _budgets(hw, limits)
     gpu_name = hw.gpus[0].name if hw.gpus else "GPU"
-    ctx = format_tokens(est.n_ctx)
+    ctx = _ctx_words(est, p)
     if verdict == FULL_GPU:
         return f"{name} fits fully on the {gpu_name} at {ctx} with {format_bytes(gpu_budget - est.gpu.total)} free"
     if verdict == EXPERTS_IN_RAM:
@@ -182,7 +189,7 @@ def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(),
         if not _fits(est, hw, limits, facts):
             gpu_budget, ram_budget = _budgets(hw, limits)
             raise DoesNotFitError(
-                f"{name} at {format_tokens(est.n_ctx)} with n_gpu_layers={p.n_gpu_layers}, "
+                f"{name} at {_ctx_words(est, p)} with n_gpu_layers={p.n_gpu_layers}, "
                 f"n_cpu_moe={p.n_cpu_moe} needs {format_bytes(est.gpu.total)} of GPU memory "
                 f"({format_bytes(gpu_budget)} usable) and {format_bytes(est.ram.total)} of RAM "
                 f"({format_bytes(ram_budget)} usable)"
@@ -213,7 +220,7 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
             raise UsageError("context length must be positive")
         plan = place(facts, hw, request, n_ctx=request.n_ctx, name=name, source=source, limits=limits)
         if plan.verdict == WONT_FIT:
-            raise DoesNotFitError(plan.reasons[0])
+            raise DoesNotFitError(plan.reasons[0] + _what_fits(facts, hw, request, name, source, limits))
         return plan
     top = facts.n_ctx_train or CONTEXT_LADDER[-1]
     ladder = [c for c in CONTEXT_LADDER if c <= top] or [top]
@@ -221,7 +228,8 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
         ladder.append(top)
     first = place(facts, hw, request, n_ctx=ladder[0], name=name, source=source, limits=limits)
     if first.verdict == WONT_FIT:
-        raise DoesNotFitError(first.reasons[0])
+        raise DoesNotFitError(first.reasons[0] + _what_fits(facts, hw, replace(request, n_ctx=ladder[0]),
+                                                            name, source, limits))
     best = first
     for n_ctx in ladder[1:]:
         plan = place(facts, hw, request, n_ctx=n_ctx, name=name, source=source, limits=limits)
@@ -231,6 +239,32 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
             break
         best = plan
     return best
+
+
+def _what_fits(facts: ModelFacts, hw: Hardware, request: PlanRequest, name: str, source: str,
+               limits: Limits) -> str:
+    """For several conversations that do not fit: the pairs (context, conversations) that would."""
+    n_seq = request.n_seq or 1
+    if n_seq <= 1:
+        return ""
+
+    def fits(n_ctx: int, n: int) -> bool:
+        try:
+            trial = replace(request, n_ctx=n_ctx, n_seq=n)
+            return place(facts, hw, trial, n_ctx=n_ctx, name=name, source=source, limits=limits).verdict != WONT_FIT
+        except DoesNotFitError:
+            return False
+
+    offers = []
+    ctx = next((c for c in reversed(CONTEXT_LADDER) if c < request.n_ctx and fits(c, n_seq)), None)
+    if ctx is not None:
+        offers.append(f"--parallel {n_seq} --ctx {format_tokens(ctx)}")
+    n = next((k for k in range(n_seq - 1, 0, -1) if fits(request.n_ctx, k)), None)
+    if n is not None:
+        offers.append(f"--parallel {n} --ctx {format_tokens(request.n_ctx)}")
+    if not offers:
+        return "; not even one conversation at 4K fits"
+    return "; what fits: " + " or ".join(offers)
 
 
 def _placement(plan: Plan) -> tuple:

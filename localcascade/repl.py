@@ -825,10 +825,9 @@ def stream_reply(console, state: ReplState, text: str) -> None:
                     before.first_text = time.monotonic()
                 if stop.requested and not stopped:
                     stopped = True
-                    # End the turn through the engine's own token limit, checked before every
-                    # token: the reply stops at the next token and the engine still yields its
+                    # The turn ends at the next token and the engine still yields its
                     # TurnStats, so the interrupted reply is counted like any other.
-                    options.max_tokens = 0
+                    events.stop()
     except KeyboardInterrupt:
         stopped = True        # a second Ctrl-C: the engine was cut off before its TurnStats
     except ContextOverflowError as err:

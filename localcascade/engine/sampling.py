@@ -73,9 +73,9 @@ class Sampler:
         seed = llama_cpp.LLAMA_DEFAULT_SEED if options.seed is None else options.seed & 0xFFFFFFFF
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
 
-    def sample(self, ctx: int) -> int:
-        """Pick the next token from the last logits (and accept it into the chain's state)."""
-        token = self._lib.llama_sampler_sample(self._chain, ctx, -1)
+    def sample(self, ctx: int, idx: int = -1) -> int:
+        """Pick the next token from the logits of batch position ``idx`` (-1: the last) and accept it."""
+        token = self._lib.llama_sampler_sample(self._chain, ctx, idx)
         if token < 0:
             raise EngineError("the sampler found no allowed token (a grammar that cannot continue?)")
         return token

@@ -1,7 +1,8 @@
 """The engine: a loaded model (Engine) and conversations with it (Chat).
 
-Chat.send yields ThinkingText / AnswerText pieces as they stream and one
-TurnStats at the end. It knows nothing of terminals.
+Chat.send returns a Turn that yields ThinkingText / AnswerText pieces as they
+stream and one TurnStats at the end; ``turn.stop()`` ends it from any thread.
+It knows nothing of terminals.
 
 How the context is reused between turns
 ---------------------------------------
@@ -35,6 +36,7 @@ from localcascade.engine import loader
 from localcascade.engine.events import AnswerText, Event, ThinkingText, TurnStats
 from localcascade.engine.sampling import Sampler, sampling_profile
 from localcascade.engine.template import ChatTemplate
+from localcascade.engine.turn import Turn
 from localcascade.engine.vocab import StreamDecoder, Vocab
 from localcascade.errors import ChatTemplateError, ContextOverflowError, EngineError, UsageError
 from localcascade.hardware.facts import Hardware
@@ -67,7 +69,9 @@ class Engine:
         self._loaded = loaded
         self.plan = plan
         self.model_path = loaded.path
-        self.n_ctx = loaded.n_ctx
+        self.n_ctx = loaded.n_ctx             # all sequences together
+        self.n_seq = max(1, plan.n_seq)       # sequences the context was made for (server --parallel)
+        self.n_ctx_seq = loaded.n_ctx_seq     # what one sequence (conversation) can hold
         self.n_ctx_train = _n_ctx_train(loaded.model)   # {arch}.context_length; 0 if unknown
         self.vocab = Vocab(loaded.model, loaded.vocab)
         self.template = template
@@ -128,6 +132,16 @@ class Engine:
         return cls(loaded, plan, template)
 
     # -- public helpers -------------------------------------------------------------------------
+
+    @property
+    def context(self) -> int:
+        """The llama.cpp context (``llama_context *``) for code that decodes itself (batch.py)."""
+        return self._ctx
+
+    @property
+    def n_batch(self) -> int:
+        """The most tokens one llama_decode call takes."""
+        return self._loaded.n_batch
 
     def count_tokens(self, text: str) -> int:
         return len(self.vocab.tokenize(text, special=True))
@@ -310,8 +324,8 @@ class Chat:
 
     # -- a turn -----------------------------------------------------------------------------------
 
-    def send(self, user_text: str, options: GenerationOptions | None = None) -> Iterator[Event]:
-        """Start a reply to ``user_text``; iterate the result for its events.
+    def send(self, user_text: str, options: GenerationOptions | None = None) -> Turn:
+        """Start a reply to ``user_text``; iterate the Turn for its events, ``stop()`` it from anywhere.
 
         Raises ContextOverflowError here (before anything is evaluated) if the
         prompt does not fit the context.
@@ -334,7 +348,7 @@ class Chat:
                 f"the prompt is {len(prompt)} tokens but the context holds {self.engine.n_ctx} "
                 f"(and the reply needs room too): shorten the input or load with a larger --ctx"
             )
-        return self._turn(prompt, user, options)
+        return Turn(lambda turn: self._turn(prompt, user, options, turn))
 
     def _template_prompt(self, messages: list[dict], think: bool) -> list[int]:
         text = self.engine.template.render(messages, add_generation_prompt=True, enable_thinking=think)
@@ -352,10 +366,10 @@ class Chat:
             extra.append(self.engine.think_close)   # an interrupted thought is closed before the turn ends
         return self.engine.tokens + extra + self.engine.vocab.tokenize(tail, special=True)
 
-    def _turn(self, prompt: list[int], user: dict, options: GenerationOptions) -> Iterator[Event]:
+    def _turn(self, prompt: list[int], user: dict, options: GenerationOptions, turn: Turn) -> Iterator[Event]:
         engine = self.engine
         vocab = engine.vocab
-        sampler = Sampler(engine._loaded.vocab, options)
+        sampler = Sampler(vocab.handle, options)
         self._context_in_sync = False
         engine.owner = self
         started = time.perf_counter()
@@ -374,7 +388,7 @@ class Chat:
         pending_at = 0   # len(engine.tokens) when it was sampled: more means it was evaluated after all
         try:
             close_ids = vocab.tokenize(sampling_profile()["think_close_text"], special=True)
-            while True:
+            while not turn.stopped:
                 if options.max_tokens is not None and thinking.tokens + answer.tokens >= options.max_tokens:
                     stop_reason = "length"
                     break
@@ -394,7 +408,7 @@ class Chat:
                         engine.decode(close)
                         in_thinking = False
                         continue
-                token = sampler.sample(engine._ctx)
+                token = sampler.sample(engine.context)
                 if vocab.is_eog(token):
                     stop_reason = "stop"
                     break
