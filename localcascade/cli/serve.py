@@ -1,0 +1,153 @@
+"""`localcascade serve`: plan, load, and serve the model over an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from localcascade.cli import app, options
+from localcascade.errors import UsageError
+
+API_KEY_ENV = "LOCALCASCADE_API_KEY"
+MAX_PARALLEL = 64     # llama.cpp allows 256 sequences; past this the per-step Python work dominates
+
+
+@app.command()
+def serve(
+    model_arg: Optional[str] = typer.Argument(None, help="GGUF file or model name."),
+    model: Optional[str] = options.model_option(),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on (0: any free port, printed at start)."),
+    parallel: int = typer.Option(1, "--parallel", help="Conversations decoded together, each with its own --ctx."),
+    queue: int = typer.Option(16, "--queue", help="Requests that may wait for a free conversation slot (then 503)."),
+    ctx: Optional[str] = options.ctx_option("the plan's"),
+    ngl: Optional[int] = options.ngl_option(),
+    cpu_moe: Optional[int] = options.cpu_moe_option(),
+    kv_type: Optional[str] = options.kv_type_option(),
+    flash_attn: Optional[bool] = options.flash_attn_option(),
+    chat_template: Optional[Path] = options.chat_template_option(),
+    api_key_file: Optional[Path] = typer.Option(
+        None, "--api-key-file", help=f"File holding the API key clients must send (or set {API_KEY_ENV})."
+    ),
+    max_body: str = typer.Option("8MiB", "--max-body", help="Largest request body accepted (413 beyond)."),
+    verbose: bool = options.verbose_option(),
+) -> int:
+    """Serve the model over an OpenAI-compatible HTTP API (chat completions, streaming, tools)."""
+    from localcascade.units import parse_size
+
+    if model_arg and model and model_arg != model:
+        raise UsageError(f"two models named ({model_arg!r} and --model {model!r}): give one")
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise UsageError(f"--parallel must be 1 to {MAX_PARALLEL}, got {parallel}")
+    if queue < 0:
+        raise UsageError(f"--queue must be >= 0, got {queue}")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0 to 65535, got {port}")
+    body_limit = parse_size(max_body)
+    if body_limit < 1024:
+        raise UsageError(f"--max-body must be at least 1KiB, got {max_body}")
+    api_key = _api_key(api_key_file)
+    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
+    from dataclasses import replace
+
+    request = replace(request, n_seq=parallel)
+    listener = _listen(host, port)   # before the load: a busy port must not cost minutes
+    try:
+        return _serve(listener, host, model_arg or model, request, chat_template, api_key, queue, body_limit, verbose)
+    finally:
+        listener.close()
+
+
+def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose) -> int:
+    import uvicorn
+
+    from localcascade.engine.planning import plan_for_file
+    from localcascade.engine.session import Engine
+    from localcascade.engine.template import read_template_file
+    from localcascade.repl import describe_plan
+    from localcascade.server.app import ServerSettings, create_app
+    from localcascade.server.scheduler import Scheduler
+
+    model_path = options.resolve_model(spec, "MODEL or --model NAME|FILE")
+    plan = plan_for_file(model_path, request)
+    for line in describe_plan(plan):
+        _say(line)
+    if plan.n_seq > 1:
+        _say(f"{plan.n_seq} conversations at once, {plan.n_ctx // plan.n_seq} tokens of context each")
+    template = read_template_file(chat_template) if chat_template is not None else None
+    engine = Engine.load(model_path, plan, chat_template=template, verbose=verbose,
+                         progress=options.stderr_progress(model_path.name, quiet=False))
+    with engine:
+        if engine.template is None:
+            from localcascade.errors import ChatTemplateError
+
+            raise ChatTemplateError(f"{model_path.name} has no chat template; give one with --chat-template FILE")
+        scheduler = Scheduler(engine, queue_size=queue).start()
+        try:
+            settings = ServerSettings(model_id=model_path.stem, api_key=api_key,
+                                      max_body_bytes=body_limit)
+            if not _is_loopback(host) and api_key is None:
+                _say(f"warning: listening on {host} without an API key: anyone who can reach this port "
+                     f"can use the model (set {API_KEY_ENV} or --api-key-file)")
+            bound = listener.getsockname()
+            shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            _say(f"serving {settings.model_id} at http://{shown_host}:{bound[1]}/v1 (OpenAI base URL); Ctrl-C stops")
+            config = uvicorn.Config(create_app(scheduler, settings), log_level="warning", access_log=False,
+                                    lifespan="off", timeout_graceful_shutdown=2)
+            uvicorn.Server(config).run(sockets=[listener])
+        finally:
+            scheduler.close()
+    return 0
+
+
+def _say(line: str) -> None:
+    print(f"localcascade: {line}", file=sys.stderr, flush=True)
+
+
+def _api_key(path: Optional[Path]) -> Optional[str]:
+    """The key from --api-key-file, else from the environment; a key on the command line would show in ps."""
+    if path is not None:
+        try:
+            key = Path(path).expanduser().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read --api-key-file {path}: {err}") from None
+        if not key:
+            raise UsageError(f"--api-key-file {path} is empty")
+        return key
+    key = os.environ.get(API_KEY_ENV)
+    if key is not None and not key.strip():
+        raise UsageError(f"{API_KEY_ENV} is set but empty")
+    return key.strip() if key else None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise UsageError(f"--host {host}: {err.strerror}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as err:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
