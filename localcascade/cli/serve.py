@@ -36,6 +36,7 @@ def serve(
         None, "--api-key-file", help=f"File holding the API key clients must send (or set {API_KEY_ENV})."
     ),
     max_body: str = typer.Option("8MiB", "--max-body", help="Largest request body accepted (413 beyond)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp threads (default: physical cores)."),
     verbose: bool = options.verbose_option(),
 ) -> int:
     """Serve the model over an OpenAI-compatible HTTP API (chat completions, streaming, tools)."""
@@ -49,6 +50,8 @@ def serve(
         raise UsageError(f"--queue must be >= 0, got {queue}")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be 0 to 65535, got {port}")
+    if threads is not None and not 1 <= threads <= 512:
+        raise UsageError(f"--threads must be 1 to 512, got {threads}")
     body_limit = parse_size(max_body)
     if body_limit < 1024:
         raise UsageError(f"--max-body must be at least 1KiB, got {max_body}")
@@ -59,12 +62,13 @@ def serve(
     request = replace(request, n_seq=parallel)
     listener = _listen(host, port)   # before the load: a busy port must not cost minutes
     try:
-        return _serve(listener, host, model_arg or model, request, chat_template, api_key, queue, body_limit, verbose)
+        return _serve(listener, host, model_arg or model, request, chat_template, api_key, queue, body_limit, verbose,
+                      threads)
     finally:
         listener.close()
 
 
-def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose) -> int:
+def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose, threads) -> int:
     import uvicorn
 
     from localcascade.engine.planning import plan_for_file
@@ -81,7 +85,7 @@ def _serve(listener, host, spec, request, chat_template, api_key, queue, body_li
     if plan.n_seq > 1:
         _say(f"{plan.n_seq} conversations at once, {plan.n_ctx // plan.n_seq} tokens of context each")
     template = read_template_file(chat_template) if chat_template is not None else None
-    engine = Engine.load(model_path, plan, chat_template=template, verbose=verbose,
+    engine = Engine.load(model_path, plan, chat_template=template, verbose=verbose, threads=threads,
                          progress=options.stderr_progress(model_path.name, quiet=False))
     with engine:
         if engine.template is None:

@@ -97,10 +97,12 @@ class Engine:
         verbose: bool = False,
         for_chat: bool = True,
         grammar: str | None = None,
+        threads: int | None = None,
     ) -> "Engine":
         """Load ``model_path`` with ``plan`` (default: the planner's plan, with ``request``'s overrides).
 
-        ``chat_template`` (Jinja text) replaces the model's own template. With ``for_chat`` a
+        ``chat_template`` (Jinja text) replaces the model's own template; ``threads`` (default:
+        physical cores to generate, all cores for prompts) sets llama.cpp's threads for both. With ``for_chat`` a
         model without a template, and a ``grammar`` (GBNF) that does not parse, are refused
         before the weights are read: a load can take minutes.
         """
@@ -123,7 +125,8 @@ class Engine:
             from localcascade.engine.planning import plan_for_file
 
             plan = plan_for_file(model_path, request, hardware)
-        loaded = loader.load(model_path, plan, progress=progress, verbose=verbose)
+        loaded = loader.load(model_path, plan, progress=progress, verbose=verbose,
+                             n_threads=threads, n_threads_batch=threads)
         try:
             template = _template_for(loaded, chat_template)
         except Exception:

@@ -86,7 +86,7 @@ class Slot:
     seq: int
     key: tuple | None = None          # the conversation the sequence holds (tools, messages...)
     ended_in_thinking: bool = False
-    end_text: str = ""                # the end-of-turn text after the held reply
+    end_texts: tuple[str, ...] = ()   # end-of-generation token texts that may follow the held reply
     last_used: float = 0.0
     job: Job | None = None
     evictions: int = field(default=0)
@@ -258,14 +258,16 @@ class Scheduler:
         reply.pop("reasoning_content", None)
         text = engine.template.render(messages, add_generation_prompt=True,
                                       enable_thinking=job.work.think, tools=job.work.tools)
-        if text.count(_SENTINEL) != 1 or not slot.end_text:
+        if text.count(_SENTINEL) != 1:
             return None
         tail = text.split(_SENTINEL, 1)[1]
-        # What follows the reply's text up to its end-of-turn (tool-call blocks) is already in
-        # the context as the model wrote it.
-        at = tail.find(slot.end_text)
-        if at < 0:
+        # What follows the reply's text up to its end of turn (tool-call blocks) is already in the
+        # context as the model wrote it; the template's end-of-turn marker on is new (the model may
+        # have ended with another end-of-generation token, or none at all).
+        found = [at for at in (tail.find(marker) for marker in slot.end_texts) if at >= 0]
+        if not found:
             return None
+        at = min(found)
         extra = [engine.think_close] if slot.ended_in_thinking and engine.think_close is not None else []
         return list(self.decoder.held[slot.seq]) + extra + engine.vocab.tokenize(tail[at:], special=True)
 
@@ -281,7 +283,7 @@ class Scheduler:
             if complete:
                 slot.key = job.work.key + (job.reply_key_of("".join(job.answer)),)
                 slot.ended_in_thinking = bool(stats and stats.ended_in_thinking)
-                slot.end_text = vocab.text_of(turn.end_token) if turn.end_token is not None else _end_of_turn(vocab)
+                slot.end_texts = _end_texts(vocab, turn.end_token)
             slot.job = None
             slot.last_used = time.monotonic()
             self._cond.notify()
@@ -291,13 +293,11 @@ class Scheduler:
             job.deliver(stats)
 
 
-def _end_of_turn(vocab) -> str:
+def _end_texts(vocab, ended_with: int | None) -> tuple[str, ...]:
     import llama_cpp
 
-    for token in (llama_cpp.llama_vocab_eot(vocab.handle), vocab.eos):
-        if token is not None and token >= 0:
-            return vocab.text_of(token)
-    return ""
+    tokens = (ended_with, llama_cpp.llama_vocab_eot(vocab.handle), vocab.eos)
+    return tuple(vocab.text_of(t) for t in tokens if t is not None and t >= 0 and vocab.text_of(t))
 
 
 def _is_request_fault(err: LocalCascadeError) -> bool:
