@@ -33,6 +33,7 @@ class AnswerFilter:
             self._tools += text
             return ""
         buf = self._pending + text
+        self._pending = ""
         cut = min((i for i in (buf.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
