@@ -388,3 +388,18 @@ def test_empty_api_key_environment_is_refused(tiny_model, monkeypatch):
                          capture_output=True, text=True, timeout=60, env={**__import__("os").environ,
                                                                           "LOCALCASCADE_API_KEY": " "})
     assert out.returncode == 2 and "LOCALCASCADE_API_KEY" in out.stderr
+
+
+def test_listening_beyond_this_machine_without_a_key_warns(tiny_model):
+    proc = ServerProcess(str(tiny_model), "--ctx", "256", "--host", "0.0.0.0").start()
+    try:
+        warning = [line for line in proc.stderr_lines if "warning" in line]
+        assert warning and "without an API key" in warning[0] and "LOCALCASCADE_API_KEY" in warning[0]
+    finally:
+        proc.stop()
+    quiet = ServerProcess(str(tiny_model), "--ctx", "256", "--host", "0.0.0.0",
+                          env={"LOCALCASCADE_API_KEY": KEY}).start()
+    try:
+        assert not any("warning" in line for line in quiet.stderr_lines)
+    finally:
+        quiet.stop()
