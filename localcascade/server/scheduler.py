@@ -161,8 +161,25 @@ class Scheduler:
             for job, slot, reuse in admitted:
                 self._begin(job, slot, reuse)
             if not self.decoder.idle:
-                for turn in self.decoder.step():
+                try:
+                    ended = self.decoder.step()
+                except Exception as err:  # noqa: BLE001 - fail the replies in flight, keep serving
+                    self._abandon(f"internal error: {type(err).__name__}: {err}")
+                    continue
+                for turn in ended:
                     self._end(turn)
+
+    def _abandon(self, message: str) -> None:
+        """Every active reply fails and every sequence is emptied (their state is unknown)."""
+        for turn in self.decoder.turns:
+            turn.sampler.close()
+        self.decoder.turns = []
+        for slot in self.slots:
+            self.decoder.forget(slot.seq)
+            with self._cond:
+                job, slot.job, slot.key = slot.job, None, None
+            if job is not None:
+                job.deliver(Failed(500, message, "server_error"))
 
     def _admit(self) -> list[tuple[Job, Slot, bool]]:
         """Waiting jobs that get a free sequence now (under the lock)."""
