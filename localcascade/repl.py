@@ -503,7 +503,10 @@ def describe_plan(plan: Plan) -> list[str]:
     if plan.gpu_bytes == 0:
         where = f"RAM {format_bytes(plan.ram_bytes)} (CPU only)"
     speed = f", ~{plan.tokens_per_s:.0f} tokens/s expected" if plan.tokens_per_s else ""
-    first = f"{plan.model}, context {format_tokens(plan.n_ctx)}, {where}{speed}"
+    context = format_tokens(plan.n_ctx)
+    if plan.n_seq > 1:   # the server's --parallel: the context is shared out, --ctx each
+        context = f"{format_tokens(plan.n_ctx // plan.n_seq)} x {plan.n_seq} conversations"
+    first = f"{plan.model}, context {context}, {where}{speed}"
     offload = f"{plan.n_gpu_layers} GPU layers"
     if plan.n_cpu_moe:
         offload += f", experts of {plan.moe_blocks_in_ram} MoE blocks in RAM (--n-cpu-moe {plan.n_cpu_moe})"

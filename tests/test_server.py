@@ -251,6 +251,24 @@ def test_eight_clients_on_two_sequences_each_get_their_own_reply(server, client)
     assert server.wait_idle()["busy"] == 0
 
 
+def test_more_conversations_than_sequences_evict_the_least_recently_used(client):
+    def turn(history, tag):
+        r = client.chat.completions.create(model="m", messages=history, seed=len(history),
+                                           extra_body={**no_think(), "grammar": f'root ::= "{tag}"'})
+        history.append({"role": "assistant", "content": r.choices[0].message.content})
+        return r.usage
+
+    a, b, c = ([{"role": "user", "content": f"conversation {name}"}] for name in "abc")
+    for history, tag in ((a, "a one"), (b, "b one"), (c, "c one")):   # c takes a's sequence (2 of them)
+        turn(history, tag)
+    for history in (a, b):
+        history.append({"role": "user", "content": "and more?"})
+    kept = turn(b, "b two")
+    assert kept.model_extra["evaluated_prompt_tokens"] < kept.prompt_tokens / 2
+    evicted = turn(a, "a two")
+    assert evicted.model_extra["evaluated_prompt_tokens"] == evicted.prompt_tokens
+
+
 # --- errors, limits, disconnects ------------------------------------------------------------------
 
 

@@ -82,8 +82,6 @@ def _serve(listener, host, spec, request, chat_template, api_key, queue, body_li
     plan = plan_for_file(model_path, request)
     for line in describe_plan(plan):
         _say(line)
-    if plan.n_seq > 1:
-        _say(f"{plan.n_seq} conversations at once, {plan.n_ctx // plan.n_seq} tokens of context each")
     template = read_template_file(chat_template) if chat_template is not None else None
     engine = Engine.load(model_path, plan, chat_template=template, verbose=verbose, threads=threads,
                          progress=options.stderr_progress(model_path.name, quiet=False))
