@@ -18,8 +18,8 @@ class ServerProcess:
         # One llama.cpp thread: the test machine's cores are shared with the client and other jobs,
         # and spinning thread barriers under contention slow a tiny model down a hundredfold.
         self.args = ["serve", *args, "--port", "0", *(() if "--threads" in args else ("--threads", "1"))]
-        home = tempfile.mkdtemp(prefix="lc-serve-home-")
-        self.env = {**os.environ, "LOCALCASCADE_HOME": home, **(env or {})}
+        self._home = tempfile.TemporaryDirectory(prefix="lc-serve-home-")
+        self.env = {**os.environ, "LOCALCASCADE_HOME": self._home.name, **(env or {})}
         self.timeout = timeout
         self.proc: subprocess.Popen | None = None
         self.base_url = ""
@@ -70,4 +70,5 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._home.cleanup()
         return self.proc.returncode
