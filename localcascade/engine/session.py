@@ -101,10 +101,11 @@ class Engine:
     ) -> "Engine":
         """Load ``model_path`` with ``plan`` (default: the planner's plan, with ``request``'s overrides).
 
-        ``chat_template`` (Jinja text) replaces the model's own template; ``threads`` (default:
-        physical cores to generate, all cores for prompts) sets llama.cpp's threads for both. With ``for_chat`` a
-        model without a template, and a ``grammar`` (GBNF) that does not parse, are refused
-        before the weights are read: a load can take minutes.
+        ``chat_template`` (Jinja text) replaces the model's own template. ``threads`` sets
+        llama.cpp's threads for generation and prompts alike (default: physical cores to
+        generate, all cores for prompts). With ``for_chat`` a model without a template, and a
+        ``grammar`` (GBNF) that does not parse, are refused before the weights are read: a load
+        can take minutes.
         """
         model_path = Path(model_path)
         if not model_path.is_file():
