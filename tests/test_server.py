@@ -327,6 +327,15 @@ def test_body_over_the_cap_is_413(guarded):
     big = {"messages": [{"role": "user", "content": "x" * 70_000}]}
     assert_openai_error(post(guarded, big), 413)
 
+    def chunks():   # no Content-Length: the cap holds while the body is read
+        data = json.dumps(big).encode()
+        for i in range(0, len(data), 8192):
+            yield data[i:i + 8192]
+
+    response = httpx.post(guarded.base_url + "/chat/completions", content=chunks(), timeout=60,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert_openai_error(response, 413)
+
 
 def test_disconnect_mid_stream_frees_the_sequence_and_a_full_queue_is_503(guarded):
     body = {"messages": [{"role": "user", "content": "hello"}], "stream": True, "max_tokens": 15000}

@@ -300,6 +300,10 @@ async def _sse(reply: _Reply, events: asyncio.Queue, job: Job, scheduler: Schedu
                                      "model": reply.model_id, "choices": [], "usage": reply.usage()})
                 break
         yield "data: [DONE]\n\n"
+    except Exception as err:  # noqa: BLE001 - headers are sent: end the stream with an error event
+        message = f"internal error: {type(err).__name__}: {err}"
+        log(f"500 {request.method} {request.url.path} (mid-stream): {message}")
+        yield _sse_line({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
     finally:
         watcher.cancel()
         if not reply.finished:
