@@ -28,7 +28,8 @@ from typing import Callable
 
 from localcascade.engine.events import AnswerText, Event, ThinkingText, TurnStats
 from localcascade.engine.sampling import Sampler, sampling_profile
-from localcascade.engine.session import Engine, GenerationOptions, _Channel, _common_prefix, _opens_thinking
+from localcascade.engine.replies import Channel, common_prefix, opens_thinking
+from localcascade.engine.session import Engine, GenerationOptions
 from localcascade.errors import ContextOverflowError, EngineError
 
 
@@ -45,8 +46,8 @@ class BatchTurn:
         self.todo: list[int] = prompt[start:]   # to evaluate before the next sample
         self.evaluated = len(prompt) - start
         self.reset_reason = reset_reason
-        self.thinking, self.answer = _Channel(ThinkingText), _Channel(AnswerText)
-        self.in_thinking = _opens_thinking(prompt, engine.think_open, engine.think_close)
+        self.thinking, self.answer = Channel(ThinkingText), Channel(AnswerText)
+        self.in_thinking = opens_thinking(prompt, engine.think_open, engine.think_close)
         self.sampler = Sampler(engine.vocab.handle, self._sampling(self.in_thinking))
         self.done = False
         self.stop_reason = "interrupted"
@@ -107,7 +108,7 @@ class BatchDecoder:
                 f"the prompt is {len(prompt)} tokens but a conversation holds {self.engine.n_ctx_seq}"
             )
         held = self.held[seq]
-        common = _common_prefix(held, prompt)
+        common = common_prefix(held, prompt)
         if common == len(prompt):
             common -= 1   # the last prompt token is evaluated again for its logits
         reason = None

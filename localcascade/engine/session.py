@@ -36,8 +36,11 @@ from localcascade.engine import loader
 from localcascade.engine.events import AnswerText, Event, ThinkingText, TurnStats
 from localcascade.engine.sampling import Sampler, sampling_profile
 from localcascade.engine.template import ChatTemplate
+from localcascade.engine.replies import Channel as _Channel
+from localcascade.engine.replies import common_prefix as _common_prefix
+from localcascade.engine.replies import opens_thinking as _opens_thinking
 from localcascade.engine.turn import Turn
-from localcascade.engine.vocab import StreamDecoder, Vocab
+from localcascade.engine.vocab import Vocab
 from localcascade.errors import ChatTemplateError, ContextOverflowError, EngineError, UsageError
 from localcascade.hardware.facts import Hardware
 from localcascade.plan import Plan, PlanRequest
@@ -461,55 +464,6 @@ class Chat:
             reset_reason=reset_reason,
             ended_in_thinking=in_thinking,
         )
-
-
-class _Channel:
-    """One side of a reply (thinking or answer): its UTF-8-safe detokenizer, text and token count."""
-
-    def __init__(self, event: type[ThinkingText] | type[AnswerText]) -> None:
-        self.event = event
-        self.decoder = StreamDecoder()
-        self.parts: list[str] = []
-        self.tokens = 0
-
-    def feed(self, piece: bytes) -> ThinkingText | AnswerText | None:
-        self.tokens += 1
-        return self._emit(self.decoder.feed(piece))
-
-    def flush(self) -> ThinkingText | AnswerText | None:
-        return self._emit(self.decoder.flush())
-
-    def _emit(self, text: str) -> ThinkingText | AnswerText | None:
-        if not self.parts:
-            text = text.lstrip()   # the template's newline after <think> is not part of the text
-        if not text:
-            return None
-        self.parts.append(text)
-        return self.event(text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts).strip()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _opens_thinking(prompt: list[int], think_open: int | None, think_close: int | None) -> bool:
-    """True when the prompt leaves a <think> open (the thinking-mode generation prompt)."""
-    if think_open is None:
-        return False
-    for token in reversed(prompt):
-        if token == think_close:
-            return False
-        if token == think_open:
-            return True
-    return False
 
 
 def _n_ctx_train(model: int) -> int:
