@@ -54,3 +54,35 @@ def test_batched_sequences_stop_alone_and_free_their_sequence(tiny_model):
             decoder.step()
         assert again.stop_reason == "length"
         decoder.close()
+
+
+def test_a_long_prompt_is_read_in_micro_batches_while_another_reply_generates(tiny_model):
+    plan = Plan(model="tiny", n_ctx=4096, n_batch=1024, n_ubatch=128, n_seq=2)
+    with Engine.load(tiny_model, plan) as engine:
+        decoder = BatchDecoder(engine)
+        counts = {0: 0, 1: 0}
+
+        def sink(seq):
+            def take(event):
+                if not isinstance(event, TurnStats):
+                    counts[seq] += 1
+            return take
+
+        def prompt(text):
+            return engine.tokenize_prompt(engine.template.render(
+                [{"role": "user", "content": text}], add_generation_prompt=True, enable_thinking=False))
+
+        decoder.start(0, prompt("hello"), GenerationOptions(think=False, seed=1, max_tokens=200, temperature=0), sink(0))
+        decoder.step()                                  # its prompt; it generates from now on
+        long = prompt("the model " * 300)
+        assert len(long) > 4 * 128
+        reader = decoder.start(1, long, GenerationOptions(think=False, seed=2, max_tokens=2), sink(1))
+        steps = 0
+        while reader.first_logits is None:
+            before = decoder.turns[0].answer.tokens + decoder.turns[0].thinking.tokens
+            decoder.step()
+            steps += 1
+            after = decoder.turns[0].answer.tokens + decoder.turns[0].thinking.tokens
+            assert after == before + 1                  # the generating reply got its token every step
+        assert steps >= len(long) // 128
+        decoder.close()

@@ -83,6 +83,7 @@ class BatchDecoder:
         self.turns: list[BatchTurn] = []
         self.full_reevaluations = 0
         self._capacity = engine.n_batch
+        self._prefill_chunk = max(1, min(engine.plan.n_ubatch, engine.n_batch))
         self._batch = llama_cpp.llama_batch_init(self._capacity, 0, 1)
         self._close_ids = engine.vocab.tokenize(sampling_profile()["think_close_text"], special=True)
 
@@ -154,11 +155,19 @@ class BatchDecoder:
         room = self._capacity
         plan = []
         row = 0
-        # Replies already generating first (one token each): a long prompt must not stall them.
+        generating = any(t.first_logits is not None for t in self.turns)
+        # Replies already generating first (one token each); while any is, prompts are read one
+        # micro-batch per step, so a long prompt delays their next token by that much only.
+        prompt_room = self._prefill_chunk if generating else self._capacity
         for turn in sorted(self.turns, key=lambda t: t.first_logits is None):
             if not turn.todo or room <= 0:
                 continue
-            take = min(len(turn.todo), room)
+            reading_prompt = turn.first_logits is None
+            if reading_prompt and prompt_room <= 0:
+                continue
+            take = min(len(turn.todo), room, prompt_room if reading_prompt else room)
+            if reading_prompt:
+                prompt_room -= take
             base = len(self.held[turn.seq])
             for i in range(take):
                 batch.token[row + i] = turn.todo[i]
