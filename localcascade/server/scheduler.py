@@ -11,8 +11,9 @@ request whose messages extend a held conversation goes to that sequence and
 only the new messages are evaluated: the prompt is the sequence's own tokens
 (the reasoning the model wrote included) plus the template's rendering of
 what follows the held reply. Otherwise the least recently used free sequence
-is taken and its conversation evicted (not saved: a recurrent state costs
-~50 MB a copy on the real model, and re-reading a prompt is fast next to that).
+is taken and its conversation evicted, not saved: a saved copy would hold
+~48 MiB of Mamba state plus its KV cache per conversation on the real model,
+memory the plan never priced; eviction keeps the server at what it planned.
 """
 
 from __future__ import annotations
