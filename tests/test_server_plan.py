@@ -50,3 +50,26 @@ def test_without_a_context_the_largest_that_fits_every_conversation_is_chosen():
     eight = plan_for_facts(IQ4, hw, PlanRequest(n_seq=8))
     assert eight.n_ctx // 8 < one.n_ctx
     assert eight.ram_bytes <= 31 * GiB
+
+
+@pytest.mark.parametrize("n_seq", [1, 2, 4])
+def test_per_sequence_kv_and_recurrent_state_match_llama_cpp(tiny_model, n_seq):
+    """What the planner prices for N conversations is what llama.cpp allocates for n_seq_max = N."""
+    from llama_truth import MiB, Truth, _parse
+
+    from localcascade.engine.session import Engine
+    from localcascade.gguf_header import read_header
+    from localcascade.memory import Placement, estimate, facts_from_header
+    from localcascade.plan import Plan
+
+    per_conversation = 2048
+    with Engine.load(tiny_model, Plan(model="tiny", n_ctx=per_conversation * n_seq, n_seq=n_seq,
+                                      n_batch=512, n_ubatch=512)) as engine:
+        assert engine.n_ctx_seq == per_conversation
+        truth = Truth()
+        _parse("".join(engine.load_log), truth, {"KV", "RS", "output"})
+    est = estimate(facts_from_header(read_header(tiny_model)),
+                   Placement(n_ctx=per_conversation * n_seq, n_seq=n_seq, n_batch=512, n_ubatch=512))
+    assert round(est.ram.kv / MiB, 2) == pytest.approx(truth.kv, abs=0.006)
+    assert round(est.ram.recurrent / MiB, 2) == pytest.approx(truth.recurrent, abs=0.006)
+    assert round(est.ram.output / MiB, 2) == pytest.approx(truth.output, abs=0.006)
