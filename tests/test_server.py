@@ -297,6 +297,9 @@ def test_malformed_json_and_wrong_types_are_400(guarded):
     ok = post(guarded, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logit_bias": {},
                         "frobnicate": True})
     assert ok.status_code == 200, ok.text
+    assert_openai_error(httpx.get(guarded.base_url + "/no/such/route", headers={"Authorization": f"Bearer {KEY}"}), 404)
+    assert_openai_error(httpx.get(guarded.base_url + "/chat/completions", headers={"Authorization": f"Bearer {KEY}"}),
+                        405)
     assert "Traceback" not in "".join(guarded.stderr_lines)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import LocalCascadeError
@@ -54,6 +55,11 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
 def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="localcascade", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_Guard, settings=settings)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        # Unknown paths and methods too answer in OpenAI's shape.
+        return _refused(request, err.status_code, str(err.detail), headers=getattr(err, "headers", None))
 
     @app.get("/health")
     async def health():
