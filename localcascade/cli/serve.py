@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Optional
@@ -56,11 +54,13 @@ def serve(
     if body_limit < 1024:
         raise UsageError(f"--max-body must be at least 1KiB, got {max_body}")
     api_key = _api_key(api_key_file)
-    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
     from dataclasses import replace
 
+    from localcascade.server.run import listen
+
+    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
     request = replace(request, n_seq=parallel)
-    listener = _listen(host, port)   # before the load: a busy port must not cost minutes
+    listener = listen(host, port)   # before the load: a busy port must not cost minutes
     try:
         return _serve(listener, host, model_arg or model, request, chat_template, api_key, queue, body_limit, verbose,
                       threads)
@@ -69,14 +69,12 @@ def serve(
 
 
 def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose, threads) -> int:
-    import uvicorn
-
     from localcascade.engine.planning import plan_for_file
     from localcascade.engine.session import Engine
     from localcascade.engine.template import read_template_file
     from localcascade.repl import describe_plan
-    from localcascade.server.app import ServerSettings, create_app
-    from localcascade.server.scheduler import Scheduler
+    from localcascade.server.app import ServerSettings
+    from localcascade.server.run import base_url, is_loopback, serve_forever
 
     model_path = options.resolve_model(spec, "MODEL or --model NAME|FILE")
     plan = plan_for_file(model_path, request)
@@ -86,25 +84,12 @@ def _serve(listener, host, spec, request, chat_template, api_key, queue, body_li
     engine = Engine.load(model_path, plan, chat_template=template, verbose=verbose, threads=threads,
                          progress=options.stderr_progress(model_path.name, quiet=False))
     with engine:
-        if engine.template is None:
-            from localcascade.errors import ChatTemplateError
-
-            raise ChatTemplateError(f"{model_path.name} has no chat template; give one with --chat-template FILE")
-        scheduler = Scheduler(engine, queue_size=queue).start()
-        try:
-            settings = ServerSettings(model_id=model_path.stem, api_key=api_key,
-                                      max_body_bytes=body_limit)
-            if not _is_loopback(host) and api_key is None:
-                _say(f"warning: listening on {host} without an API key: anyone who can reach this port "
-                     f"can use the model (set {API_KEY_ENV} or --api-key-file)")
-            bound = listener.getsockname()
-            shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-            _say(f"serving {settings.model_id} at http://{shown_host}:{bound[1]}/v1 (OpenAI base URL); Ctrl-C stops")
-            config = uvicorn.Config(create_app(scheduler, settings), log_level="warning", access_log=False,
-                                    lifespan="off", timeout_graceful_shutdown=2)
-            uvicorn.Server(config).run(sockets=[listener])
-        finally:
-            scheduler.close()
+        settings = ServerSettings(model_id=model_path.stem, api_key=api_key, max_body_bytes=body_limit)
+        if not is_loopback(host) and api_key is None:
+            _say(f"warning: listening on {host} without an API key: anyone who can reach this port "
+                 f"can use the model (set {API_KEY_ENV} or --api-key-file)")
+        _say(f"serving {settings.model_id} at {base_url(listener)} (OpenAI base URL); Ctrl-C stops")
+        serve_forever(engine, listener, settings, queue_size=queue)
     return 0
 
 
@@ -126,30 +111,3 @@ def _api_key(path: Optional[Path]) -> Optional[str]:
     if key is not None and not key.strip():
         raise UsageError(f"{API_KEY_ENV} is set but empty")
     return key.strip() if key else None
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as err:
-        raise UsageError(f"--host {host}: {err.strerror}") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-        sock.listen(128)
-    except OSError as err:
-        sock.close()
-        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
-    sock.setblocking(False)
-    return sock
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
