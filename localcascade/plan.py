@@ -52,7 +52,7 @@ class Plan:
     moe_blocks_in_ram: int = 0 # how many MoE blocks that is (what a user wants to read)
     n_batch: int = 2048
     n_ubatch: int = 512
-    n_seq: int = 1
+    n_seq: int = 1             # sequences (conversations) in the context; n_ctx holds them all
     verdict: str = CPU_ONLY
     gpu: Components = field(default_factory=Components)   # summed over GPUs
     ram: Components = field(default_factory=Components)
@@ -103,3 +103,4 @@ class PlanRequest:
     n_cpu_moe: int | None = None
     n_batch: int | None = None
     n_ubatch: int | None = None
+    n_seq: int | None = None     # conversations held at once (the server's --parallel); n_ctx is per conversation

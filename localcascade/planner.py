@@ -135,17 +135,24 @@ def _base(facts: ModelFacts, hw: Hardware, request: PlanRequest, n_ctx: int) -> 
     type_k = request.type_k or "f16"
     type_v = request.type_v or type_k
     check_kv_types(type_k, type_v, flash)
+    n_seq = max(1, request.n_seq or 1)
     return Placement(
-        n_ctx=n_ctx, type_k=type_k, type_v=type_v, flash_attn=flash,
+        n_ctx=n_ctx * n_seq, n_seq=n_seq, type_k=type_k, type_v=type_v, flash_attn=flash,
         n_batch=request.n_batch or 2048, n_ubatch=request.n_ubatch or 512, n_gpus=max(1, len(usable_gpus(hw))),
     )
+
+
+def _ctx_words(est: Estimate, p: Placement) -> str:
+    if p.n_seq > 1:
+        return f"{format_tokens(est.n_ctx // p.n_seq)} x {p.n_seq} conversations"
+    return format_tokens(est.n_ctx)
 
 
 def _describe(name: str, verdict: str, p: Placement, est: Estimate, facts: ModelFacts, hw: Hardware,
               limits: Limits) -> str:
     gpu_budget, ram_budget = _budgets(hw, limits)
     gpu_name = hw.gpus[0].name if hw.gpus else "GPU"
-    ctx = format_tokens(est.n_ctx)
+    ctx = _ctx_words(est, p)
     if verdict == FULL_GPU:
         return f"{name} fits fully on the {gpu_name} at {ctx} with {format_bytes(gpu_budget - est.gpu.total)} free"
     if verdict == EXPERTS_IN_RAM:
@@ -185,7 +192,7 @@ def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(),
         if not _fits(est, hw, limits, facts):
             gpu_budget, ram_budget = _budgets(hw, limits)
             raise DoesNotFitError(
-                f"{name} at {format_tokens(est.n_ctx)} with n_gpu_layers={p.n_gpu_layers}, "
+                f"{name} at {_ctx_words(est, p)} with n_gpu_layers={p.n_gpu_layers}, "
                 f"n_cpu_moe={p.n_cpu_moe} needs {format_bytes(est.gpu.total)} of GPU memory "
                 f"({format_bytes(gpu_budget)} usable) and {format_bytes(est.ram.total)} of RAM "
                 f"({format_bytes(ram_budget)} usable)"

@@ -235,11 +235,42 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
             raise UsageError("context length must be positive")
         plan = place(facts, hw, request, n_ctx=request.n_ctx, name=name, source=source, limits=limits)
         if plan.verdict == WONT_FIT:
-            raise DoesNotFitError(plan.reasons[0])
+            raise DoesNotFitError(plan.reasons[0] + _what_fits(facts, hw, request, name, source, limits))
         return plan
+    if (request.n_seq or 1) > 1:
+        # Several conversations: the floor is per conversation, and nothing smaller is chosen silently.
+        request = replace(request, n_ctx=policy.floor(request.think if think is None else think))
+        return plan_for_facts(facts, hw, request, think=think, name=name, source=source, policy=policy,
+                              limits=limits)
     choice = recommend(hw, [_OneModel(facts, name, source)], request, think=think, policy=policy, limits=limits)
     return replace(choice.plan, reasons=choice.plan.reasons + choice.notes,
                    alternatives=tuple(f"{a.trade}: {describe_briefly(a.plan)}" for a in choice.alternatives))
+
+
+def _what_fits(facts: ModelFacts, hw: Hardware, request: PlanRequest, name: str, source: str,
+               limits: Limits) -> str:
+    """For several conversations that do not fit: the pairs (context, conversations) that would."""
+    n_seq = request.n_seq or 1
+    if n_seq <= 1:
+        return ""
+
+    def fits(n_ctx: int, n: int) -> bool:
+        try:
+            trial = replace(request, n_ctx=n_ctx, n_seq=n)
+            return place(facts, hw, trial, n_ctx=n_ctx, name=name, source=source, limits=limits).verdict != WONT_FIT
+        except DoesNotFitError:
+            return False
+
+    offers = []
+    ctx = next((c for c in reversed(CONTEXT_LADDER) if c < request.n_ctx and fits(c, n_seq)), None)
+    if ctx is not None:
+        offers.append(f"--parallel {n_seq} --ctx {format_tokens(ctx)}")
+    n = next((k for k in range(n_seq - 1, 0, -1) if fits(request.n_ctx, k)), None)
+    if n is not None:
+        offers.append(f"--parallel {n} --ctx {format_tokens(request.n_ctx)}")
+    if not offers:
+        return "; not even one conversation at 4K fits"
+    return "; what fits: " + " or ".join(offers)
 
 
 def plan_for_model(header: Any, hardware: Hardware, request: PlanRequest = PlanRequest(), *,

@@ -509,7 +509,10 @@ def describe_plan(plan: Plan) -> list[str]:
         speed = f", ~{plan.tokens_per_s:.0f} tokens/s ({label})"
         if plan.prompt_tokens_per_s:
             speed += f", a full context reads in ~{format_duration(plan.prompt_seconds())}"
-    first = f"{plan.model}, context {format_tokens(plan.n_ctx)}, {where}{speed}"
+    context = format_tokens(plan.n_ctx)
+    if plan.n_seq > 1:   # the server's --parallel: the context is shared out, --ctx each
+        context = f"{format_tokens(plan.n_ctx // plan.n_seq)} x {plan.n_seq} conversations"
+    first = f"{plan.model}, context {context}, {where}{speed}"
     offload = f"{plan.n_gpu_layers} GPU layers"
     if plan.n_cpu_moe:
         offload += f", experts of {plan.moe_blocks_in_ram} MoE blocks in RAM (--n-cpu-moe {plan.n_cpu_moe})"
@@ -838,10 +841,9 @@ def stream_reply(console, state: ReplState, text: str) -> None:
                     before.first_text = time.monotonic()
                 if stop.requested and not stopped:
                     stopped = True
-                    # End the turn through the engine's own token limit, checked before every
-                    # token: the reply stops at the next token and the engine still yields its
+                    # The turn ends at the next token and the engine still yields its
                     # TurnStats, so the interrupted reply is counted like any other.
-                    options.max_tokens = 0
+                    events.stop()
     except KeyboardInterrupt:
         stopped = True        # a second Ctrl-C: the engine was cut off before its TurnStats
     except ContextOverflowError as err:

@@ -42,6 +42,7 @@ from localcascade.cli import (  # noqa: E402,F401
     models,
     quantize,
     run,
+    serve,
 )
 
 

@@ -101,6 +101,7 @@ class LoadedModel:
     ctx: int
     vocab: int
     n_ctx: int
+    n_ctx_seq: int
     n_batch: int
     load_log: list[str]
     _keepalive: list = field(default_factory=list, repr=False)
@@ -187,6 +188,7 @@ def load(
                 ctx=ctx,
                 vocab=llama_cpp.llama_model_get_vocab(model),
                 n_ctx=llama_cpp.llama_n_ctx(ctx),
+                n_ctx_seq=llama_cpp.llama_n_ctx_seq(ctx),
                 n_batch=cparams.n_batch,
                 load_log=log.since(mark),
                 _keepalive=keepalive,

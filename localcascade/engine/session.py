@@ -1,7 +1,8 @@
 """The engine: a loaded model (Engine) and conversations with it (Chat).
 
-Chat.send yields ThinkingText / AnswerText pieces as they stream and one
-TurnStats at the end. It knows nothing of terminals.
+Chat.send returns a Turn that yields ThinkingText / AnswerText pieces as they
+stream and one TurnStats at the end; ``turn.stop()`` ends it from any thread.
+It knows nothing of terminals.
 
 How the context is reused between turns
 ---------------------------------------
@@ -35,7 +36,11 @@ from localcascade.engine import loader
 from localcascade.engine.events import AnswerText, Event, ThinkingText, TurnStats
 from localcascade.engine.sampling import Sampler, sampling_profile
 from localcascade.engine.template import ChatTemplate
-from localcascade.engine.vocab import StreamDecoder, Vocab
+from localcascade.engine.replies import Channel as _Channel
+from localcascade.engine.replies import common_prefix as _common_prefix
+from localcascade.engine.replies import opens_thinking as _opens_thinking
+from localcascade.engine.turn import Turn
+from localcascade.engine.vocab import Vocab
 from localcascade.errors import ChatTemplateError, ContextOverflowError, EngineError, UsageError
 from localcascade.hardware.facts import Hardware
 from localcascade.plan import Plan, PlanRequest
@@ -67,7 +72,9 @@ class Engine:
         self._loaded = loaded
         self.plan = plan
         self.model_path = loaded.path
-        self.n_ctx = loaded.n_ctx
+        self.n_ctx = loaded.n_ctx             # all sequences together
+        self.n_seq = max(1, plan.n_seq)       # sequences the context was made for (server --parallel)
+        self.n_ctx_seq = loaded.n_ctx_seq     # what one sequence (conversation) can hold
         self.n_ctx_train = _n_ctx_train(loaded.model)   # {arch}.context_length; 0 if unknown
         self.vocab = Vocab(loaded.model, loaded.vocab)
         self.template = template
@@ -93,12 +100,15 @@ class Engine:
         verbose: bool = False,
         for_chat: bool = True,
         grammar: str | None = None,
+        threads: int | None = None,
     ) -> "Engine":
         """Load ``model_path`` with ``plan`` (default: the planner's plan, with ``request``'s overrides).
 
-        ``chat_template`` (Jinja text) replaces the model's own template. With ``for_chat`` a
-        model without a template, and a ``grammar`` (GBNF) that does not parse, are refused
-        before the weights are read: a load can take minutes.
+        ``chat_template`` (Jinja text) replaces the model's own template. ``threads`` sets
+        llama.cpp's threads for generation and prompts alike (default: physical cores to
+        generate, all cores for prompts). With ``for_chat`` a model without a template, and a
+        ``grammar`` (GBNF) that does not parse, are refused before the weights are read: a load
+        can take minutes.
         """
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -119,7 +129,8 @@ class Engine:
             from localcascade.engine.planning import plan_for_file
 
             plan = plan_for_file(model_path, request, hardware)
-        loaded = loader.load(model_path, plan, progress=progress, verbose=verbose)
+        loaded = loader.load(model_path, plan, progress=progress, verbose=verbose,
+                             n_threads=threads, n_threads_batch=threads)
         try:
             template = _template_for(loaded, chat_template)
         except Exception:
@@ -128,6 +139,16 @@ class Engine:
         return cls(loaded, plan, template)
 
     # -- public helpers -------------------------------------------------------------------------
+
+    @property
+    def context(self) -> int:
+        """The llama.cpp context (``llama_context *``) for code that decodes itself (batch.py)."""
+        return self._ctx
+
+    @property
+    def n_batch(self) -> int:
+        """The most tokens one llama_decode call takes."""
+        return self._loaded.n_batch
 
     def count_tokens(self, text: str) -> int:
         return len(self.vocab.tokenize(text, special=True))
@@ -310,8 +331,8 @@ class Chat:
 
     # -- a turn -----------------------------------------------------------------------------------
 
-    def send(self, user_text: str, options: GenerationOptions | None = None) -> Iterator[Event]:
-        """Start a reply to ``user_text``; iterate the result for its events.
+    def send(self, user_text: str, options: GenerationOptions | None = None) -> Turn:
+        """Start a reply to ``user_text``; iterate the Turn for its events, ``stop()`` it from anywhere.
 
         Raises ContextOverflowError here (before anything is evaluated) if the
         prompt does not fit the context.
@@ -334,7 +355,7 @@ class Chat:
                 f"the prompt is {len(prompt)} tokens but the context holds {self.engine.n_ctx} "
                 f"(and the reply needs room too): shorten the input or load with a larger --ctx"
             )
-        return self._turn(prompt, user, options)
+        return Turn(lambda turn: self._turn(prompt, user, options, turn))
 
     def _template_prompt(self, messages: list[dict], think: bool) -> list[int]:
         text = self.engine.template.render(messages, add_generation_prompt=True, enable_thinking=think)
@@ -352,10 +373,10 @@ class Chat:
             extra.append(self.engine.think_close)   # an interrupted thought is closed before the turn ends
         return self.engine.tokens + extra + self.engine.vocab.tokenize(tail, special=True)
 
-    def _turn(self, prompt: list[int], user: dict, options: GenerationOptions) -> Iterator[Event]:
+    def _turn(self, prompt: list[int], user: dict, options: GenerationOptions, turn: Turn) -> Iterator[Event]:
         engine = self.engine
         vocab = engine.vocab
-        sampler = Sampler(engine._loaded.vocab, options)
+        sampler = Sampler(vocab.handle, options)
         self._context_in_sync = False
         engine.owner = self
         started = time.perf_counter()
@@ -374,7 +395,7 @@ class Chat:
         pending_at = 0   # len(engine.tokens) when it was sampled: more means it was evaluated after all
         try:
             close_ids = vocab.tokenize(sampling_profile()["think_close_text"], special=True)
-            while True:
+            while not turn.stopped:
                 if options.max_tokens is not None and thinking.tokens + answer.tokens >= options.max_tokens:
                     stop_reason = "length"
                     break
@@ -394,7 +415,7 @@ class Chat:
                         engine.decode(close)
                         in_thinking = False
                         continue
-                token = sampler.sample(engine._ctx)
+                token = sampler.sample(engine.context)
                 if vocab.is_eog(token):
                     stop_reason = "stop"
                     break
@@ -443,55 +464,6 @@ class Chat:
             reset_reason=reset_reason,
             ended_in_thinking=in_thinking,
         )
-
-
-class _Channel:
-    """One side of a reply (thinking or answer): its UTF-8-safe detokenizer, text and token count."""
-
-    def __init__(self, event: type[ThinkingText] | type[AnswerText]) -> None:
-        self.event = event
-        self.decoder = StreamDecoder()
-        self.parts: list[str] = []
-        self.tokens = 0
-
-    def feed(self, piece: bytes) -> ThinkingText | AnswerText | None:
-        self.tokens += 1
-        return self._emit(self.decoder.feed(piece))
-
-    def flush(self) -> ThinkingText | AnswerText | None:
-        return self._emit(self.decoder.flush())
-
-    def _emit(self, text: str) -> ThinkingText | AnswerText | None:
-        if not self.parts:
-            text = text.lstrip()   # the template's newline after <think> is not part of the text
-        if not text:
-            return None
-        self.parts.append(text)
-        return self.event(text)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts).strip()
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _opens_thinking(prompt: list[int], think_open: int | None, think_close: int | None) -> bool:
-    """True when the prompt leaves a <think> open (the thinking-mode generation prompt)."""
-    if think_open is None:
-        return False
-    for token in reversed(prompt):
-        if token == think_close:
-            return False
-        if token == think_open:
-            return True
-    return False
 
 
 def _n_ctx_train(model: int) -> int:

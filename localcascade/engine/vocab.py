@@ -15,6 +15,7 @@ class Vocab:
         self._lib = llama_cpp
         self._model = model
         self._vocab = vocab
+        self.handle = vocab   # the C ``llama_vocab *`` (what samplers and grammars are built from)
         self.n_tokens = llama_cpp.llama_vocab_n_tokens(vocab)
         self.bos = llama_cpp.llama_vocab_bos(vocab)
         self.eos = llama_cpp.llama_vocab_eos(vocab)

@@ -1,0 +1,113 @@
+"""`localcascade serve`: plan, load, and serve the model over an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from localcascade.cli import app, options
+from localcascade.errors import UsageError
+
+API_KEY_ENV = "LOCALCASCADE_API_KEY"
+MAX_PARALLEL = 64     # llama.cpp allows 256 sequences; past this the per-step Python work dominates
+
+
+@app.command()
+def serve(
+    model_arg: Optional[str] = typer.Argument(None, help="GGUF file or model name."),
+    model: Optional[str] = options.model_option(),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
+    port: int = typer.Option(8080, "--port", help="Port to listen on (0: any free port, printed at start)."),
+    parallel: int = typer.Option(1, "--parallel", help="Conversations decoded together, each with its own --ctx."),
+    queue: int = typer.Option(16, "--queue", help="Requests that may wait for a free conversation slot (then 503)."),
+    ctx: Optional[str] = options.ctx_option("the plan's"),
+    ngl: Optional[int] = options.ngl_option(),
+    cpu_moe: Optional[int] = options.cpu_moe_option(),
+    kv_type: Optional[str] = options.kv_type_option(),
+    flash_attn: Optional[bool] = options.flash_attn_option(),
+    chat_template: Optional[Path] = options.chat_template_option(),
+    api_key_file: Optional[Path] = typer.Option(
+        None, "--api-key-file", help=f"File holding the API key clients must send (or set {API_KEY_ENV})."
+    ),
+    max_body: str = typer.Option("8MiB", "--max-body", help="Largest request body accepted (413 beyond)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp threads (default: physical cores)."),
+    verbose: bool = options.verbose_option(),
+) -> int:
+    """Serve the model over an OpenAI-compatible HTTP API (chat completions, streaming, tools)."""
+    from localcascade.units import parse_size
+
+    if model_arg and model and model_arg != model:
+        raise UsageError(f"two models named ({model_arg!r} and --model {model!r}): give one")
+    if not 1 <= parallel <= MAX_PARALLEL:
+        raise UsageError(f"--parallel must be 1 to {MAX_PARALLEL}, got {parallel}")
+    if queue < 0:
+        raise UsageError(f"--queue must be >= 0, got {queue}")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be 0 to 65535, got {port}")
+    if threads is not None and not 1 <= threads <= 512:
+        raise UsageError(f"--threads must be 1 to 512, got {threads}")
+    body_limit = parse_size(max_body)
+    if body_limit < 1024:
+        raise UsageError(f"--max-body must be at least 1KiB, got {max_body}")
+    api_key = _api_key(api_key_file)
+    from dataclasses import replace
+
+    from localcascade.server.run import listen
+
+    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
+    request = replace(request, n_seq=parallel)
+    listener = listen(host, port)   # before the load: a busy port must not cost minutes
+    try:
+        return _serve(listener, host, model_arg or model, request, chat_template, api_key, queue, body_limit, verbose,
+                      threads)
+    finally:
+        listener.close()
+
+
+def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose, threads) -> int:
+    from localcascade.engine.planning import plan_for_file
+    from localcascade.engine.session import Engine
+    from localcascade.engine.template import read_template_file
+    from localcascade.repl import describe_plan
+    from localcascade.server.app import ServerSettings
+    from localcascade.server.run import base_url, is_loopback, serve_forever
+
+    model_path = options.resolve_model(spec, "MODEL or --model NAME|FILE")
+    plan = plan_for_file(model_path, request)
+    for line in describe_plan(plan):
+        _say(line)
+    template = read_template_file(chat_template) if chat_template is not None else None
+    engine = Engine.load(model_path, plan, chat_template=template, verbose=verbose, threads=threads,
+                         progress=options.stderr_progress(model_path.name, quiet=False))
+    with engine:
+        settings = ServerSettings(model_id=model_path.stem, api_key=api_key, max_body_bytes=body_limit)
+        if not is_loopback(host) and api_key is None:
+            _say(f"warning: listening on {host} without an API key: anyone who can reach this port "
+                 f"can use the model (set {API_KEY_ENV} or --api-key-file)")
+        _say(f"serving {settings.model_id} at {base_url(listener)} (OpenAI base URL); Ctrl-C stops")
+        serve_forever(engine, listener, settings, queue_size=queue)
+    return 0
+
+
+def _say(line: str) -> None:
+    print(f"localcascade: {line}", file=sys.stderr, flush=True)
+
+
+def _api_key(path: Optional[Path]) -> Optional[str]:
+    """The key from --api-key-file, else from the environment; a key on the command line would show in ps."""
+    if path is not None:
+        try:
+            key = Path(path).expanduser().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read --api-key-file {path}: {err}") from None
+        if not key:
+            raise UsageError(f"--api-key-file {path} is empty")
+        return key
+    key = os.environ.get(API_KEY_ENV)
+    if key is not None and not key.strip():
+        raise UsageError(f"{API_KEY_ENV} is set but empty")
+    return key.strip() if key else None

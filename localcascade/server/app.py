@@ -1,0 +1,316 @@
+"""The HTTP side: OpenAI's routes over the scheduler, errors in OpenAI's shape.
+
+Routes: ``POST /v1/chat/completions`` (JSON or server-sent events),
+``GET /v1/models``, ``GET /health``. Every failure is answered as
+``{"error": {"message", "type", "param", "code"}}`` with its status and logged
+as one line on stderr; no traceback ever reaches a client or the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
+from localcascade.errors import LocalCascadeError
+from localcascade.server.reply import AnswerFilter, openai_tool_calls
+from localcascade.server.scheduler import Failed, Job, QueueFull, Scheduler, Started
+from localcascade.server.schema import ChatRequest, reply_key, to_work
+
+DISCONNECT_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_id: str
+    api_key: str | None = None
+    max_body_bytes: int = 8 * 1024 * 1024
+    retry_after_s: int = 2
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def log(line: str) -> None:
+    print(f"localcascade: {line}", file=sys.stderr, flush=True)
+
+
+def error_response(status: int, message: str, kind: str = "invalid_request_error", *,
+                   param: str | None = None, code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
+    app = FastAPI(title="localcascade", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_Guard, settings=settings)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        # Unknown paths and methods too answer in OpenAI's shape.
+        return _refused(request, err.status_code, str(err.detail), headers=getattr(err, "headers", None))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_id, **scheduler.status()}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [
+            {"id": settings.model_id, "object": "model", "created": 0, "owned_by": "localcascade"}
+        ]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            return await _chat(request, scheduler, settings)
+        except BodyTooLarge:
+            return _refused(request, 413, f"the request body is larger than {settings.max_body_bytes} bytes")
+        except Exception as err:  # noqa: BLE001 - one line in the log, a JSON error to the client
+            return _refused(request, 500, f"internal error: {type(err).__name__}: {err}", kind="server_error")
+
+    return app
+
+
+class _Guard:
+    """Body size cap (by Content-Length) and API key, before any route runs (plain ASGI, so
+    streaming and disconnects pass through untouched)."""
+
+    def __init__(self, app, settings: ServerSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        settings = self.settings
+        request = Request(scope, receive)
+        length = request.headers.get("content-length", "")
+        refusal = None
+        if length.isdigit() and int(length) > settings.max_body_bytes:
+            refusal = _refused(request, 413, f"the request body is {length} bytes; at most "
+                                             f"{settings.max_body_bytes} are accepted")
+        elif settings.api_key is not None and request.url.path.startswith("/v1/"):
+            given = request.headers.get("authorization", "")
+            token = given[7:].strip() if given[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+                refusal = _refused(request, 401, "invalid or missing API key (Authorization: Bearer KEY)",
+                                   kind="authentication_error", code="invalid_api_key")
+        if refusal is not None:
+            return await refusal(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _validation_message(err: ValidationError) -> tuple[str, str | None]:
+    """One line for the first problem in a request body, and the field it concerns."""
+    first = err.errors(include_url=False)[0]
+    if first.get("type") == "json_invalid":
+        return f"malformed JSON in the request body: {first.get('msg', '')}", None
+    loc = ".".join(str(part) for part in first.get("loc", ()))
+    more = len(err.errors()) - 1
+    return f"{loc or 'body'}: {first.get('msg', 'invalid')}" + (f" (and {more} more)" if more else ""), loc or None
+
+
+def _refused(request: Request, status: int, message: str, kind: str = "invalid_request_error", **extra) -> JSONResponse:
+    log(f"{status} {request.method} {request.url.path}: {message}")
+    return error_response(status, message, kind, **extra)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _chat(request: Request, scheduler: Scheduler, settings: ServerSettings):
+    body = await _read_body(request, settings.max_body_bytes)
+    try:
+        req = ChatRequest.model_validate_json(body)
+    except ValidationError as err:
+        message, param = _validation_message(err)
+        return _refused(request, 400, message, param=param)
+    try:
+        work = to_work(req)
+    except LocalCascadeError as err:
+        return _refused(request, 400, str(err))
+
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def deliver(event: object) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:   # the event loop has closed: the server is stopping
+            pass
+
+    def key_of(text: str) -> tuple:
+        shown = AnswerFilter(stop=work.stop, parse_tools=work.parse_tools)
+        shown.feed(text)
+        _, calls = shown.finish()
+        return reply_key(shown.content, calls)
+
+    job = Job(work, deliver, key_of)
+    try:
+        scheduler.submit(job)
+    except QueueFull:
+        return _refused(request, 503, "the server is busy: every conversation slot and the queue are full; retry later",
+                        kind="server_error", code="queue_full", headers={"Retry-After": str(settings.retry_after_s)})
+    watcher = asyncio.create_task(_watch_disconnect(request, job, scheduler))
+    try:
+        first = await events.get()
+    except BaseException:
+        watcher.cancel()
+        scheduler.cancel(job)
+        raise
+    if isinstance(first, Failed):
+        watcher.cancel()
+        return _refused(request, first.status, first.message, first.kind, code=first.code)
+    reply = _Reply(settings.model_id, work, first)
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(_sse(reply, events, job, scheduler, watcher, include_usage, request),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        while True:
+            event = await events.get()
+            if isinstance(event, Failed):
+                return _refused(request, event.status, event.message, event.kind, code=event.code)
+            reply.take(event, job)
+            if isinstance(event, TurnStats):
+                return JSONResponse(reply.completion())
+    finally:
+        watcher.cancel()
+        if not reply.finished:
+            scheduler.cancel(job)
+
+
+async def _watch_disconnect(request: Request, job: Job, scheduler: Scheduler) -> None:
+    """Stop the job as soon as its client goes away (while queued, evaluating or generating)."""
+    while not job.stopped:
+        if await request.is_disconnected():
+            scheduler.cancel(job)
+            return
+        await asyncio.sleep(DISCONNECT_POLL_S)
+
+
+class _Reply:
+    """One reply being assembled from engine events: the deltas to stream and the final message."""
+
+    def __init__(self, model_id: str, work, started: Started) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model_id = model_id
+        self.started = started
+        self.filter = AnswerFilter(stop=work.stop, parse_tools=work.parse_tools)
+        self.reasoning: list[str] = []
+        self.calls: list[dict] = []
+        self.stats: TurnStats | None = None
+        self.finished = False
+
+    def take(self, event, job: Job) -> dict | None:
+        """Fold ``event`` in; the delta it adds for a streaming client, or None."""
+        if isinstance(event, ThinkingText):
+            self.reasoning.append(event.text)
+            return {"reasoning_content": event.text}
+        if isinstance(event, AnswerText):
+            shown = self.filter.feed(event.text)
+            if self.filter.stopped:
+                job.stop()            # a stop string: nothing after it is wanted
+            return {"content": shown} if shown else None
+        if isinstance(event, TurnStats):
+            self.stats = event
+            self.finished = True
+            rest, calls = self.filter.finish()
+            self.calls = openai_tool_calls(calls)
+            delta: dict = {}
+            if rest:
+                delta["content"] = rest
+            if self.calls:
+                delta["tool_calls"] = [dict(c, index=i) for i, c in enumerate(self.calls)]
+            return delta or None
+        return None
+
+    @property
+    def finish_reason(self) -> str:
+        if self.calls:
+            return "tool_calls"
+        if self.stats is not None and self.stats.stop_reason == "length" and not self.filter.stopped:
+            return "length"
+        return "stop"
+
+    def usage(self) -> dict:
+        s = self.stats
+        return {
+            "prompt_tokens": s.prompt_tokens,
+            "completion_tokens": s.completion_tokens,
+            "total_tokens": s.prompt_tokens + s.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": s.prompt_tokens - s.evaluated_tokens},
+            "completion_tokens_details": {"reasoning_tokens": s.thinking_tokens},
+            "evaluated_prompt_tokens": s.evaluated_tokens,
+        }
+
+    def completion(self) -> dict:
+        message: dict = {"role": "assistant", "content": self.filter.content or (None if self.calls else "")}
+        reasoning = "".join(self.reasoning).strip()
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        if self.calls:
+            message["tool_calls"] = self.calls
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model_id,
+                "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
+                "usage": self.usage()}
+
+    def chunk(self, delta: dict, finish_reason: str | None = None) -> str:
+        data = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model_id,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+        return _sse_line(data)
+
+
+def _sse_line(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _sse(reply: _Reply, events: asyncio.Queue, job: Job, scheduler: Scheduler, watcher: asyncio.Task,
+               include_usage: bool, request: Request):
+    try:
+        yield reply.chunk({"role": "assistant", "content": ""})
+        while True:
+            event = await events.get()
+            if isinstance(event, Failed):
+                log(f"{event.status} {request.method} {request.url.path} (mid-stream): {event.message}")
+                yield _sse_line({"error": {"message": event.message, "type": event.kind, "param": None,
+                                           "code": event.code}})
+                break
+            delta = reply.take(event, job)
+            if delta:
+                yield reply.chunk(delta)
+            if isinstance(event, TurnStats):
+                yield reply.chunk({}, reply.finish_reason)
+                if include_usage:
+                    yield _sse_line({"id": reply.id, "object": "chat.completion.chunk", "created": reply.created,
+                                     "model": reply.model_id, "choices": [], "usage": reply.usage()})
+                break
+        yield "data: [DONE]\n\n"
+    except Exception as err:  # noqa: BLE001 - headers are sent: end the stream with an error event
+        message = f"internal error: {type(err).__name__}: {err}"
+        log(f"500 {request.method} {request.url.path} (mid-stream): {message}")
+        yield _sse_line({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
+    finally:
+        watcher.cancel()
+        if not reply.finished:
+            scheduler.cancel(job)      # the client went away mid-stream: free its sequence now

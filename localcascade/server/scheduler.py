@@ -1,0 +1,324 @@
+"""Requests to sequences: the queue, conversation reuse, eviction, and the decoding thread.
+
+One worker thread owns the llama.cpp context (BatchDecoder) and runs every
+active reply together. Requests wait in a bounded FIFO queue beyond the N
+sequences (``submit`` refuses past it: the server answers 503).
+
+Conversation reuse: each sequence remembers the conversation it holds as
+messages (``schema.message_key``: role, content, tool calls; no ids, no
+reasoning, since clients resend history without ``reasoning_content``). A
+request whose messages extend a held conversation goes to that sequence and
+only the new messages are evaluated: the prompt is the sequence's own tokens
+(the reasoning the model wrote included) plus the template's rendering of
+what follows the held reply. Otherwise the least recently used free sequence
+is taken and its conversation evicted, not saved: a saved copy would hold
+~48 MiB of Mamba state plus its KV cache per conversation on the real model,
+memory the plan never priced; eviction keeps the server at what it planned.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from localcascade.engine.batch import BatchDecoder, BatchTurn
+from localcascade.engine.events import AnswerText, Event, TurnStats
+from localcascade.engine.session import Engine
+from localcascade.errors import ContextOverflowError, LocalCascadeError
+from localcascade.server.schema import Work, reply_key
+
+# Stands in for the held reply when rendering, to find where the new messages start.
+_SENTINEL = "\u2063LOCALCASCADE-HELD-REPLY\u2063"
+
+
+class QueueFull(Exception):
+    """Every sequence is busy and the queue holds as many requests as it may."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The request could not be served; ``status`` is the HTTP status to answer with."""
+
+    status: int
+    message: str
+    kind: str = "invalid_request_error"
+    code: str | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    """The request has a sequence and its prompt is being evaluated."""
+
+    prompt_tokens: int
+    evaluated_tokens: int
+    reused: bool
+
+
+class Job:
+    """One request's life in the scheduler; ``deliver`` is called on the worker thread."""
+
+    def __init__(self, work: Work, deliver: Callable[[object], None],
+                 reply_key_of: Callable[[str], tuple] | None = None) -> None:
+        self.work = work
+        self.deliver = deliver
+        self.reply_key_of = reply_key_of or (lambda text: reply_key(text, []))
+        self._stop = threading.Event()
+        self.turn: BatchTurn | None = None
+        self.answer: list[str] = []
+        self.stats: TurnStats | None = None
+
+    def stop(self) -> None:
+        """The client went away or has what it wanted: end generation now (any thread)."""
+        self._stop.set()
+        turn = self.turn
+        if turn is not None:
+            turn.stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+
+@dataclass
+class Slot:
+    seq: int
+    key: tuple | None = None          # the conversation the sequence holds (tools, messages...)
+    ended_in_thinking: bool = False
+    end_texts: tuple[str, ...] = ()   # end-of-generation token texts that may follow the held reply
+    last_used: float = 0.0
+    job: Job | None = None
+    evictions: int = field(default=0)
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, *, queue_size: int = 16) -> None:
+        self.engine = engine
+        self.queue_size = queue_size
+        self.decoder = BatchDecoder(engine)
+        self.slots = [Slot(i) for i in range(engine.n_seq)]
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="localcascade-decoder", daemon=True)
+        self.evaluated_tokens = 0
+        self.prompt_tokens = 0
+
+    # -- the HTTP side --------------------------------------------------------------------------
+
+    def start(self) -> "Scheduler":
+        self._thread.start()
+        return self
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            busy = sum(1 for s in self.slots if s.job is not None)
+            if busy + len(self._waiting) >= len(self.slots) + self.queue_size:
+                raise QueueFull()
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        job.stop()
+        with self._cond:
+            self._cond.notify()
+
+    def status(self) -> dict:
+        with self._cond:
+            return {
+                "slots": len(self.slots),
+                "busy": sum(1 for s in self.slots if s.job is not None),
+                "queued": len(self._waiting),
+                "queue_size": self.queue_size,
+                "n_ctx_per_slot": self.engine.n_ctx_seq,
+                "full_reevaluations": self.decoder.full_reevaluations,
+            }
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            for job in self._waiting:
+                job.stop()
+            for slot in self.slots:
+                if slot.job is not None:
+                    slot.job.stop()
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        self.decoder.close()
+
+    # -- the worker -----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._waiting and self.decoder.idle:
+                    self._cond.wait()
+                if self._closed and self.decoder.idle:
+                    return
+                admitted = self._admit()
+            for job, slot, reuse in admitted:
+                self._begin(job, slot, reuse)
+            if not self.decoder.idle:
+                try:
+                    ended = self.decoder.step()
+                except Exception as err:  # noqa: BLE001 - fail the replies in flight, keep serving
+                    self._abandon(f"internal error: {type(err).__name__}: {err}")
+                    continue
+                for turn in ended:
+                    self._end(turn)
+
+    def _abandon(self, message: str) -> None:
+        """Every active reply fails and every sequence is emptied (their state is unknown)."""
+        for turn in self.decoder.turns:
+            turn.sampler.close()
+        self.decoder.turns = []
+        for slot in self.slots:
+            self.decoder.forget(slot.seq)
+            with self._cond:
+                job, slot.job, slot.key = slot.job, None, None
+            if job is not None:
+                job.deliver(Failed(500, message, "server_error"))
+
+    def _admit(self) -> list[tuple[Job, Slot, bool]]:
+        """Waiting jobs that get a free sequence now (under the lock)."""
+        admitted = []
+        while self._waiting:
+            job = self._waiting[0]
+            if job.stopped or self._closed:
+                self._waiting.popleft()
+                job.deliver(Failed(499, "the request was cancelled before it started", "cancelled"))
+                continue
+            choice = self._choose(job)
+            if choice is None:
+                break
+            self._waiting.popleft()
+            slot, reuse = choice
+            slot.job = job
+            admitted.append((job, slot, reuse))
+        return admitted
+
+    def _choose(self, job: Job) -> tuple[Slot, bool] | None:
+        free = [s for s in self.slots if s.job is None]
+        if not free:
+            return None
+        key = job.work.key
+        held = [s for s in free if s.key is not None and len(s.key) < len(key)
+                and key[:len(s.key)] == s.key and s.key[-1][0] == "assistant"]
+        if held:
+            return max(held, key=lambda s: len(s.key)), True
+        empty = [s for s in free if s.key is None and not self.decoder.held[s.seq]]
+        return (empty[0] if empty else min(free, key=lambda s: s.last_used)), False
+
+    def _begin(self, job: Job, slot: Slot, reuse: bool) -> None:
+        engine = self.engine
+
+        def sink(event: Event) -> None:
+            if isinstance(event, TurnStats):
+                job.stats = event        # delivered by _end, with the outcome
+                return
+            if isinstance(event, AnswerText):
+                job.answer.append(event.text)
+            job.deliver(event)
+
+        try:
+            work = job.work
+            if work.options.grammar:
+                from localcascade.engine.sampling import check_grammar
+
+                check_grammar(engine.vocab.handle, work.options.grammar)   # a 400 now, not mid-reply
+            prompt = self._extension(job, slot) if reuse else None
+            canonical = None
+            if prompt is None or len(prompt) >= engine.n_ctx_seq:
+                text = engine.template.render(work.messages, add_generation_prompt=True,
+                                              enable_thinking=work.think, tools=work.tools)
+                canonical = engine.tokenize_prompt(text)
+                if prompt is None or len(canonical) < engine.n_ctx_seq:
+                    prompt = canonical
+            if len(prompt) >= engine.n_ctx_seq:
+                raise ContextOverflowError(
+                    f"the prompt is {len(prompt)} tokens but a conversation's context holds "
+                    f"{engine.n_ctx_seq} (and the reply needs room too): shorten the messages"
+                )
+            if slot.key is not None and not reuse:
+                slot.evictions += 1
+            slot.key = None       # until this reply completes, the sequence holds no reusable conversation
+            job.turn = self.decoder.start(slot.seq, prompt, work.options, sink)
+            if job.stopped:
+                job.turn.stop()
+            self.prompt_tokens += len(prompt)
+            self.evaluated_tokens += job.turn.evaluated
+            job.deliver(Started(len(prompt), job.turn.evaluated, reuse and canonical is None))
+        except ContextOverflowError as err:
+            self._release(slot, Failed(400, str(err), code="context_length_exceeded"), job)
+        except LocalCascadeError as err:
+            status = 400 if _is_request_fault(err) else 500
+            self._release(slot, Failed(status, str(err), "invalid_request_error" if status == 400 else "server_error"),
+                          job)
+        except Exception as err:  # noqa: BLE001 - a bug must fail one request, not the server
+            self._release(slot, Failed(500, f"internal error: {type(err).__name__}: {err}", "server_error"), job)
+
+    def _release(self, slot: Slot, outcome: object, job: Job) -> None:
+        with self._cond:
+            slot.job = None
+            slot.last_used = time.monotonic()
+        job.deliver(outcome)
+
+    def _extension(self, job: Job, slot: Slot) -> list[int] | None:
+        """The held tokens plus the template's text for the messages after the held reply, or None."""
+        engine = self.engine
+        n_held = len(slot.key) - 1          # key[0] is the tools
+        messages = [dict(m) for m in job.work.messages]
+        reply = messages[n_held - 1]
+        reply["content"] = _SENTINEL
+        reply.pop("reasoning_content", None)
+        text = engine.template.render(messages, add_generation_prompt=True,
+                                      enable_thinking=job.work.think, tools=job.work.tools)
+        if text.count(_SENTINEL) != 1:
+            return None
+        tail = text.split(_SENTINEL, 1)[1]
+        # What follows the reply's text up to its end of turn (tool-call blocks) is already in the
+        # context as the model wrote it; the template's end-of-turn marker on is new (the model may
+        # have ended with another end-of-generation token, or none at all).
+        found = [at for at in (tail.find(marker) for marker in slot.end_texts) if at >= 0]
+        if not found:
+            return None
+        at = min(found)
+        extra = [engine.think_close] if slot.ended_in_thinking and engine.think_close is not None else []
+        return list(self.decoder.held[slot.seq]) + extra + engine.vocab.tokenize(tail[at:], special=True)
+
+    def _end(self, turn: BatchTurn) -> None:
+        slot = self.slots[turn.seq]
+        job = slot.job
+        if job is None:
+            return
+        stats = job.stats
+        complete = turn.stop_reason in ("stop", "length") and not job.stopped and turn.error is None
+        vocab = self.engine.vocab
+        with self._cond:
+            if complete:
+                slot.key = job.work.key + (job.reply_key_of("".join(job.answer)),)
+                slot.ended_in_thinking = bool(stats and stats.ended_in_thinking)
+                slot.end_texts = _end_texts(vocab, turn.end_token)
+            slot.job = None
+            slot.last_used = time.monotonic()
+            self._cond.notify()
+        if turn.error is not None:
+            job.deliver(Failed(500, turn.error, "server_error"))
+        else:
+            job.deliver(stats)
+
+
+def _end_texts(vocab, ended_with: int | None) -> tuple[str, ...]:
+    import llama_cpp
+
+    tokens = (ended_with, llama_cpp.llama_vocab_eot(vocab.handle), vocab.eos)
+    return tuple(vocab.text_of(t) for t in tokens if t is not None and t >= 0 and vocab.text_of(t))
+
+
+def _is_request_fault(err: LocalCascadeError) -> bool:
+    from localcascade.errors import ChatTemplateError, UsageError
+
+    return isinstance(err, (UsageError, ChatTemplateError))

@@ -1,0 +1,88 @@
+"""A reply stopped from another thread: Chat.send's Turn and the batch decoder's turns."""
+
+from __future__ import annotations
+
+import threading
+
+from localcascade.engine.batch import BatchDecoder
+from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
+from localcascade.engine.session import Chat, Engine, GenerationOptions
+from localcascade.plan import Plan
+
+
+def test_a_turn_stopped_from_another_thread_ends_with_its_stats(tiny_model):
+    with Engine.load(tiny_model, Plan(model="tiny", n_ctx=4096, n_batch=256, n_ubatch=128)) as engine:
+        chat = Chat(engine)
+        turn = chat.send("hello", GenerationOptions(seed=1, max_tokens=3000))
+        events = []
+        for event in turn:
+            events.append(event)
+            if len(events) == 5:
+                stopper = threading.Thread(target=turn.stop)
+                stopper.start()
+                stopper.join()
+        stats = events[-1]
+        assert isinstance(stats, TurnStats) and stats.stop_reason == "interrupted"
+        assert stats.completion_tokens < 50
+        # The conversation goes on: the stopped reply is in the history and the next turn runs.
+        assert chat.messages[-1]["role"] == "assistant"
+        *_, after = chat.send("again", GenerationOptions(seed=2, max_tokens=4))
+        assert after.stop_reason == "length"
+
+
+def test_batched_sequences_stop_alone_and_free_their_sequence(tiny_model):
+    plan = Plan(model="tiny", n_ctx=2048, n_batch=256, n_ubatch=128, n_seq=2)
+    with Engine.load(tiny_model, plan) as engine:
+        decoder = BatchDecoder(engine)
+        got = {0: [], 1: []}
+        prompt = engine.tokenize_prompt(engine.template.render(
+            [{"role": "user", "content": "hello"}], add_generation_prompt=True, enable_thinking=True))
+        turns = [decoder.start(seq, prompt, GenerationOptions(seed=seq, max_tokens=40), got[seq].append)
+                 for seq in (0, 1)]
+        for _ in range(5):
+            decoder.step()
+        turns[0].stop()
+        while not decoder.idle:
+            decoder.step()
+        first, second = got[0][-1], got[1][-1]
+        assert first.stop_reason == "interrupted" and first.completion_tokens < 10
+        assert second.stop_reason == "length" and second.completion_tokens == 40
+        assert all(isinstance(e, (ThinkingText, AnswerText)) for e in got[1][:-1])
+        # Sequence 0 takes a new reply at once.
+        again = decoder.start(0, prompt, GenerationOptions(seed=3, max_tokens=3), got[0].append)
+        while not decoder.idle:
+            decoder.step()
+        assert again.stop_reason == "length"
+        decoder.close()
+
+
+def test_a_long_prompt_is_read_in_micro_batches_while_another_reply_generates(tiny_model):
+    plan = Plan(model="tiny", n_ctx=4096, n_batch=1024, n_ubatch=128, n_seq=2)
+    with Engine.load(tiny_model, plan) as engine:
+        decoder = BatchDecoder(engine)
+        counts = {0: 0, 1: 0}
+
+        def sink(seq):
+            def take(event):
+                if not isinstance(event, TurnStats):
+                    counts[seq] += 1
+            return take
+
+        def prompt(text):
+            return engine.tokenize_prompt(engine.template.render(
+                [{"role": "user", "content": text}], add_generation_prompt=True, enable_thinking=False))
+
+        decoder.start(0, prompt("hello"), GenerationOptions(think=False, seed=1, max_tokens=200, temperature=0), sink(0))
+        decoder.step()                                  # its prompt; it generates from now on
+        long = prompt("the model " * 300)
+        assert len(long) > 4 * 128
+        reader = decoder.start(1, long, GenerationOptions(think=False, seed=2, max_tokens=2), sink(1))
+        steps = 0
+        while reader.first_logits is None:
+            before = decoder.turns[0].answer.tokens + decoder.turns[0].thinking.tokens
+            decoder.step()
+            steps += 1
+            after = decoder.turns[0].answer.tokens + decoder.turns[0].thinking.tokens
+            assert after == before + 1                  # the generating reply got its token every step
+        assert steps >= len(long) // 128
+        decoder.close()
