@@ -109,6 +109,7 @@ def run_bench(model: Model, p: int, n: int, placement: list[str], timeout: float
     out = _run(localcascade_cmd() + ["bench", str(model.path), "-p", str(p), "-n", str(n), "-r", "1",
                                      "--ctx", ctx, "--json", *placement], "localcascade bench", timeout)
     data = _json_from(out.stdout, "localcascade bench")
+    data["plan"]["threads"] = data.get("threads")   # kept with the plan in the report
     rates = {r["test"][:2]: r["tokens_per_s"][0] for r in data["results"]}
     return data["plan"], rates
 
@@ -178,6 +179,23 @@ def write_json(path: Path | None, report: dict) -> None:
     os.replace(tmp, path)   # a reader (or a cut-off run) always sees a whole file
 
 
+def one_round(row: dict, model: Model, binary: Path, placement: list[str], gen_threads: int,
+              batch_threads: int, args, report: dict) -> None:
+    """bench, then llama-bench pp and tg set up like bench's plan, then ask; JSON saved after each."""
+    p, n, s = row["p"], row["n"], row["samples"]
+    plan, rates = run_bench(model, p, n, placement, args.timeout)
+    row["plan"] = plan
+    s["bench_pp"].append(rates["pp"])
+    s["bench_tg"].append(rates["tg"])
+    write_json(args.json_out, report)
+    s["llama_bench_pp"].append(run_llama_bench(binary, model, plan, "pp", p, batch_threads, args.timeout))
+    s["llama_bench_tg"].append(run_llama_bench(binary, model, plan, "tg", n, gen_threads, args.timeout))
+    write_json(args.json_out, report)
+    if not args.no_ask:
+        s["ask_gen"].append(run_ask(model, n, placement, args.timeout))
+        write_json(args.json_out, report)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -187,6 +205,9 @@ def main() -> int:
     parser.add_argument("-p", "--n-prompt", type=int, help="prompt tokens (default: 512; 64 on the skeleton)")
     parser.add_argument("-n", "--n-gen", type=int, help="generated tokens (default: 128; 16 on the skeleton)")
     parser.add_argument("-r", "--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads for every side (LOCALCASCADE_THREADS and llama-bench -t); default: "
+                             "localcascade's own choice, physical cores for generation and all cores for prompts")
     parser.add_argument("--ngl", type=int, help="layers on the GPU, passed to bench and ask (default: the plan's)")
     parser.add_argument("--cpu-moe", type=int, nargs="+", default=[None],
                         help="expert blocks of the first N layers in RAM; several values give several setups")
@@ -199,6 +220,8 @@ def main() -> int:
 
     from localcascade.engine.loader import default_threads
 
+    if args.threads:
+        os.environ["LOCALCASCADE_THREADS"] = str(args.threads)   # read by the bench and ask processes
     try:
         binary = args.llama_bench or llama_bench_build.build(args.cache, sdist=args.sdist)
     except llama_bench_build.BuildError as error:
@@ -223,26 +246,21 @@ def main() -> int:
             for round_ in range(1, args.rounds + 1):
                 report["load_avg_1min"].append(os.getloadavg()[0])
                 started = time.perf_counter()
-                plan, rates = run_bench(model, p, n, placement, args.timeout)
-                row["plan"] = plan
-                row["samples"]["bench_pp"].append(rates["pp"])
-                row["samples"]["bench_tg"].append(rates["tg"])
-                write_json(args.json_out, report)
-                row["samples"]["llama_bench_pp"].append(
-                    run_llama_bench(binary, model, plan, "pp", p, batch_threads, args.timeout))
-                row["samples"]["llama_bench_tg"].append(
-                    run_llama_bench(binary, model, plan, "tg", n, gen_threads, args.timeout))
-                write_json(args.json_out, report)
-                if not args.no_ask:
-                    row["samples"]["ask_gen"].append(run_ask(model, n, placement, args.timeout))
+                try:
+                    one_round(row, model, binary, placement, gen_threads, batch_threads, args, report)
+                except (RuntimeError, subprocess.TimeoutExpired) as error:
+                    # Recorded and reported; the next setup may still work (e.g. experts in RAM).
+                    row.setdefault("errors", []).append(str(error))
                     write_json(args.json_out, report)
+                    print(f"error: {model.label}: {error}", file=sys.stderr, flush=True)
+                    break
                 s = row["samples"]
                 print(f"{model.label} round {round_}: pp llama-bench {s['llama_bench_pp'][-1]:.2f} bench "
                       f"{s['bench_pp'][-1]:.2f} | tg llama-bench {s['llama_bench_tg'][-1]:.2f} bench "
                       f"{s['bench_tg'][-1]:.2f}" + (f" ask {s['ask_gen'][-1]:.2f}" if s["ask_gen"] else "")
                       + f" t/s ({time.perf_counter() - started:.0f} s, load {report['load_avg_1min'][-1]:.1f})",
                       file=sys.stderr, flush=True)
-    loads = report["load_avg_1min"]
+    loads = report["load_avg_1min"] or [os.getloadavg()[0]]
     print(table(report["rows"]))
     print(f"\nthreads: {gen_threads} for generation, {batch_threads} for prompts; {args.rounds} interleaved rounds; "
           f"medians (min-max); 1-minute load average at round starts {min(loads):.1f}-{max(loads):.1f} "

@@ -39,7 +39,11 @@ def bench(
         results = run_bench(engine, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repetitions=repetitions)
         plan = engine.plan
     if as_json:
+        from localcascade.engine.loader import default_threads
+
+        generation, batch = default_threads()   # what the loader gave llama.cpp
         json.dump({"model": engine.model_name, "model_path": str(model_path), "plan": plan.to_dict(),
+                   "threads": {"generation": generation, "batch": batch},
                    "results": [r.to_dict() for r in results]}, sys.stdout)
         sys.stdout.write("\n")
         return 0
