@@ -67,7 +67,7 @@ step venv
 "$PYTHON" -m venv "$WORK/venv" || fail "$PYTHON -m venv failed (install the venv module)"
 # shellcheck disable=SC1091
 . "$WORK/venv/bin/activate"
-python -m pip install --quiet scikit-build-core numpy typing-extensions diskcache jinja2 \
+python -m pip install --quiet scikit-build-core ninja numpy typing-extensions diskcache jinja2 \
     || fail "the bundle has no wheels for Python $(python -c 'import sys; print(sys.version.split()[0])'): remake it with --python"
 done_step ok "$(python --version)"
 

@@ -46,8 +46,9 @@ DROP = (
     *(LLAMA + f"ggml/src/ggml-{b}/" for b in ("vulkan", "sycl", "opencl", "metal", "cann", "hexagon", "webgpu",
                                             "openvino", "et", "virtgpu", "musa", "hip", "zdnn", "rpc", "zendnn")),
 )
-# Build backend of the bindings, installed with --no-build-isolation on the GPU machine.
-BUILD_REQUIREMENTS = ["scikit-build-core[pyproject]>=0.9.2"]
+# Build backend of the bindings, installed with --no-build-isolation on the GPU machine; ninja (0.2 MB)
+# so the build does not depend on the machine having it (CMake itself must be there: its wheel is 25 MB).
+BUILD_REQUIREMENTS = ["scikit-build-core>=0.9.2", "ninja"]
 # Runtime requirements of llama-cpp-python itself (its wheel is built there, not downloaded).
 BINDINGS_REQUIREMENTS = ["typing-extensions>=4.5.0", "numpy>=1.20.0", "diskcache>=5.6.1", "jinja2>=2.11.3"]
 
