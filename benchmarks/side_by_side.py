@@ -2,7 +2,7 @@
 
     python benchmarks/side_by_side.py CACHE_DIR                       # all three models, 3 rounds
     python benchmarks/side_by_side.py CACHE_DIR --models gemma -r 5 -p 512 -n 128
-    python benchmarks/side_by_side.py CACHE_DIR --models skeleton --ngl 99 --cpu-moe 0 23 --json-out out.json
+    python benchmarks/side_by_side.py CACHE_DIR --models skeleton --ngl 99 --cpu-moe 0 52 --json-out out.json
 
 CACHE_DIR holds llama-bench (built once from the pinned llama-cpp-python sdist, see
 llama_bench_build.py) and the generated test models; both are reused by later runs.
