@@ -63,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", nargs="+", default=["4K", "128K", "1M"])
     parser.add_argument("--n-cpu-moe", nargs="+", type=int, default=[0, 18])
-    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--json", type=Path, help="also write the rows here (rewritten after every load)")
     args = parser.parse_args()
 
     import llama_cpp
@@ -104,8 +104,10 @@ def main() -> None:
                     print(f"{n_ctx:>8} {n_cpu_moe:>7} | gpu  NVML used beyond the buffers: {beyond:.0f} MiB "
                           f"(the model assumes {est.gpu.overhead / MiB:.0f} MiB)", flush=True)
                 rows.append(row)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+                if args.json:   # after every load, so a run cut off by its time slot keeps what it measured
+                    tmp = args.json.with_name(args.json.name + ".tmp")
+                    tmp.write_text(json.dumps(rows, indent=1))
+                    tmp.replace(args.json)
 
 
 if __name__ == "__main__":

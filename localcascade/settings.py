@@ -8,6 +8,7 @@
 | HF_TOKEN              | token for gated/private repositories                          |
 | HF_HUB_OFFLINE        | 1 = never touch the network                                   |
 | NO_COLOR              | set = no ANSI colour in any output                            |
+| LOCALCASCADE_THREADS  | CPU threads for generation and prompts (default: the cores)   |
 
 huggingface_hub reads the HF_* variables itself; the helpers here only answer
 questions localcascade needs before importing it (which is slow).
@@ -63,3 +64,19 @@ def hub_offline() -> bool:
 
 def no_color() -> bool:
     return bool(os.environ.get("NO_COLOR")) or dumb_terminal()
+
+
+def threads() -> int | None:
+    """LOCALCASCADE_THREADS: one CPU thread count for generation and prompt processing, or None.
+
+    llama-bench's -t: on a machine shared with other work, fewer threads than cores keep llama.cpp's
+    spinning thread barriers from waiting on descheduled threads.
+    """
+    value = os.environ.get("LOCALCASCADE_THREADS", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 1024:
+        from localcascade.errors import UsageError
+
+        raise UsageError(f"LOCALCASCADE_THREADS must be a whole number from 1 to 1024, not {value!r}")
+    return int(value)

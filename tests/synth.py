@@ -349,11 +349,33 @@ def _init_values(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
     return (rng.standard_normal(np_shape, dtype=np.float32) * scale).astype(np.float32)
 
 
+def _iq4_nl_blocks(values: np.ndarray) -> bytes:
+    """IQ4_NL blocks (f16 scale + 32 4-bit indices into a fixed table) for ``values``.
+
+    The gguf package reads IQ4_NL but cannot write it; this rounding (scale = max|x| / 127, nearest
+    table entry) is cruder than llama.cpp's, which is fine for random test weights.
+    """
+    table = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+    blocks = values.reshape(-1, 32)
+    scale = np.abs(blocks).max(axis=1, keepdims=True) / 127.0
+    scale[scale == 0] = 1.0
+    # Nearest table entry by the midpoints between entries: one binary search per value.
+    index = np.searchsorted((table[1:] + table[:-1]) / 2, blocks / scale).astype(np.uint8)
+    # ggml packs element j in the low nibble and element j + 16 in the high nibble of byte j.
+    packed = index[:, :16] | (index[:, 16:] << 4)
+    out = np.empty((blocks.shape[0], 18), np.uint8)
+    out[:, :2] = scale.astype(np.float16).view(np.uint8)
+    out[:, 2:] = packed
+    return out.tobytes()
+
+
 def _encode(values: np.ndarray, qtype: gguf.GGMLQuantizationType) -> bytes:
     if qtype == gguf.GGMLQuantizationType.F32:
         return values.astype(np.float32).tobytes()
     if qtype == gguf.GGMLQuantizationType.F16:
         return values.astype(np.float16).tobytes()
+    if qtype == gguf.GGMLQuantizationType.IQ4_NL:
+        return _iq4_nl_blocks(values)
     try:
         return gguf.quants.quantize(values, qtype).tobytes()
     except NotImplementedError:
@@ -416,6 +438,7 @@ def write_nemotron_h_moe(
     dtype: str = "f32",
     seed: int = 0,
     sparse: bool = False,
+    live_routing: bool = False,
     tensor_types: dict[str, str] | None = None,
     file_type: int | None = None,
 ) -> Path:
@@ -425,7 +448,14 @@ def write_nemotron_h_moe(
     converter always keeps in F32 stay F32. ``tensor_types`` maps tensor names to ggml type
     names ("Q4_K", "Q8_0", ...) to override single tensors (sizes then follow ggml's block
     sizes). ``sparse=True`` writes only the header and extends the file to its full size with
-    a hole, so it uses almost no disk and reads back as zeros. ``file_type`` overrides the
+    a hole, so it uses almost no disk and reads back as zeros. ``live_routing=True`` (with
+    ``sparse``) also writes the token embeddings, the MoE routers (``ffn_gate_inp``) and the
+    other small F32 tensors (norms, biases), ~0.25 GB for the full shape: each token then has
+    its own hidden state and each layer's random router sends it to its own experts, as in the
+    real model. In an all-hole file every router scores every expert 0, so every token goes to
+    the same experts and prompt processing reads a fraction of the expert weights it really
+    would. The big matrices stay holes, so the model still computes zeros past the routers.
+    ``file_type`` overrides the
     ``general.file_type`` written (a ``gguf.LlamaFileType`` value).
 
     The file is written under a temporary name and renamed when complete.
@@ -468,6 +498,8 @@ def write_nemotron_h_moe(
         if sparse:
             fout.flush()
             fout.truncate(data_start + total)
+            if live_routing:
+                _write_routing_tensors(fout, data_start, alignment, specs, qtypes, np.random.default_rng(seed))
         else:
             rng = np.random.default_rng(seed)
             for spec, qtype in zip(specs, qtypes):
@@ -484,6 +516,29 @@ def write_nemotron_h_moe(
     return path
 
 
+def _routes_tokens(spec: TensorSpec) -> bool:
+    """Tensors a live-routing skeleton writes: the embedding, which makes hidden states token-dependent,
+    and the small always-F32 ones (norms, routers, biases), which route them."""
+    return spec.name == "token_embd.weight" or spec.force_f32
+
+
+def _write_routing_tensors(fout, data_start: int, alignment: int, specs: list[TensorSpec],
+                           qtypes: list[gguf.GGMLQuantizationType], rng: np.random.Generator) -> None:
+    """Fill the routing tensors of a sparse file in place; the rest stays a hole."""
+    offset = data_start
+    for spec, qtype in zip(specs, qtypes):
+        nbytes = tensor_nbytes(spec.ne, qtype)
+        if _routes_tokens(spec):
+            fout.seek(offset)
+            rows = int(np.prod(spec.ne[1:]))
+            # In slices of rows: the full embedding is 352M values, too many to hold as f32 at once.
+            step = max(1, (1 << 22) // spec.ne[0])
+            for first in range(0, rows, step):
+                part = TensorSpec(spec.name, (spec.ne[0], min(step, rows - first)), spec.init, spec.fan_in)
+                fout.write(_encode(_init_values(part, rng), qtype))
+        offset += gguf.GGUFWriter.ggml_pad(nbytes, alignment)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Write a test model by hand: ``python tests/synth.py OUT.gguf --shape full --dtype bf16 --sparse``."""
     import argparse
@@ -495,8 +550,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="f32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sparse", action="store_true", help="header only; the data is a hole that reads as zeros")
+    parser.add_argument("--live-routing", action="store_true",
+                        help="with --sparse: real embeddings, routers and norms, so tokens spread over experts")
     args = parser.parse_args(argv)
-    path = write_nemotron_h_moe(args.out, shapes[args.shape], dtype=args.dtype, seed=args.seed, sparse=args.sparse)
+    path = write_nemotron_h_moe(args.out, shapes[args.shape], dtype=args.dtype, seed=args.seed, sparse=args.sparse,
+                                live_routing=args.live_routing)
     print(f"{path}: {path.stat().st_size:,} bytes, {path.stat().st_blocks * 512:,} on disk")
 
 

@@ -37,3 +37,17 @@ def test_markdown_table(tiny_model):
 def test_bad_values_are_usage_errors(tiny_model):
     result = bench(str(tiny_model), "-r", "0")
     assert result.returncode == 2 and "repetitions" in result.stderr
+
+
+def test_threads_follow_localcascade_threads(tiny_model, monkeypatch):
+    monkeypatch.setenv("LOCALCASCADE_THREADS", "1")
+    result = bench(str(tiny_model), "-p", "8", "-n", "2", "-r", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["threads"] == {"generation": 1, "batch": 1}
+
+
+def test_bad_thread_count_is_one_line(tiny_model, monkeypatch):
+    monkeypatch.setenv("LOCALCASCADE_THREADS", "two")
+    result = bench(str(tiny_model), "-p", "8", "-n", "2", "-r", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "LOCALCASCADE_THREADS" in result.stderr

@@ -63,7 +63,8 @@ def test_json_rtx_4090_with_a_cpu_build_warns_with_the_reinstall_command():
     assert (gpu["driver_version"], gpu["cuda_version"], gpu["compute_capability"]) == ("560.35.03", "12.6", "8.9")
     assert round(gpu["memory_bandwidth_bytes_per_s"] / 1e9) == 1008
     assert data["llama_cpp"] == {"version": "0.3.36", "gpu_offload": False, "backends": ["CPU"],
-                                 "system_info": data["llama_cpp"]["system_info"]}
+                                 "system_info": data["llama_cpp"]["system_info"], "cuda_archs": [],
+                                 "wheel_tags": [], "origin": "unknown"}
     assert any(CUDA_REINSTALL in w for w in data["warnings"])
 
 
@@ -72,6 +73,32 @@ def test_json_rtx_4090_with_a_cuda_build_has_no_offload_warning():
     assert data["llama_cpp"]["gpu_offload"] is True
     assert data["llama_cpp"]["backends"] == ["CUDA", "CPU"]
     assert not any("GPU offload" in w for w in data["warnings"])
+
+
+def test_a_source_build_and_a_prebuilt_wheel_are_told_apart():
+    built = doctor_json(nvml="rtx4090", llama="llama_build_cuda")["llama_cpp"]
+    assert built["origin"] == "built from source on this machine"
+    assert built["cuda_archs"] == [500, 610, 700, 750, 800, 860, 890]
+    prebuilt = doctor_json(nvml="rtx4090", llama="llama_build_cuda_prebuilt")["llama_cpp"]
+    assert prebuilt["origin"] == "prebuilt wheel" and prebuilt["cuda_archs"] == [750, 800, 860]
+    text = doctor(nvml="rtx4090", llama="llama_build_cuda_prebuilt").stdout
+    assert "llama-cpp-python 0.3.36 (prebuilt wheel)" in text and "CUDA architectures: 750 800 860" in text
+
+
+def test_a_card_the_build_was_not_compiled_for_is_a_warning_with_the_rebuild_command():
+    data = doctor_json(nvml="rtx4090", llama="llama_build_cuda_prebuilt")   # 8.9 vs 750, 800, 860
+    (warning,) = [w for w in data["warnings"] if "CUDA architectures" in w]
+    assert "compute capability 8.9" in warning and "embedded PTX" in warning
+    assert '-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=89" pip install --force-reinstall' in warning
+    covered = doctor_json(nvml="rtx4090", llama="llama_build_cuda")   # 890 is in its list
+    assert not any("CUDA architectures" in w for w in covered["warnings"])
+
+
+def test_this_machines_install_says_where_it_came_from():
+    data = doctor_json()
+    # pip built the pinned sdist here: PyPI has no wheel of it.
+    assert data["llama_cpp"]["origin"] == "built from source on this machine"
+    assert data["llama_cpp"]["wheel_tags"] and all("manylinux" not in t for t in data["llama_cpp"]["wheel_tags"])
 
 
 def test_json_two_gpus():

@@ -335,3 +335,62 @@ def test_hub_already_imported_is_isolated_too(hub_constants, tmp_path: Path):
     for name in ("HF_HOME", "HF_HUB_CACHE", "HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH"):
         assert str(getattr(hub_constants, name)).startswith(str(tmp_path)), name
     assert hub_constants.HF_HUB_OFFLINE is False
+
+
+# ---- live routing: sparse skeletons whose tokens spread over the experts ----------------------
+
+def _experts_chosen(path: Path, shape: synth.NemotronShape, tokens: np.ndarray) -> list[set[int]]:
+    """Per MoE block, the experts llama.cpp's routing picks for ``tokens`` when every block before it
+    adds zero (the big matrices are holes): sigmoid(router . rms_norm(embedding)) + bias, top k."""
+    reader = gguf.GGUFReader(path)
+    tensors = {t.name: t for t in reader.tensors}
+
+    def values(name: str) -> np.ndarray:
+        t = tensors[name]
+        return gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed([int(n) for n in t.shape])))
+
+    x = values("token_embd.weight")[tokens]
+    chosen = []
+    for i in shape.moe_layers:
+        h = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + shape.norm_eps) * values(f"blk.{i}.attn_norm.weight")
+        scores = 1 / (1 + np.exp(-(h @ values(f"blk.{i}.ffn_gate_inp.weight").T)))
+        scores = scores + values(f"blk.{i}.exp_probs_b.bias")
+        chosen.append(set(np.argsort(-scores, axis=1)[:, :shape.n_expert_used].ravel().tolist()))
+    return chosen
+
+
+def test_live_routing_skeleton_spreads_tokens_over_experts_and_stays_sparse(tmp_path: Path):
+    shape = synth.TINY
+    types = {"token_embd.weight": "IQ4_NL"}   # the full IQ4_XS skeleton's embedding type
+    live = synth.write_nemotron_h_moe(tmp_path / "live.gguf", shape, sparse=True, live_routing=True,
+                                      tensor_types=types)
+    dead = synth.write_nemotron_h_moe(tmp_path / "dead.gguf", shape, sparse=True, tensor_types=types)
+    tokens = np.random.default_rng(0).integers(0, shape.vocab_size, 64)
+    for experts in _experts_chosen(live, shape, tokens):
+        assert len(experts) == shape.n_expert    # 64 tokens x 2 picks reach all 8 experts
+    # An all-hole skeleton scores every expert alike: one fixed set for every token.
+    assert all(len(e) == shape.n_expert_used for e in _experts_chosen(dead, shape, tokens))
+    # The expert matrices themselves stay holes, so the file keeps its full size at little disk cost.
+    reader = gguf.GGUFReader(live)
+    up = next(t for t in reader.tensors if t.name.endswith("ffn_up_exps.weight"))
+    assert not np.asarray(up.data).any()
+
+
+def test_live_routing_skeleton_runs_in_llama_cpp(tmp_path: Path):
+    path = synth.write_nemotron_h_moe(tmp_path / "live.gguf", synth.TINY, sparse=True, live_routing=True,
+                                      tensor_types={"token_embd.weight": "IQ4_NL"})
+    llm = _llama(path, n_ctx=64)
+    llm.eval(llm.tokenize(b"hello world", add_bos=False))
+    assert all(math.isfinite(v) for v in llm.scores[llm.n_tokens - 1][:64])
+
+
+@pytest.mark.slow
+def test_full_live_routing_skeleton_costs_little_disk(tmp_path: Path):
+    from localcascade.catalog import find_variant
+
+    types = {t.name: t.type_name for t in find_variant("IQ4_XS").facts.tensors}
+    path = synth.write_nemotron_h_moe(tmp_path / "iq4xs.gguf", synth.FULL, dtype="bf16", sparse=True,
+                                      live_routing=True, tensor_types=types)
+    size, on_disk = path.stat().st_size, path.stat().st_blocks * 512
+    assert size > 18_000_000_000             # the real IQ4_XS file's size ...
+    assert on_disk < 300 * 1024**2            # ... of which the embedding and routers are written

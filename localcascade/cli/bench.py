@@ -44,7 +44,11 @@ def bench(
     if stored is not None and not as_json:
         print(f"localcascade: {stored}", file=sys.stderr)
     if as_json:
+        from localcascade.engine.loader import default_threads
+
+        generation, batch = default_threads()   # what the loader gave llama.cpp
         json.dump({"model": engine.model_name, "model_path": str(model_path), "plan": plan.to_dict(),
+                   "threads": {"generation": generation, "batch": batch},
                    "results": [r.to_dict() for r in results], "calibration": stored}, sys.stdout)
         sys.stdout.write("\n")
         return 0

@@ -85,9 +85,10 @@ def _show_hardware(hw) -> None:
     system.add_row("Disk", f"{disk} free in {hw.model_dir}")
     build = hw.llama_cpp
     if build.version:
-        system.add_row("llama.cpp", f"llama-cpp-python {build.version}, GPU offload: "
+        archs = f", CUDA architectures: {' '.join(str(a) for a in build.cuda_archs)}" if build.cuda_archs else ""
+        system.add_row("llama.cpp", f"llama-cpp-python {build.version} ({build.origin}), GPU offload: "
                                     f"{'yes' if build.gpu_offload else 'no'}, backends: "
-                                    f"{', '.join(build.backends) or 'none'}")
+                                    f"{', '.join(build.backends) or 'none'}{archs}")
     else:
         system.add_row("llama.cpp", "llama-cpp-python is not installed or does not load")
     console.print(system)

@@ -84,7 +84,13 @@ def build_buft_overrides(n_blocks: int) -> tuple[ctypes.Array, list[bytes]] | No
 
 
 def default_threads() -> tuple[int, int]:
-    """(generation threads, batch threads): physical cores for decode, all cores for prompts."""
+    """(generation threads, batch threads): physical cores for decode, all cores for prompts, unless
+    LOCALCASCADE_THREADS names one count for both."""
+    from localcascade.settings import threads
+
+    chosen = threads()
+    if chosen is not None:
+        return chosen, chosen
     import psutil
 
     logical = os.cpu_count() or 1

@@ -42,6 +42,19 @@ def warnings(hardware: Hardware) -> list[str]:
             f"(backends: {', '.join(hardware.llama_cpp.backends) or 'none'}); the model would run "
             f"on the CPU only. Reinstall it with: {reinstall_command(flags)}"
         )
+    archs = hardware.llama_cpp.cuda_archs
+    for g in hardware.gpus:
+        arch = _cuda_arch(g.compute_capability) if g.vendor == "nvidia" else None
+        if arch is not None and archs and arch not in archs:
+            # Newer cards may still run through embedded PTX (compiled at first load); older ones cannot.
+            fate = ("can run only if the build embedded PTX, compiled on first use" if arch > max(archs)
+                    else "cannot run its kernels")
+            found.append(
+                f"{g.name} (compute capability {g.compute_capability}) is not among the CUDA architectures this "
+                f"llama-cpp-python was compiled for ({', '.join(str(a) for a in archs)}): it {fate}. Rebuild for "
+                f"this card with: {reinstall_command(GPU_BUILD_FLAGS['nvidia'] + f' -DCMAKE_CUDA_ARCHITECTURES={arch // 10}')}"
+            )
+            break
     if any(f in hardware.cpu.features for f in AMX_FEATURES):
         uses_amx = "AMX" in (hardware.llama_cpp.system_info or "").upper()
         state = ("this llama.cpp build uses AMX" if uses_amx
@@ -51,3 +64,9 @@ def warnings(hardware: Hardware) -> list[str]:
             f"SIGILL. If it does, reinstall with: {reinstall_command(PORTABLE_CPU_FLAGS)}"
         )
     return found
+
+
+def _cuda_arch(compute_capability: str | None) -> int | None:
+    """"8.9" -> 890, as llama.cpp's system info lists architectures."""
+    major, _, minor = (compute_capability or "").partition(".")
+    return int(major) * 100 + int(minor or 0) * 10 if major.isdigit() and (minor or "0").isdigit() else None

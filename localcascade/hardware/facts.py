@@ -36,6 +36,23 @@ class LlamaCppBuild:
     gpu_offload: bool = False              # llama_supports_gpu_offload()
     backends: tuple[str, ...] = ()         # "CPU", "CUDA", "Metal"...
     system_info: str | None = None
+    cuda_archs: tuple[int, ...] = ()       # compiled CUDA architectures (890 = compute capability 8.9)
+    wheel_tags: tuple[str, ...] = ()       # the installed wheel's tags ("py3-none-linux_x86_64")
+
+    @property
+    def origin(self) -> str:
+        """How this llama-cpp-python got here, as far as its wheel tags tell.
+
+        PyPI has only the sdist, which pip builds on the user's machine into a plain
+        ``linux_x86_64`` wheel; prebuilt wheels (llama-cpp-python's CUDA/CPU indexes) are
+        repaired with auditwheel and carry ``manylinux`` tags. Elsewhere the tags do not say.
+        """
+        platforms = [tag.rsplit("-", 1)[-1] for tag in self.wheel_tags]
+        if any(p.startswith(("manylinux", "musllinux")) for p in platforms):
+            return "prebuilt wheel"
+        if platforms and all(p.startswith("linux_") for p in platforms):
+            return "built from source on this machine"
+        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -73,4 +90,5 @@ class Hardware:
         data = asdict(self)
         data["gpus"] = [asdict(g) for g in self.gpus]
         data["calibration"] = asdict(self.calibration) if self.calibration else None
+        data["llama_cpp"]["origin"] = self.llama_cpp.origin
         return data

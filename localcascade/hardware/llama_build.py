@@ -42,6 +42,26 @@ def registered_backends(llama) -> tuple[str, ...]:
         return ()
 
 
+# "CUDA : ARCHS = 500,610,890 | USE_GRAPHS = 1 | ...": the architectures the CUDA backend was compiled for.
+_CUDA_ARCHS_RE = re.compile(r"CUDA : ARCHS = ([\d,]+)")
+
+
+def cuda_archs_from_system_info(system_info: str) -> tuple[int, ...]:
+    match = _CUDA_ARCHS_RE.search(system_info)
+    return tuple(int(a) for a in match.group(1).split(",") if a) if match else ()
+
+
+def installed_wheel_tags() -> tuple[str, ...]:
+    """The Tag lines of the installed llama-cpp-python's WHEEL file; () when it cannot be read."""
+    from importlib import metadata
+
+    try:
+        text = metadata.distribution("llama_cpp_python").read_text("WHEEL") or ""
+    except metadata.PackageNotFoundError:
+        return ()
+    return tuple(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Tag:"))
+
+
 def build(llama=None) -> LlamaCppBuild:
     """What the llama-cpp-python in this environment can do. ``llama`` is the llama_cpp module or a
     stand-in with __version__, llama_supports_gpu_offload() and llama_print_system_info().
@@ -58,9 +78,13 @@ def build(llama=None) -> LlamaCppBuild:
     info = info.decode(errors="replace") if isinstance(info, bytes) else str(info or "")
     from_info = backends_from_system_info(info)
     backends = tuple(dict.fromkeys(registered_backends(llama) + from_info))
+    # A recorded build carries its own wheel tags; the real module's come from its installed metadata.
+    tags = llama.wheel_tags() if hasattr(llama, "wheel_tags") else installed_wheel_tags()
     return LlamaCppBuild(
         version=getattr(llama, "__version__", None),
         gpu_offload=bool(llama.llama_supports_gpu_offload()),
         backends=backends,
         system_info=info.strip(" |") or None,
+        cuda_archs=cuda_archs_from_system_info(info),
+        wheel_tags=tuple(tags),
     )

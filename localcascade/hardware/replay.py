@@ -190,6 +190,9 @@ class LlamaBuildReplay:
     def llama_print_system_info(self) -> bytes:
         return self._rec["llama_print_system_info"].encode()
 
+    def wheel_tags(self) -> tuple[str, ...]:
+        return tuple(self._rec.get("wheel_tags", ()))
+
 
 def llama_from_environment():
     """A build replay when LOCALCASCADE_LLAMA_REPLAY names a recording, else None (import llama_cpp)."""
