@@ -1,0 +1,75 @@
+"""Tool calls in a reply: Qwen3-Coder-style XML blocks, as Nemotron-Cascade-2 writes them.
+
+    <tool_call>
+    <function=NAME>
+    <parameter=P>
+    VALUE
+    </parameter>
+    </function>
+    </tool_call>
+
+Parameter values are parsed as JSON when they parse as JSON (numbers, lists, objects),
+else kept as strings: that is how the chat templates render them back (strings as
+they are, everything else with ``tojson``). A block holding a JSON object
+``{"name": ..., "arguments": {...}}`` (the Hermes form some models fall back to) is read too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
+_FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)(?:</function>|\Z)", re.DOTALL)
+_PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.DOTALL)
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
+    """(``text`` with the tool-call blocks removed, the calls in order)."""
+    calls: list[ToolCall] = []
+    for block in _BLOCK.finditer(text):
+        calls.extend(_calls_in(block.group(1)))
+    rest = _BLOCK.sub("", text) if calls or "<tool_call>" in text else text
+    return rest.strip(), calls
+
+
+def _calls_in(body: str) -> list[ToolCall]:
+    found = []
+    for function in _FUNCTION.finditer(body):
+        arguments = {}
+        for parameter in _PARAMETER.finditer(function.group(2)):
+            arguments[parameter.group(1).strip()] = _value(parameter.group(2))
+        found.append(ToolCall(function.group(1).strip(), arguments))
+    if not found:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return []
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            arguments = data.get("arguments", {})
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments)
+                except ValueError:
+                    arguments = {}
+            found.append(ToolCall(data["name"], arguments if isinstance(arguments, dict) else {}))
+    return found
+
+
+def _value(raw: str):
+    # The template writes "<parameter=P>\n" VALUE "\n</parameter>": one newline each side is framing.
+    if raw.startswith("\n"):
+        raw = raw[1:]
+    if raw.endswith("\n"):
+        raw = raw[:-1]
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
