@@ -73,6 +73,10 @@ class Sampler:
         seed = llama_cpp.LLAMA_DEFAULT_SEED if options.seed is None else options.seed & 0xFFFFFFFF
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
 
+    @property
+    def has_grammar(self) -> bool:
+        return bool(self._grammar)
+
     def sample(self, ctx: int) -> int:
         """Pick the next token from the last logits (and accept it into the chain's state)."""
         token = self._lib.llama_sampler_sample(self._chain, ctx, -1)

@@ -48,9 +48,12 @@ class ChatTemplate:
         except jinja2.TemplateError as err:
             raise ChatTemplateError(f"the {origin} chat template does not compile: {err}") from None
 
-    def render(self, messages: list[dict], *, add_generation_prompt: bool, enable_thinking: bool) -> str:
+    def render(self, messages: list[dict], *, add_generation_prompt: bool, enable_thinking: bool,
+               tools: list[dict] | None = None) -> str:
         import jinja2
 
+        # ``tools`` is left undefined when there are none: templates test ``tools is defined``.
+        extra = {"tools": tools} if tools else {}
         try:
             return self._template.render(
                 messages=messages,
@@ -58,6 +61,7 @@ class ChatTemplate:
                 enable_thinking=enable_thinking,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **extra,
             )
         except ChatTemplateError:
             raise
