@@ -366,7 +366,7 @@ class Chat:
         """
         options = options or GenerationOptions()
         last = self.messages[-1] if self.messages else {}
-        if last.get("role") != "assistant" or not last.get("tool_calls") or self._reply_sampler is None:
+        if last.get("role") != "assistant" or "tool_calls" not in last or self._reply_sampler is None:
             raise UsageError("there is no tool call waiting for its result")
         tool_messages = [{"role": "tool", "content": text} for text in results]
         prompt = None

@@ -14,11 +14,13 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from typing import Callable
 
 from localcascade.errors import SandboxUnavailableError
 from localcascade.tools.sandbox import Limits, RunOutcome, Sandbox, Unsandboxed
 
 NAME = "python"
+STOPPED_BY_USER = "stopped by the user"
 # What goes back to the model from each stream: enough for a result, bounded for the context.
 MODEL_CHARS_PER_STREAM = 4000
 
@@ -95,9 +97,13 @@ class PythonTool:
         self.sandbox = sandbox if sandbox is not None else find_sandbox()
         self.limits = limits or Limits()
 
-    def execute(self, code: str) -> ToolResult:
-        """Run ``code``; Ctrl-C (KeyboardInterrupt) stops it and propagates."""
-        outcome = self.sandbox.run(code, self.limits)
+    def execute(self, code: str, *, should_stop: Callable[[], bool] | None = None) -> ToolResult:
+        """Run ``code``; Ctrl-C (KeyboardInterrupt) stops it and propagates.
+
+        ``should_stop`` is polled while the code runs (a front end's own stop request): when it
+        says yes the code is killed and the result's error is STOPPED_BY_USER.
+        """
+        outcome = self.sandbox.run(code, self.limits, should_stop=should_stop)
         return ToolResult(
             code=code,
             stdout=outcome.stdout.decode("utf-8", errors="replace"),
@@ -123,6 +129,8 @@ def _explain(outcome: RunOutcome, limits: Limits) -> str | None:
         return f"stopped: printed more than {format_bytes(limits.output_bytes)}"
     if why == "file size":
         return f"stopped: wrote a file past {format_bytes(limits.file_bytes)}"
+    if why == "interrupted":
+        return STOPPED_BY_USER
     if why == "killed":
         return "killed (a resource limit was hit)"
     return f"ended by {why}"

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from localcascade.errors import SandboxUnavailableError
 
@@ -88,7 +88,7 @@ class Sandbox:
         """A context manager giving the cgroup.procs file the run joins, or None."""
         return contextlib.nullcontext(None)
 
-    def run(self, code: str, limits: Limits) -> RunOutcome:
+    def run(self, code: str, limits: Limits, *, should_stop: Callable[[], bool] | None = None) -> RunOutcome:
         """Run ``code`` through the worker under ``limits``; Ctrl-C stops it and propagates."""
         worker = resources.files("localcascade.tools").joinpath("worker.py").read_text(encoding="utf-8")
         with self.private_tmp() as tmp, self.cgroup(limits) as procs_file:
@@ -96,7 +96,7 @@ class Sandbox:
             args = ["-I", "-c", worker, str(limits.processes), str(result_w), *_site_dirs()]
             argv = self.command(args, limits, tmp)
             return _run_bounded(argv, self.environment(tmp), code.encode("utf-8"), limits, procs_file,
-                                (result_r, result_w))
+                                (result_r, result_w), should_stop)
 
 
 def _site_dirs() -> list[str]:
@@ -143,7 +143,8 @@ def worker_environment(tmp: str = "/tmp") -> dict[str, str]:
 
 
 def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limits,
-                 procs_file: str | None, result_pipe: tuple[int, int]) -> RunOutcome:
+                 procs_file: str | None, result_pipe: tuple[int, int],
+                 should_stop: Callable[[], bool] | None = None) -> RunOutcome:
     """Start ``argv`` with the limits set in the child, feed ``code`` on stdin, capture with bounds.
 
     ``result_pipe``'s write end is handed to the child at its own number (the worker is told it).
@@ -173,7 +174,7 @@ def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limi
     out, err, res = bytearray(), bytearray(), bytearray()
     stopped = None
     try:
-        stopped = _collect(proc, result_r, out, err, res, limits, started)
+        stopped = _collect(proc, result_r, out, err, res, limits, started, should_stop)
     except BaseException:
         _kill(proc, procs_file)
         raise
@@ -208,7 +209,7 @@ def _feed(stream, data: bytes) -> None:
 
 
 def _collect(proc, result_r: int, out: bytearray, err: bytearray, res: bytearray, limits: Limits,
-             started: float) -> str | None:
+             started: float, should_stop: Callable[[], bool] | None) -> str | None:
     """Read until every stream closes; stop the process past the wall time or the output cap."""
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ, out)
@@ -220,7 +221,9 @@ def _collect(proc, result_r: int, out: bytearray, err: bytearray, res: bytearray
             left = deadline - time.monotonic()
             if left <= 0:
                 return "wall time"
-            for key, _ in selector.select(timeout=min(left, 0.5)):
+            if should_stop is not None and should_stop():
+                return "interrupted"
+            for key, _ in selector.select(timeout=min(left, 0.1)):
                 fd = key.fd
                 chunk = os.read(fd, 65536)
                 if not chunk:
