@@ -118,7 +118,7 @@ def test_hostile_code_is_a_reported_error_and_the_chat_goes_on(tiny_model, tool)
 
 
 def test_the_call_cap_is_answered_then_the_reply_ends(tiny_model, tool):
-    looping = f'root ::= (</think> "\\n" {CALL})+\nCODE ::= "1"\n'
+    looping = f'root ::= (</think> "\\n" {CALL}){{4}}\nCODE ::= "1"\n'
     with Engine.load(tiny_model) as engine:
         chat = Chat(engine)
         events = list(run_with_tools(chat, "go", GenerationOptions(seed=1, grammar=looping), tool, max_calls=2))
