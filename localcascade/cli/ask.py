@@ -209,6 +209,7 @@ def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds
 
 def _tool_event(event, answer: list[str], calls: list[dict], thinking_out) -> list[str]:
     """A tool call starting or finishing: the text so far was not the answer; show the call on stderr."""
+    from localcascade.tools import transcript
     from localcascade.tools.loop import ToolCallFinished, ToolCallStarted
 
     if isinstance(event, ToolCallStarted):
@@ -217,12 +218,12 @@ def _tool_event(event, answer: list[str], calls: list[dict], thinking_out) -> li
             said = "".join(answer).strip()
             if said:
                 print(said, file=sys.stderr)
-            print(tool_options.describe_call(event.index, event.code), file=sys.stderr, flush=True)
+            print(transcript.describe_call(event.index, event.code), file=sys.stderr, flush=True)
         return []
     if isinstance(event, ToolCallFinished):
         calls.append(event.result.to_dict())
         if thinking_out is not None:
-            print(tool_options.describe_result(event.result), file=sys.stderr, flush=True)
+            print(transcript.describe_result(event.result), file=sys.stderr, flush=True)
         return []
     return answer   # the call's own text as it streams (ToolCallText): shown when it runs
 

@@ -53,20 +53,3 @@ def python_tool(tools: Optional[str], unsafe: bool, max_calls: Optional[int], *,
         print("localcascade: WARNING: the model's code runs WITHOUT a sandbox, as you: it can read, change and "
               "delete your files and use the network", file=sys.stderr)
     return PythonTool(sandbox), max_calls or DEFAULT_MAX_CALLS
-
-
-def describe_call(index: int, code: str) -> str:
-    """A call as the terminal shows it: a header and the code, indented."""
-    body = "\n".join("    " + line for line in code.rstrip("\n").splitlines()) or "    (no code)"
-    return f"[python call {index}]\n{body}"
-
-
-def describe_result(result) -> str:
-    """A call's result as the terminal shows it, cut to a few lines."""
-    status = result.error or (f"exit {result.exit}" if result.exit else "ok")
-    lines = [f"[python result {status}, {result.seconds:.2f} s]"]
-    shown = result.for_model().splitlines()
-    lines += ["    " + line for line in shown[:12]]
-    if len(shown) > 12:
-        lines.append(f"    ... {len(shown) - 12} more lines")
-    return "\n".join(lines)

@@ -40,8 +40,8 @@ def run_with_tools(chat, text: str, options, tool: PythonTool, *, max_calls: int
                    should_stop: Callable[[], bool] | None = None) -> Iterator:
     """One reply to ``text`` with the python tool available (see the module doc).
 
-    ``options`` is read again before each round, so a front end may end the reply by setting
-    ``options.max_tokens = 0`` (the REPL's Ctrl-C); ``should_stop`` is polled while code runs.
+    ``should_stop`` (a front end's stop request, the REPL's Ctrl-C) is polled after every
+    event and while code runs: the reply then ends at the next token, or the code is killed.
     """
     tools = [schema()]
     rounds: list[TurnStats] = []
@@ -49,7 +49,8 @@ def run_with_tools(chat, text: str, options, tool: PythonTool, *, max_calls: int
     calls_run = 0
     seen = 0
     refused_after_cap = False
-    events = chat.send(text, replace(options, tools=tools))
+    round_options = replace(options, tools=tools)
+    events = chat.send(text, round_options)
     while True:
         stats = None
         for event in events:
@@ -57,6 +58,8 @@ def run_with_tools(chat, text: str, options, tool: PythonTool, *, max_calls: int
                 stats = event
             else:
                 yield event
+            if should_stop is not None and should_stop():
+                round_options.max_tokens = 0   # the engine checks it before every token
         if stats is None:
             return
         rounds.append(stats)
@@ -93,14 +96,15 @@ def run_with_tools(chat, text: str, options, tool: PythonTool, *, max_calls: int
             results.append(result.for_model())
             if interrupted:
                 break
-        if interrupted:
+        if interrupted or (should_stop is not None and should_stop()):
             rounds[-1] = replace(stats, stop_reason="interrupted")
             break
         continued = _remaining(options, rounds)
         if continued is None:
             rounds[-1] = replace(stats, stop_reason="length")
             break
-        events = chat.send_tool_results(results, replace(continued, tools=tools))
+        round_options = replace(continued, tools=tools)
+        events = chat.send_tool_results(results, round_options)
     chat.last_reasoning = "\n\n".join(reasoning) or None
     yield _summed(rounds)
 
