@@ -204,3 +204,44 @@ def test_ctrl_c_during_a_tool_call_stops_the_code_and_the_reply(tiny_model, tool
     assert err.decode().strip().splitlines()[-1] == "localcascade: interrupted"
     time.sleep(0.5)
     assert not any(marker in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+
+
+def test_a_thought_open_at_a_call_is_closed_as_nvidias_template_renders_it(tiny_model, tool):
+    """Unforced: the random model samples <tool_call> mid-thought for some seeds; find one.
+
+    The context must then read "<think>\\nR\\n</think>\\n<tool_call>", the junction NVIDIA's
+    template renders for an assistant turn with reasoning and a call, and the loop goes on.
+    """
+    from localcascade.tools.python_tool import schema
+
+    template = NANO_TEMPLATE.read_text()
+    with Engine.load(tiny_model, chat_template=template) as engine:
+        close = engine.vocab.tokenize("\n</think>\n", special=True)
+        # Seed 39 does it with the tiny model of tests/synth.py on the CPU build; the scan covers a
+        # build that samples differently.
+        for seed in [39, *range(120)]:
+            chat = Chat(engine)
+            start = len(engine.tokenize_prompt(engine.template.render(
+                [{"role": "user", "content": "hi"}], add_generation_prompt=True, enable_thinking=True,
+                tools=[schema()])))
+            events = list(run_with_tools(chat, "hi", GenerationOptions(seed=seed, max_tokens=300), tool, max_calls=1))
+            reply = engine.tokens[start:]
+            if engine.tool_call_open not in reply:
+                continue
+            at = reply.index(engine.tool_call_open)
+            if engine.think_close in reply[:at - len(close)]:
+                continue    # the model closed its thought itself before the call
+            assert reply[at - len(close):at] == close
+            reasoning = chat.messages[1].get("reasoning_content")
+            if not reasoning:
+                continue    # a thought of special tokens only: nothing the template would render
+            rendered = engine.template.render(
+                [{"role": "user", "content": "hi"},
+                 {"role": "assistant", "content": "", "reasoning_content": reasoning,
+                  "tool_calls": [{"type": "function", "function": {"name": "python", "arguments": {"code": "1"}}}]}],
+                add_generation_prompt=False, enable_thinking=True)
+            assert f"<think>\n{reasoning}\n</think>\n<tool_call>" in rendered
+            context = engine.vocab.detokenize(engine.tokens, special=True)
+            assert "<tool_response>\n" in context and events[-1].stop_reason in ("stop", "length", "tool_limit")
+            return
+    pytest.fail("no seed in 120 made the model start a call mid-thought")
