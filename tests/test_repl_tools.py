@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from test_repl import PROMPT, Terminal, terminal  # noqa: F401 - the fixture is used by name
+from test_repl import PROMPT, terminal  # noqa: F401 - the fixture is used by name
 from test_tool_loop import grammar
 
 WORKER = "What runs inside the sandbox"   # the worker's text, on its command line

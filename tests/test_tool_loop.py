@@ -90,8 +90,7 @@ def test_a_forced_call_runs_and_the_reply_continues_after_its_result(tiny_model,
                     "<|im_end|>\n<|im_start|>assistant\n<think>\n") in context
             # ...and the context is what the template renders for this conversation.
             rendered = engine.template.render(chat.messages[:3], add_generation_prompt=True, enable_thinking=True,
-                                              tools=[__import__("localcascade.tools.python_tool",
-                                                                fromlist=["schema"]).schema()])
+                                              tools=chat_tools())
             assert rendered.split("<|im_start|>assistant\n")[-1] == "<think>\n"
             assert rendered.rsplit("<tool_call>", 1)[1] in context
 
