@@ -79,6 +79,10 @@ class ChatTemplateError(EngineError):
     """The model has no usable chat template."""
 
 
+class SandboxUnavailableError(LocalCascadeError):
+    """``--tools python`` cannot run code safely here: no sandbox, or one that does not work."""
+
+
 class Interrupted(LocalCascadeError):
     """The user pressed Ctrl-C."""
 

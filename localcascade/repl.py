@@ -70,6 +70,10 @@ class ReplState:
     hardware: object | None = None      # localcascade.hardware.facts.Hardware, for /info
     larger_plan: object | None = None   # the next larger context's Plan (False: none fits), once asked
     grammar: str | None = None          # GBNF every reply must follow (--grammar-file)
+    python_tool: object | None = None   # localcascade.tools.python_tool.PythonTool, once a sandbox was found
+    tools: bool = False                 # the model may call python (/tools on|off, run --tools python)
+    max_tool_calls: int = 8
+    last_tool_calls: list = field(default_factory=list)   # (index, ToolResult) of the last reply
     last_trace: str | None = None
     last_trace_tokens: int | None = None
     last_trace_seconds: float | None = None
@@ -98,7 +102,8 @@ class ReplState:
         """The prompt line: both toggles at a glance, e.g. ``[think on · trace collapse] >>> ``."""
         think = "on" if self.think else "off"
         budget = f" · budget {format_tokens(self.think_budget)}" if self.think and self.think_budget else ""
-        return f"[think {think}{budget} · trace {self.trace}] >>> "
+        tools = " · tools python" if self.tools else ""
+        return f"[think {think}{budget} · trace {self.trace}{tools}] >>> "
 
     def record(self, stats: TurnStats) -> None:
         self.last_stats = stats
@@ -189,6 +194,35 @@ def _cmd_budget(state: ReplState, arg: str) -> Outcome:
     state.think_budget = parse_tokens(word)
     extra = "" if state.think else " (applies once /think on)"
     return _say(f"thinking budget {state.think_budget} tokens{extra}")
+
+
+def _cmd_tools(state: ReplState, arg: str) -> Outcome:
+    word = arg.strip().lower()
+    if not word:
+        return _say(f"tools are {'on: the model may run python in a sandbox' if state.tools else 'off'} "
+                    "(/tools on|off|last)")
+    if word == "last":
+        if not state.last_tool_calls:
+            return _say("no tool call in the last reply")
+        from localcascade.tools.transcript import describe_call, describe_result
+
+        notices = []
+        for index, result in state.last_tool_calls:
+            notices += [Notice(describe_call(index, result.code), TRACE), Notice(describe_result(result), TRACE)]
+        return Outcome(notices)
+    state.tools = _on_off(arg, "/tools")
+    if not state.tools:
+        return _say("tools off: the model answers without running code")
+    if state.python_tool is None:
+        from localcascade.tools.python_tool import PythonTool
+
+        try:
+            state.python_tool = PythonTool()   # finds and tries the sandbox; refuses without one
+        except LocalCascadeError:
+            state.tools = False
+            raise
+    name = getattr(state.python_tool.sandbox, "name", "?")
+    return _say(f"tools on: the model may run python ({name}; at most {state.max_tool_calls} calls a reply)")
 
 
 def _cmd_system(state: ReplState, arg: str) -> Outcome:
@@ -435,6 +469,8 @@ COMMANDS: tuple[Command, ...] = (
             _cmd_trace, ("show", "hide", "collapse", "last")),
     Command("/budget", "/budget N|off", "cap thinking at N tokens", _cmd_budget, ("off",)),
     Command("/system", "/system TEXT|off", "set or remove the system prompt", _cmd_system, ("off",)),
+    Command("/tools", "/tools on|off|last", "let the model run python in a sandbox", _cmd_tools,
+            ("on", "off", "last")),
     Command("/set", "/set temp|top_p|top_k|max_tokens|seed V", "sampling settings",
             _cmd_set, tuple(_SETTABLE)),
     Command("/clear", "/clear", "start a new conversation", _cmd_clear),
@@ -705,6 +741,26 @@ class TurnPrinter:
         if not self.answer and not self.thinking and not failed:
             self.console.print("(no reply)", style="dim")
 
+    def tool_event(self, event) -> None:
+        """A tool call starting or finished: shown like the trace (in full, one line, or not at all)."""
+        from localcascade.tools.loop import ToolCallFinished, ToolCallStarted
+        from localcascade.tools.transcript import describe_call, describe_result, summarize_call
+
+        if isinstance(event, ToolCallStarted):
+            self._stop_live()
+            if self.state.trace == "show":
+                self.console.print(describe_call(event.index, event.code), style="dim", markup=False)
+            elif self.fancy:
+                self._live_show(f"running python call {event.index}…", style="dim italic")
+        elif isinstance(event, ToolCallFinished):
+            self._stop_live()
+            self.state.last_tool_calls.append((event.index, event.result))
+            if self.state.trace == "show":
+                self.console.print(describe_result(event.result), style="dim", markup=False)
+            elif self.state.trace == "collapse":
+                line = summarize_call(event.index, event.result.code, event.result)
+                self.console.print(f"{line} (/tools last shows it)", style="dim italic", markup=False)
+
     # -- trace
 
     def close_trace(self, stats: TurnStats | None = None) -> None:
@@ -829,7 +885,14 @@ def stream_reply(console, state: ReplState, text: str) -> None:
     before = _TurnStart(len(state.chat.messages), state.chat.context_used, time.monotonic())
     try:
         with _StopRequest() as stop:
-            events = state.chat.send(text, options)
+            state.last_tool_calls = []
+            if state.tools and state.python_tool is not None:
+                from localcascade.tools.loop import run_with_tools
+
+                events = run_with_tools(state.chat, text, options, state.python_tool,
+                                        max_calls=state.max_tool_calls, should_stop=lambda: stop.requested)
+            else:
+                events = state.chat.send(text, options)
             for event in events:
                 if isinstance(event, ThinkingText):
                     printer.thinking_text(event.text)
@@ -837,6 +900,8 @@ def stream_reply(console, state: ReplState, text: str) -> None:
                     printer.answer_text(event.text)
                 elif isinstance(event, TurnStats):
                     stats = event
+                else:
+                    printer.tool_event(event)
                 if before.first_text is None and not isinstance(event, TurnStats):
                     before.first_text = time.monotonic()
                 if stop.requested and not stopped:

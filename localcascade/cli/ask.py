@@ -16,7 +16,7 @@ from typing import List, Optional
 
 import typer
 
-from localcascade.cli import app, options
+from localcascade.cli import app, options, tool_options
 from localcascade.errors import Interrupted, LocalCascadeError, UsageError
 
 
@@ -92,6 +92,9 @@ def ask(
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the reasoning to stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answer, reasoning, usage, timings, plan)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on stderr but errors."),
+    tools: Optional[str] = tool_options.tools_option(),
+    tools_unsafe: bool = tool_options.unsafe_option(),
+    max_tool_calls: Optional[int] = tool_options.max_tool_calls_option(),
     verbose: bool = options.verbose_option(),
 ) -> int:
     """Answer one prompt; only the answer goes to stdout."""
@@ -105,6 +108,7 @@ def ask(
                                    think=think)
     text = read_prompt(prompt or [], sys.stdin)
     model_path = options.resolve_model(model, how="--model NAME|FILE")
+    tool = tool_options.python_tool(tools, tools_unsafe, max_tool_calls, quiet=quiet)
 
     from localcascade.engine.session import Chat
 
@@ -133,7 +137,7 @@ def ask(
                 )
         chat = Chat(engine, system=system)
         try:
-            return _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds)
+            return _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds, tool)
         except KeyboardInterrupt:
             # Raised as our own error: typer would turn a bare KeyboardInterrupt into a silent 130.
             raise Interrupted("interrupted") from None
@@ -144,21 +148,33 @@ def ask(
             return 0
 
 
-def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds) -> int:
-    """Stream one reply: answer to stdout (or one JSON object), thinking and stats to stderr."""
+def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds, tool=(None, 0)) -> int:
+    """Stream one reply: answer to stdout (or one JSON object), thinking and stats to stderr.
+
+    With a tool, answer text is held until the reply ends: text the model writes before a
+    tool call is not the answer (it goes to stderr with the calls, under --show-thinking).
+    """
     from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 
+    python_tool, max_calls = tool
     thinking_out = _ThinkingWriter() if show_thinking and not as_json else None
     answer: list[str] = []
+    calls: list[dict] = []
     stats: TurnStats | None = None
     wrote_answer = False
-    for event in chat.send(text, gen):
+    if python_tool is None:
+        events = chat.send(text, gen)
+    else:
+        from localcascade.tools.loop import run_with_tools
+
+        events = run_with_tools(chat, text, gen, python_tool, max_calls=max_calls)
+    for event in events:
         if isinstance(event, ThinkingText):
             if thinking_out is not None:
                 thinking_out.write(event.text)
         elif isinstance(event, AnswerText):
             answer.append(event.text)
-            if not as_json:
+            if not as_json and python_tool is None:
                 if thinking_out is not None:
                     thinking_out.end()
                 sys.stdout.write(event.text)
@@ -166,13 +182,22 @@ def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds
                 wrote_answer = True
         elif isinstance(event, TurnStats):
             stats = event
+        elif python_tool is not None:
+            answer = _tool_event(event, answer, calls, thinking_out)
     if thinking_out is not None:
         thinking_out.end()
+    if python_tool is not None and answer and not as_json:
+        sys.stdout.write("".join(answer).lstrip("\n"))
+        sys.stdout.flush()
+        wrote_answer = True
     if wrote_answer and not "".join(answer).endswith("\n"):
         sys.stdout.write("\n")
         sys.stdout.flush()
     if as_json:
-        json.dump(_result(engine, chat, "".join(answer), stats, load_seconds), sys.stdout, ensure_ascii=False)
+        result = _result(engine, chat, "".join(answer), stats, load_seconds)
+        if python_tool is not None:
+            result["tool_calls"] = calls
+        json.dump(result, sys.stdout, ensure_ascii=False)
         sys.stdout.write("\n")
         sys.stdout.flush()
     if stats is not None and not quiet:
@@ -182,10 +207,31 @@ def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds
             f"({stats.generation_tokens_per_s:.1f} t/s), stop: {stats.stop_reason}",
             file=sys.stderr,
         )
-    return _exit_code(stats, "".join(answer), gen.max_tokens)
+    return _exit_code(stats, "".join(answer), gen.max_tokens, max_calls)
 
 
-def _exit_code(stats, answer: str, max_tokens: int | None) -> int:
+def _tool_event(event, answer: list[str], calls: list[dict], thinking_out) -> list[str]:
+    """A tool call starting or finishing: the text so far was not the answer; show the call on stderr."""
+    from localcascade.tools import transcript
+    from localcascade.tools.loop import ToolCallFinished, ToolCallStarted
+
+    if isinstance(event, ToolCallStarted):
+        if thinking_out is not None:
+            thinking_out.end()
+            said = "".join(answer).strip()
+            if said:
+                print(said, file=sys.stderr)
+            print(transcript.describe_call(event.index, event.code), file=sys.stderr, flush=True)
+        return []
+    if isinstance(event, ToolCallFinished):
+        calls.append(event.result.to_dict())
+        if thinking_out is not None:
+            print(transcript.describe_result(event.result), file=sys.stderr, flush=True)
+        return []
+    return answer   # the call's own text as it streams (ToolCallText): shown when it runs
+
+
+def _exit_code(stats, answer: str, max_tokens: int | None, max_calls: int = 0) -> int:
     if stats is not None and stats.stop_reason == "length" and stats.ended_in_thinking and not answer.strip():
         if max_tokens is not None and stats.completion_tokens >= max_tokens:
             raise LocalCascadeError(
@@ -195,6 +241,10 @@ def _exit_code(stats, answer: str, max_tokens: int | None) -> int:
         raise LocalCascadeError(
             f"no answer: the context ({stats.context_limit} tokens) filled up while thinking; "
             "raise --ctx, set --think-budget, or use --no-think"
+        )
+    if stats is not None and stats.stop_reason == "tool_limit" and not answer.strip():
+        raise LocalCascadeError(
+            f"no answer: the model kept calling tools past the limit of {max_calls} per reply (--max-tool-calls)"
         )
     if not answer.strip():
         # Empty stdout with status 0 would pass for an answer in a script.

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from localcascade.cli import app, options
+from localcascade.cli import app, options, tool_options
 from localcascade.errors import DoesNotFitError, ModelNotFoundError, UsageError
 
 
@@ -38,6 +38,9 @@ def run(
         None, "--grammar-file", help="Constrain every reply (thinking included) to a GBNF grammar FILE."
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Download the recommended variant without asking."),
+    tools: Optional[str] = tool_options.tools_option(),
+    tools_unsafe: bool = tool_options.unsafe_option(),
+    max_tool_calls: Optional[int] = tool_options.max_tool_calls_option(),
     verbose: bool = options.verbose_option(),
 ) -> int:
     """Chat with the model in the terminal (the best variant you have, if none is named)."""
@@ -57,6 +60,7 @@ def run(
                                    think=think)
 
     grammar = options.read_grammar_file(grammar_file) if grammar_file is not None else None
+    python_tool, max_calls = tool_options.python_tool(tools, tools_unsafe, max_tool_calls)
 
     from localcascade.hardware.resolve import hardware_for
 
@@ -94,6 +98,9 @@ def run(
             ),
             hardware=hardware,
             grammar=grammar,
+            python_tool=python_tool,
+            tools=python_tool is not None,
+            max_tool_calls=max_calls,
         )
         return repl.run_repl(state)
 

@@ -24,6 +24,13 @@ class AnswerText:
 
 
 @dataclass(frozen=True)
+class ToolCallText:
+    """A piece of a tool call the model is writing (the text inside <tool_call>...</tool_call>)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class TurnStats:
     """The last event of every turn."""
 
@@ -35,7 +42,8 @@ class TurnStats:
     generation_seconds: float
     context_used: int           # tokens in the context after this turn
     context_limit: int
-    stop_reason: str            # "stop" (end of turn), "length" (max_tokens or a full context), "interrupted"
+    stop_reason: str            # "stop" (end of turn), "length" (max_tokens or a full context), "interrupted",
+                                # "tool_call" (a complete tool call: continue with Chat.send_tool_results)
     reset_reason: str | None = None  # why the cached context could not be reused, when it was not
     ended_in_thinking: bool = False  # the reply stopped before </think>: no answer came
 
@@ -52,4 +60,4 @@ class TurnStats:
         return self.completion_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
 
 
-Event = ThinkingText | AnswerText | TurnStats
+Event = ThinkingText | AnswerText | ToolCallText | TurnStats

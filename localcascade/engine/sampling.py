@@ -90,6 +90,10 @@ class Sampler:
         seed = llama_cpp.LLAMA_DEFAULT_SEED if options.seed is None else options.seed & 0xFFFFFFFF
         llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
 
+    @property
+    def has_grammar(self) -> bool:
+        return bool(self._grammar)
+
     def sample(self, ctx: int, idx: int = -1) -> int:
         """Pick the next token from the logits of output ``idx`` (default: the last one evaluated)."""
         if self._chain is None:

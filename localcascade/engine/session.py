@@ -23,6 +23,18 @@ model sees its old thinking, which the template would hide). ``Chat(...,
 reuse_prefix=False)`` chooses the template's exact form instead and pays the
 re-evaluation. If the reused context would overflow while the template's form
 fits, the template's form is used for that turn.
+
+Tool calls
+----------
+With ``GenerationOptions.tools`` the template lists the tools, and a reply stops
+right after a complete ``<tool_call>...</tool_call>`` block (stop_reason
+"tool_call"; the block's text streams as ToolCallText). The caller runs the calls
+and continues the same reply with ``send_tool_results``: only the template's glue
+(end of turn, the ``tool`` messages, the generation prompt) is evaluated after the
+call. A thought still open when the model starts a call is closed just before it
+(``\n</think>\n`` then ``<tool_call>``): the form the template renders an assistant
+turn with a tool call in, the form the model was trained on. Under a grammar the
+grammar decides and nothing is inserted.
 """
 
 from __future__ import annotations
@@ -33,12 +45,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from localcascade.engine import loader
-from localcascade.engine.events import AnswerText, Event, ThinkingText, TurnStats
+from localcascade.engine.events import AnswerText, Event, ThinkingText, ToolCallText, TurnStats
 from localcascade.engine.sampling import Sampler, sampling_profile
 from localcascade.engine.template import ChatTemplate
 from localcascade.engine.replies import Channel as _Channel
 from localcascade.engine.replies import common_prefix as _common_prefix
 from localcascade.engine.replies import opens_thinking as _opens_thinking
+from localcascade.engine.tool_calls import parse_tool_calls
 from localcascade.engine.turn import Turn
 from localcascade.engine.vocab import Vocab
 from localcascade.errors import ChatTemplateError, ContextOverflowError, EngineError, UsageError
@@ -47,6 +60,10 @@ from localcascade.plan import Plan, PlanRequest
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+# What closes an open thought before a tool call: the template's "<think>\nR\n</think>\n<tool_call>".
+_THINK_CLOSE_BEFORE_CALL = "\n</think>\n"
 # Stands in for the previous answer when rendering a turn, to find where the new turn's text starts.
 _NO_TEMPLATE = "{name} has no chat template; give one with --chat-template FILE"
 _SENTINEL = "\u2063LOCALCASCADE-PREVIOUS-ANSWER\u2063"
@@ -63,6 +80,7 @@ class GenerationOptions:
     seed: int | None = None
     min_p: float | None = None
     grammar: str | None = None         # GBNF constraining the whole reply (thinking included)
+    tools: list[dict] | None = None    # tool schemas for the template; the reply stops after each call
 
 
 class Engine:
@@ -82,6 +100,8 @@ class Engine:
         self.load_log = loaded.load_log
         self.think_open = self.vocab.special_id(THINK_OPEN)
         self.think_close = self.vocab.special_id(THINK_CLOSE)
+        self.tool_call_open = self.vocab.special_id(TOOL_CALL_OPEN)
+        self.tool_call_close = self.vocab.special_id(TOOL_CALL_CLOSE)
         self.tokens: list[int] = []           # what the context holds, in order
         self.owner: object | None = None      # the Chat whose conversation the context holds
         self.full_reevaluations = 0           # times a non-empty context had to be thrown away
@@ -284,6 +304,8 @@ class Chat:
         self.last_reasoning: str | None = None
         self._ended_in_thinking = False   # the last reply stopped before </think>
         self._context_in_sync = False     # engine.tokens hold exactly this conversation
+        self._context_tools: list[dict] | None = None   # the tools the context's system turn lists
+        self._reply_sampler: Sampler | None = None      # a reply paused at a tool call goes on with it
         self.set_system(system)
 
     # -- conversation state -----------------------------------------------------------------------
@@ -295,6 +317,7 @@ class Chat:
 
     def clear(self) -> None:
         """A new conversation (same system prompt, same model)."""
+        self._end_reply()
         self.messages = [m for m in self.messages if m["role"] == "system"]
         self.last_reasoning = None
         self._ended_in_thinking = False
@@ -308,12 +331,17 @@ class Chat:
     def from_dict(cls, engine: Engine, data: dict) -> "Chat":
         messages = data.get("messages") if isinstance(data, dict) else None
         if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "tool")
+            and isinstance(m.get("content"), str)
             for m in messages
         ):
             raise UsageError("not a saved conversation: expected {\"messages\": [{\"role\", \"content\"}, ...]}")
         chat = cls(engine)
-        chat.messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        chat.messages = [
+            {"role": m["role"], "content": m["content"],
+             **({"tool_calls": m["tool_calls"]} if isinstance(m.get("tool_calls"), list) else {})}
+            for m in messages
+        ]
         return chat
 
     @property
@@ -342,29 +370,75 @@ class Chat:
             raise UsageError(f"max tokens must be positive, got {options.max_tokens}")
         if options.think_budget is not None and options.think_budget < 0:
             raise UsageError(f"thinking budget must be >= 0, got {options.think_budget}")
+        self._end_reply()
         user = {"role": "user", "content": user_text}
         prompt = None
-        if self.reuse_prefix and self._owns_context() and self.messages and self.messages[-1]["role"] == "assistant":
-            prompt = self._extend_context_prompt(user, options.think)
+        if (self.reuse_prefix and self._owns_context() and self.messages and self.messages[-1]["role"] == "assistant"
+                and self._context_tools == options.tools):
+            prompt = self._extend_context_prompt(user, options)
+        prompt = self._fitting(prompt, self.messages + [user], options)
+        return Turn(lambda turn: self._turn(prompt, [user], options, turn))
+
+    def send_tool_results(self, results: list[str], options: GenerationOptions | None = None) -> Turn:
+        """Continue the reply that stopped at a tool call (stop_reason "tool_call") with the calls' results.
+
+        ``results`` are the ``tool`` messages' contents, one per call of the last assistant
+        message, in order. The reply's sampler (its grammar state) goes on; the events are
+        those of ``send``.
+        """
+        options = options or GenerationOptions()
+        last = self.messages[-1] if self.messages else {}
+        if last.get("role") != "assistant" or "tool_calls" not in last or self._reply_sampler is None:
+            raise UsageError("there is no tool call waiting for its result")
+        tool_messages = [{"role": "tool", "content": text} for text in results]
+        prompt = None
+        if self.reuse_prefix and self._owns_context() and self._context_tools == options.tools:
+            prompt = self._tool_results_prompt(tool_messages, options)
+        prompt = self._fitting(prompt, self.messages + tool_messages, options)
+        sampler, self._reply_sampler = self._reply_sampler, None
+        return Turn(lambda turn: self._turn(prompt, tool_messages, options, turn, sampler))
+
+    def _fitting(self, prompt: list[int] | None, messages: list[dict], options: GenerationOptions) -> list[int]:
+        """``prompt`` (the reused context) if it fits, else the template's rendering of ``messages``."""
         if prompt is None or len(prompt) >= self.engine.n_ctx:
-            canonical = self._template_prompt(self.messages + [user], options.think)
+            canonical = self._template_prompt(messages, options)
             if prompt is None or len(canonical) < self.engine.n_ctx:
                 prompt = canonical
+                self._context_tools = options.tools   # its system turn lists these
         if len(prompt) >= self.engine.n_ctx:
             raise ContextOverflowError(
                 f"the prompt is {len(prompt)} tokens but the context holds {self.engine.n_ctx} "
                 f"(and the reply needs room too): shorten the input or load with a larger --ctx"
             )
-        return Turn(lambda turn: self._turn(prompt, user, options, turn))
+        return prompt
 
-    def _template_prompt(self, messages: list[dict], think: bool) -> list[int]:
-        text = self.engine.template.render(messages, add_generation_prompt=True, enable_thinking=think)
-        return self.engine.tokenize_prompt(text)
+    def _render(self, messages: list[dict], options: GenerationOptions, *, add_generation_prompt: bool = True) -> str:
+        return self.engine.template.render(messages, add_generation_prompt=add_generation_prompt,
+                                           enable_thinking=options.think, tools=options.tools)
 
-    def _extend_context_prompt(self, user: dict, think: bool) -> list[int] | None:
+    def _template_prompt(self, messages: list[dict], options: GenerationOptions) -> list[int]:
+        return self.engine.tokenize_prompt(self._render(messages, options))
+
+    def _tool_results_prompt(self, tool_messages: list[dict], options: GenerationOptions) -> list[int] | None:
+        """The context's tokens (ending with </tool_call>) plus the template's text after the call, or None."""
+        before = self._render(self.messages, options, add_generation_prompt=False)
+        after = self._render(self.messages + tool_messages, options)
+        cut = before.rfind(TOOL_CALL_CLOSE)
+        if cut < 0 or not after.startswith(before):
+            return None   # the template renders the call differently once results follow: use its full form
+        glue = before[cut + len(TOOL_CALL_CLOSE):] + after[len(before):]
+        return self.engine.tokens + self.engine.vocab.tokenize(glue, special=True)
+
+    def _end_reply(self) -> None:
+        """Forget a reply paused at a tool call that will not be continued."""
+        if self._reply_sampler is not None:
+            self._reply_sampler.close()
+            self._reply_sampler = None
+
+    def _extend_context_prompt(self, user: dict, options: GenerationOptions) -> list[int] | None:
         """The context's tokens plus what the template adds after the previous answer, or None."""
         history = self.messages[:-1] + [{"role": "assistant", "content": _SENTINEL}, user]
-        text = self.engine.template.render(history, add_generation_prompt=True, enable_thinking=think)
+        text = self._render(history, options)
         if text.count(_SENTINEL) != 1:
             return None   # the template transformed the answer; fall back to its full rendering
         tail = text.split(_SENTINEL, 1)[1]
@@ -373,10 +447,11 @@ class Chat:
             extra.append(self.engine.think_close)   # an interrupted thought is closed before the turn ends
         return self.engine.tokens + extra + self.engine.vocab.tokenize(tail, special=True)
 
-    def _turn(self, prompt: list[int], user: dict, options: GenerationOptions, turn: Turn) -> Iterator[Event]:
+    def _turn(self, prompt: list[int], new_messages: list[dict], options: GenerationOptions, turn: Turn,
+              sampler: Sampler | None = None) -> Iterator[Event]:
         engine = self.engine
         vocab = engine.vocab
-        sampler = Sampler(vocab.handle, options)
+        sampler = sampler or Sampler(vocab.handle, options)
         self._context_in_sync = False
         engine.owner = self
         started = time.perf_counter()
@@ -386,23 +461,27 @@ class Chat:
             sampler.close()
             raise
         prompt_done = time.perf_counter()
-        self.messages.append(user)
+        self.messages.extend(new_messages)
         stop_reason = "interrupted"
-        thinking, answer = _Channel(ThinkingText), _Channel(AnswerText)
+        thinking, answer, call = _Channel(ThinkingText), _Channel(AnswerText), _Channel(ToolCallText)
         channels = {True: thinking, False: answer}
         in_thinking = _opens_thinking(prompt, engine.think_open, engine.think_close)
+        in_call = False
+        calling = bool(options.tools) and engine.tool_call_open is not None and engine.tool_call_close is not None
         pending = None   # a sampled token handed out but not yet evaluated
         pending_at = 0   # len(engine.tokens) when it was sampled: more means it was evaluated after all
         try:
             close_ids = vocab.tokenize(sampling_profile()["think_close_text"], special=True)
+            close_before_call = vocab.tokenize(_THINK_CLOSE_BEFORE_CALL, special=True)
             while not turn.stopped:
-                if options.max_tokens is not None and thinking.tokens + answer.tokens >= options.max_tokens:
+                if options.max_tokens is not None and thinking.tokens + answer.tokens + call.tokens >= options.max_tokens:
                     stop_reason = "length"
                     break
                 if len(engine.tokens) >= engine.n_ctx:
                     stop_reason = "length"
                     break
-                if in_thinking and options.think_budget is not None and thinking.tokens >= options.think_budget:
+                if (in_thinking and not in_call and options.think_budget is not None
+                        and thinking.tokens >= options.think_budget):
                     # Budget spent: close the thought ourselves and let the model answer. A grammar
                     # may not allow the close yet; then the thought goes on until it does.
                     close = next((ids for ids in (close_ids, [engine.think_close]) if sampler.allows(ids)), None)
@@ -420,8 +499,28 @@ class Chat:
                     stop_reason = "stop"
                     break
                 pending, pending_at = token, len(engine.tokens)
-                channel = channels[in_thinking]
-                if token == engine.think_open or token == engine.think_close:
+                channel = call if in_call else channels[in_thinking]
+                if calling and token == engine.tool_call_open and not in_call:
+                    event = channel.flush()
+                    if event is not None:
+                        yield event
+                    if in_thinking and not sampler.has_grammar:
+                        # The template's form: the thought ends, then the call (see the module doc).
+                        engine.decode(close_before_call)
+                        thinking.tokens += len(close_before_call)
+                        in_thinking = False
+                    in_call = True
+                    call.tokens += 1
+                    event = None
+                elif in_call and token == engine.tool_call_close:
+                    engine.decode([token])
+                    pending = None
+                    call.tokens += 1
+                    stop_reason = "tool_call"
+                    break
+                elif in_call:
+                    event = channel.feed(vocab.piece(token))
+                elif token == engine.think_open or token == engine.think_close:
                     # A marker ends the current side: the split is by token id, not by text.
                     event = channel.flush()
                     channel.tokens += 1
@@ -432,13 +531,22 @@ class Chat:
                     yield event
                 engine.decode([token])
                 pending = None
-            for channel in channels.values():
+            for channel in (thinking, answer, call):
                 event = channel.flush()
                 if event is not None:
                     yield event
         finally:
-            sampler.close()
-            self.messages.append({"role": "assistant", "content": answer.text})
+            message = {"role": "assistant", "content": answer.text}
+            if stop_reason == "tool_call":
+                self._reply_sampler = sampler   # send_tool_results goes on with it (grammar state)
+                _, calls = parse_tool_calls(f"{TOOL_CALL_OPEN}{call.text}{TOOL_CALL_CLOSE}")
+                message["tool_calls"] = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                                         for c in calls]
+                if thinking.text:
+                    message["reasoning_content"] = thinking.text
+            else:
+                sampler.close()
+            self.messages.append(message)
             self.last_reasoning = thinking.text or None
             self._ended_in_thinking = in_thinking
             try:
@@ -455,7 +563,7 @@ class Chat:
             prompt_tokens=len(prompt),
             evaluated_tokens=evaluated,
             thinking_tokens=thinking.tokens,
-            answer_tokens=answer.tokens,
+            answer_tokens=answer.tokens + call.tokens,
             prompt_seconds=prompt_done - started,
             generation_seconds=finished - prompt_done,
             context_used=len(engine.tokens),

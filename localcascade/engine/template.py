@@ -53,6 +53,7 @@ class ChatTemplate:
         """The prompt text; ``tools`` (OpenAI function specs) are listed the template's own way."""
         import jinja2
 
+        # ``tools`` is left undefined when there are none: templates test ``tools is defined``.
         extra = {"tools": tools} if tools else {}
         try:
             return self._template.render(

@@ -1,16 +1,18 @@
-"""Tool calls in a reply: the Qwen3-Coder style XML that Nemotron Nano / Cascade-2 write.
+"""Tool calls in a reply: Qwen3-Coder-style XML blocks, as Nemotron-Cascade-2 writes them.
 
     <tool_call>
     <function=NAME>
     <parameter=P>
-    value
+    VALUE
     </parameter>
     </function>
     </tool_call>
 
-(the format NVIDIA's Nemotron-3-Nano chat template asks for). Parameter values
-are JSON when they parse as JSON (numbers, booleans, objects, quoted strings),
-else the text as written: the template writes strings unquoted.
+Parameter values are parsed as JSON when they parse as JSON (numbers, lists, objects),
+else kept as strings: that is how the chat templates render them back (strings as
+they are, everything else with ``tojson``). A block holding a JSON object
+``{"name": ..., "arguments": {...}}`` (the Hermes form some models fall back to) is read too.
+A ``</parameter>`` the model forgot is tolerated; a ``</tool_call>`` is not.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import re
 from dataclasses import dataclass
 
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)</function>", re.DOTALL)
-_PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)</parameter>", re.DOTALL)
+_FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)(?:</function>|\Z)", re.DOTALL)
+_PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)(?:</parameter>|(?=<parameter=)|\Z)", re.DOTALL)
 
 
 @dataclass
@@ -31,31 +33,48 @@ class ToolCall:
 
 
 def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
-    """(``text`` with the tool-call blocks removed, the calls in order).
+    """(``text`` with the tool-call blocks removed and stripped, the calls in order); ``text``
+    exactly as it was when it holds no call.
 
-    A block without a well-formed ``<function=...>`` is left in the text: it is not a call
-    the client could run, and dropping it would hide what the model said.
+    A block that holds no readable call, or is not closed (a reply cut short), stays in the
+    text: it is not a call anyone could run, and dropping it would hide what the model said.
     """
     calls: list[ToolCall] = []
 
-    def take(match: re.Match) -> str:
-        found = [
-            ToolCall(name=fn.group(1).strip(), arguments={
-                p.group(1).strip(): _value(p.group(2)) for p in _PARAMETER.finditer(fn.group(2))
-            })
-            for fn in _FUNCTION.finditer(match.group(1))
-        ]
-        if not found:
-            return match.group(0)
+    def take(block: re.Match) -> str:
+        found = _calls_in(block.group(1))
         calls.extend(found)
-        return ""
+        return "" if found else block.group(0)
 
     rest = _BLOCK.sub(take, text)
-    return (rest.strip() if calls else text), calls
+    return (rest.strip(), calls) if calls else (text, calls)
+
+
+def _calls_in(body: str) -> list[ToolCall]:
+    found = []
+    for function in _FUNCTION.finditer(body):
+        arguments = {}
+        for parameter in _PARAMETER.finditer(function.group(2)):
+            arguments[parameter.group(1).strip()] = _value(parameter.group(2))
+        found.append(ToolCall(function.group(1).strip(), arguments))
+    if not found:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return []
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            arguments = data.get("arguments", {})
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments)
+                except ValueError:
+                    arguments = {}
+            found.append(ToolCall(data["name"], arguments if isinstance(arguments, dict) else {}))
+    return found
 
 
 def _value(raw: str):
-    # The format puts the value on its own lines: one newline on each side is framing.
+    # The template writes "<parameter=P>\n" VALUE "\n</parameter>": one newline each side is framing.
     if raw.startswith("\n"):
         raw = raw[1:]
     if raw.endswith("\n"):
