@@ -28,10 +28,13 @@ import numpy as np
 
 # A set of candidates this small is sorted outright.
 _SORT_AT_MOST = 4096
-# Cut-offs (weights relative to the most likely token's) that bracket the nucleus' end cheaply: a
-# peaked distribution's nucleus lies above one of them and holds few tokens; otherwise the end lies
-# between two of them, and only the weights above the lower one are searched.
-_CUTS = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+# Cut-offs (weights relative to the most likely token's) that bracket the nucleus' end cheaply. The
+# weights above _NEAR are few on a real step (gathered once, up to _COMPACT_AT_MOST of them, and
+# sorted); otherwise the end lies between two cuts, and only the weights above the lower are searched.
+_NEAR = 1e-4
+_COMPACT_AT_MOST = 16384
+_ABOVE_NEAR = (1e-2, 1e-3)
+_FAR = (1e-5, 1e-6)
 # For a flat distribution, a strided sample of about this many weights estimates the nucleus' size.
 _SAMPLE = 2048
 # Weighted draws over a large nucleus go block by block: one cumulative sum over block sums and one
@@ -57,13 +60,15 @@ class Workspace:
         if temperature <= 0:
             return int(np.argmax(logits))
         ids, values, e, cut, mass = self._cut(logits, top_k, top_p, min_p)
-        keep = self._keep(e, cut, mass)
+        keep = np.greater_equal(e, cut, out=self.mask[:e.size])
         if np.count_nonzero(keep) <= _SORT_AT_MOST:
-            chosen = np.flatnonzero(keep)
+            chosen = self._trim_ties(np.flatnonzero(keep), e, cut, mass)
             weights = e[chosen] if temperature == 1.0 else _tempered(values[chosen], temperature)
         else:
             # A large nucleus is drawn from in place: zero weights outside it cost less than compacting.
             chosen = None
+            extra = self._trim_ties(np.flatnonzero(e == cut), e, cut, mass, surplus=True)
+            keep[extra] = False
             if temperature != 1.0:
                 e = self._tempered_into(values, temperature)
             weights = np.multiply(e, keep, out=self.scratch[:e.size])
@@ -75,21 +80,27 @@ class Workspace:
              min_p: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """The token ids the chain keeps and their temperature-1 weights (unnormalized), ids ascending."""
         ids, _, e, cut, mass = self._cut(logits, top_k, top_p, min_p)
-        chosen = np.flatnonzero(self._keep(e, cut, mass))
+        chosen = self._trim_ties(np.flatnonzero(e >= cut), e, cut, mass)
         return (chosen if ids is None else ids[chosen]), e[chosen].copy()
 
-    def _keep(self, e: np.ndarray, cut: float, mass: float | None) -> np.ndarray:
-        """The mask of kept tokens: weights >= ``cut``, and of the tokens tied at the cut only as
-        many as the nucleus needs to reach ``mass`` (the first ones, as a stable sort would)."""
-        keep = np.greater_equal(e, cut, out=self.mask[:e.size])
+    @staticmethod
+    def _trim_ties(candidates: np.ndarray, e: np.ndarray, cut: float, mass: float | None, *,
+                   surplus: bool = False) -> np.ndarray:
+        """``candidates`` (ids, ascending) less the tokens tied at the cut that the nucleus does not
+        need to reach ``mass`` (it keeps the first ones, as a stable sort would); with ``surplus``,
+        those left-out ids instead."""
+        none = candidates[:0]
         if mass is None or cut <= 0.0:
-            return keep
-        tied = np.flatnonzero(e == cut)
-        if tied.size > 1:
-            above = float(e.sum(where=e > cut, dtype=np.float64))
-            needed = max(1, int(np.ceil((mass - above) / cut - 1e-9)))
-            keep[tied[needed:]] = False
-        return keep
+            return none if surplus else candidates
+        at_cut = e[candidates] == cut
+        if np.count_nonzero(at_cut) <= 1:
+            return none if surplus else candidates
+        tied = candidates[at_cut]
+        above = float(e.sum(where=e > cut, dtype=np.float64))
+        needed = max(1, int(np.ceil((mass - above) / cut - 1e-9)))
+        if surplus:
+            return tied[needed:]
+        return np.setdiff1d(candidates, tied[needed:], assume_unique=True)
 
     def _cut(self, logits: np.ndarray, top_k: int, top_p: float,
              min_p: float) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, float, float | None]:
@@ -102,8 +113,10 @@ class Workspace:
             ids = np.sort(np.argpartition(logits, n - top_k)[n - top_k:])
             values = logits[ids]
         e = self.weights[:values.size]
-        np.subtract(values, values.max(), out=e)
-        np.maximum(e, _LOWEST, out=e)
+        top = values.max()
+        np.subtract(values, top, out=e)
+        if values.min() < top + _LOWEST:
+            np.maximum(e, _LOWEST, out=e)
         np.exp(e, out=e)
         cut, mass = 0.0, None
         if top_p < 1.0:
@@ -131,8 +144,19 @@ class Workspace:
         if e.size <= _SORT_AT_MOST:
             return _threshold_in(e, 0.0, mass)
         mask = self.mask[:e.size]
-        known_count, known_mass, known_cut = 0, 0.0, np.inf   # the heaviest weights: all kept, sum exact
-        for cut in _CUTS:
+        # Most real steps: the nucleus lies among the few weights within 1e-4 of the top one.
+        np.greater_equal(e, _NEAR, out=mask)
+        count = int(np.count_nonzero(mask))
+        if count <= _COMPACT_AT_MOST:
+            near = e[mask]
+            near_mass = float(near.sum(dtype=np.float64))
+            if near_mass >= mass:
+                return _threshold_in(near, 0.0, mass)
+            cuts, (known_count, known_mass, known_cut) = _FAR, (count, near_mass, _NEAR)
+        else:
+            cuts, (known_count, known_mass, known_cut) = _ABOVE_NEAR, (0, 0.0, np.inf)
+        # The heaviest weights, counted and summed exactly, are all kept; look for the end below them.
+        for cut in cuts:
             np.greater_equal(e, cut, out=mask)
             count = int(np.count_nonzero(mask))
             if count <= _SORT_AT_MOST:
