@@ -40,6 +40,8 @@ CONVERSATION_MAX_BYTES = 64 * MIB
 # Chat templates and grammars are code written by people: NVIDIA's own template is ~10 KB.
 TEMPLATE_MAX_BYTES = 1 * MIB
 GRAMMAR_MAX_BYTES = 1 * MIB
+# An importance matrix holds a few floats per weight row: ~100 MB for the 30B model.
+IMATRIX_MAX_BYTES = 4 * 1024 * MIB
 # How long a pipe may stay silent before it is given up (a FIFO nobody writes to).
 PIPE_WAIT_S = 30.0
 
@@ -100,6 +102,25 @@ def read_input(path: str | os.PathLike, *, what: str, limit: int, allow_pipe: bo
         raise InputFileError(f"cannot read {what} {path}: {err.strerror or err}") from None
     finally:
         os.close(fd)
+
+
+def check_input(path: str | os.PathLike, *, what: str, limit: int) -> Path:
+    """Refuse a user-named input that another reader (llama.cpp, a child process) will open by path
+    unless it is a regular file of at most ``limit`` bytes; returns the path, made absolute."""
+    path = Path(path).expanduser()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise _open_error(path, what, err) from None
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise InputFileError(f"{what} {path} is {_kind(info.st_mode)}, not a regular file")
+    if info.st_size > limit:
+        raise _too_large(path, what, limit)
+    return path.absolute()
 
 
 def read_text_input(path: str | os.PathLike, *, what: str, limit: int, allow_pipe: bool = True) -> str:
