@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from localcascade import safe_io
 from localcascade import settings as lc_settings
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import ContextOverflowError, LocalCascadeError, UsageError
@@ -286,7 +285,8 @@ def _cmd_save(state: ReplState, arg: str, *, replace_file: bool = False) -> Outc
         raise UsageError(f"{path} already exists: /save! {arg.strip()} replaces it, or /save another name")
     data = json.dumps(state.chat.to_dict(), indent=2, ensure_ascii=False)
     try:
-        _write_atomically(path, data + "\n")
+        # Even /save! only ever replaces a regular file: never a device node, a folder or a link.
+        safe_io.write_text_atomic(path, data + "\n", what="the conversation", overwrite=replace_file)
     except OSError as err:
         raise UsageError(f"cannot save to {path}: {err.strerror or err}") from None
     count = len(state.chat.messages)
@@ -297,35 +297,18 @@ def _cmd_save_replacing(state: ReplState, arg: str) -> Outcome:
     return _cmd_save(state, arg, replace_file=True)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so a crash never leaves half a file."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise UsageError(f"cannot save to {path}: folder {directory} does not exist")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _cmd_load(state: ReplState, arg: str) -> Outcome:
     if not arg.strip():
         raise UsageError("usage: /load FILE")
     path = Path(arg.strip()).expanduser()
+    # Capped and never blocking: `/load /dev/zero` or a FIFO must not take the conversation with it.
+    text = safe_io.read_text_input(path, what="conversation file", limit=safe_io.CONVERSATION_MAX_BYTES)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        raise UsageError(f"cannot read {path}: {err}") from None
+        data = safe_io.load_json(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"{path} is not a saved conversation (bad JSON: {err.msg}, line {err.lineno})") from None
+    except ValueError as err:
+        raise UsageError(f"{path} is not a saved conversation ({err})") from None
     if not_utf8(json.dumps(data, ensure_ascii=False)) is not None:
         # JSON escapes can spell lone surrogates, which no tokenizer takes: refuse them here, not mid-reply.
         raise UsageError(f"{path} is not a saved conversation (its text is not valid Unicode)")

@@ -43,7 +43,7 @@ GRAMMAR_MAX_BYTES = 1 * MIB
 # An importance matrix holds a few floats per weight row: ~100 MB for the 30B model.
 IMATRIX_MAX_BYTES = 4 * 1024 * MIB
 # How long a pipe may stay silent before it is given up (a FIFO nobody writes to).
-PIPE_WAIT_S = 30.0
+PIPE_WAIT_S = 10.0
 
 
 def _kind(mode: int) -> str:

@@ -13,7 +13,8 @@ import datetime
 import json
 from pathlib import Path
 
-from localcascade.errors import ChatTemplateError, UsageError
+from localcascade import safe_io
+from localcascade.errors import ChatTemplateError
 
 
 def _raise_exception(message: str) -> None:
@@ -67,8 +68,6 @@ class ChatTemplate:
 
 
 def read_template_file(path: str | Path) -> str:
-    """The text of a ``--chat-template FILE``; a clear usage error if it cannot be read."""
-    try:
-        return Path(path).expanduser().read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read chat template {path}: {err}") from None
+    """The text of a ``--chat-template FILE`` (a pipe such as ``<(cmd)`` too), capped in size;
+    a clear usage error if it cannot be read."""
+    return safe_io.read_text_input(path, what="chat template", limit=safe_io.TEMPLATE_MAX_BYTES)
