@@ -894,6 +894,23 @@ class UnfinishedBlock(EOFError):
         self.lines = lines
 
 
+class InputTooLong(Exception):
+    """A typed or piped line past the reader's cap; it was dropped, not sent."""
+
+    def __init__(self, limit: int):
+        super().__init__(limit)
+        self.limit = limit
+
+
+# A line typed or pasted at the terminal: prompt-toolkit re-renders and copies the whole line on
+# every key it processes (and an unbracketed paste is one key per character), so its cost grows
+# with the square of the line. 64 Ki characters (~16K tokens) stays well under a second; longer
+# text is piped (`localcascade ask < file`), where a line may be as long as a prompt.
+TYPED_LINE_MAX_CHARS = 64 * 1024
+# Redraws of the input line at most this often: a paste arrives as thousands of keys at once.
+_MIN_REDRAW_S = 0.05
+
+
 class LineReader:
     """Reads one message at a time: prompt-toolkit on a terminal, plain lines from a pipe.
 
@@ -917,14 +934,17 @@ class LineReader:
             sys.stdin.reconfigure(errors="surrogateescape")
         self.session = None
         self.interrupted_text = ""
+        self.dropped = 0            # characters typed past TYPED_LINE_MAX_CHARS on this line
         if self.interactive:
             self.session = self._make_session(history_path)
+            self.session.app.min_redraw_interval = _MIN_REDRAW_S
 
-    @staticmethod
-    def _make_session(history_path: Path | None):
+    def _make_session(self, history_path: Path | None):
         from prompt_toolkit import PromptSession
+        from prompt_toolkit.filters import Condition
         from prompt_toolkit.history import FileHistory, InMemoryHistory
         from prompt_toolkit.key_binding import KeyBindings
+        from prompt_toolkit.keys import Keys
 
         history = InMemoryHistory()
         if history_path is not None:
@@ -940,6 +960,24 @@ class LineReader:
         @bindings.add("escape", "enter")
         def _newline(event):          # Alt-Enter (sent as Esc Enter): a new line, not "send"
             event.current_buffer.insert_text("\n")
+
+        def full() -> bool:
+            from prompt_toolkit.application import get_app
+
+            return len(get_app().current_buffer.text) >= TYPED_LINE_MAX_CHARS
+
+        # Past the cap, keys are counted, not inserted, and no undo state is saved for them
+        # (prompt-toolkit saves a copy of the whole line per undo step).
+        @bindings.add(Keys.Any, filter=Condition(full), save_before=lambda event: False)
+        def _drop(event):
+            self.dropped += len(event.data)
+
+        @bindings.add(Keys.BracketedPaste)
+        def _paste(event):            # a bracketed paste is one key: insert only what fits
+            data = event.data.replace("\r\n", "\n").replace("\r", "\n")
+            room = max(0, TYPED_LINE_MAX_CHARS - len(event.current_buffer.text))
+            self.dropped += max(0, len(data) - room)
+            event.current_buffer.insert_text(data[:room])
 
         from prompt_toolkit.output import ColorDepth
 
@@ -962,15 +1000,31 @@ class LineReader:
                 sys.stdout.flush()
             if sys.stdin is None:             # started with stdin closed
                 raise EOFError
-            line = sys.stdin.readline()
-            if not line:
-                raise EOFError
-            return line.rstrip("\n")
+            return self._piped_line()
+        self.dropped = 0
         try:
-            return self.session.prompt(prompt)
+            line = self.session.prompt(prompt)
         except KeyboardInterrupt:
             self.interrupted_text = self.session.default_buffer.text
             raise
+        if self.dropped:
+            raise InputTooLong(TYPED_LINE_MAX_CHARS)
+        return line
+
+    @staticmethod
+    def _piped_line() -> str:
+        """One line of piped input, at most a prompt's worth: `run < /dev/zero` has no newline."""
+        limit = safe_io.PROMPT_MAX_BYTES
+        line = sys.stdin.readline(limit + 1)
+        if not line:
+            raise EOFError
+        if len(line) > limit and not line.endswith("\n"):
+            while True:  # skip the rest of the line, a bounded piece at a time
+                rest = sys.stdin.readline(1024 * 1024)
+                if not rest or rest.endswith("\n"):
+                    break
+            raise InputTooLong(limit)
+        return line.rstrip("\n")
 
     def read(self, prompt: str) -> str:
         self.interrupted_text = ""
@@ -1031,6 +1085,10 @@ def run_repl(state: ReplState, *, console=None, reader: LineReader | None = None
             print(f'localcascade: the input ended inside a """ block ({held}), which was not sent; '
                   'close the block with """ to send it', file=sys.stderr)
             return 0 if getattr(reader, "show_prompt", False) else 1
+        except InputTooLong as err:
+            console.print(f"error: that input was not sent: it is longer than {err.limit:,} characters "
+                          "(pipe long text into `localcascade ask` instead)", style="red", markup=False)
+            continue
         except OSError as err:
             print(f"localcascade: cannot read the chat input: {err.strerror or err}", file=sys.stderr)
             return 1
