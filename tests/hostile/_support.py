@@ -25,7 +25,7 @@ def limit_memory(limit_bytes: int):
 def cli(*args: str, stdin: bytes | str | None = b"", timeout: float = 120, memory: int | None = 4 * GIB,
         env: dict | None = None, cwd: str | Path | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run ``localcascade ARGS`` as a user would; text output, memory-capped, time-limited."""
-    full_env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     if isinstance(stdin, str):
         stdin = stdin.encode()
     result = subprocess.run([sys.executable, "-m", "localcascade", *args], input=stdin, capture_output=True,
@@ -90,7 +90,7 @@ def wait_until_waiting(path: Path, procs: list[subprocess.Popen], timeout: float
 
 
 def popen_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    full_env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "localcascade", *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
                             preexec_fn=limit_memory(4 * GIB))
