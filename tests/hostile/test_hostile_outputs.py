@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 
-import pytest
 
 from _support import assert_one_line, cli, holding_lock, popen_cli, wait_until_waiting
 
