@@ -19,6 +19,16 @@ class UsageError(LocalCascadeError):
     exit_code = 2
 
 
+class InputFileError(UsageError):
+    """A file the user named as input that cannot be used: missing, not a regular file or a pipe,
+    larger than its cap, a pipe that never sends anything, or text that is not UTF-8."""
+
+
+class OutputTargetError(UsageError):
+    """An output path that must not be written: a device node, a folder, a symbolic link, an
+    existing file without an explicit replace, or a name another process took meanwhile."""
+
+
 class ModelNotFoundError(LocalCascadeError):
     """A model name, file or repository could not be found."""
 
@@ -63,7 +73,7 @@ class QuantizeError(LocalCascadeError):
     """Quantization refused or failed."""
 
 
-class OutputPathError(QuantizeError, UsageError):
+class OutputPathError(QuantizeError, OutputTargetError):
     """A quantize output path refused before any work (missing folder, the source, an existing file)."""
 
 

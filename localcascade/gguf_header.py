@@ -562,6 +562,10 @@ def _range_fetcher(url: str) -> Callable[[int, int], bytes]:
     from huggingface_hub import constants
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
+    from localcascade import hub_http
+
+    hub_http.configure()
+
     def fetch_once(offset: int, n: int) -> bytes:
         headers = {**build_hf_headers(), "Range": f"bytes={offset}-{offset + n - 1}", "Accept-Encoding": "identity"}
         # huggingface_hub's session has no timeout of its own: a stalled server must not hang us.

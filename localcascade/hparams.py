@@ -172,8 +172,42 @@ def check_hparams(metadata: Mapping[str, Any], source: str | None = None) -> Non
         trunk = range(n_layer - nextn)
         if any(ff[i] == 0 and kv[i] == 0 for i in trunk) and metadata.get(keys.key("ssm.group_count")) == 0:
             raise keys.refuse(f"key {keys.key('ssm.group_count')} is 0 and the Mamba-2 layers divide by it")
+        _check_nemotron_h_graph(keys, metadata, per_layer, trunk)
         for i in trunk if n_expert else ():
             # An MoE layer's expert width is n_ff / n_expert_used when expert_feed_forward_length is absent.
             if ff[i] and not per_layer["expert_feed_forward_length"][i] and not per_layer["expert_used_count"][i]:
                 raise keys.refuse(f"layer {i} has a feed-forward block but {used_key} 0 and no "
                                   f"{keys.key('expert_feed_forward_length')}")
+
+
+def _check_nemotron_h_graph(keys: HeaderKeys, metadata: Mapping[str, Any], per_layer: dict, trunk: range) -> None:
+    """The GGML_ASSERTs that building nemotron_h(_moe)'s compute graph trips on a header whose tensors
+    are consistent with it: the load succeeds, and the first prompt aborts the process (exit 134).
+
+    Derived from the vendored llama.cpp: models/nemotron-h.cpp (key and value head sizes must match),
+    models/mamba-base.cpp build_mamba2_layer (``d_inner % n_head``, ``d_inner % n_group``, and
+    ``d_inner / n_head`` divides by the head count), ggml.c ggml_can_mul_mat in build_attn (the query
+    heads must be a whole multiple of the KV heads they share).
+    """
+    heads, kv, ff = (per_layer[k] for k in ("attention.head_count", "attention.head_count_kv", "feed_forward_length"))
+    attention = [i for i in trunk if kv[i] and not ff[i]]
+    mamba = [i for i in trunk if not kv[i] and not ff[i]]
+    for i in attention:
+        if heads[i] % kv[i]:
+            raise keys.refuse(f"layer {i} has {heads[i]} attention heads, not a multiple of its {kv[i]} KV heads "
+                              f"({keys.key('attention.head_count')} / {keys.key('attention.head_count_kv')})")
+    if attention:
+        n_embd, n_head0 = keys.int("embedding_length"), heads[0]
+        default = n_embd // n_head0 if n_head0 else 0
+        k_len = keys.int("attention.key_length", default)
+        v_len = keys.int("attention.value_length", default)
+        if k_len != v_len:
+            raise keys.refuse(f"key {keys.key('attention.key_length')} is {k_len} but "
+                              f"{keys.key('attention.value_length')} is {v_len}: this architecture needs them equal")
+    if mamba:
+        d_inner = keys.int("ssm.inner_size")
+        for suffix, what in (("ssm.time_step_rank", "Mamba-2 heads"), ("ssm.group_count", "groups")):
+            count = keys.int(suffix)
+            if count == 0 or d_inner % count:
+                raise keys.refuse(f"key {keys.key('ssm.inner_size')} is {d_inner}, which does not divide into "
+                                  f"{keys.key(suffix)} {count} {what}")

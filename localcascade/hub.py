@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from localcascade import settings
+from localcascade import hub_http, settings
 from localcascade.errors import (
     AuthError,
     DiskSpaceError,
@@ -218,6 +218,7 @@ class RemoteModel:
 def _api():
     from huggingface_hub import HfApi
 
+    hub_http.configure()
     return HfApi(endpoint=settings.hf_endpoint(), token=settings.hf_token())
 
 
@@ -456,6 +457,7 @@ def _download(meta: _FileMeta, *, on_bytes: ByteProgress | None, show_progress: 
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
+    hub_http.configure()
     meta.blob.parent.mkdir(parents=True, exist_ok=True)
     lock = meta.blob.parent.parent / ".localcascade-locks" / f"{meta.etag}.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -618,8 +620,16 @@ def _map_error(exc: BaseException, repo: str | None, path: str | None) -> Except
         return AuthError(f"the hub refused access to {where} (HTTP {status}): {login} with a valid token")
     if isinstance(exc, hf_errors.HfHubHTTPError):
         return DownloadError(f"the hub answered HTTP {status} for {where}")
-    if isinstance(exc, (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError,
-                        httpx.ReadError, httpx.WriteError)):
+    if isinstance(exc, httpx.TooManyRedirects):
+        return DownloadError(f"the hub at {settings.hf_endpoint()} redirects {where} in a loop")
+    if isinstance(exc, httpx.RemoteProtocolError) and "complete message body" in str(exc):
+        return DownloadError(f"the hub's answer for {where} was cut off mid-way; try again")
+    if isinstance(exc, httpx.TimeoutException):
+        return DownloadError(f"the hub at {settings.hf_endpoint()} did not answer in time ({_reason(exc)})")
+    if isinstance(exc, ValueError):  # JSON or text that does not parse: the answer is not the hub's
+        return DownloadError(f"the hub at {settings.hf_endpoint()} sent an answer for {where} that is not "
+                             f"the hub's API ({type(exc).__name__}); is a proxy or wrong HF_ENDPOINT in the way?")
+    if isinstance(exc, (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
         return DownloadError(f"cannot reach the hub at {settings.hf_endpoint()}: {_reason(exc)}")
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskSpaceError(f"the disk filled up while downloading {where}; the partial file is kept for resuming")

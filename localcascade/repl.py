@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from localcascade import safe_io
 from localcascade import settings as lc_settings
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import ContextOverflowError, LocalCascadeError, UsageError
@@ -321,7 +320,8 @@ def _cmd_save(state: ReplState, arg: str, *, replace_file: bool = False) -> Outc
         raise UsageError(f"{path} already exists: /save! {arg.strip()} replaces it, or /save another name")
     data = json.dumps(state.chat.to_dict(), indent=2, ensure_ascii=False)
     try:
-        _write_atomically(path, data + "\n")
+        # Even /save! only ever replaces a regular file: never a device node, a folder or a link.
+        safe_io.write_text_atomic(path, data + "\n", what="the conversation", overwrite=replace_file)
     except OSError as err:
         raise UsageError(f"cannot save to {path}: {err.strerror or err}") from None
     count = len(state.chat.messages)
@@ -332,35 +332,18 @@ def _cmd_save_replacing(state: ReplState, arg: str) -> Outcome:
     return _cmd_save(state, arg, replace_file=True)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename it, so a crash never leaves half a file."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise UsageError(f"cannot save to {path}: folder {directory} does not exist")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def _cmd_load(state: ReplState, arg: str) -> Outcome:
     if not arg.strip():
         raise UsageError("usage: /load FILE")
     path = Path(arg.strip()).expanduser()
+    # Capped and never blocking: `/load /dev/zero` or a FIFO must not take the conversation with it.
+    text = safe_io.read_text_input(path, what="conversation file", limit=safe_io.CONVERSATION_MAX_BYTES)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror or err}") from None
-    except UnicodeDecodeError as err:
-        raise UsageError(f"cannot read {path}: {err}") from None
+        data = safe_io.load_json(text)
     except json.JSONDecodeError as err:
         raise UsageError(f"{path} is not a saved conversation (bad JSON: {err.msg}, line {err.lineno})") from None
+    except ValueError as err:
+        raise UsageError(f"{path} is not a saved conversation ({err})") from None
     if not_utf8(json.dumps(data, ensure_ascii=False)) is not None:
         # JSON escapes can spell lone surrogates, which no tokenizer takes: refuse them here, not mid-reply.
         raise UsageError(f"{path} is not a saved conversation (its text is not valid Unicode)")
@@ -1008,6 +991,23 @@ class UnfinishedBlock(EOFError):
         self.lines = lines
 
 
+class InputTooLong(Exception):
+    """A typed or piped line past the reader's cap; it was dropped, not sent."""
+
+    def __init__(self, limit: int):
+        super().__init__(limit)
+        self.limit = limit
+
+
+# A line typed or pasted at the terminal: prompt-toolkit re-renders and copies the whole line on
+# every key it processes (and an unbracketed paste is one key per character), so its cost grows
+# with the square of the line. 64 Ki characters (~16K tokens) stays well under a second; longer
+# text is piped (`localcascade ask < file`), where a line may be as long as a prompt.
+TYPED_LINE_MAX_CHARS = 64 * 1024
+# Redraws of the input line at most this often: a paste arrives as thousands of keys at once.
+_MIN_REDRAW_S = 0.05
+
+
 class LineReader:
     """Reads one message at a time: prompt-toolkit on a terminal, plain lines from a pipe.
 
@@ -1031,14 +1031,17 @@ class LineReader:
             sys.stdin.reconfigure(errors="surrogateescape")
         self.session = None
         self.interrupted_text = ""
+        self.dropped = 0            # characters typed past TYPED_LINE_MAX_CHARS on this line
         if self.interactive:
             self.session = self._make_session(history_path)
+            self.session.app.min_redraw_interval = _MIN_REDRAW_S
 
-    @staticmethod
-    def _make_session(history_path: Path | None):
+    def _make_session(self, history_path: Path | None):
         from prompt_toolkit import PromptSession
+        from prompt_toolkit.filters import Condition
         from prompt_toolkit.history import FileHistory, InMemoryHistory
         from prompt_toolkit.key_binding import KeyBindings
+        from prompt_toolkit.keys import Keys
 
         history = InMemoryHistory()
         if history_path is not None:
@@ -1054,6 +1057,24 @@ class LineReader:
         @bindings.add("escape", "enter")
         def _newline(event):          # Alt-Enter (sent as Esc Enter): a new line, not "send"
             event.current_buffer.insert_text("\n")
+
+        def full() -> bool:
+            from prompt_toolkit.application import get_app
+
+            return len(get_app().current_buffer.text) >= TYPED_LINE_MAX_CHARS
+
+        # Past the cap, keys are counted, not inserted, and no undo state is saved for them
+        # (prompt-toolkit saves a copy of the whole line per undo step).
+        @bindings.add(Keys.Any, filter=Condition(full), save_before=lambda event: False)
+        def _drop(event):
+            self.dropped += len(event.data)
+
+        @bindings.add(Keys.BracketedPaste)
+        def _paste(event):            # a bracketed paste is one key: insert only what fits
+            data = event.data.replace("\r\n", "\n").replace("\r", "\n")
+            room = max(0, TYPED_LINE_MAX_CHARS - len(event.current_buffer.text))
+            self.dropped += max(0, len(data) - room)
+            event.current_buffer.insert_text(data[:room])
 
         from prompt_toolkit.output import ColorDepth
 
@@ -1076,15 +1097,31 @@ class LineReader:
                 sys.stdout.flush()
             if sys.stdin is None:             # started with stdin closed
                 raise EOFError
-            line = sys.stdin.readline()
-            if not line:
-                raise EOFError
-            return line.rstrip("\n")
+            return self._piped_line()
+        self.dropped = 0
         try:
-            return self.session.prompt(prompt)
+            line = self.session.prompt(prompt)
         except KeyboardInterrupt:
             self.interrupted_text = self.session.default_buffer.text
             raise
+        if self.dropped:
+            raise InputTooLong(TYPED_LINE_MAX_CHARS)
+        return line
+
+    @staticmethod
+    def _piped_line() -> str:
+        """One line of piped input, at most a prompt's worth: `run < /dev/zero` has no newline."""
+        limit = safe_io.PROMPT_MAX_BYTES
+        line = sys.stdin.readline(limit + 1)
+        if not line:
+            raise EOFError
+        if len(line) > limit and not line.endswith("\n"):
+            while True:  # skip the rest of the line, a bounded piece at a time
+                rest = sys.stdin.readline(1024 * 1024)
+                if not rest or rest.endswith("\n"):
+                    break
+            raise InputTooLong(limit)
+        return line.rstrip("\n")
 
     def read(self, prompt: str) -> str:
         self.interrupted_text = ""
@@ -1145,6 +1182,10 @@ def run_repl(state: ReplState, *, console=None, reader: LineReader | None = None
             print(f'localcascade: the input ended inside a """ block ({held}), which was not sent; '
                   'close the block with """ to send it', file=sys.stderr)
             return 0 if getattr(reader, "show_prompt", False) else 1
+        except InputTooLong as err:
+            console.print(f"error: that input was not sent: it is longer than {err.limit:,} characters "
+                          "(pipe long text into `localcascade ask` instead)", style="red", markup=False)
+            continue
         except OSError as err:
             print(f"localcascade: cannot read the chat input: {err.strerror or err}", file=sys.stderr)
             return 1

@@ -28,6 +28,23 @@ def data_dir() -> Path:
     return Path(override).expanduser() if override else user_data_path("localcascade", appauthor=False)
 
 
+def data_dir_problem() -> str | None:
+    """Why localcascade's data directory cannot hold its store index, or None: a file (or something
+    else that is not a folder) at its path or on the way to it, or a folder it cannot write."""
+    folder = data_dir()
+    where = "LOCALCASCADE_HOME" if os.environ.get("LOCALCASCADE_HOME") else "the data directory"
+    probe = folder
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        what = "a file" if probe.is_file() else "not a folder"
+        return (f"{where} {folder} cannot be used: {probe} is {what}; models cannot be registered or "
+                "quantized results recorded until it names a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{where} {folder} is not writable; models cannot be registered there"
+    return None
+
+
 def hf_hub_cache() -> Path:
     """The Hugging Face hub cache, resolved like huggingface_hub does, without importing it."""
     if os.environ.get("HF_HUB_CACHE"):

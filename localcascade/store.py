@@ -24,10 +24,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-from localcascade import settings
-from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
+from localcascade import safe_io, settings
+from localcascade.errors import InputFileError, LocalCascadeError, ModelNotFoundError, OutputTargetError, UsageError
 
 _INDEX_VERSION = 1
+# The index holds a few records per model: far below this, which bounds what a broken one costs.
+_INDEX_MAX_BYTES = 64 * safe_io.MIB
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,14 @@ def index_path() -> Path:
 def _load_index() -> dict:
     path = index_path()
     try:
-        data = json.loads(path.read_text())
+        if not os.path.lexists(path):
+            raise FileNotFoundError(path)
+        raw = safe_io.read_input(path, what="the store index", limit=_INDEX_MAX_BYTES, allow_pipe=False)
+        data = safe_io.load_json(raw)
     except FileNotFoundError:
         data = {}
+    except InputFileError as err:
+        raise LocalCascadeError(f"{err} (move it away to start afresh)") from None
     except OSError as err:
         raise LocalCascadeError(f"cannot read the store index {path}: {_reason(err)}") from None
     except ValueError as err:
@@ -161,40 +168,52 @@ def _cannot_write(path: Path, err: OSError, verb: str = "write") -> LocalCascade
 
 def _save_index(data: dict) -> None:
     path = index_path()
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        # Through a temporary file and a rename (a crash never leaves half an index), and never
+        # over a device node or folder someone put at the index's path.
+        safe_io.write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n",
+                                  what="the store index", overwrite=True)
+    except OutputTargetError as err:
+        raise LocalCascadeError(str(err)) from None
     except OSError as err:
         raise _cannot_write(path, err) from None
-    finally:
-        # Disk full, Ctrl-C or any other failure before the rename: leave no temporary behind.
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+
+
+def index_lock_path() -> Path:
+    """The lock every read-modify-write of the index holds (``rm`` holds it across its check and delete)."""
+    path = index_path()
+    return path.with_name(path.name + ".lock")
+
+
+def outputs_lock_path() -> Path:
+    """The lock held across the last check of an output path, its rename and its registration."""
+    return settings.data_dir() / "outputs.lock"
 
 
 @contextlib.contextmanager
-def _locked():
-    from filelock import FileLock
-
-    path = index_path()
-    lock_path = path.with_name(path.name + ".lock")
-    lock = FileLock(lock_path)
+def _locked(lock_path: Path | None = None):
+    lock_path = lock_path or index_lock_path()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise _cannot_write(path.parent, err, "create") from None
+        raise _cannot_write(lock_path.parent, err, "create") from None
     try:
-        lock.acquire()
+        lock = safe_io.exclusive_lock(lock_path)
+        lock.__enter__()
     except OSError as err:
         raise _cannot_write(lock_path, err) from None
     try:
         yield
     finally:
-        lock.release()
+        lock.__exit__(None, None, None)
+
+
+def publishing():
+    """Hold the outputs lock: two commands writing the same output file (two ``quantize --out X``)
+    take turns between their last check of X and its registration, so the file and the index
+    describe the same result."""
+    return _locked(outputs_lock_path())
 
 
 @contextlib.contextmanager
@@ -274,6 +293,10 @@ def check_new_name(name: str, *, replace: bool = False) -> StoredModel | None:
     """
     if not name or name.strip() != name or "/" in name or ":" in name:
         raise UsageError(f"cannot register a model as {name!r}: use a plain name without '/' or ':'")
+    if not safe_io.printable_name(name) or len(name) > _NAME_MAX_CHARS:
+        # A tab or newline would break `list`'s NAME<TAB>SIZE<TAB>PATH lines; an escape would reach the terminal.
+        raise UsageError(f"cannot register a model as {name!r}: use at most {_NAME_MAX_CHARS} printable "
+                         "characters (no tabs, newlines or control characters)")
     if _is_catalog_name(name):
         raise UsageError(f"cannot register a model as {name!r}: it is the name of a catalog variant; "
                          "choose another name (--name)")
@@ -284,6 +307,18 @@ def check_new_name(name: str, *, replace: bool = False) -> StoredModel | None:
         raise UsageError(f"a model named {name!r} is already registered ({current.path}); "
                          "choose another name (--name), or replace it (--force)")
     return current
+
+
+_NAME_MAX_CHARS = 200
+
+
+def owner_of(path: Path) -> StoredModel | None:
+    """The stored model whose file ``path`` is (through any link), if any."""
+    real = _key(path)
+    for model in list_models():
+        if any(_key(f) == real for f in (*model.files, *model.blobs)):
+            return model
+    return None
 
 
 def _is_catalog_name(name: str) -> bool:
@@ -503,6 +538,9 @@ def remove(model: StoredModel) -> list[Path]:
     # A file that cannot be deleted stops the removal there; the index is still saved, so it
     # matches what is left on disk.
     with _updating_index() as data:
+        # Checked again under the lock: two `rm` of one model both found it before either took the lock.
+        if not _still_present(model, data):
+            raise ModelNotFoundError(f"{model.name} is no longer in the store (another command removed it)")
         if model.where == "local":
             for f in model.files:
                 if (f.exists() or f.is_symlink()) and not delete(f):
@@ -526,6 +564,14 @@ def remove(model: StoredModel) -> list[Path]:
         done = f" ({len(removed)} file(s) were deleted before it)" if removed else ""
         raise LocalCascadeError(f"cannot delete {path}: {_reason(err)}{done}")
     return removed
+
+
+def _still_present(model: StoredModel, data: dict) -> bool:
+    if model.where == "local":
+        entry = data["models"].get(model.name)
+        return bool(entry) and [str(f) for f in model.files] == entry["files"] and \
+            any(f.exists() or f.is_symlink() for f in model.files)
+    return any(link.is_symlink() or link.exists() for link in model.files)
 
 
 def _blobs_linked_elsewhere(model: StoredModel) -> set[Path]:

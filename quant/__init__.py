@@ -9,10 +9,11 @@
         result = job.run("model-Q4_K_M.gguf", progress=lambda done, total, tensor: ...)
 """
 
-from quant.quantize import DryRun, Quantization, QuantResult, check_destination, dry_run, prepare, quantize
+from quant.quantize import (DryRun, Quantization, QuantResult, check_destination, dry_run, prepare, publish_outputs,
+                            quantize)
 from quant.targets import MAIN_TYPE, normalize_target
 
 TARGETS = tuple(MAIN_TYPE)
 
 __all__ = ["DryRun", "Quantization", "QuantResult", "TARGETS", "check_destination", "dry_run", "normalize_target",
-           "prepare", "quantize"]
+           "prepare", "publish_outputs", "quantize"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from localcascade import safe_io
 from localcascade.errors import DiskSpaceError, Interrupted, OutputPathError, QuantizeError, UsageError
 from quant.gguf_facts import GGUFFacts, read_facts, shard_paths
 from quant.targets import MAIN_TYPE, UNQUANTIZED_TYPES, accepted_main_types, normalize_target
@@ -29,6 +30,8 @@ from quant.workdir import sweep_abandoned, work_dir_for
 
 # progress(done_tensors, total_tensors, tensor_name)
 Progress = Callable[[int, int, str], None]
+# publish(result whose outputs are the checked temporary files, final paths): puts them in place.
+Publish = Callable[["QuantResult", list], None]
 
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)\s+- \[.*?\], type =\s*(\S+),")
 _CONVERTING = re.compile(r"converting to (\S+) \.\.")
@@ -138,6 +141,9 @@ def check_destination(src: str | os.PathLike, dst: str | os.PathLike, *, keep_sp
     for final in finals:
         if os.path.realpath(final) in source_files:
             raise OutputPathError(f"the output path {final} is the source file; choose another --out")
+    for final in finals:
+        # Even with --force: a device node, folder or link at the output path is never replaced.
+        safe_io.check_output(final, what="a quantized model", overwrite=True)
     existing = [f for f in finals if f.exists() or f.is_symlink()]
     if existing and not overwrite:
         raise OutputPathError(f"{existing[0]} already exists; choose another --out, or pass --force to replace it")
@@ -160,8 +166,8 @@ class Quantization:
     def __init__(self, src, target: str, *, imatrix=None, allow_requantize: bool = False):
         self.target = normalize_target(target)
         self.src = _existing(src)
-        if imatrix is not None and not Path(imatrix).expanduser().is_file():
-            raise QuantizeError(f"imatrix file {imatrix} not found")
+        if imatrix is not None:  # a folder, FIFO or link loop is named as such, not "not found"
+            safe_io.check_input(imatrix, what="imatrix file", limit=safe_io.IMATRIX_MAX_BYTES)
         self.facts = read_facts(self.src)
         _refuse_requantize(self.src, self.facts, allow_requantize)
         self._worker = _Worker({"src": str(self.src), "target": self.target, "allow_requantize": allow_requantize,
@@ -195,10 +201,12 @@ class Quantization:
                       source_bytes=self.facts.file_bytes)
 
     def run(self, dst, *, keep_split: bool = False, nthread: int = 0, progress: Progress | None = None,
-            verify_load: bool = True, overwrite: bool = False) -> QuantResult:
+            verify_load: bool = True, overwrite: bool = False, publish: Publish | None = None) -> QuantResult:
         """Write the quantized file(s) at ``dst`` (through a temporary folder), check them, rename them.
 
-        Existing output files are refused unless ``overwrite``.
+        Existing output files are refused unless ``overwrite``. ``publish`` puts the checked files in
+        place (default: ``publish_outputs``); a caller that also records them passes its own, to hold
+        one lock across the last check, the rename and the record.
         """
         target, src, plan = self.target, self.src, self.plan
         check_threads(nthread)
@@ -241,13 +249,33 @@ class Quantization:
                         raise QuantizeError(f"the {target} output does not load in llama.cpp: {load.get('error')}")
                 self._worker.stop()
                 result = _check_output(src, temps, plan, target, load)
-                for tmp, final in zip(temps, finals):
-                    os.replace(tmp, final)
+                if publish is None:
+                    publish_outputs(temps, finals, overwrite=overwrite)
+                else:
+                    publish(result, finals)
                 return dataclasses.replace(result, outputs=tuple(finals), warnings=notes + result.warnings)
             except KeyboardInterrupt:
                 raise Interrupted("interrupted: quantization stopped, no output file was written") from None
             finally:
                 self._worker.stop()  # before the folder goes: a killed child writes nothing more
+
+
+def publish_outputs(temps: list[Path], finals: list[Path], *, overwrite: bool = False) -> None:
+    """Rename the checked temporary files to their final names, each in one step.
+
+    Without ``overwrite`` a name taken since the first check (another quantize to the same --out)
+    is left alone and the run fails; shards already placed by this call are taken back.
+    """
+    placed: list[Path] = []
+    try:
+        for tmp, final in zip(temps, finals):
+            safe_io.publish(tmp, final, what="the quantized model", overwrite=overwrite)
+            placed.append(final)
+    except BaseException:
+        if not overwrite:
+            for final in placed:
+                final.unlink(missing_ok=True)
+        raise
 
 
 # -- checks ------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import random
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -151,6 +152,10 @@ class RequestRecord:
     finished: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
+# How a hub can answer wrongly (``HFServer.misbehave``): the hostile-hub corpus.
+HOSTILE_MODES = ("html", "garbage", "garbage_json", "redirect_loop", "silent", "truncated", "error_500")
+
+
 class _HubError(Exception):
     def __init__(self, status: int, code: str | None, message: str):
         super().__init__(message)
@@ -167,6 +172,8 @@ class HFServer:
         self._bytes_served: collections.Counter[str] = collections.Counter()
         self._fail_after: dict[str, int] = {}
         self._corrupt: set[str] = set()
+        self._misbehave: str | None = None
+        self._release = threading.Event()
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -183,6 +190,7 @@ class HFServer:
         return self
 
     def stop(self) -> None:
+        self._release.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -249,6 +257,18 @@ class HFServer:
         """Serve bytes that do not match the advertised sha256 (or stop doing so)."""
         with self._lock:
             (self._corrupt.add if enabled else self._corrupt.discard)(path_in_repo)
+
+    def misbehave(self, mode: str | None) -> None:
+        """Answer every request the wrong way (None: behave again). ``mode`` is one of
+        ``HOSTILE_MODES``: what a captive portal, a broken proxy or a hostile server sends."""
+        if mode is not None and mode not in HOSTILE_MODES:
+            raise ValueError(f"unknown mode {mode!r}: one of {', '.join(HOSTILE_MODES)}")
+        with self._lock:
+            self._misbehave = mode
+        if mode is None:
+            self._release.set()  # let "silent" handlers go
+        else:
+            self._release.clear()
 
     def wait_idle(self, timeout: float = 10.0) -> None:
         """Wait until every request received so far has been fully handled and recorded."""
@@ -365,12 +385,40 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Error-Code"] = err.code
         self._send(record, err.status, json.dumps({"error": err.message}).encode(), headers)
 
+    def _hostile(self, record: RequestRecord, mode: str) -> None:
+        if mode == "html":
+            page = b"<!doctype html><html><body><h1>Sign in to the guest Wi-Fi</h1></body></html>"
+            self._send(record, 200, page, {"Content-Type": "text/html; charset=utf-8"})
+        elif mode == "garbage":
+            self._send(record, 200, random.Random(0).randbytes(4096), {"Content-Type": "application/octet-stream"})
+        elif mode == "garbage_json":
+            self._send(record, 200, b'{"siblings": [' + b"\xff\xfe" * 64, {"Content-Type": "application/json"})
+        elif mode == "redirect_loop":
+            self._send(record, 302, b"", {"Location": self.path})
+        elif mode == "silent":
+            self.hub._release.wait(300)  # accept, then say nothing until the test ends
+            self.close_connection = True
+        elif mode == "truncated":
+            record.status = 200
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b'[{"type": "file", "path": "model.gguf", "si')
+            self.wfile.flush()
+            self.close_connection = True
+        elif mode == "error_500":
+            self._send(record, 500, b"Internal Server Error", {"Content-Type": "text/plain"})
+
     def _route(self) -> None:
         record = self._record()
         raw_path = urlsplit(self.path).path
         segments = raw_path.strip("/").split("/")
+        mode = self.hub._misbehave
         try:
-            if segments[:2] == ["api", "models"] and len(segments) >= 4:
+            if mode is not None:
+                self._hostile(record, mode)
+            elif segments[:2] == ["api", "models"] and len(segments) >= 4:
                 self._api(record, "/".join(segments[2:4]), segments[4:])
             elif len(segments) >= 5 and segments[2] == "resolve":
                 repo_id = f"{unquote(segments[0])}/{unquote(segments[1])}"

@@ -190,7 +190,7 @@ def test_save_then_load_and_continue(terminal, tmp_path):
     assert continued[:2] == saved["messages"]
     assert continued[2:] == [{"role": "user", "content": "and you?"},
                              {"role": "assistant", "content": "fine thanks"}]
-    assert "no such file" in term.send("/load missing.json")
+    assert "conversation file missing.json not found" in term.send("/load missing.json")
     (tmp_path / "bad.json").write_text("{not json")
     assert "not a saved conversation" in term.send("/load bad.json")
     term.child.sendline("/bye")
@@ -467,7 +467,7 @@ def test_a_file_command_that_fails_is_one_line_and_the_chat_goes_on(tmp_path, mo
     folder.mkdir()
     for line in (f"/save {folder}", f"/save! {folder}"):
         assert _notices(state, line) == [("error", f"cannot save to {folder}: it is a folder; name a file in it")]
-    assert _notices(state, f"/load {folder}") == [("error", f"cannot read {folder}: Is a directory")]
+    assert _notices(state, f"/load {folder}") == [("error", f"conversation file {folder} is a folder, not a regular file")]
     assert _notices(state, "/save a\0b") == [("error", "/save failed: embedded null byte")]
     escaped = tmp_path / "escaped.json"     # JSON can spell a lone surrogate, which no tokenizer takes
     escaped.write_text('{"format": "localcascade-chat", "version": 1, "messages": '
@@ -480,6 +480,7 @@ def test_a_file_command_that_fails_is_one_line_and_the_chat_goes_on(tmp_path, mo
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(os, "replace", read_only)  # a read-only folder, which root could still write
+    monkeypatch.setattr(os, "link", read_only)
     target = tmp_path / "x.json"
     assert _notices(state, f"/save {target}") == [("error", f"cannot save to {target}: Read-only file system")]
     assert [p.name for p in tmp_path.iterdir()] == ["dir"]  # no temporary file left

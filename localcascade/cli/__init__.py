@@ -104,11 +104,40 @@ def _prepare_process() -> str | None:
         sys.stderr = open(2, "w", closefd=False)
     if sys.stdout is None:
         sys.stdout = open(1, "w", closefd=False)
+    if not isinstance(sys.stderr, _DiagnosticsStream):
+        sys.stderr = _DiagnosticsStream(sys.stderr)
     if _on_main_thread():  # signal handlers can only be set there (tests may call main elsewhere)
         for name in ("SIGTERM", "SIGHUP"):
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), _terminate)
     return "standard output is closed: there is nowhere to write results" if stdout_closed else None
+
+
+class _DiagnosticsStream:
+    """stderr, for diagnostics only: once writing it fails (``2>/dev/full``, a closed terminal), later
+    writes are dropped instead of ending the command, whose real output goes to stdout."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._failed = False
+
+    def write(self, text: str) -> int:
+        if not self._failed:
+            try:
+                return self._stream.write(text)
+            except (OSError, ValueError):
+                self._failed = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._failed:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._failed = True
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _on_main_thread() -> bool:
@@ -130,9 +159,18 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and map every failure to one line and an exit code."""
+    original_stderr = sys.stderr
+    try:
+        code = _run(argv)
+    finally:
+        sys.stderr = original_stderr
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
     refusal = _prepare_process()
     if refusal:
-        sys.exit(_fail(refusal, 1))
+        return _fail(refusal, 1)
     try:
         result = app(args=argv, prog_name="localcascade", standalone_mode=False)
         code = result if isinstance(result, int) else 0
@@ -175,4 +213,4 @@ def main(argv: list[str] | None = None) -> None:
             # Writing a stream failed: a full disk behind `> file`, a terminal that went away.
             _silence_stdout()
             code = _fail(f"cannot write the output: {err.strerror or err}", 1)
-    sys.exit(code)
+    return code

@@ -21,10 +21,15 @@ from localcascade.errors import Interrupted, LocalCascadeError, UsageError
 
 
 def read_prompt(args: List[str], stdin) -> str:
-    """Piped stdin first, then the arguments, joined by a blank line."""
+    """Piped stdin first, then the arguments, joined by a blank line.
+
+    stdin is read up to the prompt cap (``< /dev/zero`` stops there instead of filling memory).
+    """
+    from localcascade import safe_io
+
     parts = []
     if stdin is not None and not stdin.isatty():
-        data = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+        data = safe_io.read_stream(stdin, what="the prompt on stdin", limit=safe_io.PROMPT_MAX_BYTES)
         if isinstance(data, bytes):
             try:
                 data = data.decode("utf-8")

@@ -27,8 +27,12 @@ def doctor(
     from localcascade.hardware import advice
     from localcascade.hardware.probe import detect
 
+    from localcascade.settings import data_dir_problem
+
     hardware = detect()
     warnings = list(hardware.warnings) + advice.warnings(hardware)
+    if data_dir_problem():
+        warnings.append(data_dir_problem())
     if as_json:
         data = hardware.to_dict()
         data["warnings"] = warnings

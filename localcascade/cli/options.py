@@ -170,12 +170,15 @@ def generation_options(
 
 def read_grammar_file(path: Path) -> str:
     """The text of a ``--grammar-file``; an empty file would silently constrain nothing."""
-    try:
-        text = Path(path).expanduser().read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read grammar file {path}: {err}") from None
+    from localcascade import safe_io
+
+    # A pipe (`--grammar-file <(cmd)`) is read too; a device, folder or endless file is refused.
+    text = safe_io.read_text_input(path, what="grammar file", limit=safe_io.GRAMMAR_MAX_BYTES)
     if not text.strip():
         raise UsageError(f"grammar file {path} is empty: it would constrain nothing (GBNF expected)")
+    from localcascade.gbnf import check_grammar
+
+    check_grammar(text, f"grammar file {path}")
     return text
 
 

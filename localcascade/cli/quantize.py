@@ -45,30 +45,58 @@ def quantize(
     finals = quant.check_destination(source, dst, keep_split=keep_split, overwrite=force)
     register_as = name or _name_for(finals[0])
     replaced = store.check_new_name(register_as, replace=force)
+    _refuse_other_models_files(finals, register_as)
+    done: dict = {}
+
+    def publish(result, finals: list[Path]) -> None:
+        # One lock across the last checks, the rename and the record: two runs to the same --out
+        # take turns here, so the file and the index always describe the same result.
+        with store.publishing():
+            store.check_new_name(register_as, replace=force)
+            _refuse_other_models_files(finals, register_as)
+            quant.publish_outputs(list(result.outputs), finals, overwrite=force)
+            try:
+                done["model"] = store.register_local(
+                    register_as, finals, quant=target, source=str(source), replace=force,
+                    check="loaded in llama.cpp, tensor types as planned" if result.loaded
+                    else "tensor types as planned",
+                )
+            except LocalCascadeError as err:
+                done["error"] = err
 
     with quant.prepare(source, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
         typer.echo(f"{source.name} -> {target}: predicted {format_bytes(job.plan.predicted_bytes)} "
                    f"(from {format_bytes(job.plan.source_bytes)})", err=True)
         with _progress_bar(target) as progress:
-            result = job.run(dst, keep_split=keep_split, nthread=threads, progress=progress, overwrite=force)
+            result = job.run(dst, keep_split=keep_split, nthread=threads, progress=progress, overwrite=force,
+                             publish=publish)
     for warning in result.warnings:
         typer.echo(f"note: {warning}", err=True)
-    try:
-        registered = store.register_local(
-            register_as, list(result.outputs), quant=target, source=str(source), replace=force,
-            check="loaded in llama.cpp, tensor types as planned" if result.loaded else "tensor types as planned",
-        )
-    except LocalCascadeError as err:
-        # The store changed since the check above (another process, a remount): the file is
+    if "error" in done:
+        # The store changed since the check above (a remount, a broken index): the file is
         # complete and checked, so say where it is rather than only why it has no name.
-        raise LocalCascadeError(f"wrote {result.path}, but could not register it as {register_as}: {err}; "
-                                "use it by its path") from None
+        raise LocalCascadeError(f"wrote {result.path}, but could not register it as {register_as}: "
+                                f"{done['error']}; use it by its path")
+    registered = done["model"]
     if replaced is not None and not set(replaced.files) & set(result.outputs):
         typer.echo(f"note: {register_as} now names {result.path}; {replaced.path}, which it named before, "
                    "is kept but no longer registered", err=True)
     types = ", ".join(f"{n} {t}" for t, n in sorted(result.histogram.items(), key=lambda kv: -kv[1]))
     typer.echo(f"wrote {result.path} ({format_bytes(result.output_bytes)}; {types})", err=True)
     typer.echo(f"{registered.name}\t{format_bytes(result.output_bytes)}\t{result.path}")
+
+
+def _refuse_other_models_files(finals: list[Path], register_as: str) -> None:
+    """--force replaces a file, never silently another model: a file the store knows under another
+    name is refused (its registration would otherwise vanish with its content)."""
+    from localcascade import store
+
+    for final in finals:
+        if final.exists():
+            owner = store.owner_of(final)
+            if owner is not None and owner.name != register_as:
+                raise OutputPathError(f"{final} is the file of the model {owner.name}; remove it first "
+                                      f"(localcascade rm {owner.name}) or choose another --out")
 
 
 def _default_out(source: Path, target: str) -> Path:

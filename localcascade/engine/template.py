@@ -9,11 +9,99 @@ from strangers: the sandbox keeps them from reaching Python internals.
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import json
+import threading
+import time
 from pathlib import Path
 
-from localcascade.errors import ChatTemplateError, UsageError
+from localcascade import safe_io
+from localcascade.errors import ChatTemplateError
+
+
+# A real template renders a long conversation in milliseconds; these bound one that loops or grows
+# without end (nested range() loops, "x" * 10**9): in time, in the size of any one value made with
+# * or **, and in the size of the prompt, which must fit a context of at most ~1M tokens anyway.
+RENDER_TIME_S = 5.0
+RENDER_MAX_CHARS = 32 * 1024 * 1024
+VALUE_MAX_ITEMS = 1024 * 1024
+
+
+RENDER_MAX_GROWTH_BYTES = 512 * 1024 * 1024
+
+
+class _RenderTimeout(Exception):
+    """Raised inside the rendering thread by the watchdog."""
+
+
+class _RenderTooLarge(Exception):
+    """Raised inside the rendering thread by the watchdog."""
+
+
+def _make_environment():
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class BoundedEnvironment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "*":
+                for seq, times in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
+                            and len(seq) * times > VALUE_MAX_ITEMS:
+                        raise ChatTemplateError(f"the chat template builds a value of {len(seq) * times:,} items "
+                                                f"(more than {VALUE_MAX_ITEMS:,})")
+            if operator == "**" and isinstance(right, int) and isinstance(left, int) and abs(right) > 1024 \
+                    and abs(left) > 1:
+                raise ChatTemplateError(f"the chat template computes {left} ** {right}, a number too large")
+            return super().call_binop(context, operator, left, right)
+
+    return BoundedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True)
+
+
+class _Watchdog:
+    """Stops a render that runs past ``seconds`` or grows the process by more than ``max_growth``
+    bytes, by raising an exception in the rendering thread: Jinja templates are Python code, so it
+    lands at the next bytecode, even inside a loop that prints nothing or a ``~`` that doubles a
+    string. Works off the main thread (a server), unlike SIGALRM."""
+
+    POLL_S = 0.02
+
+    def __init__(self, seconds: float, max_growth: int) -> None:
+        import psutil
+
+        self.seconds, self.max_growth = seconds, max_growth
+        self.thread_id = threading.get_ident()
+        self.process = psutil.Process()
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.active = True
+
+    def _watch(self) -> None:
+        start_rss = self.process.memory_info().rss
+        deadline = time.monotonic() + self.seconds
+        while not self.done.wait(self.POLL_S):
+            if time.monotonic() > deadline:
+                return self._fire(_RenderTimeout)
+            if self.process.memory_info().rss - start_rss > self.max_growth:
+                return self._fire(_RenderTooLarge)
+
+    def _fire(self, exc: type) -> None:
+        with self.lock:
+            if self.active:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.thread_id), ctypes.py_object(exc))
+
+    def __enter__(self) -> "_Watchdog":
+        self.thread = threading.Thread(target=self._watch, name="template-watchdog", daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self.lock:
+            self.active = False
+        self.done.set()
 
 
 def _raise_exception(message: str) -> None:
@@ -33,13 +121,12 @@ class ChatTemplate:
 
     def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "", origin: str = "model") -> None:
         import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         self.source = source
         self.origin = origin
         self.bos_token = bos_token
         self.eos_token = eos_token
-        env = ImmutableSandboxedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True)
+        env = _make_environment()
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
         env.filters["tojson"] = _tojson
@@ -56,14 +143,22 @@ class ChatTemplate:
         # ``tools`` is left undefined when there are none: templates test ``tools is defined``.
         extra = {"tools": tools} if tools else {}
         try:
-            return self._template.render(
-                messages=messages,
-                add_generation_prompt=add_generation_prompt,
-                enable_thinking=enable_thinking,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
-                **extra,
-            )
+            try:
+                with _Watchdog(RENDER_TIME_S, RENDER_MAX_GROWTH_BYTES):
+                    return self._bounded_render(dict(
+                        messages=messages,
+                        add_generation_prompt=add_generation_prompt,
+                        enable_thinking=enable_thinking,
+                        bos_token=self.bos_token,
+                        eos_token=self.eos_token,
+                        **extra,
+                    ))
+            except _RenderTimeout:
+                raise ChatTemplateError(f"the {self.origin} chat template did not finish rendering within "
+                                        f"{RENDER_TIME_S:.0f} s") from None
+            except _RenderTooLarge:
+                raise ChatTemplateError(f"the {self.origin} chat template took more than "
+                                        f"{RENDER_MAX_GROWTH_BYTES // 2**20} MiB of memory to render") from None
         except ChatTemplateError:
             raise
         except Exception as err:  # noqa: BLE001 - the template is code from the model file or the user
@@ -71,9 +166,18 @@ class ChatTemplate:
             raise ChatTemplateError(f"the {self.origin} chat template failed to render: {detail}") from None
 
 
+    def _bounded_render(self, variables: dict) -> str:
+        parts, size = [], 0
+        for part in self._template.generate(**variables):
+            size += len(part)
+            if size > RENDER_MAX_CHARS:
+                raise ChatTemplateError(f"the {self.origin} chat template renders more than "
+                                        f"{RENDER_MAX_CHARS:,} characters")
+            parts.append(part)
+        return "".join(parts)
+
+
 def read_template_file(path: str | Path) -> str:
-    """The text of a ``--chat-template FILE``; a clear usage error if it cannot be read."""
-    try:
-        return Path(path).expanduser().read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read chat template {path}: {err}") from None
+    """The text of a ``--chat-template FILE`` (a pipe such as ``<(cmd)`` too), capped in size;
+    a clear usage error if it cannot be read."""
+    return safe_io.read_text_input(path, what="chat template", limit=safe_io.TEMPLATE_MAX_BYTES)
