@@ -70,6 +70,7 @@ def _store_calibration(model_path, model_name: str, plan, results) -> str | None
     from datetime import datetime, timezone
 
     from localcascade.engine.loader import default_threads
+    from localcascade.errors import LocalCascadeError
     from localcascade.gguf_header import read_header
     from localcascade.hardware import calibration, cpu, llama_build
     from localcascade.hardware.facts import Hardware
@@ -92,4 +93,6 @@ def _store_calibration(model_path, model_name: str, plan, results) -> str | None
         where = calibration.save(measured)
     except OSError as err:
         return f"speeds not stored for fit/run/show: {err.strerror or err}"
+    except LocalCascadeError as err:
+        return f"speeds not stored for fit/run/show: {err}"
     return f"speeds stored in {where}: fit, run and show now predict this machine's tokens/s from them"

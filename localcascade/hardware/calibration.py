@@ -7,13 +7,14 @@ measured with; any other machine (or a rebuilt llama.cpp) reads none and gets es
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from localcascade import settings
+from localcascade import safe_io, settings
+from localcascade.errors import LocalCascadeError
 from localcascade.hardware.facts import Calibration
+
+_MAX_BYTES = 64 * 1024   # a few hundred bytes in practice
 
 
 def path() -> Path:
@@ -25,13 +26,16 @@ def load(cpu_model: str | None, llama_cpp_version: str | None) -> Calibration | 
 
     A missing, unreadable or malformed file is no calibration: speeds are then estimated.
     """
+    if not path().exists():
+        return None
     try:
-        data = json.loads(path().read_text(encoding="utf-8"))
+        data = safe_io.load_json(safe_io.read_text_input(path(), what="speed calibration", limit=_MAX_BYTES,
+                                                          allow_pipe=False))
         known = {f.name for f in fields(Calibration)}
         calibration = Calibration(**{k: v for k, v in data.items() if k in known})
         if not (calibration.cpu_scale > 0 and calibration.cpu_prompt_flops > 0 and calibration.threads > 0):
             return None
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (OSError, LocalCascadeError, ValueError, TypeError, AttributeError):
         return None
     if calibration.cpu_model != cpu_model or calibration.llama_cpp_version != llama_cpp_version:
         return None
@@ -39,15 +43,9 @@ def load(cpu_model: str | None, llama_cpp_version: str | None) -> Calibration | 
 
 
 def save(calibration: Calibration) -> Path:
-    """Store ``calibration`` (atomically: a reader never sees half a file). OSError if it cannot."""
+    """Store ``calibration`` (atomically: a reader never sees half a file; never onto a device or
+    folder). OSError or LocalCascadeError if it cannot."""
     target = path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(asdict(calibration), indent=2) + "\n")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return safe_io.write_text_atomic(target, json.dumps(asdict(calibration), indent=2) + "\n",
+                                     what="speed calibration", overwrite=True)
