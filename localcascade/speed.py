@@ -6,7 +6,8 @@ Generation runs every weight a token uses through a matrix-vector kernel once pe
   at about memory speed, quantized ones are unpacked and multiplied at a rate set by the cores
   and their SIMD (measured here: IQ4_XS/Q4_K weights about half as fast per byte as F32 ones).
 Prompt processing is compute-bound: about 2 x active parameters floating-point operations per
-token (multiply and add), through matrix-matrix kernels. The output head is computed once per
+token (multiply and add), through matrix-matrix kernels, plus a fixed cost per token on the CPU
+that only shows on tiny models. The output head is computed once per
 batch in a prompt, so it counts for generation only.
 
 Rates come from one of two places, and every figure says which:
@@ -133,7 +134,10 @@ def predict(facts: ModelFacts, p: Placement, *, gpu_bandwidth: float | None, ram
         prompt = (2 * (w.gpu_prompt_params + w.cpu_prompt_params) / gpu_flops
                   + w.cpu_resident_bytes / (d["gpu"]["pcie_bytes_per_s"] * max(1, p.n_ubatch)))
     else:
-        prompt = 2 * w.cpu_prompt_params / cpu_flops
+        overhead = d["cpu"]["prompt_overhead_seconds_per_token"]
+        if usable and usable.cpu_prompt_overhead_s is not None:
+            overhead = usable.cpu_prompt_overhead_s
+        prompt = 2 * w.cpu_prompt_params / cpu_flops + overhead
     measured = usable is not None and not (w.gpu_bytes or w.gpu_prompt_params)
     return Speed(generation=1.0 / gen if gen > 0 else 0.0, prompt=1.0 / prompt if prompt > 0 else 0.0,
                  measured=measured)
@@ -146,9 +150,13 @@ def calibrate(facts: ModelFacts, *, tg_tokens_per_s: float, pp_tokens_per_s: flo
     cpu_only = Placement(n_ctx=4096, n_gpu_layers=0)
     w = weights_per_token(facts, cpu_only)
     default_seconds = cpu_generation_seconds(w, cores=cores, ram_bandwidth=ram_bandwidth)
+    # The fixed cost per token is at most half of what was measured (a tiny model measures mostly it).
+    overhead = min(defaults()["cpu"]["prompt_overhead_seconds_per_token"], 0.5 / pp_tokens_per_s)
+    arithmetic = 1.0 / pp_tokens_per_s - overhead   # seconds per token
     return Calibration(
         cpu_scale=default_seconds * tg_tokens_per_s,   # default seconds / measured seconds
-        cpu_prompt_flops=2 * w.cpu_prompt_params * pp_tokens_per_s,
+        cpu_prompt_flops=2 * w.cpu_prompt_params / arithmetic,
+        cpu_prompt_overhead_s=overhead,
         threads=cores, llama_cpp_version=llama_cpp_version, cpu_model=cpu_model, model=model,
         measured_at=measured_at,
     )

@@ -65,6 +65,7 @@ class Calibration:
     cpu_scale: float           # measured / default generation rate of this CPU's threads (see speed.py)
     cpu_prompt_flops: float    # floating-point operations per second in prompt processing
     threads: int               # llama.cpp threads the measurement used
+    cpu_prompt_overhead_s: float | None = None   # fixed seconds per prompt token (None: the default)
     llama_cpp_version: str | None = None
     cpu_model: str | None = None
     model: str = ""            # the model it was measured on
