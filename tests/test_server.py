@@ -341,7 +341,10 @@ def test_body_over_the_cap_is_413(guarded):
 
 
 def test_disconnect_mid_stream_frees_the_sequence_and_a_full_queue_is_503(guarded):
-    body = {"messages": [{"role": "user", "content": "hello"}], "stream": True, "max_tokens": 15000}
+    # No thinking (which no grammar bounds) and a grammar that never lets the reply end: it runs
+    # until the client goes away.
+    body = {"messages": [{"role": "user", "content": "hello"}], "stream": True, "max_tokens": 15000,
+            "grammar": 'root ::= "a" root', "chat_template_kwargs": {"enable_thinking": False}}
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", guarded.base_url + "/chat/completions", json=body,
                          headers={"Authorization": f"Bearer {KEY}"}) as response:

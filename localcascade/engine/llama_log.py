@@ -72,10 +72,13 @@ def _send_again(err: BaseException) -> None:
 
 
 def install() -> LlamaLog:
-    """Route llama.cpp's log into ``LOG`` (idempotent); returns ``LOG``."""
-    if LOG._callback is not None:
-        return LOG
+    """Route llama.cpp's log into ``LOG`` (idempotent; also takes the route back from any other
+    code that set its own callback since); returns ``LOG``."""
     import llama_cpp
+
+    if LOG._callback is not None:
+        llama_cpp.llama_log_set(LOG._callback, ctypes.c_void_p(0))
+        return LOG
 
     @llama_cpp.llama_log_callback
     def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
