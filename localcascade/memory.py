@@ -132,7 +132,7 @@ class ModelFacts:
 
     @property
     def moe_layers(self) -> list[int]:
-        return sorted({_layer_of(t.name) for t in self.tensors if _EXPERT_RE.search(t.name)} - {None})
+        return sorted({layer_of(t.name) for t in self.tensors if _EXPERT_RE.search(t.name)} - {None})
 
     @property
     def n_embd_r(self) -> int:
@@ -156,9 +156,15 @@ class ModelFacts:
         return cls(**fields, tensors=tuple(tensors))
 
 
-def _layer_of(name: str) -> int | None:
+def layer_of(name: str) -> int | None:
+    """The repeating layer a tensor belongs to ("blk.12.attn_q.weight" -> 12), None outside them."""
     match = _BLOCK_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+def is_expert_tensor(name: str) -> bool:
+    """An MoE expert tensor (llama.cpp's --cpu-moe pattern)."""
+    return bool(_EXPERT_RE.search(name))
 
 
 def facts_from_metadata(metadata: Mapping[str, Any], tensors: Iterable[TensorFact], source: str | None = None
@@ -330,7 +336,7 @@ class _LayerTable:
         self.input = 0
         self.input_repack = 0
         for t in facts.tensors:
-            layer = _layer_of(t.name)
+            layer = layer_of(t.name)
             repack = t.type_name.lower() in CPU_REPACK_TYPES and len(t.shape) > 1 and t.shape[1] % 8 == 0
             if layer is None:
                 if t.name.startswith(("output", "output_norm")):

@@ -78,6 +78,15 @@ def _size(n: int) -> str:
     return f"{n // MIB} MiB" if n >= MIB and n % MIB == 0 else f"{n // KIB} KiB" if n % KIB == 0 else f"{n} bytes"
 
 
+def _open_for_reading(path: Path, what: str) -> int:
+    """A file descriptor for ``path``, opened without blocking; InputFileError in one line if it cannot be."""
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer, or a tape or modem device, returns at once.
+        return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise _open_error(path, what, err) from None
+
+
 def read_input(path: str | os.PathLike, *, what: str, limit: int, allow_pipe: bool = True,
                wait_s: float = PIPE_WAIT_S) -> bytes:
     """The bytes of a user-named input file, at most ``limit`` of them.
@@ -86,11 +95,7 @@ def read_input(path: str | os.PathLike, *, what: str, limit: int, allow_pipe: bo
     (when ``allow_pipe``) until its writer closes it, for at most ``wait_s`` seconds.
     """
     path = Path(path).expanduser()
-    try:
-        # O_NONBLOCK: opening a FIFO with no writer, or a tape or modem device, returns at once.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as err:
-        raise _open_error(path, what, err) from None
+    fd = _open_for_reading(path, what)
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode):
@@ -108,10 +113,7 @@ def check_input(path: str | os.PathLike, *, what: str, limit: int) -> Path:
     """Refuse a user-named input that another reader (llama.cpp, a child process) will open by path
     unless it is a regular file of at most ``limit`` bytes; returns the path, made absolute."""
     path = Path(path).expanduser()
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as err:
-        raise _open_error(path, what, err) from None
+    fd = _open_for_reading(path, what)
     try:
         info = os.fstat(fd)
     finally:

@@ -21,16 +21,13 @@ Rates come from one of two places, and every figure says which:
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
 from localcascade.hardware.facts import Calibration
-from localcascade.memory import ModelFacts, Placement, on_gpu
+from localcascade.memory import ModelFacts, Placement, is_expert_tensor, layer_of, on_gpu
 
-_LAYER = re.compile(r"^blk\.(\d+)\.")
-_EXPERT = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps\.")
 FLOAT_TYPES = {"f32", "f16", "bf16"}
 
 
@@ -80,11 +77,10 @@ def weights_per_token(facts: ModelFacts, p: Placement) -> WeightsPerToken:
                cpu_resident_bytes=0.0)
     for t in facts.tensors:
         head = t.name == "output.weight" or (tied and t.name == "token_embd.weight")
-        match = _LAYER.match(t.name)
-        if match is None and not head:
+        layer = n if head else layer_of(t.name)
+        if layer is None:
             continue   # embeddings, norms outside the layers
-        layer = n if head else int(match.group(1))
-        expert = not head and bool(_EXPERT.search(t.name))
+        expert = not head and is_expert_tensor(t.name)
         used = share if expert else 1.0
         elements = 1
         for d in t.shape:

@@ -133,6 +133,16 @@ class Workspace:
         np.maximum(out, _LOWEST, out=out)
         return np.exp(out, out=out)
 
+    def _gather(self, e: np.ndarray, cut: float, at_most: int) -> tuple[int, np.ndarray | None, float]:
+        """How many weights reach ``cut`` (left in ``self.mask``), and when they are at most
+        ``at_most``, the weights themselves and their sum (else None, 0)."""
+        mask = np.greater_equal(e, cut, out=self.mask[:e.size])
+        count = int(np.count_nonzero(mask))
+        if count > at_most:
+            return count, None, 0.0
+        found = e[mask]
+        return count, found, float(found.sum(dtype=np.float64))
+
     def _threshold(self, e: np.ndarray, mass: float) -> float:
         """The largest value v such that the weights >= v sum to at least ``mass``.
 
@@ -145,11 +155,8 @@ class Workspace:
             return _threshold_in(e, 0.0, mass)
         mask = self.mask[:e.size]
         # Most real steps: the nucleus lies among the few weights within 1e-4 of the top one.
-        np.greater_equal(e, _NEAR, out=mask)
-        count = int(np.count_nonzero(mask))
-        if count <= _COMPACT_AT_MOST:
-            near = e[mask]
-            near_mass = float(near.sum(dtype=np.float64))
+        count, near, near_mass = self._gather(e, _NEAR, _COMPACT_AT_MOST)
+        if near is not None:
             if near_mass >= mass:
                 return _threshold_in(near, 0.0, mass)
             cuts, (known_count, known_mass, known_cut) = _FAR, (count, near_mass, _NEAR)
@@ -157,11 +164,8 @@ class Workspace:
             cuts, (known_count, known_mass, known_cut) = _ABOVE_NEAR, (0, 0.0, np.inf)
         # The heaviest weights, counted and summed exactly, are all kept; look for the end below them.
         for cut in cuts:
-            np.greater_equal(e, cut, out=mask)
-            count = int(np.count_nonzero(mask))
-            if count <= _SORT_AT_MOST:
-                candidates = e[mask]
-                candidate_mass = float(candidates.sum(dtype=np.float64))
+            count, candidates, candidate_mass = self._gather(e, cut, _SORT_AT_MOST)
+            if candidates is not None:
                 if candidate_mass >= mass:
                     return _threshold_in(candidates, 0.0, mass)
             else:
