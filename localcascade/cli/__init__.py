@@ -23,15 +23,7 @@ from localcascade.errors import LocalCascadeError
 # typer >= 0.29 raises the exceptions of its own bundled copy of click; older typers use click itself.
 _click = getattr(typer, "_click", None) or importlib.import_module("click")
 
-app = typer.Typer(
-    name="localcascade",
-    help="Run Nemotron-Cascade-2-30B-A3B on this machine at the best quality it can hold.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+from localcascade.cli.app import app  # noqa: E402,F401  (tests and __main__ use it from here)
 
 # Importing a command module registers its command(s) on ``app``.
 from localcascade.cli import (  # noqa: E402,F401
@@ -44,22 +36,6 @@ from localcascade.cli import (  # noqa: E402,F401
     run,
     serve,
 )
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        from localcascade import __version__
-
-        typer.echo(f"localcascade {__version__}")
-        raise typer.Exit(0)
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", "-V", help="Print the version and exit.",
-                                 callback=_print_version, is_eager=True),
-) -> None:
-    pass
 
 
 def _fail(message: str, code: int) -> int:

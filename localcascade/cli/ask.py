@@ -16,7 +16,8 @@ from typing import List, Optional
 
 import typer
 
-from localcascade.cli import app, options, tool_options
+from localcascade.cli import options, tool_options
+from localcascade.cli.app import app
 from localcascade.errors import Interrupted, LocalCascadeError, UsageError
 
 

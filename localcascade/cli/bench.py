@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from localcascade.cli import app, options
+from localcascade.cli import options
+from localcascade.cli.app import app
 
 
 @app.command()

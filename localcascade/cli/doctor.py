@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from localcascade.cli import app
+from localcascade.cli.app import app
 
 
 @app.command()

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from localcascade.cli import app
+from localcascade.cli.app import app
 from localcascade.memory import KV_TYPES
 
 FIT_HELP = "Show which variants fit at which context, and recommend one, before anything is downloaded."

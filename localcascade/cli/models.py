@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from localcascade.cli import app
+from localcascade.cli.app import app
 from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
 from localcascade.units import format_bytes, format_tokens
 

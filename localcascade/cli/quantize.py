@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from localcascade.cli import app
+from localcascade.cli.app import app
 from localcascade.errors import LocalCascadeError, OutputPathError
 from localcascade.units import format_bytes
 

@@ -11,7 +11,8 @@ from typing import Optional
 
 import typer
 
-from localcascade.cli import app, options, tool_options
+from localcascade.cli import options, tool_options
+from localcascade.cli.app import app
 from localcascade.errors import DoesNotFitError, ModelNotFoundError, UsageError
 
 

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from localcascade.cli import app, options
+from localcascade.cli import options
+from localcascade.cli.app import app
 from localcascade.errors import UsageError
 
 API_KEY_ENV = "LOCALCASCADE_API_KEY"
