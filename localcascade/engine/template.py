@@ -58,7 +58,10 @@ def _make_environment():
                 raise ChatTemplateError(f"the chat template computes {left} ** {right}, a number too large")
             return super().call_binop(context, operator, left, right)
 
-    return BoundedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True)
+    # loopcontrols: {% break %} and {% continue %}, which llama.cpp-style templates use (and
+    # llama-cpp-python's own formatter allows).
+    return BoundedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
+                              extensions=["jinja2.ext.loopcontrols"])
 
 
 class _Watchdog:
@@ -156,7 +159,9 @@ class ChatTemplate:
             except _RenderTimeout:
                 raise ChatTemplateError(f"the {self.origin} chat template did not finish rendering within "
                                         f"{RENDER_TIME_S:.0f} s") from None
-            except _RenderTooLarge:
+            except (_RenderTooLarge, MemoryError):
+                # The watchdog polls; a template that doubles a string can reach the process's
+                # memory limit between two polls, which is the same failure, met sooner.
                 raise ChatTemplateError(f"the {self.origin} chat template took more than "
                                         f"{RENDER_MAX_GROWTH_BYTES // 2**20} MiB of memory to render") from None
         except ChatTemplateError:
@@ -164,7 +169,6 @@ class ChatTemplate:
         except Exception as err:  # noqa: BLE001 - the template is code from the model file or the user
             detail = str(err) if isinstance(err, jinja2.TemplateError) else f"{type(err).__name__}: {err}"
             raise ChatTemplateError(f"the {self.origin} chat template failed to render: {detail}") from None
-
 
     def _bounded_render(self, variables: dict) -> str:
         parts, size = [], 0
