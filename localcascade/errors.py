@@ -97,3 +97,13 @@ class Interrupted(LocalCascadeError):
     """The user pressed Ctrl-C."""
 
     exit_code = 130
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived. A BaseException that is not a KeyboardInterrupt: every
+    ``finally`` clean-up runs (a quantization's work folder goes), but nothing that treats
+    Ctrl-C as "stop this reply" (the chat) can swallow it. Exit status 128 + the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

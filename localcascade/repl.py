@@ -940,7 +940,7 @@ def _larger_plan(state: ReplState) -> Plan | None | bool:
     if state.hardware is None or getattr(state.engine, "plan", None) is None:
         return None
     if state.larger_plan is None:
-        from localcascade.engine.planning import larger_plan
+        from localcascade.planning import larger_plan
 
         try:
             state.larger_plan = larger_plan(state.engine.model_path, state.engine.plan, state.hardware) or False

@@ -339,6 +339,23 @@ def test_sigterm_mid_run_is_one_line_and_143(tiny_model):
     assert rest.strip().splitlines()[-1] == "localcascade: terminated"
 
 
+def test_sigterm_mid_reply_ends_the_reply_whole_then_exits_143(tiny_model):
+    proc = subprocess.Popen([sys.executable, "-m", "localcascade", "ask", "--model", str(tiny_model), "--no-think",
+                             "--ctx", "4096", "--max-tokens", "4000", "--seed", "3", "hi"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
+    try:
+        first = os.read(proc.stdout.fileno(), 1)     # the answer is streaming
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    out, err = first + out, err.decode()
+    assert proc.returncode == 143, err
+    assert out.endswith(b"\n") and len(out) > 1        # what was said, as a whole line
+    *_, stats, last = err.strip().splitlines()
+    assert "stop: interrupted" in stats and last == "localcascade: terminated"
+
+
 @pytest.mark.parametrize("text, message", [
     ('root ::= ("a" | "b"', "the grammar does not parse: expecting ')' at 'root ::= (\"a\" | \"b\"'"),
     ('root ::= root "a"', "the grammar does not parse: unsupported grammar, left recursion detected"),

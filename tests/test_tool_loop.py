@@ -21,12 +21,14 @@ import pytest
 from localcascade.engine.events import AnswerText, TurnStats
 from localcascade.engine.session import Chat, Engine, GenerationOptions
 from localcascade.errors import SandboxUnavailableError
+from localcascade.plan import Plan
 from localcascade.tools.loop import ToolCallFinished, ToolCallStarted, run_with_tools
 from localcascade.tools.python_tool import PythonTool, find_sandbox
 from localcascade.tools.sandbox import Limits
 
 DATA = Path(__file__).parent / "data"
 NANO_TEMPLATE = DATA / "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16.jinja"
+PLAN = Plan(model="tiny", n_ctx=4096)
 CMD = [sys.executable, "-m", "localcascade", "ask"]
 
 CALL = ('<tool_call> "\\n<function=python>\\n<parameter=code>\\n" CODE "\\n</parameter>\\n</function>\\n" '
@@ -62,7 +64,7 @@ def _reply(engine, tool, text="What is 6 times 7?", **options):
 @pytest.mark.parametrize("template", ["test", "nvidia"])
 def test_a_forced_call_runs_and_the_reply_continues_after_its_result(tiny_model, tool, template):
     chat_template = NANO_TEMPLATE.read_text() if template == "nvidia" else None
-    with Engine.load(tiny_model, chat_template=chat_template) as engine:
+    with Engine.load(tiny_model, PLAN, chat_template=chat_template) as engine:
         chat, events = _reply(engine, tool, grammar=grammar())
         context = engine.vocab.detokenize(engine.tokens, special=True)
         started = [e for e in events if isinstance(e, ToolCallStarted)]
@@ -96,7 +98,7 @@ def test_a_forced_call_runs_and_the_reply_continues_after_its_result(tiny_model,
 
 
 def test_the_next_message_reuses_the_context_after_a_tool_reply(tiny_model, tool):
-    with Engine.load(tiny_model) as engine:
+    with Engine.load(tiny_model, PLAN) as engine:
         chat, _ = _reply(engine, tool, grammar=grammar())
         before = list(engine.tokens)
         options = GenerationOptions(seed=2, max_tokens=5, tools=chat_tools())
@@ -107,7 +109,7 @@ def test_the_next_message_reuses_the_context_after_a_tool_reply(tiny_model, tool
 
 def test_hostile_code_is_a_reported_error_and_the_chat_goes_on(tiny_model, tool):
     code = 'import socket\nsocket.create_connection(("1.1.1.1", 80), timeout=2)'
-    with Engine.load(tiny_model) as engine:
+    with Engine.load(tiny_model, PLAN) as engine:
         chat, events = _reply(engine, tool, grammar=grammar(code=code))
         result = next(e for e in events if isinstance(e, ToolCallFinished)).result
         assert result.exit == 1 and "unreachable" in result.stderr
@@ -118,7 +120,7 @@ def test_hostile_code_is_a_reported_error_and_the_chat_goes_on(tiny_model, tool)
 
 def test_the_call_cap_is_answered_then_the_reply_ends(tiny_model, tool):
     looping = f'root ::= (</think> "\\n" {CALL}){{4}}\nCODE ::= "1"\n'
-    with Engine.load(tiny_model) as engine:
+    with Engine.load(tiny_model, PLAN) as engine:
         chat = Chat(engine)
         events = list(run_with_tools(chat, "go", GenerationOptions(seed=1, grammar=looping), tool, max_calls=2))
     finished = [e.result for e in events if isinstance(e, ToolCallFinished)]
@@ -130,7 +132,7 @@ def test_the_call_cap_is_answered_then_the_reply_ends(tiny_model, tool):
 def test_the_thinking_budget_counts_every_round(tiny_model, tool):
     # Thinking is free-form letters; the budget closes it. The second round's thought has no budget left.
     free = f'root ::= [a-z ]* </think> "\\n" {CALL} [a-z ]* </think> "\\nok"\nCODE ::= "1"\n'
-    with Engine.load(tiny_model) as engine:
+    with Engine.load(tiny_model, PLAN) as engine:
         chat = Chat(engine)
         events = list(run_with_tools(chat, "go", GenerationOptions(seed=3, grammar=free, think_budget=6), tool))
     assert events[-1].stop_reason == "stop"
@@ -214,7 +216,7 @@ def test_a_thought_open_at_a_call_is_closed_as_nvidias_template_renders_it(tiny_
     from localcascade.tools.python_tool import schema
 
     template = NANO_TEMPLATE.read_text()
-    with Engine.load(tiny_model, chat_template=template) as engine:
+    with Engine.load(tiny_model, PLAN, chat_template=template) as engine:
         close = engine.vocab.tokenize("\n</think>\n", special=True)
         # Seed 39 does it with the tiny model of tests/synth.py on the CPU build; the scan covers a
         # build that samples differently.

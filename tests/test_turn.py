@@ -30,6 +30,33 @@ def test_a_turn_stopped_from_another_thread_ends_with_its_stats(tiny_model):
         assert after.stop_reason == "length"
 
 
+def test_a_stop_during_a_long_prompt_ends_the_turn_at_the_next_chunk(tiny_model, monkeypatch):
+    import llama_cpp
+
+    with Engine.load(tiny_model, Plan(model="tiny", n_ctx=4096, n_batch=16, n_ubatch=16)) as engine:
+        chat = Chat(engine)
+        turn = chat.send("the model " * 200, GenerationOptions(seed=1, max_tokens=5))
+        decode = llama_cpp.llama_decode
+        calls = []
+
+        def decode_then_stop(ctx, batch):   # llama.cpp's decode, and the user's stop after its 3rd chunk
+            calls.append(1)
+            if len(calls) == 3:
+                turn.stop()
+            return decode(ctx, batch)
+
+        monkeypatch.setattr(llama_cpp, "llama_decode", decode_then_stop)
+        *text, stats = list(turn)
+        monkeypatch.undo()
+        assert text == [] and stats.stop_reason == "interrupted" and stats.completion_tokens == 0
+        assert len(calls) == 3 and stats.evaluated_tokens == 3 * 16 < stats.prompt_tokens
+        # The next turn's prompt is the whole conversation (the first message in full, not the
+        # half-read context), and the part already read is not read again.
+        *_, after = chat.send("again", GenerationOptions(seed=2, max_tokens=4))
+        assert after.stop_reason == "length" and after.prompt_tokens > stats.prompt_tokens
+        assert after.evaluated_tokens == after.prompt_tokens - stats.evaluated_tokens
+
+
 def test_batched_sequences_stop_alone_and_free_their_sequence(tiny_model):
     plan = Plan(model="tiny", n_ctx=2048, n_batch=256, n_ubatch=128, n_seq=2)
     with Engine.load(tiny_model, plan) as engine:

@@ -18,7 +18,7 @@ import sys
 
 import typer
 
-from localcascade.errors import LocalCascadeError
+from localcascade.errors import LocalCascadeError, Terminated
 
 # typer >= 0.29 raises the exceptions of its own bundled copy of click; older typers use click itself.
 _click = getattr(typer, "_click", None) or importlib.import_module("click")
@@ -43,18 +43,8 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-class _Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived. A BaseException that is not a KeyboardInterrupt: every
-    ``finally`` clean-up runs (a quantization's work folder goes), but nothing that treats
-    Ctrl-C as "stop this reply" (the chat) can swallow it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _terminate(signum, _frame) -> None:
-    raise _Terminated(signum)
+    raise Terminated(signum)
 
 
 def _prepare_process() -> str | None:
@@ -168,7 +158,7 @@ def _run(argv: list[str] | None) -> int:
         code = _fail(err.format_message(), err.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         code = _fail("interrupted", 130)
-    except _Terminated as err:
+    except Terminated as err:
         code = _fail("terminated", 128 + err.signum)
     except BrokenPipeError:
         # The reader went away (`| head -1`): stop quietly, and keep Python from

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,11 @@ import typer
 
 from localcascade.cli import options, tool_options
 from localcascade.cli.app import app
-from localcascade.errors import Interrupted, LocalCascadeError, UsageError
+from localcascade.cli.stop_signals import StopOnSignals
+from localcascade.errors import Interrupted, LocalCascadeError, Terminated, UsageError
+
+# `kill`, `timeout`, systemd and a closed terminal: the reply stops whole, then the command exits.
+_TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def read_prompt(args: List[str], stdin) -> str:
@@ -117,11 +122,13 @@ def ask(
     tool = tool_options.python_tool(tools, tools_unsafe, max_tool_calls, quiet=quiet)
 
     from localcascade.engine.session import Chat
+    from localcascade.planning import plan_for_file
 
+    plan = plan_for_file(model_path, request)
     started = time.perf_counter()
     try:
         engine = options.load_engine(
-            model_path, request, chat_template=chat_template, verbose=verbose, grammar=gen.grammar,
+            model_path, plan, chat_template=chat_template, verbose=verbose, grammar=gen.grammar,
             progress=options.stderr_progress(model_path.name, quiet),
         )
     except KeyboardInterrupt:
@@ -129,7 +136,6 @@ def ask(
     load_seconds = time.perf_counter() - started
     with engine:
         if not quiet:
-            plan = engine.plan
             print(
                 f"localcascade: {engine.model_name}: ctx {plan.n_ctx}, {plan.n_gpu_layers} GPU layers, "
                 f"KV {plan.type_k}/{plan.type_v}, loaded in {load_seconds:.1f}s",
@@ -160,36 +166,21 @@ def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds
     With a tool, answer text is held until the reply ends: text the model writes before a
     tool call is not the answer (it goes to stderr with the calls, under --show-thinking).
     """
-    from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
-
     python_tool, max_calls = tool
     thinking_out = _ThinkingWriter() if show_thinking and not as_json else None
     answer: list[str] = []
     calls: list[dict] = []
-    stats: TurnStats | None = None
-    wrote_answer = False
-    if python_tool is None:
-        events = chat.send(text, gen)
-    else:
-        from localcascade.tools.loop import run_with_tools
+    with StopOnSignals(_TERMINATING, _terminate_now) as termination:
+        if python_tool is None:
+            events = chat.send(text, gen)
+        else:
+            from localcascade.tools.loop import run_with_tools
 
-        events = run_with_tools(chat, text, gen, python_tool, max_calls=max_calls)
-    for event in events:
-        if isinstance(event, ThinkingText):
-            if thinking_out is not None:
-                thinking_out.write(event.text)
-        elif isinstance(event, AnswerText):
-            answer.append(event.text)
-            if not as_json and python_tool is None:
-                if thinking_out is not None:
-                    thinking_out.end()
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-                wrote_answer = True
-        elif isinstance(event, TurnStats):
-            stats = event
-        elif python_tool is not None:
-            answer = _tool_event(event, answer, calls, thinking_out)
+            events = run_with_tools(chat, text, gen, python_tool, max_calls=max_calls)
+        termination.turn = events
+        if termination.received is not None:
+            events.stop()   # the signal came while the reply was being set up
+        stats, wrote_answer = _stream(events, answer, calls, thinking_out, as_json, python_tool is not None)
     if thinking_out is not None:
         thinking_out.end()
     if python_tool is not None and answer and not as_json:
@@ -213,7 +204,37 @@ def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds
             f"({stats.generation_tokens_per_s:.1f} t/s), stop: {stats.stop_reason}",
             file=sys.stderr,
         )
+    if termination.received is not None:
+        raise Terminated(termination.received)   # what was said is out; now the exit status says why
     return _exit_code(stats, "".join(answer), gen.max_tokens, max_calls)
+
+
+def _stream(events, answer: list[str], calls: list[dict], thinking_out, as_json: bool, with_tool: bool):
+    """Write the reply's events as they come; returns (its TurnStats, whether answer text went to stdout)."""
+    from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
+
+    stats, wrote_answer = None, False
+    for event in events:
+        if isinstance(event, ThinkingText):
+            if thinking_out is not None:
+                thinking_out.write(event.text)
+        elif isinstance(event, AnswerText):
+            answer.append(event.text)
+            if not as_json and not with_tool:
+                if thinking_out is not None:
+                    thinking_out.end()
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+                wrote_answer = True
+        elif isinstance(event, TurnStats):
+            stats = event
+        elif with_tool:
+            answer[:] = _tool_event(event, answer, calls, thinking_out)
+    return stats, wrote_answer
+
+
+def _terminate_now(signum: int) -> None:
+    raise Terminated(signum)
 
 
 def _tool_event(event, answer: list[str], calls: list[dict], thinking_out) -> list[str]:

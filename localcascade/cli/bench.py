@@ -36,7 +36,9 @@ def bench(
         ctx = str(max(prompt_tokens, gen_tokens, 1))   # like llama-bench: just enough context
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
     model_path = options.resolve_model(model, how="`localcascade bench NAME|FILE`")
-    engine = options.load_engine(model_path, request, verbose=verbose, for_chat=False,
+    from localcascade.planning import plan_for_file
+
+    engine = options.load_engine(model_path, plan_for_file(model_path, request), verbose=verbose, for_chat=False,
                                  progress=options.stderr_progress(model_path.name, as_json))
     with engine:
         results = run_bench(engine, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repetitions=repetitions)

@@ -208,15 +208,17 @@ def resolve_model(spec: Optional[str], how: str = "--model NAME|FILE") -> Path:
 
 def load_engine(
     model_path: Path,
-    request,
+    plan,
     *,
     chat_template: Optional[Path] = None,
     verbose: bool = False,
     progress: Optional[Callable[[float], None]] = None,
     for_chat: bool = True,
     grammar: Optional[str] = None,
+    threads: Optional[int] = None,
 ):
-    """Load the Engine for ``model_path`` with the planner's plan and the user's overrides.
+    """Load the Engine for ``model_path`` with ``plan`` (``localcascade.planning.plan_for_file``'s):
+    the one load path of every command.
 
     ``for_chat`` (and ``grammar``) have the engine check the template (and the grammar) first.
     """
@@ -224,8 +226,8 @@ def load_engine(
     from localcascade.engine.template import read_template_file
 
     template_text = read_template_file(chat_template) if chat_template is not None else None
-    return Engine.load(model_path, request=request, chat_template=template_text, verbose=verbose, progress=progress,
-                       for_chat=for_chat, grammar=grammar)
+    return Engine.load(model_path, plan, chat_template=template_text, verbose=verbose, progress=progress,
+                       for_chat=for_chat, grammar=grammar, threads=threads)
 
 
 def stderr_progress(label: str, quiet: bool) -> Optional[Callable[[float], None]]:

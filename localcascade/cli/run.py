@@ -72,20 +72,16 @@ def run(
         raise UsageError("standard input is closed (or /dev/null) and the chat reads its messages from it: "
                          "run it from a terminal or pipe the messages in (`localcascade ask` answers one prompt)")
 
-    from localcascade.engine.planning import plan_for_file
-    from localcascade.engine.session import Chat, Engine
-    from localcascade.engine.template import read_template_file
+    from localcascade.engine.session import Chat
+    from localcascade.planning import plan_for_file
 
     plan = plan_for_file(model_path, request, hardware)
     for line in repl.describe_plan(plan):
         print(f"localcascade: {line}", file=sys.stderr)
     for alternative in plan.alternatives:
         print(f"localcascade:   alternative, {alternative}", file=sys.stderr)
-    template = read_template_file(chat_template) if chat_template is not None else None
-    engine = Engine.load(
-        model_path, plan, hardware=hardware, chat_template=template, verbose=verbose,
-        progress=options.stderr_progress(model_path.name, quiet=False),
-    )
+    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose,
+                                 progress=options.stderr_progress(model_path.name, quiet=False))
     with engine:
         state = repl.ReplState(
             engine=engine,

@@ -70,9 +70,7 @@ def serve(
 
 
 def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose, threads) -> int:
-    from localcascade.engine.planning import plan_for_file
-    from localcascade.engine.session import Engine
-    from localcascade.engine.template import read_template_file
+    from localcascade.planning import plan_for_file
     from localcascade.repl import describe_plan
     from localcascade.server.app import ServerSettings
     from localcascade.server.run import base_url, is_loopback, serve_forever
@@ -81,9 +79,8 @@ def _serve(listener, host, spec, request, chat_template, api_key, queue, body_li
     plan = plan_for_file(model_path, request)
     for line in describe_plan(plan):
         _say(line)
-    template = read_template_file(chat_template) if chat_template is not None else None
-    engine = Engine.load(model_path, plan, chat_template=template, verbose=verbose, threads=threads,
-                         progress=options.stderr_progress(model_path.name, quiet=False))
+    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose, threads=threads,
+                                 progress=options.stderr_progress(model_path.name, quiet=False))
     with engine:
         settings = ServerSettings(model_id=model_path.stem, api_key=api_key, max_body_bytes=body_limit)
         if not is_loopback(host) and api_key is None:

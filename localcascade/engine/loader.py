@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from localcascade.engine import llama_log
+from localcascade.engine.template import ChatTemplate
 from localcascade.errors import EngineError, Interrupted
 from localcascade.plan import Plan
 
@@ -280,3 +281,51 @@ def _sigint_held():
         yield hits
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def n_ctx_train(model: int) -> int:
+    """The context length the model was trained at ({arch}.context_length); 0 if unknown."""
+    import llama_cpp
+
+    return max(0, int(llama_cpp.llama_model_n_ctx_train(model)))
+
+
+def metadata(model: int, key: str) -> str | None:
+    """A GGUF metadata value as text, as llama.cpp read it; None if the file lacks it."""
+    import ctypes
+
+    import llama_cpp
+
+    size = 1 << 16
+    buf = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, size)
+    if n < 0:
+        return None
+    if n >= size:   # a long value (a chat template): ask again with room for all of it
+        buf = ctypes.create_string_buffer(n + 1)
+        n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, n + 1)
+    return buf.value.decode("utf-8", errors="replace")
+
+
+def chat_template_of(loaded: LoadedModel, override: str | None) -> ChatTemplate | None:
+    """The chat template: the override if given, else the GGUF's own, else None (Chat refuses)."""
+    import llama_cpp
+
+    vocab = loaded.vocab
+
+    def token_text(token: int) -> str:
+        if token < 0:
+            return ""
+        raw = llama_cpp.llama_vocab_get_text(vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    specials = {
+        "bos_token": token_text(llama_cpp.llama_vocab_bos(vocab)),
+        "eos_token": token_text(llama_cpp.llama_vocab_eos(vocab)),
+    }
+    if override is not None:
+        return ChatTemplate(override, origin="given", **specials)
+    source = metadata(loaded.model, "tokenizer.chat_template")
+    if not source:
+        return None
+    return ChatTemplate(source, origin="model's", **specials)

@@ -55,8 +55,7 @@ from localcascade.engine.tool_calls import parse_tool_calls
 from localcascade.engine.turn import Turn
 from localcascade.engine.vocab import Vocab
 from localcascade.errors import ChatTemplateError, ContextOverflowError, EngineError, UsageError
-from localcascade.hardware.facts import Hardware
-from localcascade.plan import Plan, PlanRequest
+from localcascade.plan import Plan
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -93,10 +92,10 @@ class Engine:
         self.n_ctx = loaded.n_ctx             # all sequences together
         self.n_seq = max(1, plan.n_seq)       # sequences the context was made for (server --parallel)
         self.n_ctx_seq = loaded.n_ctx_seq     # what one sequence (conversation) can hold
-        self.n_ctx_train = _n_ctx_train(loaded.model)   # {arch}.context_length; 0 if unknown
+        self.n_ctx_train = loader.n_ctx_train(loaded.model)   # {arch}.context_length; 0 if unknown
         self.vocab = Vocab(loaded.model, loaded.vocab)
         self.template = template
-        self.model_name = _meta(loaded.model, "general.name") or loaded.path.stem
+        self.model_name = loader.metadata(loaded.model, "general.name") or loaded.path.stem
         self.load_log = loaded.load_log
         self.think_open = self.vocab.special_id(THINK_OPEN)
         self.think_close = self.vocab.special_id(THINK_CLOSE)
@@ -111,10 +110,8 @@ class Engine:
     def load(
         cls,
         model_path: str | Path,
-        plan: Plan | None = None,
+        plan: Plan,
         *,
-        request: PlanRequest | None = None,
-        hardware: Hardware | None = None,
         progress: Callable[[float], None] | None = None,
         chat_template: str | None = None,
         verbose: bool = False,
@@ -122,7 +119,7 @@ class Engine:
         grammar: str | None = None,
         threads: int | None = None,
     ) -> "Engine":
-        """Load ``model_path`` with ``plan`` (default: the planner's plan, with ``request``'s overrides).
+        """Load ``model_path`` with ``plan``, the planner's (``localcascade.planning.plan_for_file``).
 
         ``chat_template`` (Jinja text) replaces the model's own template. ``threads`` sets
         llama.cpp's threads for generation and prompts alike (default: physical cores to
@@ -145,14 +142,10 @@ class Engine:
 
             with loader.vocab_only(model_path) as vocab:
                 check_grammar(vocab, grammar)
-        if plan is None:
-            from localcascade.engine.planning import plan_for_file
-
-            plan = plan_for_file(model_path, request, hardware)
         loaded = loader.load(model_path, plan, progress=progress, verbose=verbose,
                              n_threads=threads, n_threads_batch=threads)
         try:
-            template = _template_for(loaded, chat_template)
+            template = loader.chat_template_of(loaded, chat_template)
         except Exception:
             loaded.close()
             raise
@@ -186,10 +179,12 @@ class Engine:
 
     # -- the context ----------------------------------------------------------------------------
 
-    def prepare(self, prompt: list[int]) -> tuple[int, str | None]:
+    def prepare(self, prompt: list[int], should_stop: Callable[[], bool] | None = None) -> tuple[int, str | None]:
         """Make the context hold ``prompt``, evaluating as little as possible.
 
         Returns (tokens evaluated, why the cached context was thrown away or None).
+        ``should_stop`` is asked between chunks: a long prompt can take minutes on a CPU, and a
+        stop then leaves the context holding the part evaluated so far (``self.tokens``).
         Keeps the common prefix when llama.cpp can cut the context back to it (pure
         attention KV caches can; recurrent state mostly cannot, then everything is
         evaluated again).
@@ -221,15 +216,20 @@ class Engine:
                     )
                 self.tokens = []
                 common = 0
-        self.decode(prompt[common:])
-        return len(prompt) - common, reason
+        self.decode(prompt[common:], should_stop)
+        return len(self.tokens) - common, reason
 
-    def decode(self, tokens: list[int]) -> None:
-        """Evaluate ``tokens`` after the context (in n_batch chunks); logits of the last one are kept."""
+    def decode(self, tokens: list[int], should_stop: Callable[[], bool] | None = None) -> None:
+        """Evaluate ``tokens`` after the context (in n_batch chunks); logits of the last one are kept.
+
+        With ``should_stop``, evaluation ends early at a chunk boundary once it answers True.
+        """
         import llama_cpp
 
         step = self._loaded.n_batch
         for start in range(0, len(tokens), step):
+            if should_stop is not None and should_stop():
+                return
             chunk = tokens[start:start + step]
             base = len(self.tokens)
             try:
@@ -456,11 +456,12 @@ class Chat:
         engine.owner = self
         started = time.perf_counter()
         try:
-            evaluated, reset_reason = engine.prepare(prompt)
+            evaluated, reset_reason = engine.prepare(prompt, should_stop=lambda: turn.stopped)
         except BaseException:
             sampler.close()
             raise
         prompt_done = time.perf_counter()
+        prompt_complete = engine.tokens == prompt   # False when a stop came between prompt chunks
         self.messages.extend(new_messages)
         stop_reason = "interrupted"
         thinking, answer, call = _Channel(ThinkingText), _Channel(AnswerText), _Channel(ToolCallText)
@@ -557,7 +558,7 @@ class Chat:
             except EngineError:
                 pass
             finally:
-                self._context_in_sync = engine.owner is self
+                self._context_in_sync = engine.owner is self and prompt_complete
         finished = time.perf_counter()
         yield TurnStats(
             prompt_tokens=len(prompt),
@@ -572,49 +573,3 @@ class Chat:
             reset_reason=reset_reason,
             ended_in_thinking=in_thinking,
         )
-
-
-def _n_ctx_train(model: int) -> int:
-    import llama_cpp
-
-    return max(0, int(llama_cpp.llama_model_n_ctx_train(model)))
-
-
-def _meta(model: int, key: str) -> str | None:
-    import ctypes
-
-    import llama_cpp
-
-    size = 1 << 16
-    buf = ctypes.create_string_buffer(size)
-    n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, size)
-    if n < 0:
-        return None
-    if n >= size:   # a long value (a chat template): ask again with room for all of it
-        buf = ctypes.create_string_buffer(n + 1)
-        n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, n + 1)
-    return buf.value.decode("utf-8", errors="replace")
-
-
-def _template_for(loaded: loader.LoadedModel, override: str | None) -> ChatTemplate | None:
-    """The chat template: the override if given, else the GGUF's own, else None (Chat refuses)."""
-    import llama_cpp
-
-    vocab = loaded.vocab
-
-    def token_text(token: int) -> str:
-        if token < 0:
-            return ""
-        raw = llama_cpp.llama_vocab_get_text(vocab, token)
-        return raw.decode("utf-8", errors="replace") if raw else ""
-
-    specials = {
-        "bos_token": token_text(llama_cpp.llama_vocab_bos(vocab)),
-        "eos_token": token_text(llama_cpp.llama_vocab_eos(vocab)),
-    }
-    if override is not None:
-        return ChatTemplate(override, origin="given", **specials)
-    source = _meta(loaded.model, "tokenizer.chat_template")
-    if not source:
-        return None
-    return ChatTemplate(source, origin="model's", **specials)

@@ -1,4 +1,7 @@
-"""Which Plan the engine loads a file with when the caller gives none."""
+"""The plan for a model file on this machine: its header and the hardware, through the policy.
+
+The I/O side of planning (the policy and planner are pure): front ends call it, then hand the
+Plan to Engine.load."""
 
 from __future__ import annotations
 
