@@ -47,8 +47,12 @@ def test_the_nucleus_is_the_exact_one(top_p):
         expected, slack = reference_nucleus(logits, top_p)
         got = set(ids.tolist())
         if got != expected:
-            # Only a token at the boundary, whose running sum is within float32 rounding of p.
-            assert len(got ^ expected) <= 1 and slack < 1e-5, (name, len(got), len(expected))
+            # Only a token at the boundary, whose running sum is within float32 rounding of p, or
+            # tokens whose float32 weights tie at the end (of those, the lowest ids are kept).
+            differing = np.array(sorted(got ^ expected))
+            weights_there = np.exp(logits[differing])
+            tied = len(got) == len(expected) and np.all(weights_there == weights_there[0])
+            assert tied or (len(got ^ expected) <= 1 and slack < 1e-5), (name, len(got), len(expected))
         assert np.all(np.diff(ids) > 0)
         assert np.allclose(weights, np.exp(logits[ids].astype(np.float64) - logits.max()), rtol=1e-5)
 
