@@ -41,8 +41,6 @@ def print_notices(console: Console, outcome: Outcome) -> None:
         console.print(notice.text, style=styles.get(notice.kind, ""), markup=False)
 
 
-
-
 def context_warning(used: int, limit: int, larger: Plan | None | bool = None) -> str | None:
     """The warning past 85% of the context; ``larger`` is the next larger plan this machine would
     hold, False when it holds none, None when unknown."""
@@ -65,7 +63,6 @@ def overflow_advice(err: ContextOverflowError) -> list[str]:
         "nothing was dropped: /save FILE keeps this conversation, /clear starts a new one, "
         "or restart with a larger --ctx if `localcascade fit` says it fits",
     ]
-
 
 
 class _MarkdownBlocks:
