@@ -372,9 +372,9 @@ def find_command(name: str) -> Command | None:
 def run_command(state: ReplState, line: str) -> Outcome:
     """Parse one slash command and apply it. Never raises for bad input: errors become notices."""
     name, _, arg = line.strip().partition(" ")
-    name = _ALIASES.get(name.lower(), name.lower())
     command = find_command(name)
     if command is None:
+        name = name.lower()
         hint = _closest(name, list(_BY_NAME))
         return _say(f"unknown command {name}{hint} (/help lists them)", kind=ERROR)
     try:
