@@ -1,7 +1,8 @@
 """The `fit` report: every variant x context on one machine, and the recommendation.
 
 Gathers the model facts (catalog, a live header from the hub, or a local file), asks the planner
-for each context, and returns plain JSON-ready data (schema in README.md, "What fits").
+for each context, and returns plain JSON-ready data (schema in README.md, "What fits"). The words
+about speeds are added by the `fit` command from ``cli.wording``, where every command's words live.
 """
 
 from __future__ import annotations
@@ -142,14 +143,13 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
         choice = None
     if choice is not None:
         recommended = _choice(choice.variant, choice.plan)
-        recommended["reasons"] = list(choice.plan.reasons) + [speed_reason(choice.plan)]
+        recommended["reasons"] = list(choice.plan.reasons)
         recommended["policy"] = list(choice.notes)
         alternatives = [dict(_choice(a.variant, a.plan), trade=a.trade, summary=a.describe())
                         for a in choice.alternatives]
     assumptions = {"cuda_context_bytes_per_gpu": limits.overheads.cuda_context_bytes,
                    "gpu_margin_bytes": limits.gpu_margin_bytes, "ram_margin_bytes": limits.ram_margin_bytes,
                    "process_ram_bytes": limits.overheads.process_ram_bytes}
-    notes.append(speed_note(hardware))
     return {"hardware": hardware.to_dict(), "requested_n_ctx": n_ctx, "think": think,
             "policy": {"context_floor": policy.floor(think), "usable_tokens_per_s": policy.usable_tokens_per_s,
                        "kv_types": [kv_type] if kv_type else list(policy.kv_types)},
@@ -165,25 +165,3 @@ def _choice(variant: Any, plan: Plan) -> dict:
         "prompt_tokens_per_s": plan.prompt_tokens_per_s, "speed_measured": plan.speed_measured,
     }
 
-
-def speed_note(hardware: Hardware) -> str:
-    """Where the tok/s figures come from, said once under the table."""
-    c = hardware.calibration
-    if c is not None and hardware.source == "detected":
-        gpu = " (GPU parts of a plan stay estimates)" if hardware.gpus else ""
-        return (f"speeds: measured on this machine by `localcascade bench` on {c.model} ({c.measured_at[:10]}){gpu}")
-    if hardware.source == "detected":
-        return "speeds: estimates; `localcascade bench MODEL` measures this machine and fit then uses its figures"
-    return "speeds: estimates for this hardware (profiles are never measured here)"
-
-
-def speed_reason(plan: Plan) -> str:
-    """The speed of a plan in words: generation, and how long reading a full context takes."""
-    from localcascade.units import format_duration
-
-    label = "measured" if plan.speed_measured else "estimated"
-    seconds = plan.prompt_seconds()
-    reading = (f"; reading a full {format_tokens(plan.n_ctx)} prompt takes ~{format_duration(seconds)}"
-               if seconds is not None else "")
-    return (f"~{plan.tokens_per_s:.0f} tokens/s generating, ~{plan.prompt_tokens_per_s:.0f} reading a prompt "
-            f"({label}){reading}")

@@ -20,6 +20,7 @@ import typer
 from localcascade.cli import options, tool_options
 from localcascade.cli.app import app
 from localcascade.cli.stop_signals import StopOnSignals
+from localcascade.cli.wording import loaded_line, reply_stats_line
 from localcascade.errors import Interrupted, LocalCascadeError, Terminated, UsageError
 
 # `kill`, `timeout`, systemd and a closed terminal: the reply stops whole, then the command exits.
@@ -58,7 +59,10 @@ def read_prompt(args: List[str], stdin) -> str:
 
 
 class _ThinkingWriter:
-    """Thinking text to stderr, dim on a colour terminal."""
+    """Thinking text to stderr, dim on a colour terminal.
+
+    Written as it comes, not through rich: the model's text reaches stderr byte for byte (rich
+    would expand its tabs), with only the two codes that dim it around it."""
 
     def __init__(self) -> None:
         from localcascade.settings import no_color
@@ -127,20 +131,14 @@ def ask(
     plan = plan_for_file(model_path, request)
     started = time.perf_counter()
     try:
-        engine = options.load_engine(
-            model_path, plan, chat_template=chat_template, verbose=verbose, grammar=gen.grammar,
-            progress=options.stderr_progress(model_path.name, quiet),
-        )
+        engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose,
+                                     grammar=gen.grammar, show_progress=not quiet)
     except KeyboardInterrupt:
         raise Interrupted("interrupted while loading the model") from None
     load_seconds = time.perf_counter() - started
     with engine:
         if not quiet:
-            print(
-                f"localcascade: {engine.model_name}: ctx {plan.n_ctx}, {plan.n_gpu_layers} GPU layers, "
-                f"KV {plan.type_k}/{plan.type_v}, loaded in {load_seconds:.1f}s",
-                file=sys.stderr,
-            )
+            print(f"localcascade: {loaded_line(engine.model_name, plan, load_seconds)}", file=sys.stderr)
             if request.n_ctx and engine.n_ctx_train and request.n_ctx > engine.n_ctx_train:
                 print(
                     f"localcascade: warning: --ctx {request.n_ctx} is more than the {engine.n_ctx_train} tokens "
@@ -198,12 +196,7 @@ def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds
         sys.stdout.write("\n")
         sys.stdout.flush()
     if stats is not None and not quiet:
-        print(
-            f"localcascade: {stats.prompt_tokens} prompt tokens ({stats.prompt_tokens_per_s:.1f} t/s), "
-            f"{stats.thinking_tokens} thinking + {stats.answer_tokens} answer tokens "
-            f"({stats.generation_tokens_per_s:.1f} t/s), stop: {stats.stop_reason}",
-            file=sys.stderr,
-        )
+        print(f"localcascade: {reply_stats_line(stats)}", file=sys.stderr)
     if termination.received is not None:
         raise Terminated(termination.received)   # what was said is out; now the exit status says why
     return _exit_code(stats, "".join(answer), gen.max_tokens, max_calls)

@@ -14,7 +14,8 @@ from localcascade.cli.app import app
 
 @app.command()
 def bench(
-    model: Optional[str] = typer.Argument(None, help="GGUF file or model name (default: the best one pulled)."),
+    model: Optional[str] = typer.Argument(None, help="GGUF file or model name (default: the best one pulled).",
+                                          autocompletion=options.complete_model_name),
     prompt_tokens: int = typer.Option(512, "-p", "--n-prompt", help="Prompt tokens per pp test."),
     gen_tokens: int = typer.Option(128, "-n", "--n-gen", help="Generated tokens per tg test."),
     repetitions: int = typer.Option(5, "-r", "--repetitions", help="Repetitions of each test."),
@@ -29,8 +30,8 @@ def bench(
     verbose: bool = options.verbose_option(),
 ) -> int:
     """Measure prompt processing and generation speed on this machine."""
+    from localcascade.cli.wording import bench_table
     from localcascade.engine.bench import run_bench
-    from localcascade.units import format_tokens
 
     if ctx is None:
         ctx = str(max(prompt_tokens, gen_tokens, 1))   # like llama-bench: just enough context
@@ -39,7 +40,7 @@ def bench(
     from localcascade.planning import plan_for_file
 
     engine = options.load_engine(model_path, plan_for_file(model_path, request), verbose=verbose, for_chat=False,
-                                 progress=options.stderr_progress(model_path.name, as_json))
+                                 show_progress=not as_json)
     with engine:
         results = run_bench(engine, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repetitions=repetitions)
         plan = engine.plan
@@ -55,12 +56,8 @@ def bench(
                    "results": [r.to_dict() for r in results], "calibration": stored}, sys.stdout)
         sys.stdout.write("\n")
         return 0
-    print("| model | ctx | ngl | cpu-moe | kv | fa | test | t/s |")
-    print("| --- | ---: | ---: | ---: | --- | --- | --- | ---: |")
-    for r in results:
-        print(f"| {engine.model_name} | {format_tokens(plan.n_ctx)} | {plan.n_gpu_layers} | {plan.n_cpu_moe} "
-              f"| {plan.type_k}/{plan.type_v} | {'on' if plan.flash_attn else 'off'} | {r.test} "
-              f"| {r.mean:.2f} ± {r.stddev:.2f} |")
+    for line in bench_table(engine.model_name, plan, results):
+        print(line)
     return 0
 
 

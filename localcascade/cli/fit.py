@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from localcascade.cli.app import app
+from localcascade.cli.options import complete_model_name
 from localcascade.memory import KV_TYPES
 
 FIT_HELP = "Show which variants fit at which context, and recommend one, before anything is downloaded."
@@ -17,7 +18,8 @@ FIT_HELP = "Show which variants fit at which context, and recommend one, before 
 def fit(
     model: Optional[str] = typer.Argument(
         None, help="Catalog variant (Q4_K_M), a model from `list`, REPO (all its models), REPO:QUANT, "
-        "hf://REPO/FILE.gguf or a local file; omitted: every catalog variant."),
+        "hf://REPO/FILE.gguf or a local file; omitted: every catalog variant.",
+        autocompletion=complete_model_name),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="A hardware profile, e.g. rtx-4090."),
     vram: Optional[str] = typer.Option(None, "--vram", help="GPU memory, e.g. 24GiB."),
     ram: Optional[str] = typer.Option(None, "--ram", help="System RAM, e.g. 64GiB."),
@@ -42,39 +44,40 @@ def fit(
     hardware = hardware_for(gpu=gpu, vram=vram, ram=ram)
     report = fit_report(model, hardware, n_ctx=n_ctx, kv_type=kv_type, think=think,
                         limits=limits_from(gpu_overhead=gpu_overhead, gpu_margin=gpu_margin))
+    _add_speed_words(report, hardware)
     if as_json:
         typer.echo(json.dumps(report, indent=1))
     else:
         render_table(report)
 
 
+def _add_speed_words(report: dict, hardware) -> None:
+    """The recommendation's speed as a reason, and where the speeds come from as a note (JSON and table alike)."""
+    from localcascade.cli.wording import speed_note, speed_reason
+
+    rec = report["recommended"]
+    if rec is not None:
+        rec["reasons"].append(speed_reason(rec["tokens_per_s"] or 0.0, rec["prompt_tokens_per_s"], rec["n_ctx"],
+                                           rec["speed_measured"]))
+    report["notes"].append(speed_note(hardware))
+
+
 def render_table(report: dict) -> None:
     """The human table: hardware, recommendation, notes, then one row per variant x context."""
-    from rich.console import Console
     from rich.table import Table
 
+    from localcascade.cli import wording
     from localcascade.cli.console import make_console
     from localcascade.units import format_bytes, format_tokens
 
-    console = make_console(width=max(120, Console().width))
-    hw = report["hardware"]
-    gpus = ", ".join(f"{g['name']} ({format_bytes(g['vram_free_bytes'])} usable)" for g in hw["gpus"]) or "no GPU"
-    console.print(f"Hardware: {gpus}; RAM {format_bytes(hw['ram_available_bytes'])} available")
-    rec = report["recommended"]
+    console = make_console(min_width=120)
+    console.print(wording.usable_hardware_line(report["hardware"]))
     policy = report["policy"]
-    console.print(f"Policy: at least {format_tokens(policy['context_floor'])} of context "
-                  f"({'thinking' if report['think'] else 'no thinking'}), then the best quality at "
-                  f"{policy['usable_tokens_per_s']:.0f}+ tokens/s, then the fastest", soft_wrap=True)
-    if rec:
-        console.print(f"Recommended: {rec['variant']} at {format_tokens(rec['n_ctx'])}, KV {rec['kv_type']} "
-                      f"({rec['verdict']})")
-        for reason in rec["reasons"] + rec["policy"]:
-            console.print(f"  - {reason}", soft_wrap=True)
-        for alt in report["alternatives"]:
-            console.print(f"  Alternative, {alt['summary']}", soft_wrap=True)
-    else:
-        at = f" at {format_tokens(report['requested_n_ctx'])}" if report.get("requested_n_ctx") else ""
-        console.print(f"Recommended: nothing fits this machine{at}")
+    console.print(wording.policy_line(policy["context_floor"], report["think"], policy["usable_tokens_per_s"]),
+                  soft_wrap=True)
+    for line in wording.recommendation_lines(report["recommended"], report["alternatives"],
+                                             report.get("requested_n_ctx")):
+        console.print(line, soft_wrap=not line.startswith("Recommended:"))
     for note in report.get("notes", []):
         console.print(f"Note: {note}")
     table = Table(show_lines=False)
@@ -82,12 +85,7 @@ def render_table(report: dict) -> None:
         table.add_column(col, justify="left" if col in ("variant", "verdict") else "right")
     for v in report["variants"]:
         for row in v["rows"]:
-            verdict = row["verdict"]
-            if verdict == "experts_in_ram":
-                blocks = row["cpu_moe_blocks"]
-                verdict += f" ({blocks} block{'s' if blocks != 1 else ''})"
-            elif verdict == "partial":
-                verdict += f" ({row['n_gpu_layers']} layers)"
+            verdict = wording.verdict_cell(row["verdict"], row["cpu_moe_blocks"], row["n_gpu_layers"])
             tps = "-" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f}"
             pps = "-" if row["prompt_tokens_per_s"] is None else f"{row['prompt_tokens_per_s']:.0f}"
             table.add_row(v["variant"], format_tokens(row["n_ctx"]), verdict, format_bytes(row["gpu_bytes"]),

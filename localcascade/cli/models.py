@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from localcascade.cli import options
 from localcascade.cli.app import app
 from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
 from localcascade.units import format_bytes, format_tokens
@@ -22,13 +23,11 @@ def _err(text: str = "") -> None:
     typer.echo(text, err=True)
 
 
-def _confirm(question: str, yes: bool, *, without_terminal: str) -> None:
-    """Ask on a terminal. Without one, ``without_terminal`` says what happens: "proceed" or "refuse"."""
+def _confirm_deletion(question: str, yes: bool) -> None:
+    """Deleting asks on a terminal; without one it needs --yes (a script must say so to delete)."""
     if yes:
         return
     if not sys.stdin.isatty():
-        if without_terminal == "proceed":
-            return
         raise UsageError(f"{question.rstrip('?')}: no terminal to confirm on; pass --yes")
     if not typer.confirm(question, default=True, err=True):
         raise typer.Exit(1)
@@ -39,135 +38,33 @@ def _confirm(question: str, yes: bool, *, without_terminal: str) -> None:
 @app.command()
 def pull(
     model: str = typer.Argument("auto", help="Variant (Q4_K_M), REPO:QUANT, hf://REPO/FILE.gguf, or auto: "
-                                             "the best variant for this machine."),
+                                             "the best variant for this machine.",
+                                autocompletion=options.complete_pull_model),
     ctx: Optional[str] = typer.Option(None, "--ctx", help="Context length to plan for: 8192, 32K, 1M."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan for a hardware profile (rtx-4090) instead of this machine."),
     vram: Optional[str] = typer.Option(None, "--vram", help="Plan for this much GPU memory, e.g. 16GiB."),
     ram: Optional[str] = typer.Option(None, "--ram", help="Plan for this much system RAM, e.g. 64GiB."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before downloading the variant `auto` chose."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before downloading the variant `auto` chose "
+                                                       "(without a terminal nobody is asked)."),
 ) -> None:
     """Download a model into the Hugging Face cache, resuming and verifying it."""
-    from localcascade import hub, settings, store
+    from localcascade import hub
+    from localcascade.cli import downloads
+    from localcascade.hardware.resolve import hardware_for
+    from localcascade.plan import PlanRequest
+    from localcascade.units import parse_tokens
 
+    request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None)
     if model == "auto":
-        from localcascade.hardware.resolve import hardware_for
-
-        ref = _auto_choice(hardware_for(gpu=gpu, vram=vram, ram=ram), ctx, yes)
+        fetched = downloads.recommend_and_fetch(hardware_for(gpu=gpu, vram=vram, ram=ram), request, yes=yes)
     else:
-        stored = _stored_or_none(store, model)
+        stored = downloads.stored_or_none(model)
         if stored is not None and stored.where == "local":
             raise UsageError(f"{model} is a model on this machine ({stored.path}); nothing to pull")
         ref = hub.parse_model_spec(model)
-    if ref.kind == "local":
-        raise UsageError(f"{model} is a local file already; nothing to pull")
-    if settings.hub_offline():
-        stored = _stored_or_none(store, model if model != "auto" else ref.spec)
-        if stored is None:
-            from localcascade.errors import OfflineError
-
-            raise OfflineError(f"HF_HUB_OFFLINE=1 and {ref.label} is not in the cache")
-        _err(f"{stored.name} is already here (offline: not checked against the hub)")
-        typer.echo(f"{stored.name}\t{format_bytes(stored.size)}\t{stored.path}")
-        return
-    remote = hub.resolve_remote(ref)
-    shards = f" in {len(remote.files)} files" if len(remote.files) > 1 else ""
-    _err(f"{ref.label}: {remote.repo}, {format_bytes(remote.size)}{shards}")
-    if model != "auto":  # auto has shown its plan already
-        from localcascade.hardware.resolve import hardware_for
-
-        _check_before_download(remote, hardware_for(gpu=gpu, vram=vram, ram=ram), ctx)
-    try:
-        pulled = hub.pull(remote, show_progress=sys.stderr.isatty())
-    except KeyboardInterrupt:
-        from localcascade.errors import Interrupted
-
-        raise Interrupted(f"interrupted: `localcascade pull {model}` again continues where this stopped") from None
-    if pulled.resumed_bytes:
-        _err(f"continued an interrupted download ({format_bytes(pulled.resumed_bytes)} were already here)")
-    elif not pulled.downloaded_bytes:
-        _err("already downloaded")
-    state = "sha256 verified" if all(f.verified for f in pulled.files) else "no published sha256 to check"
-    name = ref.spec if ref.kind == "variant" else ref.label
-    report_unrecorded(pulled)
-    typer.echo(f"{name}\t{format_bytes(pulled.size)}\t{state}\t{pulled.path}")
-
-
-def _check_before_download(remote, hardware, ctx: Optional[str]) -> None:
-    """Read the file's header from the hub first (a few MB of range requests): a file llama.cpp
-    cannot use is refused before its gigabytes are fetched, and the user sees how it would fit."""
-    from localcascade.errors import GGUFHeaderError
-    from localcascade.gguf_header import read_header
-    from localcascade.plan import PlanRequest
-    from localcascade.units import parse_tokens
-
-    request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None)
-    try:
-        header = read_header(f"hf://{remote.repo}@{remote.revision}/{remote.files[0].path}")
-    except GGUFHeaderError as err:
-        raise GGUFHeaderError(f"{err}; nothing was downloaded") from None
-    except LocalCascadeError as err:  # the hub would not answer a range request: the download decides
-        _err(f"  (the header could not be read first: {err})")
-        return
-    plan, plan_error = _plan_for(header, hardware, request)
-    _err(f"  {_plan_line(plan)}" if plan is not None else f"  warning: {plan_error}")
-
-
-def report_unrecorded(pulled) -> None:
-    """The download is complete whatever the store index says: a record that could not be kept
-    (read-only LOCALCASCADE_HOME, a broken index) is a note, after which the model is still used."""
-    for reason in pulled.notes:
-        _err(f"note: the download is complete ({pulled.path}), but its check could not be recorded: {reason}; "
-             "`localcascade list` shows it as not verified and the next pull checks it again")
-
-
-def _auto_choice(hardware, ctx: Optional[str], yes: bool):
-    """Let the planner pick the catalog variant that fits ``hardware`` best; show the plan; confirm."""
-    from localcascade import hub
-    from localcascade.catalog import load_catalog
-    from localcascade.plan import PlanRequest
-    from localcascade.policy import recommend
-    from localcascade.units import parse_tokens
-
-    request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None)
-    choice = recommend(hardware, load_catalog(), request)
-    variant, plan = choice.variant, choice.plan
-    plan = _plan_from_remote_header(variant, hardware, request) or plan
-    _err(f"best for this machine: {variant.quant} ({format_bytes(variant.size_bytes)}) from {variant.repo}")
-    _err(f"  {_plan_line(plan)}")
-    for reason in plan.reasons:
-        _err(f"  - {reason}")
-    _confirm(f"Download {variant.quant} ({format_bytes(variant.size_bytes)})?", yes, without_terminal="proceed")
-    return hub.parse_model_spec(variant.quant)
-
-
-def _plan_from_remote_header(variant, hardware, request):
-    """The plan from the real file's header, read with range requests; None when the hub does not answer."""
-    from localcascade import settings
-
-    if settings.hub_offline():
-        return None
-    try:
-        from localcascade.gguf_header import read_header
-        from localcascade.policy import plan_for_model
-
-        header = read_header(f"hf://{variant.repo}/{variant.files[0]}")
-        return plan_for_model(header, hardware, request)
-    except LocalCascadeError as err:
-        _err(f"(planning from catalog facts: {err})")
-        return None
-
-
-def _plan_line(plan) -> str:
-    gpu = f"GPU {format_bytes(plan.gpu_bytes)}, " if plan.gpu_bytes else ""
-    return (f"{plan.verdict.replace('_', ' ')} at {format_tokens(plan.n_ctx)} context: "
-            f"{gpu}RAM {format_bytes(plan.ram_bytes)}")
-
-
-def _stored_or_none(store, spec: str):
-    try:
-        return store.find_stored(spec)
-    except ModelNotFoundError:
-        return None
+        hardware = None if ref.kind == "local" else hardware_for(gpu=gpu, vram=vram, ram=ram)
+        fetched = downloads.fetch(ref, model, hardware=hardware, request=request)
+    typer.echo(fetched.summary())
 
 
 # -- list ----------------------------------------------------------------------------------
@@ -203,21 +100,22 @@ def list_models(
 
 @app.command()
 def show(
-    model: str = typer.Argument(..., help="A stored model (see `list`), a path, or hf://REPO/FILE.gguf."),
+    model: str = typer.Argument(..., help="A stored model (see `list`), a path, or hf://REPO/FILE.gguf.",
+                                autocompletion=options.complete_model_name),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan for a hardware profile (rtx-4090) instead."),
     vram: Optional[str] = typer.Option(None, "--vram", help="Plan for this much GPU memory, e.g. 16GiB."),
     ram: Optional[str] = typer.Option(None, "--ram", help="Plan for this much system RAM, e.g. 64GiB."),
 ) -> None:
     """Architecture, file facts and the fit plan for this machine of one model."""
-    from localcascade.hardware.resolve import hardware_for
-
     from localcascade import store
+    from localcascade.cli.downloads import plan_for_header, stored_or_none
     from localcascade.gguf_header import read_header
+    from localcascade.hardware.resolve import hardware_for
     from localcascade.model_summary import summarize
 
     hardware = hardware_for(gpu=gpu, vram=vram, ram=ram)  # a bad --gpu is the user's first mistake to hear of
-    stored = _stored_or_none(store, model)
+    stored = stored_or_none(model)
     if stored is not None:
         source = str(stored.path)
     elif model.startswith("hf://"):
@@ -226,7 +124,7 @@ def show(
         source = _local_or_hub_source(store, model)
     header = read_header(source)
     summary = summarize(header)
-    plan, plan_error = _plan_for(header, hardware)
+    plan, plan_error = plan_for_header(header, hardware)
     if as_json:
         data = {"model": stored.to_dict() if stored else {"path": source}, "summary": summary.to_dict(),
                 "plan": plan.to_dict() if plan else None, "plan_error": plan_error}
@@ -250,16 +148,6 @@ def _local_or_hub_source(store, model: str) -> str:
         except LocalCascadeError:
             raise ModelNotFoundError(f"no model file or known model named {model!r} (see `localcascade list`)") from None
         return f"hf://{variant.repo}/{variant.files[0]}"
-
-
-def _plan_for(header, hardware, request=None):
-    try:
-        from localcascade.plan import PlanRequest
-        from localcascade.policy import plan_for_model
-
-        return plan_for_model(header, hardware, request or PlanRequest()), None
-    except LocalCascadeError as err:
-        return None, str(err)
 
 
 def _render_show(label, stored, s, plan, plan_error) -> None:
@@ -289,10 +177,10 @@ def _render_show(label, stored, s, plan, plan_error) -> None:
         if stored.source:
             out(f"  made from      {stored.source}")
     if plan is not None:
-        from localcascade.fit_report import speed_reason
+        from localcascade.cli.wording import plan_line, plan_speed_reason
 
-        out(f"  fit            {_plan_line(plan)}")
-        for reason in plan.reasons + ((speed_reason(plan),) if plan.tokens_per_s else ()):
+        out(f"  fit            {plan_line(plan)}")
+        for reason in plan.reasons + ((plan_speed_reason(plan),) if plan.tokens_per_s else ()):
             out(f"                 - {reason}")
     else:
         out(f"  fit            unknown ({plan_error})")
@@ -302,7 +190,8 @@ def _render_show(label, stored, s, plan, plan_error) -> None:
 
 @app.command()
 def rm(
-    model: str = typer.Argument(..., help="A stored model, as `localcascade list` names it."),
+    model: str = typer.Argument(..., help="A stored model, as `localcascade list` names it.",
+                                autocompletion=options.complete_stored_model),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
 ) -> None:
     """Delete a model's files (only files the store knows)."""
@@ -311,6 +200,6 @@ def rm(
     stored = store.find_stored(model)
     files = "\n".join(f"  {f}" for f in stored.files)
     _err(f"{stored.name}: {format_bytes(stored.size)} in {stored.where}\n{files}")
-    _confirm(f"Delete {stored.name}?", yes, without_terminal="refuse")
+    _confirm_deletion(f"Delete {stored.name}?", yes)
     store.remove(stored)
     typer.echo(f"removed {stored.name} ({format_bytes(stored.size)})")

@@ -9,10 +9,8 @@ GenerationOptions, the model path, a loaded Engine). No heavy imports here:
 from __future__ import annotations
 
 import math
-
-import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 
@@ -22,7 +20,52 @@ from localcascade.errors import ModelNotFoundError, UsageError
 
 
 def model_option():
-    return typer.Option(None, "--model", "-m", help="GGUF file or model name (default: the best one pulled).")
+    return typer.Option(None, "--model", "-m", help="GGUF file or model name (default: the best one pulled).",
+                        autocompletion=complete_model_name)
+
+
+def complete_model_name(incomplete: str) -> list[str]:
+    """Tab completion of a model: the catalog's variants and the models on this machine."""
+    return _matching(_catalog_names() + stored_model_names(), incomplete)
+
+
+def complete_pull_model(incomplete: str) -> list[str]:
+    """Tab completion of `pull`'s model: auto (the best for this machine), then the catalog's variants
+    and the models already here (pulling one again checks it)."""
+    return _matching(["auto"] + _catalog_names() + stored_model_names(), incomplete)
+
+
+def complete_stored_model(incomplete: str) -> list[str]:
+    """Tab completion of a model that is on this machine (`rm`)."""
+    return _matching(stored_model_names(), incomplete)
+
+
+def stored_model_names() -> list[str]:
+    """The names `localcascade list` shows; none when the store cannot be read.
+
+    Completion runs inside the user's shell on every Tab: a broken index or an unreadable data
+    folder must cost the names it would have given, never a traceback at the prompt.
+    """
+    try:
+        from localcascade import store
+
+        return [model.name for model in store.list_models()]
+    except Exception:  # noqa: BLE001 - whatever the store raises, the shell gets the other names
+        return []
+
+
+def _catalog_names() -> list[str]:
+    try:
+        from localcascade.catalog import load_catalog
+
+        return [variant.quant for variant in load_catalog()]
+    except Exception:  # noqa: BLE001 - as above: completion never fails in the shell
+        return []
+
+
+def _matching(names: list[str], incomplete: str) -> list[str]:
+    """The names starting with what was typed, each once (typer offers the shell only those anyway)."""
+    return list(dict.fromkeys(name for name in names if name.startswith(incomplete)))
 
 
 def ctx_option(default_is: str = "the plan's"):
@@ -212,43 +255,21 @@ def load_engine(
     *,
     chat_template: Optional[Path] = None,
     verbose: bool = False,
-    progress: Optional[Callable[[float], None]] = None,
+    show_progress: bool = True,
     for_chat: bool = True,
     grammar: Optional[str] = None,
     threads: Optional[int] = None,
 ):
     """Load the Engine for ``model_path`` with ``plan`` (``localcascade.planning.plan_for_file``'s):
-    the one load path of every command.
+    the one load path of every command, with its progress on stderr (``cli.progress``).
 
     ``for_chat`` (and ``grammar``) have the engine check the template (and the grammar) first.
     """
+    from localcascade.cli.progress import load_progress
     from localcascade.engine.session import Engine
     from localcascade.engine.template import read_template_file
 
     template_text = read_template_file(chat_template) if chat_template is not None else None
-    return Engine.load(model_path, plan, chat_template=template_text, verbose=verbose, progress=progress,
-                       for_chat=for_chat, grammar=grammar, threads=threads)
-
-
-def stderr_progress(label: str, quiet: bool) -> Optional[Callable[[float], None]]:
-    """A load progress reporter for stderr: a live percentage on a terminal, nothing in a pipe."""
-    if quiet or not sys.stderr.isatty():
-        return None
-    last = [-1]
-
-    def report(fraction: float) -> None:
-        percent = int(fraction * 100)
-        if percent != last[0]:
-            last[0] = percent
-            sys.stderr.write(f"\rloading {label} {percent:3d}%")
-            if percent >= 100:
-                sys.stderr.write("\r\033[K" if not _no_color() else "\n")
-            sys.stderr.flush()
-
-    return report
-
-
-def _no_color() -> bool:
-    from localcascade.settings import no_color
-
-    return no_color()
+    with load_progress(model_path.name, show=show_progress) as progress:
+        return Engine.load(model_path, plan, chat_template=template_text, verbose=verbose, progress=progress,
+                           for_chat=for_chat, grammar=grammar, threads=threads)

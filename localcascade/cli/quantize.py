@@ -8,20 +8,21 @@ under its file name, so `run`, `ask` and `fit` take it by name.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from localcascade.cli.app import app
+from localcascade.cli.options import complete_stored_model
 from localcascade.errors import LocalCascadeError, OutputPathError
 from localcascade.units import format_bytes
 
 
 @app.command()
 def quantize(
-    src: str = typer.Argument(..., help="Source GGUF (BF16/F16/F32; any shard of a split set), or a stored model."),
+    src: str = typer.Argument(..., help="Source GGUF (BF16/F16/F32; any shard of a split set), or a stored model.",
+                              autocompletion=complete_stored_model),
     to: str = typer.Option(..., "--to", "-t", help="Target type: IQ4_XS, Q4_K_M, Q5_K_M, Q6_K, Q8_0, ..."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: next to SRC, named for TYPE)."),
     imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance-matrix file (llama-imatrix output)."),
@@ -34,6 +35,7 @@ def quantize(
     """Quantize a GGUF with llama.cpp's quantizer, check the result, and add it to the store."""
     import quant
     from localcascade import store
+    from localcascade.cli.progress import QuantizeProgress
     from quant.quantize import check_threads
 
     # Everything that can be refused is refused here, before llama.cpp's dry run and the work.
@@ -67,7 +69,7 @@ def quantize(
     with quant.prepare(source, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
         typer.echo(f"{source.name} -> {target}: predicted {format_bytes(job.plan.predicted_bytes)} "
                    f"(from {format_bytes(job.plan.source_bytes)})", err=True)
-        with _progress_bar(target) as progress:
+        with QuantizeProgress(target) as progress:
             result = job.run(dst, keep_split=keep_split, nthread=threads, progress=progress, overwrite=force,
                              publish=publish)
     for warning in result.warnings:
@@ -127,40 +129,3 @@ def _name_for(path: Path) -> str:
     name = path.name[: -len(".gguf")] if path.name.endswith(".gguf") else path.name
     return re.sub(r"-\d{5}-of-\d{5}$", "", name)
 
-
-class _progress_bar:
-    """A rich progress bar on stderr (plain lines when stderr is not a terminal)."""
-
-    def __init__(self, target: str):
-        self.target = target
-
-    def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        from localcascade.cli.console import make_console
-        from localcascade.settings import no_color
-
-        console = make_console(stderr=True)
-        # A live bar redraws with cursor codes: NO_COLOR gets the plain line-per-step form instead.
-        self.live = console.is_terminal and not no_color()
-        self.bar = Progress(TextColumn(f"quantizing to {self.target}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("{task.description}"), console=console,
-                            disable=not self.live)
-        self.bar.__enter__()
-        self.task = None
-        self.last_tenth = -1
-        return self.update
-
-    def update(self, done: int, total: int, tensor: str) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task("", total=total)
-        self.bar.update(self.task, completed=done, description=tensor)
-        if not self.live:  # a log line per 10 %, so a redirected stderr still shows life
-            tenth = done * 10 // max(total, 1)
-            if tenth != self.last_tenth:
-                self.last_tenth = tenth
-                print(f"quantizing to {self.target}: {done}/{total} tensors", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc):
-        self.bar.__exit__(*exc)
-        return False

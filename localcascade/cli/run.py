@@ -6,6 +6,7 @@ import io
 import os
 import stat
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -13,12 +14,16 @@ import typer
 
 from localcascade.cli import options, tool_options
 from localcascade.cli.app import app
-from localcascade.errors import DoesNotFitError, ModelNotFoundError, UsageError
+from localcascade.errors import ModelNotFoundError, UsageError
+
+_NOTHING_TO_READ = ("standard input is closed (or /dev/null) and the chat reads its messages from it: "
+                    "run it from a terminal or pipe the messages in (`localcascade ask` answers one prompt)")
 
 
 @app.command()
 def run(
-    model_arg: Optional[str] = typer.Argument(None, help="GGUF file or model name."),
+    model_arg: Optional[str] = typer.Argument(None, help="GGUF file or model name.",
+                                              autocompletion=options.complete_model_name),
     model: Optional[str] = options.model_option(),
     think: bool = options.think_option(),
     trace: str = typer.Option("collapse", "--trace", help="Show the thinking trace: show, hide or collapse."),
@@ -38,7 +43,8 @@ def run(
     grammar_file: Optional[Path] = typer.Option(
         None, "--grammar-file", help="Constrain every reply (thinking included) to a GBNF grammar FILE."
     ),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Download the recommended variant without asking."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Download the recommended variant without asking "
+                             "(without a terminal nobody is asked)."),
     tools: Optional[str] = tool_options.tools_option(),
     tools_unsafe: bool = tool_options.unsafe_option(),
     max_tool_calls: Optional[int] = tool_options.max_tool_calls_option(),
@@ -69,32 +75,25 @@ def run(
     model_path = _choose_model(model_arg or model, hardware, request, yes)
     if _stdin_is_empty():
         # Before the load, which can take minutes for a model this size, only to read nothing.
-        raise UsageError("standard input is closed (or /dev/null) and the chat reads its messages from it: "
-                         "run it from a terminal or pipe the messages in (`localcascade ask` answers one prompt)")
+        raise UsageError(_NOTHING_TO_READ)
 
+    from localcascade.cli.wording import describe_plan
     from localcascade.engine.session import Chat
     from localcascade.planning import plan_for_file
 
     plan = plan_for_file(model_path, request, hardware)
-    for line in repl.describe_plan(plan):
+    for line in describe_plan(plan):
         print(f"localcascade: {line}", file=sys.stderr)
     for alternative in plan.alternatives:
         print(f"localcascade:   alternative, {alternative}", file=sys.stderr)
-    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose,
-                                 progress=options.stderr_progress(model_path.name, quiet=False))
+    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose)
     with engine:
         state = repl.ReplState(
             engine=engine,
             chat=Chat(engine, system=system),
-            think=gen.think,
+            options=replace(gen, grammar=grammar),
             trace=trace,
-            think_budget=gen.think_budget,
-            sampling=repl.Sampling(
-                temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k, max_tokens=gen.max_tokens,
-                seed=gen.seed,
-            ),
             hardware=hardware,
-            grammar=grammar,
             python_tool=python_tool,
             tools=python_tool is not None,
             max_tool_calls=max_calls,
@@ -114,7 +113,7 @@ def _stdin_is_empty() -> bool:
 
 
 def _choose_model(spec: Optional[str], hardware, request, yes: bool) -> Path:
-    """The named model; else the best-fitting variant already pulled; else offer to pull one."""
+    """The named model; else the best-fitting variant already pulled; else the recommended one, pulled now."""
     from localcascade import store
 
     if spec:
@@ -123,38 +122,12 @@ def _choose_model(spec: Optional[str], hardware, request, yes: bool) -> Path:
     if best is not None:
         stored, _plan = best
         return Path(stored.path)
-    return _offer_pull(hardware, request, yes)
+    if _stdin_is_empty():
+        # Gigabytes are not fetched for a chat that has nothing to read.
+        raise ModelNotFoundError("no model pulled yet: `localcascade pull` downloads the best variant for this "
+                                 "machine (nothing is downloaded now: standard input is closed or /dev/null, so "
+                                 "the chat would have nothing to read)")
+    print("localcascade: no Nemotron-Cascade-2 model pulled yet", file=sys.stderr)
+    from localcascade.cli.downloads import recommend_and_fetch
 
-
-def _offer_pull(hardware, request, yes: bool) -> Path:
-    """Nothing pulled yet: show what fits this machine and download it if the user agrees."""
-    from localcascade import hub
-    from localcascade.catalog import load_catalog
-    from localcascade.policy import recommend
-    from localcascade.repl import describe_plan
-    from localcascade.units import format_bytes
-
-    try:
-        choice = recommend(hardware, list(load_catalog()), request)
-        variant, plan = choice.variant, choice.plan
-    except DoesNotFitError as err:
-        raise DoesNotFitError(
-            f"no model pulled yet, and none to recommend: {err} (`localcascade fit` shows what each "
-            "variant needs; --model FILE runs a file you have)"
-        ) from None
-    print("localcascade: no Nemotron-Cascade-2 model pulled yet. What fits this machine:", file=sys.stderr)
-    for line in describe_plan(plan):
-        print(f"  {line}", file=sys.stderr)
-    what = f"{variant.quant} ({format_bytes(variant.size_bytes)})"
-    if not yes:
-        if not sys.stdin.isatty():
-            raise ModelNotFoundError(
-                f"no model pulled: run `localcascade pull {variant.quant}`, or `localcascade run --yes` to pull it now"
-            )
-        if not typer.confirm(f"Download {what} from {variant.repo}?", default=True, err=True):
-            raise ModelNotFoundError(f"nothing to run: `localcascade pull {variant.quant}` downloads it later")
-    pulled = hub.pull(hub.resolve_remote(hub.parse_model_spec(variant.quant)))
-    from localcascade.cli.models import report_unrecorded
-
-    report_unrecorded(pulled)
-    return Path(pulled.files[0].local_path)
+    return recommend_and_fetch(hardware, request, yes=yes).path

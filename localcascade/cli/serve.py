@@ -19,7 +19,8 @@ MAX_PARALLEL = 64     # llama.cpp allows 256 sequences; past this the per-step P
 
 @app.command()
 def serve(
-    model_arg: Optional[str] = typer.Argument(None, help="GGUF file or model name."),
+    model_arg: Optional[str] = typer.Argument(None, help="GGUF file or model name.",
+                                              autocompletion=options.complete_model_name),
     model: Optional[str] = options.model_option(),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (default: this machine only)."),
     port: int = typer.Option(8080, "--port", help="Port to listen on (0: any free port, printed at start)."),
@@ -71,7 +72,7 @@ def serve(
 
 def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose, threads) -> int:
     from localcascade.planning import plan_for_file
-    from localcascade.repl import describe_plan
+    from localcascade.cli.wording import describe_plan
     from localcascade.server.app import ServerSettings
     from localcascade.server.run import base_url, is_loopback, serve_forever
 
@@ -79,8 +80,7 @@ def _serve(listener, host, spec, request, chat_template, api_key, queue, body_li
     plan = plan_for_file(model_path, request)
     for line in describe_plan(plan):
         _say(line)
-    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose, threads=threads,
-                                 progress=options.stderr_progress(model_path.name, quiet=False))
+    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose, threads=threads)
     with engine:
         settings = ServerSettings(model_id=model_path.stem, api_key=api_key, max_body_bytes=body_limit)
         if not is_loopback(host) and api_key is None:

@@ -1,0 +1,179 @@
+"""Getting a model onto this machine: recommend, confirm, pull. `pull` and `run` both come here.
+
+``recommend_and_fetch`` lets the policy pick the catalog variant that fits the machine best, shows
+the plan (from the real file's header on the hub when it answers), asks, and downloads it.
+``fetch`` downloads a model already named, resuming and verifying it.
+
+One rule for the question, whoever asks it: ``--yes`` never asks; a terminal is asked, Enter
+meaning yes; without a terminal on stdin (a script, a pipe, cron) nobody can answer, and the
+download goes ahead, as ``ollama pull`` and ``ollama run`` fetch what they are told to without
+asking: the command itself was the request. A line on stderr says so, so a log shows why.
+
+Questions, plans and progress go to stderr; the caller decides what reaches stdout.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from localcascade.cli.wording import plan_line
+from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
+from localcascade.units import format_bytes
+
+
+def _err(text: str = "") -> None:
+    typer.echo(text, err=True)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A model that is on this machine now."""
+
+    name: str              # as `localcascade list` names it
+    path: Path             # its (first) file
+    size: int
+    check: str | None      # "sha256 verified" / "no published sha256 to check"; None: not checked (offline)
+
+    def summary(self) -> str:
+        """`pull`'s line on stdout: NAME, SIZE, the check when there was one, PATH, tab-separated."""
+        return "\t".join([self.name, format_bytes(self.size), *([self.check] if self.check else []), str(self.path)])
+
+
+def confirm_download(question: str, yes: bool, *, later: str) -> None:
+    """The one rule (see the module doc). ``later`` is the command that downloads it another time."""
+    if yes:
+        return
+    if sys.stdin is None or not sys.stdin.isatty():
+        _err("(no terminal to ask on: downloading, as with --yes)")
+        return
+    if not typer.confirm(question, default=True, err=True):
+        raise ModelNotFoundError(f"nothing downloaded: `{later}` downloads it later")
+
+
+def recommend_and_fetch(hardware, request, *, yes: bool) -> Fetched:
+    """The catalog variant that fits ``hardware`` best for ``request``: shown, confirmed, downloaded."""
+    from localcascade import hub
+    from localcascade.catalog import load_catalog
+    from localcascade.errors import DoesNotFitError
+    from localcascade.policy import recommend
+
+    try:
+        choice = recommend(hardware, load_catalog(), request)
+    except DoesNotFitError as err:
+        raise DoesNotFitError(f"no variant to recommend: {err} (`localcascade fit` shows what each variant "
+                              "needs; a file you have runs with --model FILE)") from None
+    variant = choice.variant
+    plan = _plan_from_remote_header(variant, hardware, request) or choice.plan
+    size = format_bytes(variant.size_bytes)
+    _err(f"best for this machine: {variant.quant} ({size}) from {variant.repo}")
+    _err(f"  {plan_line(plan)}")
+    for reason in plan.reasons:
+        _err(f"  - {reason}")
+    confirm_download(f"Download {variant.quant} ({size})?", yes, later=f"localcascade pull {variant.quant}")
+    return fetch(hub.parse_model_spec(variant.quant), variant.quant)
+
+
+def fetch(ref, spec: str, *, hardware=None, request=None) -> Fetched:
+    """Download ``ref`` (``spec`` as the user named it) into the Hugging Face cache, resuming and verifying.
+
+    With ``hardware``, the file's header is read from the hub first and its plan shown: a file
+    llama.cpp could not use is refused before its bytes are fetched. With HF_HUB_OFFLINE=1 the
+    cached copy is the answer, or there is none.
+    """
+    from localcascade import hub, settings
+
+    if ref.kind == "local":
+        raise UsageError(f"{spec} is a local file already; nothing to pull")
+    if settings.hub_offline():
+        stored = stored_or_none(spec)
+        if stored is None:
+            from localcascade.errors import OfflineError
+
+            raise OfflineError(f"HF_HUB_OFFLINE=1 and {ref.label} is not in the cache")
+        _err(f"{stored.name} is already here (offline: not checked against the hub)")
+        return Fetched(stored.name, Path(stored.path), stored.size, None)
+    remote = hub.resolve_remote(ref)
+    shards = f" in {len(remote.files)} files" if len(remote.files) > 1 else ""
+    _err(f"{ref.label}: {remote.repo}, {format_bytes(remote.size)}{shards}")
+    if hardware is not None:
+        _check_before_download(remote, hardware, request)
+    try:
+        pulled = hub.pull(remote, show_progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        from localcascade.errors import Interrupted
+
+        raise Interrupted(f"interrupted: `localcascade pull {spec}` again continues where this stopped") from None
+    if pulled.resumed_bytes:
+        _err(f"continued an interrupted download ({format_bytes(pulled.resumed_bytes)} were already here)")
+    elif not pulled.downloaded_bytes:
+        _err("already downloaded")
+    report_unrecorded(pulled)
+    check = "sha256 verified" if all(f.verified for f in pulled.files) else "no published sha256 to check"
+    return Fetched(ref.spec if ref.kind == "variant" else ref.label, pulled.path, pulled.size, check)
+
+
+def report_unrecorded(pulled) -> None:
+    """The download is complete whatever the store index says: a record that could not be kept
+    (read-only LOCALCASCADE_HOME, a broken index) is a note, after which the model is still used."""
+    for reason in pulled.notes:
+        _err(f"note: the download is complete ({pulled.path}), but its check could not be recorded: {reason}; "
+             "`localcascade list` shows it as not verified and the next pull checks it again")
+
+
+def stored_or_none(spec: str):
+    """The stored model ``spec`` names, or None."""
+    from localcascade import store
+
+    try:
+        return store.find_stored(spec)
+    except ModelNotFoundError:
+        return None
+
+
+def plan_for_header(header, hardware, request=None):
+    """(the plan for a model's header on ``hardware``, None) or (None, why there is none)."""
+    from localcascade.plan import PlanRequest
+    from localcascade.policy import plan_for_model
+
+    try:
+        return plan_for_model(header, hardware, request or PlanRequest()), None
+    except LocalCascadeError as err:
+        return None, str(err)
+
+
+def _check_before_download(remote, hardware, request) -> None:
+    """Read the file's header from the hub first (a few MB of range requests): a file llama.cpp
+    cannot use is refused before its gigabytes are fetched, and the user sees how it would fit."""
+    from localcascade.errors import GGUFHeaderError
+    from localcascade.gguf_header import read_header
+
+    try:
+        header = read_header(f"hf://{remote.repo}@{remote.revision}/{remote.files[0].path}")
+    except GGUFHeaderError as err:
+        raise GGUFHeaderError(f"{err}; nothing was downloaded") from None
+    except LocalCascadeError as err:  # the hub would not answer a range request: the download decides
+        _err(f"  (the header could not be read first: {err})")
+        return
+    plan, plan_error = plan_for_header(header, hardware, request)
+    _err(f"  {plan_line(plan)}" if plan is not None else f"  warning: {plan_error}")
+
+
+def _plan_from_remote_header(variant, hardware, request):
+    """The plan from the real file's header, read with range requests; None when the hub does not answer."""
+    from localcascade import settings
+
+    if settings.hub_offline():
+        return None
+    try:
+        from localcascade.gguf_header import read_header
+        from localcascade.policy import plan_for_model
+
+        header = read_header(f"hf://{variant.repo}/{variant.files[0]}")
+        return plan_for_model(header, hardware, request)
+    except LocalCascadeError as err:
+        _err(f"(planning from catalog facts: {err})")
+        return None

@@ -1,0 +1,187 @@
+"""How plans, hardware and statistics are put into words, for every command that shows them.
+
+`fit`, `show`, `pull`, `run` (and its chat), `ask`, `bench` and `serve` all describe the same
+things: a Plan (where a model goes and what it costs), the machine, and what a reply or a
+benchmark measured. Their sentences live here, so one wording change reaches every command and
+the commands stay thin. Only plain strings come out: which stream and style they get is the
+caller's business. No heavy imports: `localcascade --help` imports the command modules.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+from localcascade.units import format_bytes, format_duration, format_tokens
+
+if TYPE_CHECKING:
+    from localcascade.engine.events import TurnStats
+    from localcascade.hardware.facts import Hardware
+    from localcascade.plan import Plan
+
+
+# --- plans ----------------------------------------------------------------------------------------
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    """The plan in two short lines: what loads where and how fast, then how it is offloaded."""
+    where = f"GPU {format_bytes(plan.gpu_bytes)} + RAM {format_bytes(plan.ram_bytes)}"
+    if plan.gpu_bytes == 0:
+        where = f"RAM {format_bytes(plan.ram_bytes)} (CPU only)"
+    speed = ""
+    if plan.tokens_per_s:
+        label = "measured" if plan.speed_measured else "estimated"
+        speed = f", ~{plan.tokens_per_s:.0f} tokens/s ({label})"
+        if plan.prompt_tokens_per_s:
+            speed += f", a full context reads in ~{format_duration(plan.prompt_seconds())}"
+    context = format_tokens(plan.n_ctx)
+    if plan.n_seq > 1:   # the server's --parallel: the context is shared out, --ctx each
+        context = f"{format_tokens(plan.n_ctx // plan.n_seq)} x {plan.n_seq} conversations"
+    first = f"{plan.model}, context {context}, {where}{speed}"
+    offload = f"{plan.n_gpu_layers} GPU layers"
+    if plan.n_cpu_moe:
+        offload += f", experts of {plan.moe_blocks_in_ram} MoE blocks in RAM (--n-cpu-moe {plan.n_cpu_moe})"
+    second = (
+        f"{plan.verdict.replace('_', ' ')}: {offload}, KV {plan.type_k}/{plan.type_v}, "
+        f"flash attention {'on' if plan.flash_attn else 'off'}"
+    )
+    return [first, second]
+
+
+def plan_line(plan: Plan) -> str:
+    """The plan in one line, for `pull` and `show`: "full gpu at 16K context: GPU 23.67 GiB, RAM 750.8 MiB"."""
+    gpu = f"GPU {format_bytes(plan.gpu_bytes)}, " if plan.gpu_bytes else ""
+    return (f"{plan.verdict.replace('_', ' ')} at {format_tokens(plan.n_ctx)} context: "
+            f"{gpu}RAM {format_bytes(plan.ram_bytes)}")
+
+
+def verdict_cell(verdict: str, moe_blocks_in_ram: int, n_gpu_layers: int) -> str:
+    """A verdict with the number that qualifies it, for `fit`'s table: "experts_in_ram (2 blocks)"."""
+    if verdict == "experts_in_ram":
+        return f"{verdict} ({moe_blocks_in_ram} block{'s' if moe_blocks_in_ram != 1 else ''})"
+    if verdict == "partial":
+        return f"{verdict} ({n_gpu_layers} layers)"
+    return verdict
+
+
+def speed_reason(tokens_per_s: float, prompt_tokens_per_s: float | None, n_ctx: int, measured: bool) -> str:
+    """A plan's speed in words: generation, and how long reading a full context takes.
+
+    Takes the numbers, not a Plan, because `fit` words its JSON rows (which carry the same fields).
+    """
+    label = "measured" if measured else "estimated"
+    reading = ""
+    if prompt_tokens_per_s:
+        reading = (f"; reading a full {format_tokens(n_ctx)} prompt takes "
+                   f"~{format_duration(n_ctx / prompt_tokens_per_s)}")
+    return (f"~{tokens_per_s:.0f} tokens/s generating, ~{prompt_tokens_per_s or 0:.0f} reading a prompt "
+            f"({label}){reading}")
+
+
+def plan_speed_reason(plan: Plan) -> str:
+    return speed_reason(plan.tokens_per_s or 0.0, plan.prompt_tokens_per_s, plan.n_ctx, plan.speed_measured)
+
+
+def speed_note(hardware: Hardware) -> str:
+    """Where the tok/s figures come from, said once under `fit`'s table."""
+    c = hardware.calibration
+    if c is not None and hardware.source == "detected":
+        gpu = " (GPU parts of a plan stay estimates)" if hardware.gpus else ""
+        return f"speeds: measured on this machine by `localcascade bench` on {c.model} ({c.measured_at[:10]}){gpu}"
+    if hardware.source == "detected":
+        return "speeds: estimates; `localcascade bench MODEL` measures this machine and fit then uses its figures"
+    return "speeds: estimates for this hardware (profiles are never measured here)"
+
+
+def policy_line(context_floor: int, think: bool, usable_tokens_per_s: float) -> str:
+    return (f"Policy: at least {format_tokens(context_floor)} of context "
+            f"({'thinking' if think else 'no thinking'}), then the best quality at "
+            f"{usable_tokens_per_s:.0f}+ tokens/s, then the fastest")
+
+
+def recommendation_lines(recommended: dict | None, alternatives: Iterable[dict], requested_n_ctx: int | None) -> list[str]:
+    """`fit`'s recommendation (a JSON-ready dict) with its reasons and alternatives."""
+    if not recommended:
+        at = f" at {format_tokens(requested_n_ctx)}" if requested_n_ctx else ""
+        return [f"Recommended: nothing fits this machine{at}"]
+    lines = [f"Recommended: {recommended['variant']} at {format_tokens(recommended['n_ctx'])}, "
+             f"KV {recommended['kv_type']} ({recommended['verdict']})"]
+    lines += [f"  - {reason}" for reason in recommended["reasons"] + recommended["policy"]]
+    lines += [f"  Alternative, {alt['summary']}" for alt in alternatives]
+    return lines
+
+
+# --- hardware -------------------------------------------------------------------------------------
+
+
+def describe_hardware(hardware: Hardware) -> str:
+    """The machine in one line, for the chat's /info: "NVIDIA ... 24.00 GiB; RAM 64.00 GiB; <CPU>"."""
+    gpus = ", ".join(f"{gpu.name} {format_bytes(gpu.vram_total_bytes)}" for gpu in hardware.gpus)
+    return f"{gpus or 'no GPU'}; RAM {format_bytes(hardware.ram_total_bytes)}; {hardware.cpu.model}"
+
+
+def usable_hardware_line(hardware: dict) -> str:
+    """What a plan may use (free VRAM, available RAM), from `Hardware.to_dict()`, for `fit`."""
+    gpus = ", ".join(f"{g['name']} ({format_bytes(g['vram_free_bytes'])} usable)" for g in hardware["gpus"])
+    return f"Hardware: {gpus or 'no GPU'}; RAM {format_bytes(hardware['ram_available_bytes'])} available"
+
+
+# --- loading, replies and benchmarks ----------------------------------------------------------------
+
+
+def loaded_line(model_name: str, plan: Plan, load_seconds: float) -> str:
+    """`ask`'s line once the model is in memory."""
+    return (f"{model_name}: ctx {plan.n_ctx}, {plan.n_gpu_layers} GPU layers, "
+            f"KV {plan.type_k}/{plan.type_v}, loaded in {load_seconds:.1f}s")
+
+
+def reply_stats_line(stats: TurnStats) -> str:
+    """`ask`'s statistics of its one reply."""
+    return (f"{stats.prompt_tokens} prompt tokens ({stats.prompt_tokens_per_s:.1f} t/s), "
+            f"{stats.thinking_tokens} thinking + {stats.answer_tokens} answer tokens "
+            f"({stats.generation_tokens_per_s:.1f} t/s), stop: {stats.stop_reason}")
+
+
+def last_reply_lines(stats: TurnStats) -> list[str]:
+    """The chat's /stats of the last reply, in two aligned lines."""
+    return [
+        f"last reply: {stats.prompt_tokens} prompt tokens ({stats.evaluated_tokens} evaluated) "
+        f"at {stats.prompt_tokens_per_s:.1f} t/s",
+        f"            {stats.thinking_tokens} thinking + {stats.answer_tokens} answer tokens "
+        f"at {stats.generation_tokens_per_s:.1f} t/s, stopped: {stats.stop_reason}",
+    ]
+
+
+def stats_footer(stats: TurnStats) -> str:
+    """The chat's line after each reply, short enough for 80 columns."""
+    used, limit = stats.context_used, stats.context_limit
+    share = f" ({100 * used / limit:.0f}%)" if limit else ""
+    return (
+        f"prompt {stats.prompt_tokens_per_s:.1f} t/s · reply {stats.completion_tokens} tok "
+        f"at {stats.generation_tokens_per_s:.1f} t/s · context {used}/{limit}{share}"
+    )
+
+
+def context_line(used: int, limit: int) -> str:
+    share = f" ({100 * used / limit:.0f}%)" if limit else ""
+    return f"{used}/{limit} tokens{share}"
+
+
+def thought_for(tokens: int | None, seconds: float | None) -> str:
+    """How long a thinking trace was: "thought for 412 tokens, 3.1 s"."""
+    parts = []
+    if tokens is not None:
+        parts.append(f"{tokens} token{'s' if tokens != 1 else ''}")
+    if seconds is not None:
+        parts.append(f"{seconds:.1f} s")
+    return "thought for " + ", ".join(parts)
+
+
+def bench_table(model_name: str, plan: Plan, results: Iterable) -> list[str]:
+    """`bench`'s results as llama-bench's markdown table, one row per test."""
+    lines = ["| model | ctx | ngl | cpu-moe | kv | fa | test | t/s |",
+             "| --- | ---: | ---: | ---: | --- | --- | --- | ---: |"]
+    for r in results:
+        lines.append(f"| {model_name} | {format_tokens(plan.n_ctx)} | {plan.n_gpu_layers} | {plan.n_cpu_moe} "
+                     f"| {plan.type_k}/{plan.type_v} | {'on' if plan.flash_attn else 'off'} | {r.test} "
+                     f"| {r.mean:.2f} ± {r.stddev:.2f} |")
+    return lines
