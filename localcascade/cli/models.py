@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Optional
 
 import typer
 
 from localcascade.cli.app import app
-from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
+from localcascade.errors import LocalCascadeError, UsageError
 from localcascade.units import format_bytes, format_tokens
 
 
@@ -47,29 +46,21 @@ def pull(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before downloading the variant `auto` chose."),
 ) -> None:
     """Download a model into the Hugging Face cache, resuming and verifying it."""
-    from localcascade import hub, settings, store
+    from localcascade import hub
+    from localcascade.resolver import resolve
 
     if model == "auto":
         from localcascade.hardware.resolve import hardware_for
 
-        ref = _auto_choice(hardware_for(gpu=gpu, vram=vram, ram=ram), ctx, yes)
+        spec = _auto_choice(hardware_for(gpu=gpu, vram=vram, ram=ram), ctx, yes)
     else:
-        stored = _stored_or_none(store, model)
-        if stored is not None and stored.where == "local":
-            raise UsageError(f"{model} is a model on this machine ({stored.path}); nothing to pull")
-        ref = hub.parse_model_spec(model)
-    if ref.kind == "local":
-        raise UsageError(f"{model} is a local file already; nothing to pull")
-    if settings.hub_offline():
-        stored = _stored_or_none(store, model if model != "auto" else ref.spec)
-        if stored is None:
-            from localcascade.errors import OfflineError
-
-            raise OfflineError(f"HF_HUB_OFFLINE=1 and {ref.label} is not in the cache")
+        spec = model
+    found = resolve(spec, need="remote")
+    ref, remote, stored = found.ref, found.remote, found.stored
+    if remote is None:  # offline, and it is here
         _err(f"{stored.name} is already here (offline: not checked against the hub)")
         typer.echo(f"{stored.name}\t{format_bytes(stored.size)}\t{stored.path}")
         return
-    remote = hub.resolve_remote(ref)
     shards = f" in {len(remote.files)} files" if len(remote.files) > 1 else ""
     _err(f"{ref.label}: {remote.repo}, {format_bytes(remote.size)}{shards}")
     if model != "auto":  # auto has shown its plan already
@@ -120,9 +111,9 @@ def report_unrecorded(pulled) -> None:
              "`localcascade list` shows it as not verified and the next pull checks it again")
 
 
-def _auto_choice(hardware, ctx: Optional[str], yes: bool):
-    """Let the planner pick the catalog variant that fits ``hardware`` best; show the plan; confirm."""
-    from localcascade import hub
+def _auto_choice(hardware, ctx: Optional[str], yes: bool) -> str:
+    """Let the planner pick the catalog variant that fits ``hardware`` best; show the plan; confirm.
+    Returns the variant's name."""
     from localcascade.catalog import load_catalog
     from localcascade.plan import PlanRequest
     from localcascade.policy import recommend
@@ -137,7 +128,7 @@ def _auto_choice(hardware, ctx: Optional[str], yes: bool):
     for reason in plan.reasons:
         _err(f"  - {reason}")
     _confirm(f"Download {variant.quant} ({format_bytes(variant.size_bytes)})?", yes, without_terminal="proceed")
-    return hub.parse_model_spec(variant.quant)
+    return variant.quant
 
 
 def _plan_from_remote_header(variant, hardware, request):
@@ -163,13 +154,6 @@ def _plan_line(plan) -> str:
             f"{gpu}RAM {format_bytes(plan.ram_bytes)}")
 
 
-def _stored_or_none(store, spec: str):
-    try:
-        return store.find_stored(spec)
-    except ModelNotFoundError:
-        return None
-
-
 # -- list ----------------------------------------------------------------------------------
 
 @app.command("list")
@@ -180,23 +164,28 @@ def list_models(
     from localcascade import store
 
     models = store.list_models()
+    stale = store.stale_models()   # registered, but the file is gone: shown so `rm` can forget them
     if as_json:
-        typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
+        typer.echo(json.dumps([m.to_dict() for m in models + stale], indent=2))
         return
     # Interrupted pulls hold disk too; said on stderr so the table stays one model per line.
     for partial in store.partial_downloads():
         _err(f"partial download: {format_bytes(partial.size)} of a file from {partial.repo} ({partial.path}); "
              "pulling the same model again continues it, deleting the file drops it")
-    if not models:
+    if not models and not stale:
         _err("no models yet: `localcascade pull` downloads the best one for this machine")
         return
     rows = [("NAME", "SIZE", "WHERE", "VERIFIED", "PATH")]
     for m in models:
         verified = (m.verified_at or "yes")[:10] if m.verified else "no"
         rows.append((m.name, format_bytes(m.size), m.where, verified, str(m.path)))
+    for m in stale:
+        rows.append((m.name, "-", m.where, "file missing", str(m.path)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    for m in stale:
+        _err(f"{m.name}: its file {m.path} is gone; `localcascade rm {m.name}` forgets it")
 
 
 # -- show ----------------------------------------------------------------------------------
@@ -210,20 +199,14 @@ def show(
     ram: Optional[str] = typer.Option(None, "--ram", help="Plan for this much system RAM, e.g. 64GiB."),
 ) -> None:
     """Architecture, file facts and the fit plan for this machine of one model."""
-    from localcascade.hardware.resolve import hardware_for
-
-    from localcascade import store
     from localcascade.gguf_header import read_header
+    from localcascade.hardware.resolve import hardware_for
     from localcascade.model_summary import summarize
+    from localcascade.resolver import resolve
 
     hardware = hardware_for(gpu=gpu, vram=vram, ram=ram)  # a bad --gpu is the user's first mistake to hear of
-    stored = _stored_or_none(store, model)
-    if stored is not None:
-        source = str(stored.path)
-    elif model.startswith("hf://"):
-        source = model  # not downloaded: the header comes from range requests
-    else:
-        source = _local_or_hub_source(store, model)
+    found = resolve(model, need="header")
+    stored, source = found.stored, found.header_source
     header = read_header(source)
     summary = summarize(header)
     plan, plan_error = _plan_for(header, hardware)
@@ -233,23 +216,6 @@ def show(
         typer.echo(json.dumps(data, indent=2))
         return
     _render_show(model, stored, summary, plan, plan_error)
-
-
-def _local_or_hub_source(store, model: str) -> str:
-    """A local file for MODEL, else, for a catalog variant not downloaded yet, its file on the hub
-    (the header is read with range requests, so `show Q4_K_M` works before `pull`)."""
-    from localcascade.catalog import find_variant
-
-    try:
-        return str(store.find_local_model(model))
-    except ModelNotFoundError:
-        if Path(model).expanduser().exists():
-            raise  # a folder or device named as the model: its own error says so
-        try:
-            variant = find_variant(model)
-        except LocalCascadeError:
-            raise ModelNotFoundError(f"no model file or known model named {model!r} (see `localcascade list`)") from None
-        return f"hf://{variant.repo}/{variant.files[0]}"
 
 
 def _plan_for(header, hardware, request=None):
@@ -307,9 +273,16 @@ def rm(
 ) -> None:
     """Delete a model's files (only files the store knows)."""
     from localcascade import store
+    from localcascade.resolver import resolve
 
-    stored = store.find_stored(model)
+    stored = resolve(model, need="stored").stored
     files = "\n".join(f"  {f}" for f in stored.files)
+    if stored.missing:
+        _err(f"{stored.name}: registered, but its file is gone\n{files}")
+        _confirm(f"Forget {stored.name}?", yes, without_terminal="refuse")
+        store.remove(stored)
+        typer.echo(f"removed {stored.name} (its file was already gone; the record is forgotten)")
+        return
     _err(f"{stored.name}: {format_bytes(stored.size)} in {stored.where}\n{files}")
     _confirm(f"Delete {stored.name}?", yes, without_terminal="refuse")
     store.remove(stored)

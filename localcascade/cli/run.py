@@ -115,21 +115,19 @@ def _stdin_is_empty() -> bool:
 
 def _choose_model(spec: Optional[str], hardware, request, yes: bool) -> Path:
     """The named model; else the best-fitting variant already pulled; else offer to pull one."""
-    from localcascade import store
+    from localcascade.resolver import NoDefaultModelError, resolve
 
-    if spec:
-        return store.find_local_model(spec)
-    best = store.best_local_variant(hardware, request)
-    if best is not None:
-        stored, _plan = best
-        return Path(stored.path)
-    return _offer_pull(hardware, request, yes)
+    try:
+        return resolve(spec, need="file", hardware=hardware, request=request).path
+    except NoDefaultModelError:
+        return _offer_pull(hardware, request, yes)
 
 
 def _offer_pull(hardware, request, yes: bool) -> Path:
     """Nothing pulled yet: show what fits this machine and download it if the user agrees."""
     from localcascade import hub
     from localcascade.catalog import load_catalog
+    from localcascade.resolver import resolve
     from localcascade.policy import recommend
     from localcascade.repl import describe_plan
     from localcascade.units import format_bytes
@@ -153,7 +151,10 @@ def _offer_pull(hardware, request, yes: bool) -> Path:
             )
         if not typer.confirm(f"Download {what} from {variant.repo}?", default=True, err=True):
             raise ModelNotFoundError(f"nothing to run: `localcascade pull {variant.quant}` downloads it later")
-    pulled = hub.pull(hub.resolve_remote(hub.parse_model_spec(variant.quant)))
+    remote = resolve(variant.quant, need="remote").remote
+    if remote is None:  # offline, and a concurrent pull brought it meanwhile
+        return resolve(variant.quant, need="file").path
+    pulled = hub.pull(remote)
     from localcascade.cli.models import report_unrecorded
 
     report_unrecorded(pulled)
