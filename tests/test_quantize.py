@@ -369,3 +369,22 @@ def test_cli_refuses_an_output_folder_it_cannot_write_before_the_dry_run(tiny_f1
     code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(locked / "x.gguf")], capsys)
     assert code == 2 and f"cannot write in {locked}" in err and "predicted" not in err
     assert list(locked.iterdir()) == []
+
+
+def test_cli_quantize_to_the_path_of_a_stale_record_replaces_it_before_any_work(tiny_f16_model, tmp_path, capsys):
+    """A registered model whose file was deleted by hand: quantizing to that path again needs no
+    --force, and the record is decided on up front, not refused after the work."""
+    out = tmp_path / "out.gguf"
+    assert _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(out)], capsys)[0] == 0
+    out.unlink()
+
+    code, stdout, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q4_0", "--out", str(out)], capsys)
+
+    assert code == 0, err
+    lines = err.splitlines()
+    note = f"note: out was registered to {out}, which is gone; it will name the new file"
+    assert note in lines and lines.index(note) < next(i for i, l in enumerate(lines) if "predicted" in l)
+    assert stdout.split("\t")[0] == "out" and out.is_file()
+    [entry] = [m for m in store.list_models() if m.name == "out"]
+    assert entry.path == out and entry.quant == "Q4_0" and not entry.missing
+    assert store.stale_models() == []

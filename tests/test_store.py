@@ -413,3 +413,70 @@ def test_a_folder_or_device_named_as_the_model_is_said_to_be_one(command, tmp_pa
         code, out, err = _cli(args, capsys)
         assert code == 1 and out == ""
         assert err == f"localcascade: {path} is {kind}: give a .gguf model file\n"
+
+
+def _registered_then_deleted(tiny_model, tmp_path) -> Path:
+    mine = tmp_path / "mine.gguf"
+    shutil.copy(tiny_model, mine)
+    store.register_local("mine", [mine], quant="Q8_0", source=None, check="test")
+    mine.unlink()   # deleted by hand: only the record is left
+    return mine
+
+
+def test_list_marks_a_registered_model_whose_file_is_gone(tiny_model, tmp_path, capsys):
+    mine = _registered_then_deleted(tiny_model, tmp_path)
+
+    code, out, err = _cli(["list"], capsys)
+
+    assert code == 0
+    [row] = out.splitlines()[1:]
+    assert row.split()[0] == "mine" and "file missing" in row and row.endswith(str(mine))
+    assert f"mine: its file {mine} is gone; `localcascade rm mine` forgets it" in err
+    code, out, _ = _cli(["list", "--json"], capsys)
+    [entry] = json.loads(out)
+    assert entry["name"] == "mine" and entry["missing"] and entry["path"] == str(mine)
+
+
+def test_rm_of_a_model_whose_file_is_gone_forgets_its_record(tiny_model, tmp_path, capsys):
+    _registered_then_deleted(tiny_model, tmp_path)
+
+    code, out, err = _cli(["rm", "mine", "--yes"], capsys)
+
+    assert code == 0, err
+    assert out.strip() == "removed mine (its file was already gone; the record is forgotten)"
+    assert json.loads(store_index.index_path().read_text())["models"] == {}
+    code, out, err = _cli(["list"], capsys)
+    assert code == 0 and out == "" and "mine" not in err
+
+
+def test_using_a_model_whose_file_is_gone_says_so(tiny_model, tmp_path, capsys):
+    mine = _registered_then_deleted(tiny_model, tmp_path)
+
+    for args in (["show", "mine"], ["fit", "mine"], ["quantize", "mine", "--to", "Q4_0"]):
+        code, out, err = _cli(args, capsys)
+        assert (code, out) == (1, ""), args
+        assert err.splitlines() == [f"localcascade: mine is registered to {mine}, which is gone: "
+                                    "`localcascade rm mine` forgets it"], args
+
+
+def test_rm_of_a_downloaded_model_says_what_it_could_not_delete(served, capsys, monkeypatch):
+    """huggingface_hub's deletion logs and skips a blob it may not delete: rm still says so, in one
+    line, and fails."""
+    pulled = _pull(f"{REPO}:Q8_0")
+    blob = pulled.path.resolve()
+    real_remove = os.remove
+
+    def blob_is_read_only(path, *args, **kwargs):
+        if Path(path) == blob:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "remove", blob_is_read_only)
+
+    code, out, err = _cli(["rm", f"{REPO}:Q8_0", "--yes"], capsys)
+
+    assert code == 1 and out == ""
+    assert err.splitlines()[-1] == (f"localcascade: cannot delete {blob}: Permission denied "
+                                    "(1 file(s) were deleted before it)")
+    assert "Traceback" not in err
+    assert blob.exists() and not os.path.lexists(pulled.path)   # what is left on disk is what it said
