@@ -27,6 +27,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
+from urllib.parse import urlsplit
 
 from localcascade import hf_compat, hub_http, settings, store_index
 from localcascade.errors import DiskSpaceError, DownloadError, IntegrityError, ModelNotFoundError, OfflineError, UsageError
@@ -409,6 +410,4 @@ def _umask() -> int:
 
 
 def _other_host(url: str) -> bool:
-    from urllib.parse import urlsplit
-
     return urlsplit(url).netloc != urlsplit(settings.hf_endpoint()).netloc

@@ -29,7 +29,7 @@ from localcascade.catalog import find_variant, load_catalog
 from localcascade.errors import DownloadError, LocalCascadeError, ModelNotFoundError, OfflineError, UsageError
 from localcascade.hardware.facts import Hardware
 from localcascade.hub import RemoteModel
-from localcascade.model_spec import HF_SCHEME, ModelRef, is_repo_form, parse, quant_from_name
+from localcascade.model_spec import HF_SCHEME, HubFile, ModelRef, is_repo_form, parse, quant_from_name
 from localcascade.plan import Plan, PlanRequest
 from localcascade.store import StoredModel
 from localcascade.store_index import file_key
@@ -231,7 +231,7 @@ def _header(spec: str) -> Resolved:
         variant = find_variant(text)
     except LocalCascadeError:
         raise ModelNotFoundError(f"no model file or known model named {text!r} (see `localcascade list`)") from None
-    return Resolved(spec, header_source=f"hf://{variant.repo}/{variant.files[0]}")
+    return Resolved(spec, header_source=HubFile(variant.repo, None, variant.files[0]).uri)
 
 
 def _remote(spec: str) -> Resolved:
@@ -255,7 +255,7 @@ def _candidates(spec: str | None) -> Resolved:
         models = catalog_candidates(pulled=_pulled_variants())
         return Resolved(spec, candidates=tuple(models), notes=tuple(_notes_for(models)))
     if is_repo_form(spec) and not Path(spec).expanduser().exists():
-        models = [header_candidate(f"hf://{spec}/{files[0]}", files[0], quant_from_name(files[0]))
+        models = [header_candidate(HubFile(spec, None, files[0]).uri, files[0], quant_from_name(files[0]))
                   for files in hub.list_repo_models(spec)]
         return Resolved(spec, candidates=tuple(models), notes=("from the live headers on the hub",))
     stored = _stored_or_none(spec)  # a registered name, a download, or a known file
@@ -273,7 +273,7 @@ def _candidates(spec: str | None) -> Resolved:
             model = header_candidate(ref.spec, ref.files[0], ref.quant)
         else:
             remote = hub.resolve_remote(ref)
-            model = header_candidate(f"hf://{remote.repo}/{remote.files[0].path}", ref.label, ref.quant)
+            model = header_candidate(HubFile(remote.repo, None, remote.files[0].path).uri, ref.label, ref.quant)
         return Resolved(spec, ref=ref, candidates=(model,), notes=(_LIVE_HEADER_NOTE,))
     except (DownloadError, OSError) as err:
         fallback = _catalog_stand_in(ref)

@@ -9,7 +9,8 @@
   forgotten by ``rm``, replaced by the next quantize to that path.
 
 The store lists, registers and removes; which model a user means is the resolver's question, and
-which one fits is the planner's.
+which one fits is the planner's. huggingface_hub is imported only where the cache is scanned or
+changed: importing it costs ~0.3 s.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from localcascade import hf_compat, safe_io, settings, store_index
 from localcascade.catalog import find_variant, load_catalog
 from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
-from localcascade.model_spec import group_model_files, quant_from_name
+from localcascade.model_spec import HubFile, group_model_files, quant_from_name
 from localcascade.store_index import file_key
 
 _NAME_MAX_CHARS = 200
@@ -134,7 +135,7 @@ def _cached_models(verified: dict) -> list[StoredModel]:
             elif quant and quants.count(quant) == 1:
                 name = f"{repo.repo_id}:{quant}"
             else:
-                name = f"hf://{repo.repo_id}/{names[0]}"
+                name = HubFile(repo.repo_id, None, names[0]).uri
             records = [verified.get(file_key(b)) for b in blobs]
             ok = all(r and r.get("verified") and r.get("size") == i.size_on_disk for r, i in zip(records, infos))
             found.append(StoredModel(

@@ -14,6 +14,7 @@ import typer
 
 from localcascade.cli.app import app
 from localcascade.errors import LocalCascadeError, UsageError
+from localcascade.model_spec import HubFile
 from localcascade.units import format_bytes, format_tokens
 
 
@@ -93,7 +94,7 @@ def _check_before_download(remote, hardware, ctx: Optional[str]) -> None:
 
     request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None)
     try:
-        header = read_header(f"hf://{remote.repo}@{remote.revision}/{remote.files[0].path}")
+        header = read_header(HubFile(remote.repo, remote.revision, remote.files[0].path).uri)
     except GGUFHeaderError as err:
         raise GGUFHeaderError(f"{err}; nothing was downloaded") from None
     except LocalCascadeError as err:  # the hub would not answer a range request: the download decides
@@ -141,7 +142,7 @@ def _plan_from_remote_header(variant, hardware, request):
         from localcascade.gguf_header import read_header
         from localcascade.policy import plan_for_model
 
-        header = read_header(f"hf://{variant.repo}/{variant.files[0]}")
+        header = read_header(HubFile(variant.repo, None, variant.files[0]).uri)
         return plan_for_model(header, hardware, request)
     except LocalCascadeError as err:
         _err(f"(planning from catalog facts: {err})")
