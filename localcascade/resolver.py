@@ -1,11 +1,12 @@
 """The one door from what a user typed to the model it means: every command resolves a model here.
 
-``resolve(spec, need)`` reads the spec's form (model_spec), then asks the store, the catalog, the
-file system and, where the need calls for it, the hub, in one fixed order:
+``resolve(spec, need)`` asks the store, the file system, the catalog and, where the need calls
+for it, the hub, in one fixed order:
 
-1. a model the store knows by that name (a download, a registered file, a catalog variant pulled);
+1. a model the store knows by that name (a download, a registered file, a catalog variant pulled;
+   for the file need, an existing file at that path comes first: it is what would be opened);
 2. a file or folder at that path;
-3. the spec's form: ``hf://...``, ``REPO:QUANT``, ``REPO``, or a catalog variant's name.
+3. the spec's form (model_spec): ``hf://...``, ``REPO:QUANT``, ``REPO``, or a catalog variant's name.
 
 What comes back depends on ``need``:
 

@@ -127,9 +127,9 @@ def _offer_pull(hardware, request, yes: bool) -> Path:
     """Nothing pulled yet: show what fits this machine and download it if the user agrees."""
     from localcascade import hub
     from localcascade.catalog import load_catalog
-    from localcascade.resolver import resolve
     from localcascade.policy import recommend
     from localcascade.repl import describe_plan
+    from localcascade.resolver import resolve
     from localcascade.units import format_bytes
 
     try:
