@@ -30,7 +30,7 @@ from localcascade.catalog import find_variant, load_catalog
 from localcascade.errors import DownloadError, LocalCascadeError, ModelNotFoundError, OfflineError, UsageError
 from localcascade.hardware.facts import Hardware
 from localcascade.hub import RemoteModel
-from localcascade.model_spec import HF_SCHEME, HubFile, ModelRef, is_repo_form, parse, quant_from_name
+from localcascade.model_spec import HF_SCHEME, HubFile, ModelRef, check_remote_name, is_repo_form, parse, quant_from_name
 from localcascade.plan import Plan, PlanRequest
 from localcascade.store import StoredModel
 from localcascade.store_index import file_key
@@ -123,6 +123,8 @@ def parse_model_spec(spec: str) -> ModelRef:
             f"unknown model {text!r}: give a catalog variant (see `localcascade pull --help`), "
             "REPO:QUANT, hf://REPO/FILE.gguf or a path"
         ) from None
+    for name in variant.files:
+        check_remote_name(name)  # the catalog is data: its names are checked like a listing's
     return ModelRef(kind="variant", spec=variant.quant, repo=variant.repo, quant=variant.quant,
                     files=tuple(variant.files), variant=variant, sha256=_catalog_checksums(variant))
 
