@@ -327,8 +327,8 @@ def _download(meta: _FileMeta, *, on_bytes: ByteProgress | None, show_progress: 
         with hub_errors(None, meta.remote.path), open(meta.partial, "ab") as f:
             writer = _HashingWriter(f, digest)
             hf_compat.http_get(meta.url, writer, resume_size=have, headers=headers, expected_size=meta.size,
-                     displayed_filename=PurePosixPath(meta.remote.path).name,
-                     tqdm_class=_progress_class(meta.remote.path, on_bytes, show_progress))
+                               displayed_filename=PurePosixPath(meta.remote.path).name,
+                               tqdm_class=_progress_class(meta.remote.path, on_bytes, show_progress))
         sha = digest.hexdigest() if writer.valid else _sha256_of(meta.partial)
         _verify_or_delete(meta, sha, [meta.partial])
         os.chmod(meta.partial, 0o644 & ~_umask())
