@@ -1,14 +1,19 @@
 """The models a plan chooses between, each with the facts it is planned from.
 
 A catalog variant not downloaded is planned from the catalog's derived facts; one already
-downloaded, a registered file or a hub file from its own GGUF header, which is exact.
+downloaded, a registered file or a hub file from its own GGUF header, which is exact. Which
+variants are downloaded the caller says (the resolver asks the store).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
 
-from localcascade.memory import ModelFacts
+from localcascade.catalog import find_variant, load_catalog
+from localcascade.gguf_header import read_header
+from localcascade.memory import ModelFacts, facts_from_header
 
 
 @dataclass(frozen=True)
@@ -25,9 +30,6 @@ class Candidate:
 
 def header_candidate(source: str, label: str, quant: str | None, quality_rank: int | None = None) -> Candidate:
     """A model planned from the header at ``source`` (a local path or hf:// URI)."""
-    from localcascade.gguf_header import read_header
-    from localcascade.memory import facts_from_header
-
     header = read_header(source)
     size = header.file_bytes or header.tensor_bytes
     # Without a catalog rank, the bigger file of one model is the one with more bits per weight.
@@ -35,14 +37,13 @@ def header_candidate(source: str, label: str, quant: str | None, quality_rank: i
                      -size if quality_rank is None else quality_rank, path=source)
 
 
-def catalog_candidates(only: str | None = None, *, pulled_only: bool = False) -> list[Candidate]:
-    """Catalog variants (or the one called ``only``), best first; one already downloaded is
-    planned from its own header. ``pulled_only`` keeps just the downloaded ones."""
-    from localcascade import store
-    from localcascade.catalog import find_variant, load_catalog
-
+def catalog_candidates(only: str | None = None, *, pulled: Mapping[str, Path] | None = None,
+                       pulled_only: bool = False) -> list[Candidate]:
+    """Catalog variants (or the one called ``only``), best first. ``pulled`` maps the variants
+    already downloaded to their file, each then planned from its own header; ``pulled_only``
+    keeps just those."""
+    pulled = pulled or {}
     variants = [find_variant(only)] if only else list(load_catalog())
-    pulled = {m.variant: m for m in store.list_models() if m.variant}
-    return [header_candidate(str(pulled[v.quant].path), v.quant, v.quant, v.quality_rank) if v.quant in pulled
+    return [header_candidate(str(pulled[v.quant]), v.quant, v.quant, v.quality_rank) if v.quant in pulled
             else Candidate(v.quant, v.facts, v.size_bytes, "catalog", v.quality_rank)
             for v in variants if v.quant in pulled or not pulled_only]

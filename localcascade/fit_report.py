@@ -1,8 +1,9 @@
 """The `fit` report: every variant x context on one machine, and the recommendation.
 
-Gathers the model facts (catalog, a live header from the hub, or a local file), asks the planner
-for each context, and returns plain JSON-ready data (schema in README.md, "What fits"). The words
-about speeds are added by the `fit` command from ``cli.wording``, where every command's words live.
+Takes the models to plan from the resolver (catalog facts, a live header from the hub, or a local
+file's), asks the planner for each context, and returns plain JSON-ready data (schema in
+README.md, "What fits"). The words about speeds are added by the `fit` command from
+``cli.wording``, where every command's words live.
 """
 
 from __future__ import annotations
@@ -10,85 +11,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from localcascade.candidates import Candidate, catalog_candidates, header_candidate
-from localcascade.errors import DownloadError, ModelNotFoundError
+from localcascade.errors import DoesNotFitError
 from localcascade.hardware.facts import Hardware
 from localcascade.plan import Plan, PlanRequest
-from localcascade.units import format_tokens
-from localcascade.errors import DoesNotFitError
 from localcascade.planner import FIT_CONTEXTS, Limits, place
 from localcascade.policy import Policy, recommend
-
-
-_CATALOG_NOTE = "from the built-in catalog (header facts derived offline)"
-
-
-def _notes_for(models: list[Candidate]) -> list[str]:
-    """Where the facts came from, when it is not simply the file's own header."""
-    from_catalog = [m.quant for m in models if m.source == "catalog"]
-    if not from_catalog:
-        return []
-    if len(from_catalog) == len(models):
-        return [_CATALOG_NOTE]
-    return [f"{', '.join(from_catalog)} {_CATALOG_NOTE}; the rest from the downloaded files' headers"]
-
-
-def resolve_models(spec: str | None) -> tuple[list[Candidate], list[str]]:
-    """The models `spec` names, and notes (e.g. "offline: answered from the catalog")."""
-    if not spec:
-        models = catalog_candidates()
-        return models, _notes_for(models)
-    from localcascade import store
-    from localcascade.hub import is_repo_name, parse_model_spec
-
-    if is_repo_name(spec):
-        return _repo_models(spec), ["from the live headers on the hub"]
-    try:
-        stored = store.find_stored(spec)  # a registered name, a download, or a known file
-    except ModelNotFoundError:
-        stored = None
-    if stored is not None:
-        return [header_candidate(str(stored.path), stored.name, stored.quant or stored.variant)], []
-    ref = parse_model_spec(spec)
-    if ref.kind == "local":
-        return [header_candidate(str(ref.path), ref.path.name, ref.quant)], []
-    if ref.kind == "variant":
-        models = catalog_candidates(ref.spec)
-        return models, _notes_for(models)
-    try:
-        if ref.kind == "hf_file":
-            return [header_candidate(ref.spec, ref.files[0], ref.quant)], ["from the live header on the hub"]
-        from localcascade.hub import resolve_remote
-
-        remote = resolve_remote(ref)
-        first = f"hf://{remote.repo}/{remote.files[0].path}"
-        return [header_candidate(first, ref.label, ref.quant)], ["from the live header on the hub"]
-    except (DownloadError, OSError) as err:
-        fallback = _catalog_stand_in(ref)
-        if fallback is None:
-            raise
-        return fallback, [f"hub not reachable ({err}); answered from the built-in catalog"]
-
-
-def _catalog_stand_in(ref) -> list[Candidate] | None:
-    """The catalog's facts for a hub file, when it is the catalog's own file: never another model's."""
-    from localcascade.catalog import load_catalog
-
-    for v in load_catalog():
-        if v.repo.lower() != (ref.repo or "").lower():
-            continue
-        if (ref.kind == "repo_quant" and v.quant.upper() == (ref.quant or "").upper()) or (
-                ref.kind == "hf_file" and ref.files[0] in v.files):
-            return catalog_candidates(v.quant)
-    return None
-
-
-def _repo_models(repo: str) -> list[Candidate]:
-    """Every model in a hub repository, each planned from its live header."""
-    from localcascade.hub import list_repo_models, quant_from_name
-
-    return [header_candidate(f"hf://{repo}/{files[0]}", files[0], quant_from_name(files[0]))
-            for files in list_repo_models(repo)]
+from localcascade.resolver import resolve
+from localcascade.units import format_tokens
 
 
 def _row(plan: Plan) -> dict:
@@ -118,7 +47,8 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
 
     ``kv_type`` None: the rows use f16 and the recommendation weighs f16 and q8_0.
     """
-    models, notes = resolve_models(spec)
+    resolved = resolve(spec, need="candidates")
+    models, notes = list(resolved.candidates), list(resolved.notes)
     request = PlanRequest(n_ctx=n_ctx, type_k=kv_type or "f16", type_v=kv_type or "f16")
     variants = []
     beyond: dict[int, list[str]] = {}   # trained context -> models asked for more than that

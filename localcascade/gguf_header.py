@@ -4,9 +4,9 @@
 
 * a local file, or any shard of a split set ``name-0000K-of-0000N.gguf`` (all shards
   are found and read, and their ``split.*`` metadata checked);
-* a hub file ``hf://owner/repo[@revision]/path/file.gguf`` (split sets too), read
-  with HTTP range requests through huggingface_hub's own session, endpoint and
-  token: the first 1 MiB, then geometrically more only as far as the header goes.
+* a hub file ``hf://owner/repo[@revision]/path/file.gguf`` (split sets too; the address
+  grammar is model_spec's), read with HTTP range requests (hub_range): the first 1 MiB,
+  then geometrically more only as far as the header goes.
 
 The parser is our own, over the bytes read so far: every count and length is
 checked against what the file can still hold before anything is allocated, and the
@@ -28,29 +28,21 @@ import functools
 import hashlib
 import json
 import os
-import re
 import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Callable
-from urllib.parse import quote, unquote
 
-from localcascade import settings
-from localcascade.errors import (
-    AuthError,
-    DownloadError,
-    GGUFHeaderError,
-    ModelNotFoundError,
-    OfflineError,
-)
+from localcascade import hub_range, settings
+from localcascade.errors import GGUFHeaderError, ModelNotFoundError, OfflineError
+from localcascade.hparams import check_hparams
+from localcascade.hub_errors import EntryMissingError, hub_error
+from localcascade.model_spec import HF_SCHEME, HubFile, parse_hub_uri, shard_names
 
-__all__ = [
-    "HF_SCHEME", "GGUFFile", "HubFile", "ModelHeader", "TensorInfo", "clear_cache", "parse_hub_uri", "read_header",
-]
+__all__ = ["GGUFFile", "ModelHeader", "TensorInfo", "clear_cache", "read_header"]
 
-HF_SCHEME = "hf://"
 INITIAL_READ_BYTES = 1 << 20  # one round trip covers small headers
 MAX_HEADER_BYTES = 128 << 20  # a real header (131K-token vocab and all) is a few MiB
 SUPPORTED_VERSIONS = (2, 3)
@@ -63,10 +55,7 @@ MAX_ARRAY_NESTING = 8
 # scores, types, merges) holds about 1M.
 MAX_METADATA_ELEMENTS = 8 << 20
 INT64_MAX = (1 << 63) - 1
-FETCH_ATTEMPTS = 3  # per range request, for dropped connections and timeouts
 CACHE_FORMAT = 1
-
-_SPLIT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
 # GGUF value types -> (struct code, size). STRING=8 and ARRAY=9 are handled apart.
 _SCALARS = {
@@ -371,18 +360,6 @@ class _Parser:
 # -- split sets ---------------------------------------------------------------------------
 
 
-def _split_names(filename: str) -> tuple[list[str], int] | None:
-    """All shard names of the set ``filename`` belongs to, and its index; None if not a shard."""
-    match = _SPLIT_NAME.match(filename)
-    if not match:
-        return None
-    count, no = int(match["count"]), int(match["no"])
-    if count < 1 or not 1 <= no <= count:
-        return None
-    names = [f"{match['prefix']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
-    return names, no - 1
-
-
 def _assemble(files: list[GGUFFile], named_as_split: bool) -> ModelHeader:
     """Check the shards agree with each other and with their names; number them."""
     count = len(files)
@@ -455,10 +432,9 @@ def _read_local_file(path: Path) -> GGUFFile:
 def _read_local(path: Path) -> ModelHeader:
     if not path.exists():
         raise ModelNotFoundError(f"{path}: no such file")
-    split = _split_names(path.name)
-    if split is None:
+    names = shard_names(path.name)
+    if names is None:
         return _assemble([_read_local_file(path)], named_as_split=False)
-    names, _ = split
     shards = [path.with_name(n) for n in names]
     for i, shard in enumerate(shards):
         if not shard.is_file():
@@ -467,132 +443,6 @@ def _read_local(path: Path) -> ModelHeader:
 
 
 # -- hub files ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HubFile:
-    repo_id: str
-    revision: str | None
-    path: str
-
-    @property
-    def uri(self) -> str:
-        rev = f"@{quote(self.revision, safe='')}" if self.revision else ""
-        return f"{HF_SCHEME}{self.repo_id}{rev}/{self.path}"
-
-
-def parse_hub_uri(uri: str) -> HubFile:
-    """``hf://owner/repo[@revision]/path/file.gguf`` (a revision with ``/`` is written %2F)."""
-    rest = uri[len(HF_SCHEME):]
-    parts = rest.split("/")
-    if len(parts) < 3 or not all(parts):
-        raise ModelNotFoundError(f"{uri}: write hub files as hf://owner/repo[@revision]/path/file.gguf")
-    owner, name = parts[0], parts[1]
-    revision = None
-    if "@" in name:
-        name, _, revision = name.partition("@")
-        revision = unquote(revision)
-        if not name or not revision:
-            raise ModelNotFoundError(f"{uri}: write hub files as hf://owner/repo[@revision]/path/file.gguf")
-    return HubFile(f"{owner}/{name}", revision, "/".join(parts[2:]))
-
-
-class _EntryMissing(ModelNotFoundError):
-    """The repository exists but the file does not (a missing shard, for split sets)."""
-
-
-def _one_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
-def _hub_error(hub: HubFile, err: Exception) -> Exception:
-    """Turn a huggingface_hub / httpx failure into one of ours, with one clear line."""
-    import httpx
-    from huggingface_hub import errors as hf_errors
-
-    where = hub.uri
-    if isinstance(err, hf_errors.OfflineModeIsEnabled):
-        return OfflineError(f"{where}: HF_HUB_OFFLINE is set, so the hub cannot be asked for the header")
-    if isinstance(err, hf_errors.GatedRepoError):
-        return AuthError(
-            f"{where}: {hub.repo_id} is gated: accept its terms on the hub and set HF_TOKEN to a token with access"
-        )
-    if isinstance(err, hf_errors.RepositoryNotFoundError):
-        return ModelNotFoundError(
-            f"{where}: repository {hub.repo_id} not found (if it is private, set HF_TOKEN to a token with access)"
-        )
-    if isinstance(err, hf_errors.RevisionNotFoundError):
-        return ModelNotFoundError(f"{where}: revision {hub.revision!r} not found in {hub.repo_id}")
-    if isinstance(err, hf_errors.EntryNotFoundError):
-        return _EntryMissing(f"{where}: no file {hub.path} in {hub.repo_id}")
-    if isinstance(err, hf_errors.HfHubHTTPError):
-        status = err.response.status_code if err.response is not None else None
-        if status in (401, 403):
-            return AuthError(f"{where}: the hub refused access ({status}): check HF_TOKEN")
-        return DownloadError(f"{where}: the hub answered {status}: {_one_line(err)}")
-    if isinstance(err, httpx.HTTPError):
-        return DownloadError(f"{where}: talking to the hub failed: {_one_line(err)}")
-    return err
-
-
-@dataclass
-class _RemoteMeta:
-    url: str  # resolve URL pinned at the commit when the hub gave one
-    etag: str | None
-    commit: str | None
-    size: int | None
-
-
-def _head(hub: HubFile) -> _RemoteMeta:
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-    from localcascade import settings
-
-    endpoint = settings.hf_endpoint()
-    url = hf_hub_url(hub.repo_id, hub.path, revision=hub.revision, endpoint=endpoint)
-    meta = get_hf_file_metadata(url, endpoint=endpoint)
-    pinned = (hf_hub_url(hub.repo_id, hub.path, revision=meta.commit_hash, endpoint=endpoint)
-              if meta.commit_hash else url)
-    return _RemoteMeta(pinned, meta.etag, meta.commit_hash, meta.size)
-
-
-def _range_fetcher(url: str) -> Callable[[int, int], bytes]:
-    import httpx
-    from huggingface_hub import constants
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
-    from localcascade import hub_http
-
-    hub_http.configure()
-
-    def fetch_once(offset: int, n: int) -> bytes:
-        headers = {**build_hf_headers(), "Range": f"bytes={offset}-{offset + n - 1}", "Accept-Encoding": "identity"}
-        # huggingface_hub's session has no timeout of its own: a stalled server must not hang us.
-        with get_session().stream("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
-            hf_raise_for_status(response)
-            skip = offset if response.status_code == 200 else 0  # the server ignored the range
-            chunks, have = [], 0
-            for chunk in response.iter_bytes():
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk, skip = chunk[dropped:], skip - dropped
-                chunks.append(chunk)
-                have += len(chunk)
-                if have >= n:
-                    break  # leaving the block closes the stream: never read the weights
-        return b"".join(chunks)[:n]
-
-    def fetch(offset: int, n: int) -> bytes:
-        for attempt in range(FETCH_ATTEMPTS):
-            try:
-                return fetch_once(offset, n)
-            except httpx.TransportError:  # a dropped connection or a timeout: ask again
-                if attempt == FETCH_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
-
-    return fetch
 
 
 def _cache_path(key: str) -> Path:
@@ -635,41 +485,45 @@ def _store_cached(key: str, parsed: GGUFFile) -> None:
 
 def _read_hub_file(hub: HubFile) -> GGUFFile:
     try:
-        meta = _head(hub)
+        meta = hub_range.head(hub)
     except Exception as err:  # noqa: BLE001 - translated to our errors, or re-raised as is
-        raise _hub_error(hub, err) from None
+        raise _hub_failure(hub, err) from None
     key = f"{meta.url}|{meta.commit}|{meta.etag}|{meta.size}"
     if ("hub", key) in _memory_cache:
         return _memory_cache[("hub", key)]
     parsed = _load_cached(key) if meta.etag else None
     if parsed is None:
         try:
-            parsed = _Parser(_Prefix(hub.uri, meta.size, _range_fetcher(meta.url))).parse(hub.uri)
+            parsed = _Parser(_Prefix(hub.uri, meta.size, hub_range.range_fetcher(meta.url))).parse(hub.uri)
         except GGUFHeaderError:
             raise
         except Exception as err:  # noqa: BLE001
-            raise _hub_error(hub, err) from None
+            raise _hub_failure(hub, err) from None
         if meta.etag:
             _store_cached(key, parsed)
     _memory_cache[("hub", key)] = parsed
     return parsed
 
 
+def _hub_failure(hub: HubFile, err: Exception) -> Exception:
+    """Our one-line error for a failed hub read of ``hub``, or ``err`` itself when it is none of the hub's."""
+    return hub_error(err, repo=hub.repo_id, path=hub.path, revision=hub.revision, uri=hub.uri) or err
+
+
 def _read_hub(uri: str) -> ModelHeader:
     if settings.hub_offline():
         raise OfflineError(f"{uri}: HF_HUB_OFFLINE is set, so the hub cannot be asked for the header")
     hub = parse_hub_uri(uri)
-    directory, _, filename = hub.path.rpartition("/")
-    split = _split_names(filename)
-    if split is None:
+    filename = hub.path.rpartition("/")[2]
+    names = shard_names(filename)
+    if names is None:
         return _assemble([_read_hub_file(hub)], named_as_split=False)
-    names, _ = split
     files = []
     for i, name in enumerate(names):
-        shard = HubFile(hub.repo_id, hub.revision, f"{directory}/{name}" if directory else name)
+        shard = hub.sibling(name)
         try:
             files.append(_read_hub_file(shard))
-        except _EntryMissing:
+        except EntryMissingError:
             raise GGUFHeaderError(
                 f"{shard.uri}: missing shard {i + 1} of {len(names)} of the split set {filename}"
             ) from None
@@ -686,8 +540,6 @@ def read_header(source: str | os.PathLike) -> ModelHeader:
     here too (hparams.check_hparams): every command reads the header before it plans, summarizes,
     quantizes or loads, so none of them meets such a file later.
     """
-    from localcascade.hparams import check_hparams
-
     text = os.fspath(source)
     header = _read_hub(text) if text.startswith(HF_SCHEME) else _read_local(Path(text).expanduser())
     check_hparams(header.metadata, header.source)

@@ -8,6 +8,7 @@ silence, on a redirect loop, and on an API answer that is not JSON, each as one 
 
 from __future__ import annotations
 
+from localcascade import hf_compat
 from localcascade.errors import DownloadError
 
 CONNECT_TIMEOUT_S = 10.0
@@ -23,22 +24,17 @@ def configure() -> None:
     global _configured
     if _configured:
         return
-    from huggingface_hub import set_client_factory
-
-    set_client_factory(_make_client)
+    hf_compat.set_client_factory(_make_client)
     _configured = True
 
 
 def _make_client():
-    import httpx
+    import httpx  # with huggingface_hub, at the first hub request only: it is slow to import
 
     hooks = {"request": [bound_in_time], "response": [check_answer]}
-    try:  # huggingface_hub's own request hook (user agent, request ids), when this version has one
-        from huggingface_hub.utils._http import hf_request_event_hook
-
-        hooks["request"].append(hf_request_event_hook)
-    except ImportError:
-        pass
+    hub_hook = hf_compat.request_event_hook()
+    if hub_hook is not None:
+        hooks["request"].append(hub_hook)
     return httpx.Client(
         event_hooks=hooks, follow_redirects=True, max_redirects=MAX_REDIRECTS,
         timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),

@@ -7,13 +7,11 @@ module keeps the handful of facts the quantizer checks in one small object.
 from __future__ import annotations
 
 import collections
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from localcascade.errors import GGUFHeaderError, QuantizeError
-
-_SHARD = re.compile(r"^(?P<prefix>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+from localcascade.model_spec import shard_name, shard_of
 
 
 @dataclass(frozen=True)
@@ -48,11 +46,10 @@ class GGUFFacts:
 
 def shard_paths(path: Path) -> list[Path]:
     """All files of the split set ``path`` belongs to (just ``[path]`` when it is not split)."""
-    match = _SHARD.match(path.name)
-    if not match:
+    shard = shard_of(path.name)
+    if shard is None:
         return [path]
-    count = int(match.group("count"))
-    return [path.with_name(f"{match.group('prefix')}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    return [path.with_name(shard_name(shard.prefix, i, shard.count)) for i in range(1, shard.count + 1)]
 
 
 def read_facts(path: str | Path) -> GGUFFacts:

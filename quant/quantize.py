@@ -24,6 +24,7 @@ from typing import Callable
 
 from localcascade import safe_io
 from localcascade.errors import DiskSpaceError, Interrupted, OutputPathError, QuantizeError, UsageError
+from localcascade.model_spec import shard_name
 from quant.gguf_facts import GGUFFacts, read_facts, shard_paths
 from quant.targets import MAIN_TYPE, UNQUANTIZED_TYPES, accepted_main_types, normalize_target
 from quant.workdir import sweep_abandoned, work_dir_for
@@ -419,7 +420,7 @@ def _existing(src: str | os.PathLike) -> Path:
 def _split_names(dst: Path, n_split: int) -> list[Path]:
     """llama.cpp's shard names for an output prefix (llama_split_path: PREFIX-%05d-of-%05d.gguf)."""
     prefix = str(dst)[: -len(".gguf")] if dst.name.endswith(".gguf") else str(dst)
-    return [Path(f"{prefix}-{i:05d}-of-{n_split:05d}.gguf") for i in range(1, n_split + 1)]
+    return [Path(shard_name(prefix, i, n_split)) for i in range(1, n_split + 1)]
 
 
 def _describe(histogram: dict[str, int]) -> str:

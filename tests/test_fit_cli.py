@@ -145,6 +145,7 @@ def test_another_repos_model_is_never_answered_with_the_catalogs_numbers(capsys,
 
 def test_a_registered_or_downloaded_model_is_planned_from_its_own_header(hf_server, tiny_model, capsys, monkeypatch):
     from localcascade import hub, store
+    from localcascade.resolver import parse_model_spec
 
     store.register_local("mine-Q8_0", [tiny_model], quant="Q8_0", source=None, check="test")
     code, data, err = _fit_json(["mine-Q8_0"], capsys, monkeypatch)
@@ -153,7 +154,7 @@ def test_a_registered_or_downloaded_model_is_planned_from_its_own_header(hf_serv
 
     # A catalog variant once pulled: its real header replaces the derived catalog facts.
     hf_server.add_file(CATALOG_REPO, "nvidia_Nemotron-Cascade-2-30B-A3B-Q4_K_M.gguf", tiny_model)
-    hub.pull(hub.resolve_remote(hub.parse_model_spec("Q4_K_M")), show_progress=False)
+    hub.pull(hub.resolve_remote(parse_model_spec("Q4_K_M")), show_progress=False)
     code, data, err = _fit_json([], capsys, monkeypatch, offline=True)
     assert code == 0, err
     sources = {v["variant"]: v["source"] for v in data["variants"]}

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from localcascade import hub, store
+from localcascade.resolver import parse_model_spec
 from localcascade.cli import main
 from localcascade.errors import (
     AuthError,
@@ -68,7 +69,7 @@ def _text_file(path: Path, text: str) -> Path:
 
 
 def _pull(spec: str):
-    return hub.pull(hub.resolve_remote(hub.parse_model_spec(spec)), show_progress=False)
+    return hub.pull(hub.resolve_remote(parse_model_spec(spec)), show_progress=False)
 
 
 def _sha(path: Path) -> str:
@@ -118,7 +119,7 @@ def test_ctrl_c_mid_transfer_resumes_from_the_bytes_on_disk(served, payload):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        hub.pull(hub.resolve_remote(hub.parse_model_spec(f"{REPO}:Q8_0")), on_bytes=interrupt_after_3_mib,
+        hub.pull(hub.resolve_remote(parse_model_spec(f"{REPO}:Q8_0")), on_bytes=interrupt_after_3_mib,
                  show_progress=False)
     [partial] = list(_cache().rglob("*.incomplete"))
     kept = partial.stat().st_size
@@ -144,7 +145,8 @@ def test_killed_process_resumes(served, payload, tmp_path):
         from huggingface_hub import constants
         constants.DOWNLOAD_CHUNK_SIZE = {MIB}
         from localcascade import hub
-        remote = hub.resolve_remote(hub.parse_model_spec("{REPO}:Q8_0"))
+        from localcascade.resolver import parse_model_spec
+        remote = hub.resolve_remote(parse_model_spec("{REPO}:Q8_0"))
         hub.pull(remote, on_bytes=lambda path, n: time.sleep(0.3), show_progress=False)
     """))
     proc = subprocess.Popen([sys.executable, str(script)], env=os.environ.copy())
@@ -280,7 +282,7 @@ def test_disk_check_counts_only_the_remaining_bytes(served, monkeypatch):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        hub.pull(hub.resolve_remote(hub.parse_model_spec(f"{REPO}:Q8_0")), on_bytes=interrupt, show_progress=False)
+        hub.pull(hub.resolve_remote(parse_model_spec(f"{REPO}:Q8_0")), on_bytes=interrupt, show_progress=False)
     real = shutil.disk_usage
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(real(p).total, 0, 4 * MIB))
@@ -386,7 +388,7 @@ def test_branch_moving_during_the_download_keeps_the_pinned_commit(served, paylo
             repo.revisions[pinned] = repo.revisions["main"]
             repo.commit = lambda rev: moved if rev == "main" else pinned if rev == pinned else old_commit(rev)
 
-    pulled = hub.pull(hub.resolve_remote(hub.parse_model_spec(f"{REPO}:Q8_0")), on_bytes=push_a_commit,
+    pulled = hub.pull(hub.resolve_remote(parse_model_spec(f"{REPO}:Q8_0")), on_bytes=push_a_commit,
                       show_progress=False)
 
     assert pulled.commit == pinned

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 import quant
-from localcascade import store
+from localcascade import store, store_index
 from localcascade.errors import DiskSpaceError, QuantizeError, UsageError
+from localcascade.resolver import resolve
 
 # The targets the project promises, and two more the ftype table allows.
 TARGETS = ["IQ4_XS", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "Q5_K_S"]
@@ -127,7 +128,7 @@ def test_cli_quantize_registers_the_result(tiny_f16_model, tmp_path):
     listed = json.loads(_cli("list", "--json").stdout)
     [entry] = [m for m in listed if m["name"] == "out"]
     assert entry["quant"] == "Q8_0" and entry["verified"] and entry["source"] == str(tiny_f16_model)
-    assert store.find_local_model("out") == out  # `run out` / `fit out` find it by name
+    assert resolve("out", need="file").path == out  # `run out` / `fit out` find it by name
 
 
 def test_cli_refuses_requantize_and_unknown_types(tiny_f16_model, tmp_path):
@@ -265,12 +266,12 @@ def test_cli_refuses_an_existing_name_or_output_unless_forced(tiny_f16_model, tm
     code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q4_0", "--out", str(second),
                                     "--name", "mine"], capsys)
     assert code == 2 and "already registered" in err and "--force" in err and "predicted" not in err
-    assert not second.exists() and store.find_local_model("mine") == first
+    assert not second.exists() and resolve("mine", need="file").path == first
 
     code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q4_0", "--out", str(second),
                                     "--name", "mine", "--force"], capsys)
     assert code == 0, err
-    assert store.find_local_model("mine") == second
+    assert resolve("mine", need="file").path == second
     assert f"{first}" in err and "no longer registered" in err  # the user learns about the old file
 
     code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(second),
@@ -308,7 +309,7 @@ def test_cli_refuses_a_missing_out_folder_or_the_source_before_the_dry_run(tiny_
 def _unwritable_store() -> Path:
     """A store whose lock file cannot be created, even by root (chmod would not stop root):
     a folder sits where the lock file goes."""
-    lock = store.index_path().with_name(store.index_path().name + ".lock")
+    lock = store_index.index_path().with_name(store_index.index_path().name + ".lock")
     lock.mkdir(parents=True)
     return lock
 
@@ -368,3 +369,22 @@ def test_cli_refuses_an_output_folder_it_cannot_write_before_the_dry_run(tiny_f1
     code, _, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(locked / "x.gguf")], capsys)
     assert code == 2 and f"cannot write in {locked}" in err and "predicted" not in err
     assert list(locked.iterdir()) == []
+
+
+def test_cli_quantize_to_the_path_of_a_stale_record_replaces_it_before_any_work(tiny_f16_model, tmp_path, capsys):
+    """A registered model whose file was deleted by hand: quantizing to that path again needs no
+    --force, and the record is decided on up front, not refused after the work."""
+    out = tmp_path / "out.gguf"
+    assert _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(out)], capsys)[0] == 0
+    out.unlink()
+
+    code, stdout, err = _cli_in_process(["quantize", str(tiny_f16_model), "--to", "Q4_0", "--out", str(out)], capsys)
+
+    assert code == 0, err
+    lines = err.splitlines()
+    note = f"note: out was registered to {out}, which is gone; it will name the new file"
+    assert note in lines and lines.index(note) < next(i for i, l in enumerate(lines) if "predicted" in l)
+    assert stdout.split("\t")[0] == "out" and out.is_file()
+    [entry] = [m for m in store.list_models() if m.name == "out"]
+    assert entry.path == out and entry.quant == "Q4_0" and not entry.missing
+    assert store.stale_models() == []

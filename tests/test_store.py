@@ -11,10 +11,11 @@ import pytest
 
 import quant
 import synth
-from localcascade import hub, store
+from localcascade import hub, planning, store, store_index
 from localcascade.catalog import find_variant, load_catalog
 from localcascade.cli import main
 from localcascade.errors import ModelNotFoundError
+from localcascade.resolver import parse_model_spec, resolve
 
 REPO = "someone/Tiny-GGUF"
 
@@ -31,7 +32,7 @@ def _cache() -> Path:
 
 
 def _pull(spec: str):
-    return hub.pull(hub.resolve_remote(hub.parse_model_spec(spec)), show_progress=False)
+    return hub.pull(hub.resolve_remote(parse_model_spec(spec)), show_progress=False)
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_list_shows_pulled_registered_and_other_tools_models(served, tiny_f16_mo
     lines = out.splitlines()
     assert lines[0].split() == ["NAME", "SIZE", "WHERE", "VERIFIED", "PATH"] and len(lines) == 4
     assert [name for name in models if name in out] == list(models)
-    assert not list(store.index_path().parent.glob("*.tmp"))  # the index was renamed into place
+    assert not list(store_index.index_path().parent.glob("*.tmp"))  # the index was renamed into place
 
 
 def test_pulling_what_another_tool_downloaded_verifies_it_without_downloading(served):
@@ -90,14 +91,14 @@ def test_pulling_what_another_tool_downloaded_verifies_it_without_downloading(se
 def test_names_resolve_to_local_files(served, tiny_model):
     pulled = _pull(f"{REPO}:Q8_0")
 
-    assert store.find_local_model(f"{REPO}:Q8_0") == pulled.path
-    assert store.find_local_model(f"{REPO}:q8_0") == pulled.path
-    assert store.find_local_model(f"hf://{REPO}/Tiny-Q8_0.gguf") == pulled.path
-    assert store.find_local_model(str(tiny_model)) == tiny_model
+    assert resolve(f"{REPO}:Q8_0", need="file").path == pulled.path
+    assert resolve(f"{REPO}:q8_0", need="file").path == pulled.path
+    assert resolve(f"hf://{REPO}/Tiny-Q8_0.gguf", need="file").path == pulled.path
+    assert resolve(str(tiny_model), need="file").path == tiny_model
     with pytest.raises(ModelNotFoundError, match="not downloaded: run `localcascade pull elsewhere/Other-GGUF:F32`"):
-        store.find_local_model("elsewhere/Other-GGUF:F32")
+        resolve("elsewhere/Other-GGUF:F32", need="file").path
     with pytest.raises(ModelNotFoundError):
-        store.find_local_model("no-such-model")
+        resolve("no-such-model", need="file").path
 
 
 def test_catalog_variant_in_the_cache_is_found_by_name_and_by_the_planner(hf_server, tiny_model):
@@ -108,10 +109,10 @@ def test_catalog_variant_in_the_cache_is_found_by_name_and_by_the_planner(hf_ser
 
     [model] = store.list_models()
     assert model.name == "Q4_K_M" and model.variant == "Q4_K_M"
-    assert store.find_local_model("Q4_K_M") == pulled.path
+    assert resolve("Q4_K_M", need="file").path == pulled.path
     from localcascade.hardware.profiles import load_profile
 
-    best, plan = store.best_local_variant(load_profile("rtx-4090"))
+    best, plan = planning.best_local_variant(store.list_models(), load_profile("rtx-4090"))
     assert best.name == "Q4_K_M" and plan.model == "Q4_K_M"
     # Planned from the file on disk (tiny here), not from the catalog's 24.7 GB facts.
     assert plan.source == "header" and plan.gpu.weights + plan.ram.weights < 10 * 1024**2
@@ -224,7 +225,7 @@ def test_quantize_a_pulled_model_by_name_writes_outside_the_hub_cache(hf_server,
     name, _, path = out.strip().split("\t")
     assert name == "Src-Q8_0" and Path(path).is_file()
     assert not Path(path).is_relative_to(_cache())
-    assert store.find_local_model("Src-Q8_0") == Path(path)
+    assert resolve("Src-Q8_0", need="file").path == Path(path)
     assert {m.name for m in store.list_models()} == {"someone/Src-GGUF:F16", "Src-Q8_0"}
 
 
@@ -235,8 +236,8 @@ def test_index_updates_from_two_processes_keep_both_records(tmp_path, monkeypatc
 
     other = tmp_path / "other.gguf"
     other.write_bytes(b"GGUF")
-    script = f"from localcascade import store; store.record_verified({str(other)!r}, sha256='b' * 64, size=4, verified=True)"
-    real_load = store._load_index
+    script = f"from localcascade import store_index; store_index.record_verified({str(other)!r}, sha256='b' * 64, size=4, verified=True)"
+    real_load = store_index.load_index
     seen = []
 
     def load_then_let_the_other_process_in():
@@ -249,16 +250,16 @@ def test_index_updates_from_two_processes_keep_both_records(tmp_path, monkeypatc
                 pass
         return data
 
-    monkeypatch.setattr(store, "_load_index", load_then_let_the_other_process_in)
+    monkeypatch.setattr(store_index, "load_index", load_then_let_the_other_process_in)
     mine = tmp_path / "mine.gguf"
     mine.write_bytes(b"GGUF")
 
-    store.record_verified(mine, sha256="a" * 64, size=4, verified=True)
+    store_index.record_verified(mine, sha256="a" * 64, size=4, verified=True)
 
     assert seen[0].wait(timeout=60) == 0
-    monkeypatch.setattr(store, "_load_index", real_load)
-    assert store.verified_record(mine)["sha256"] == "a" * 64
-    assert store.verified_record(other)["sha256"] == "b" * 64
+    monkeypatch.setattr(store_index, "load_index", real_load)
+    assert store_index.verified_record(mine)["sha256"] == "a" * 64
+    assert store_index.verified_record(other)["sha256"] == "b" * 64
 
 
 def test_interrupted_index_save_leaves_no_temporary_file(tmp_path, monkeypatch):
@@ -270,22 +271,22 @@ def test_interrupted_index_save_leaves_no_temporary_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        store.record_verified(f, sha256=None, size=4, verified=False)
+        store_index.record_verified(f, sha256=None, size=4, verified=False)
 
-    assert [p.name for p in store.index_path().parent.iterdir() if not p.name.endswith(".lock")] == []
+    assert [p.name for p in store_index.index_path().parent.iterdir() if not p.name.endswith(".lock")] == []
 
 
 @pytest.mark.parametrize("content", ["[]", '"text"', '{"models": [], "verified": {}}'])
 def test_a_malformed_index_is_one_clear_line(content, capsys):
-    store.index_path().parent.mkdir(parents=True, exist_ok=True)
-    store.index_path().write_text(content)
+    store_index.index_path().parent.mkdir(parents=True, exist_ok=True)
+    store_index.index_path().write_text(content)
 
     code, out, err = _cli(["list"], capsys)
 
     assert code == 1 and out == ""
     assert "Traceback" not in err
-    assert f"the store index {store.index_path()} is not a localcascade index" in err.strip().splitlines()[-1]
-    assert store.index_path().read_text() == content  # left for the user to look at
+    assert f"the store index {store_index.index_path()} is not a localcascade index" in err.strip().splitlines()[-1]
+    assert store_index.index_path().read_text() == content  # left for the user to look at
 
 
 def test_pulling_a_registered_name_says_it_is_already_here(tiny_model, capsys):
@@ -296,7 +297,7 @@ def test_pulling_a_registered_name_says_it_is_already_here(tiny_model, capsys):
 
 
 def _lock_path() -> Path:
-    return store.index_path().with_name(store.index_path().name + ".lock")
+    return store_index.index_path().with_name(store_index.index_path().name + ".lock")
 
 
 @pytest.mark.parametrize("content, entry, problem", [
@@ -309,12 +310,12 @@ def _lock_path() -> Path:
 ])
 def test_a_malformed_entry_is_one_line_naming_it_and_the_file_is_kept(tiny_model, content, entry, problem, capsys):
     store.register_local("good", [tiny_model], quant="Q8_0", source=None, check="test")
-    data = json.loads(store.index_path().read_text())
+    data = json.loads(store_index.index_path().read_text())
     for section, entries in json.loads(content).items():
         data[section].update(entries)
     text = json.dumps(data)
-    store.index_path().write_text(text)
-    expected = (f"localcascade: the store index {store.index_path()} has a malformed entry {entry} ({problem}); "
+    store_index.index_path().write_text(text)
+    expected = (f"localcascade: the store index {store_index.index_path()} has a malformed entry {entry} ({problem}); "
                 "fix or delete that entry by hand (localcascade leaves the file as it is)")
 
     for args in (["list"], ["show", "good"], ["rm", "good", "--yes"], ["fit", "good"],
@@ -322,7 +323,7 @@ def test_a_malformed_entry_is_one_line_naming_it_and_the_file_is_kept(tiny_model
         code, out, err = _cli(args, capsys)
         assert (code, out, err.splitlines()) == (1, "", [expected]), args
 
-    assert store.index_path().read_text() == text  # the good entry and the bad one, for the user to fix
+    assert store_index.index_path().read_text() == text  # the good entry and the bad one, for the user to fix
     assert tiny_model.exists()
 
 
@@ -337,10 +338,10 @@ def test_rm_with_an_unwritable_store_is_one_line_and_deletes_nothing(tiny_model,
 
     assert code == 1 and out == ""
     assert err.splitlines()[-1] == (f"localcascade: cannot write {_lock_path()}: Is a directory (the store index "
-                                    f"lives in {store.index_path().parent}; set LOCALCASCADE_HOME to a writable "
+                                    f"lives in {store_index.index_path().parent}; set LOCALCASCADE_HOME to a writable "
                                     "folder)")
     assert mine.exists()
-    assert store.find_local_model("mine") == mine
+    assert resolve("mine", need="file").path == mine
 
 
 def test_a_pull_that_cannot_record_its_check_still_says_it_is_downloaded(served, capsys):
@@ -356,7 +357,7 @@ def test_a_pull_that_cannot_record_its_check_still_says_it_is_downloaded(served,
     [note] = [line for line in err.splitlines() if line.startswith("note:")]
     assert note == (f"note: the download is complete ({path}), but its check could not be recorded: "
                     f"cannot write {_lock_path()}: Is a directory (the store index lives in "
-                    f"{store.index_path().parent}; set LOCALCASCADE_HOME to a writable folder); "
+                    f"{store_index.index_path().parent}; set LOCALCASCADE_HOME to a writable folder); "
                     "`localcascade list` shows it as not verified and the next pull checks it again")
     [model] = store.list_models()
     assert model.path == Path(path) and not model.verified
@@ -380,7 +381,7 @@ def test_rm_of_a_file_that_cannot_be_deleted_is_one_line_and_keeps_the_entry(tin
 
     assert code == 1 and out == ""
     assert err.splitlines()[-1] == f"localcascade: cannot delete {mine}: Read-only file system"
-    assert mine.exists() and store.find_local_model("mine") == mine
+    assert mine.exists() and resolve("mine", need="file").path == mine
 
 
 def test_show_names_an_unknown_hardware_profile_before_looking_for_the_model(capsys, monkeypatch):
@@ -412,3 +413,70 @@ def test_a_folder_or_device_named_as_the_model_is_said_to_be_one(command, tmp_pa
         code, out, err = _cli(args, capsys)
         assert code == 1 and out == ""
         assert err == f"localcascade: {path} is {kind}: give a .gguf model file\n"
+
+
+def _registered_then_deleted(tiny_model, tmp_path) -> Path:
+    mine = tmp_path / "mine.gguf"
+    shutil.copy(tiny_model, mine)
+    store.register_local("mine", [mine], quant="Q8_0", source=None, check="test")
+    mine.unlink()   # deleted by hand: only the record is left
+    return mine
+
+
+def test_list_marks_a_registered_model_whose_file_is_gone(tiny_model, tmp_path, capsys):
+    mine = _registered_then_deleted(tiny_model, tmp_path)
+
+    code, out, err = _cli(["list"], capsys)
+
+    assert code == 0
+    [row] = out.splitlines()[1:]
+    assert row.split()[0] == "mine" and "file missing" in row and row.endswith(str(mine))
+    assert f"mine: its file {mine} is gone; `localcascade rm mine` forgets it" in err
+    code, out, _ = _cli(["list", "--json"], capsys)
+    [entry] = json.loads(out)
+    assert entry["name"] == "mine" and entry["missing"] and entry["path"] == str(mine)
+
+
+def test_rm_of_a_model_whose_file_is_gone_forgets_its_record(tiny_model, tmp_path, capsys):
+    _registered_then_deleted(tiny_model, tmp_path)
+
+    code, out, err = _cli(["rm", "mine", "--yes"], capsys)
+
+    assert code == 0, err
+    assert out.strip() == "removed mine (its file was already gone; the record is forgotten)"
+    assert json.loads(store_index.index_path().read_text())["models"] == {}
+    code, out, err = _cli(["list"], capsys)
+    assert code == 0 and out == "" and "mine" not in err
+
+
+def test_using_a_model_whose_file_is_gone_says_so(tiny_model, tmp_path, capsys):
+    mine = _registered_then_deleted(tiny_model, tmp_path)
+
+    for args in (["show", "mine"], ["fit", "mine"], ["quantize", "mine", "--to", "Q4_0"]):
+        code, out, err = _cli(args, capsys)
+        assert (code, out) == (1, ""), args
+        assert err.splitlines() == [f"localcascade: mine is registered to {mine}, which is gone: "
+                                    "`localcascade rm mine` forgets it"], args
+
+
+def test_rm_of_a_downloaded_model_says_what_it_could_not_delete(served, capsys, monkeypatch):
+    """huggingface_hub's deletion logs and skips a blob it may not delete: rm still says so, in one
+    line, and fails."""
+    pulled = _pull(f"{REPO}:Q8_0")
+    blob = pulled.path.resolve()
+    real_remove = os.remove
+
+    def blob_is_read_only(path, *args, **kwargs):
+        if Path(path) == blob:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "remove", blob_is_read_only)
+
+    code, out, err = _cli(["rm", f"{REPO}:Q8_0", "--yes"], capsys)
+
+    assert code == 1 and out == ""
+    assert err.splitlines()[-1] == (f"localcascade: cannot delete {blob}: Permission denied "
+                                    "(1 file(s) were deleted before it)")
+    assert "Traceback" not in err
+    assert blob.exists() and not os.path.lexists(pulled.path)   # what is left on disk is what it said

@@ -21,7 +21,8 @@ from pathlib import Path
 import typer
 
 from localcascade.cli.wording import plan_line
-from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
+from localcascade.errors import LocalCascadeError, ModelNotFoundError
+from localcascade.model_spec import HubFile
 from localcascade.units import format_bytes
 
 
@@ -74,29 +75,24 @@ def recommend_and_fetch(hardware, request, *, yes: bool) -> Fetched:
     for reason in plan.reasons:
         _err(f"  - {reason}")
     confirm_download(f"Download {variant.quant} ({size})?", yes, later=f"localcascade pull {variant.quant}")
-    return fetch(hub.parse_model_spec(variant.quant), variant.quant)
+    return fetch(variant.quant)
 
 
-def fetch(ref, spec: str, *, hardware=None, request=None) -> Fetched:
-    """Download ``ref`` (``spec`` as the user named it) into the Hugging Face cache, resuming and verifying.
+def fetch(spec: str, hardware=None, request=None) -> Fetched:
+    """Download the model ``spec`` names into the Hugging Face cache, resuming and verifying.
 
     With ``hardware``, the file's header is read from the hub first and its plan shown: a file
     llama.cpp could not use is refused before its bytes are fetched. With HF_HUB_OFFLINE=1 the
-    cached copy is the answer, or there is none.
+    cached copy is the answer, or there is none (the resolver says which).
     """
-    from localcascade import hub, settings
+    from localcascade import hub
+    from localcascade.resolver import resolve
 
-    if ref.kind == "local":
-        raise UsageError(f"{spec} is a local file already; nothing to pull")
-    if settings.hub_offline():
-        stored = stored_or_none(spec)
-        if stored is None:
-            from localcascade.errors import OfflineError
-
-            raise OfflineError(f"HF_HUB_OFFLINE=1 and {ref.label} is not in the cache")
+    found = resolve(spec, need="remote")
+    ref, remote, stored = found.ref, found.remote, found.stored
+    if remote is None:  # offline, and it is here
         _err(f"{stored.name} is already here (offline: not checked against the hub)")
         return Fetched(stored.name, Path(stored.path), stored.size, None)
-    remote = hub.resolve_remote(ref)
     shards = f" in {len(remote.files)} files" if len(remote.files) > 1 else ""
     _err(f"{ref.label}: {remote.repo}, {format_bytes(remote.size)}{shards}")
     if hardware is not None:
@@ -124,16 +120,6 @@ def report_unrecorded(pulled) -> None:
              "`localcascade list` shows it as not verified and the next pull checks it again")
 
 
-def stored_or_none(spec: str):
-    """The stored model ``spec`` names, or None."""
-    from localcascade import store
-
-    try:
-        return store.find_stored(spec)
-    except ModelNotFoundError:
-        return None
-
-
 def plan_for_header(header, hardware, request=None):
     """(the plan for a model's header on ``hardware``, None) or (None, why there is none)."""
     from localcascade.plan import PlanRequest
@@ -152,7 +138,7 @@ def _check_before_download(remote, hardware, request) -> None:
     from localcascade.gguf_header import read_header
 
     try:
-        header = read_header(f"hf://{remote.repo}@{remote.revision}/{remote.files[0].path}")
+        header = read_header(HubFile(remote.repo, remote.revision, remote.files[0].path).uri)
     except GGUFHeaderError as err:
         raise GGUFHeaderError(f"{err}; nothing was downloaded") from None
     except LocalCascadeError as err:  # the hub would not answer a range request: the download decides
@@ -172,7 +158,7 @@ def _plan_from_remote_header(variant, hardware, request):
         from localcascade.gguf_header import read_header
         from localcascade.policy import plan_for_model
 
-        header = read_header(f"hf://{variant.repo}/{variant.files[0]}")
+        header = read_header(HubFile(variant.repo, None, variant.files[0]).uri)
         return plan_for_model(header, hardware, request)
     except LocalCascadeError as err:
         _err(f"(planning from catalog facts: {err})")

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Optional
 
 import typer
 
 from localcascade.cli import options
 from localcascade.cli.app import app
-from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
+from localcascade.errors import LocalCascadeError, UsageError
 from localcascade.units import format_bytes, format_tokens
 
 
@@ -48,7 +47,6 @@ def pull(
                                                        "(without a terminal nobody is asked)."),
 ) -> None:
     """Download a model into the Hugging Face cache, resuming and verifying it."""
-    from localcascade import hub
     from localcascade.cli import downloads
     from localcascade.hardware.resolve import hardware_for
     from localcascade.plan import PlanRequest
@@ -58,12 +56,7 @@ def pull(
     if model == "auto":
         fetched = downloads.recommend_and_fetch(hardware_for(gpu=gpu, vram=vram, ram=ram), request, yes=yes)
     else:
-        stored = downloads.stored_or_none(model)
-        if stored is not None and stored.where == "local":
-            raise UsageError(f"{model} is a model on this machine ({stored.path}); nothing to pull")
-        ref = hub.parse_model_spec(model)
-        hardware = None if ref.kind == "local" else hardware_for(gpu=gpu, vram=vram, ram=ram)
-        fetched = downloads.fetch(ref, model, hardware=hardware, request=request)
+        fetched = downloads.fetch(model, hardware_for(gpu=gpu, vram=vram, ram=ram), request)
     typer.echo(fetched.summary())
 
 
@@ -77,23 +70,28 @@ def list_models(
     from localcascade import store
 
     models = store.list_models()
+    stale = store.stale_models()   # registered, but the file is gone: shown so `rm` can forget them
     if as_json:
-        typer.echo(json.dumps([m.to_dict() for m in models], indent=2))
+        typer.echo(json.dumps([m.to_dict() for m in models + stale], indent=2))
         return
     # Interrupted pulls hold disk too; said on stderr so the table stays one model per line.
     for partial in store.partial_downloads():
         _err(f"partial download: {format_bytes(partial.size)} of a file from {partial.repo} ({partial.path}); "
              "pulling the same model again continues it, deleting the file drops it")
-    if not models:
+    if not models and not stale:
         _err("no models yet: `localcascade pull` downloads the best one for this machine")
         return
     rows = [("NAME", "SIZE", "WHERE", "VERIFIED", "PATH")]
     for m in models:
         verified = (m.verified_at or "yes")[:10] if m.verified else "no"
         rows.append((m.name, format_bytes(m.size), m.where, verified, str(m.path)))
+    for m in stale:
+        rows.append((m.name, "-", m.where, "file missing", str(m.path)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    for m in stale:
+        _err(f"{m.name}: its file {m.path} is gone; `localcascade rm {m.name}` forgets it")
 
 
 # -- show ----------------------------------------------------------------------------------
@@ -108,20 +106,15 @@ def show(
     ram: Optional[str] = typer.Option(None, "--ram", help="Plan for this much system RAM, e.g. 64GiB."),
 ) -> None:
     """Architecture, file facts and the fit plan for this machine of one model."""
-    from localcascade import store
-    from localcascade.cli.downloads import plan_for_header, stored_or_none
+    from localcascade.cli.downloads import plan_for_header
     from localcascade.gguf_header import read_header
     from localcascade.hardware.resolve import hardware_for
     from localcascade.model_summary import summarize
+    from localcascade.resolver import resolve
 
     hardware = hardware_for(gpu=gpu, vram=vram, ram=ram)  # a bad --gpu is the user's first mistake to hear of
-    stored = stored_or_none(model)
-    if stored is not None:
-        source = str(stored.path)
-    elif model.startswith("hf://"):
-        source = model  # not downloaded: the header comes from range requests
-    else:
-        source = _local_or_hub_source(store, model)
+    found = resolve(model, need="header")
+    stored, source = found.stored, found.header_source
     header = read_header(source)
     summary = summarize(header)
     plan, plan_error = plan_for_header(header, hardware)
@@ -133,21 +126,6 @@ def show(
     _render_show(model, stored, summary, plan, plan_error)
 
 
-def _local_or_hub_source(store, model: str) -> str:
-    """A local file for MODEL, else, for a catalog variant not downloaded yet, its file on the hub
-    (the header is read with range requests, so `show Q4_K_M` works before `pull`)."""
-    from localcascade.catalog import find_variant
-
-    try:
-        return str(store.find_local_model(model))
-    except ModelNotFoundError:
-        if Path(model).expanduser().exists():
-            raise  # a folder or device named as the model: its own error says so
-        try:
-            variant = find_variant(model)
-        except LocalCascadeError:
-            raise ModelNotFoundError(f"no model file or known model named {model!r} (see `localcascade list`)") from None
-        return f"hf://{variant.repo}/{variant.files[0]}"
 
 
 def _render_show(label, stored, s, plan, plan_error) -> None:
@@ -196,9 +174,16 @@ def rm(
 ) -> None:
     """Delete a model's files (only files the store knows)."""
     from localcascade import store
+    from localcascade.resolver import resolve
 
-    stored = store.find_stored(model)
+    stored = resolve(model, need="stored").stored
     files = "\n".join(f"  {f}" for f in stored.files)
+    if stored.missing:
+        _err(f"{stored.name}: registered, but its file is gone\n{files}")
+        _confirm_deletion(f"Forget {stored.name}?", yes)
+        store.remove(stored)
+        typer.echo(f"removed {stored.name} (its file was already gone; the record is forgotten)")
+        return
     _err(f"{stored.name}: {format_bytes(stored.size)} in {stored.where}\n{files}")
     _confirm_deletion(f"Delete {stored.name}?", yes)
     store.remove(stored)

@@ -231,22 +231,19 @@ def resolve_model(spec: Optional[str], how: str = "--model NAME|FILE") -> Path:
     ``how`` is how the command takes a model (``--model NAME|FILE``, ``bench NAME|FILE``),
     for the error.
     """
-    from localcascade import store
+    from localcascade.resolver import NoDefaultModelError, resolve
 
-    if spec:
-        return store.find_local_model(spec)
-    found = store.best_local_variant()   # (StoredModel, Plan) or None
-    if found is None:
-        present = store.list_models()
-        if present:
+    try:
+        return resolve(spec, need="file").path
+    except NoDefaultModelError as err:
+        if err.present:
             # Only catalog variants are picked by default; the others must be named.
-            names = ", ".join(m.name for m in present[:3]) + (", ..." if len(present) > 3 else "")
+            names = ", ".join(err.present[:3]) + (", ..." if len(err.present) > 3 else "")
             raise ModelNotFoundError(
                 f"no Nemotron-Cascade-2 catalog variant is pulled, so none is picked by default: "
                 f"name one of the models `localcascade list` shows ({names}) with {how}"
-            )
-        raise ModelNotFoundError(f"no model pulled yet: run `localcascade pull` or give {how}")
-    return Path(found[0].path)
+            ) from None
+        raise ModelNotFoundError(f"no model pulled yet: run `localcascade pull` or give {how}") from None
 
 
 def load_engine(

@@ -16,6 +16,7 @@ import typer
 from localcascade.cli.app import app
 from localcascade.cli.options import complete_stored_model
 from localcascade.errors import LocalCascadeError, OutputPathError
+from localcascade.model_spec import model_stem
 from localcascade.units import format_bytes
 
 
@@ -36,17 +37,22 @@ def quantize(
     import quant
     from localcascade import store
     from localcascade.cli.progress import QuantizeProgress
+    from localcascade.resolver import resolve
     from quant.quantize import check_threads
 
     # Everything that can be refused is refused here, before llama.cpp's dry run and the work.
     target = quant.normalize_target(to)
     check_threads(threads)
-    source = store.find_local_model(src).absolute()
+    source = resolve(src, need="file").path.absolute()
     store.check_writable()  # the result is registered at the end
     dst = (out or _default_out(source, target)).expanduser()
     finals = quant.check_destination(source, dst, keep_split=keep_split, overwrite=force)
     register_as = name or _name_for(finals[0])
     replaced = store.check_new_name(register_as, replace=force)
+    if replaced is not None and replaced.missing:
+        # Decided now, not after the work: a record whose file is gone names nothing, so the new file takes it.
+        typer.echo(f"note: {register_as} was registered to {replaced.path}, which is gone; "
+                   "it will name the new file", err=True)
     _refuse_other_models_files(finals, register_as)
     done: dict = {}
 
@@ -80,7 +86,7 @@ def quantize(
         raise LocalCascadeError(f"wrote {result.path}, but could not register it as {register_as}: "
                                 f"{done['error']}; use it by its path")
     registered = done["model"]
-    if replaced is not None and not set(replaced.files) & set(result.outputs):
+    if replaced is not None and not replaced.missing and not set(replaced.files) & set(result.outputs):
         typer.echo(f"note: {register_as} now names {result.path}; {replaced.path}, which it named before, "
                    "is kept but no longer registered", err=True)
     types = ", ".join(f"{n} {t}" for t, n in sorted(result.histogram.items(), key=lambda kv: -kv[1]))
@@ -119,13 +125,11 @@ def _default_out(source: Path, target: str) -> Path:
         except OSError as err:
             raise OutputPathError(f"cannot create {folder} for the output: {err.strerror or err}; "
                                   "choose the output file with --out") from None
-    stem = re.sub(r"-\d{5}-of-\d{5}$", "", source.name[: -len(".gguf")] if source.name.endswith(".gguf")
-                  else source.name)
+    stem = model_stem(source.name)
     renamed = re.sub(r"(?i)(?<![A-Za-z0-9])(BF16|F16|F32)(?![A-Za-z0-9])", target, stem)
     return folder / ((renamed if renamed != stem else f"{stem}-{target}") + ".gguf")
 
 
 def _name_for(path: Path) -> str:
-    name = path.name[: -len(".gguf")] if path.name.endswith(".gguf") else path.name
-    return re.sub(r"-\d{5}-of-\d{5}$", "", name)
+    return model_stem(path.name)
 

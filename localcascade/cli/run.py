@@ -114,14 +114,12 @@ def _stdin_is_empty() -> bool:
 
 def _choose_model(spec: Optional[str], hardware, request, yes: bool) -> Path:
     """The named model; else the best-fitting variant already pulled; else the recommended one, pulled now."""
-    from localcascade import store
+    from localcascade.resolver import NoDefaultModelError, resolve
 
-    if spec:
-        return store.find_local_model(spec)
-    best = store.best_local_variant(hardware, request)
-    if best is not None:
-        stored, _plan = best
-        return Path(stored.path)
+    try:
+        return resolve(spec, need="file", hardware=hardware, request=request).path
+    except NoDefaultModelError:
+        pass
     if _stdin_is_empty():
         # Gigabytes are not fetched for a chat that has nothing to read.
         raise ModelNotFoundError("no model pulled yet: `localcascade pull` downloads the best variant for this "

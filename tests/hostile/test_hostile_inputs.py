@@ -105,10 +105,10 @@ def test_a_hostile_grammar_never_crashes_or_hangs(tiny_model, grammar):
 
 
 def test_a_deeply_nested_store_index_is_one_line(tmp_path):
-    from localcascade import store
+    from localcascade import store_index
 
-    store.index_path().parent.mkdir(parents=True, exist_ok=True)
-    store.index_path().write_text('{"models": ' + "[" * 100000 + "]" * 100000 + "}")
+    store_index.index_path().parent.mkdir(parents=True, exist_ok=True)
+    store_index.index_path().write_text('{"models": ' + "[" * 100000 + "]" * 100000 + "}")
     assert_one_line(cli("list"), 1, "nested 100001 levels deep")
 
 

@@ -87,13 +87,13 @@ def _file_type(path):
 
 
 def test_two_quantizes_to_one_output_cannot_both_win(tiny_f16_model, tmp_path):
-    from localcascade import store
+    from localcascade import store_index
 
     out = tmp_path / "same.gguf"
-    with holding_lock(store.outputs_lock_path()):
+    with holding_lock(store_index.outputs_lock_path()):
         runs = [popen_cli("quantize", str(tiny_f16_model), "--to", to, "--out", str(out)) for to in ("Q8_0", "Q4_0")]
         # Both have passed every check and finished the work: they wait to put their file in place.
-        wait_until_waiting(store.outputs_lock_path(), runs)
+        wait_until_waiting(store_index.outputs_lock_path(), runs)
     results = [(run.wait(timeout=300), *run.communicate()) for run in runs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 2], results
@@ -108,13 +108,13 @@ def test_two_quantizes_to_one_output_cannot_both_win(tiny_f16_model, tmp_path):
 
 
 def test_two_forced_quantizes_to_one_output_leave_file_and_index_agreeing(tiny_f16_model, tmp_path):
-    from localcascade import store
+    from localcascade import store_index
 
     out = tmp_path / "same.gguf"
-    with holding_lock(store.outputs_lock_path()):
+    with holding_lock(store_index.outputs_lock_path()):
         runs = [popen_cli("quantize", str(tiny_f16_model), "--to", to, "--out", str(out), "--force")
                 for to in ("Q8_0", "Q4_0")]
-        wait_until_waiting(store.outputs_lock_path(), runs)
+        wait_until_waiting(store_index.outputs_lock_path(), runs)
     assert [run.wait(timeout=300) for run in runs] == [0, 0], [run.communicate() for run in runs]
     model = _registered("same")
     assert model["size"] == out.stat().st_size
@@ -122,13 +122,13 @@ def test_two_forced_quantizes_to_one_output_leave_file_and_index_agreeing(tiny_f
 
 
 def test_two_rm_of_one_model_remove_it_once(tiny_f16_model, tmp_path):
-    from localcascade import store
+    from localcascade import store_index
 
     out = tmp_path / "gone.gguf"
     assert cli("quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(out)).returncode == 0
-    with holding_lock(store.index_lock_path()):
+    with holding_lock(store_index.index_lock_path()):
         runs = [popen_cli("rm", "gone", "--yes") for _ in range(2)]
-        wait_until_waiting(store.index_lock_path(), runs)  # both found the model; both wait to delete it
+        wait_until_waiting(store_index.index_lock_path(), runs)  # both found the model; both wait to delete it
     results = [(run.wait(timeout=120), *run.communicate()) for run in runs]
     assert sorted(code for code, _, _ in results) == [0, 1], results
     assert sum("removed gone" in stdout for _, stdout, _ in results) == 1
