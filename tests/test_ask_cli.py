@@ -154,7 +154,9 @@ def test_think_budget_waits_for_a_grammar_that_does_not_allow_the_close_yet(tiny
 
 
 def test_interrupt_exits_130(tiny_model, tmp_path):
-    grammar = write_grammar(tmp_path, 'root ::= ("hello world\\n"){1500}')
+    # A reply that cannot end before the signal: it runs to the 32K context, more than a pipe holds,
+    # so the writer waits for this reader (1,500 lines fit in the pipe and ended first on a busy machine).
+    grammar = write_grammar(tmp_path, 'root ::= ("hello world\\n")+')
     proc = subprocess.Popen(
         [*CMD, "--model", str(tiny_model), "--no-think", "--ctx", "32K", "--grammar-file", grammar, "hi"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),

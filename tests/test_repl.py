@@ -27,7 +27,7 @@ ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[@-Z\\-_])")
 
 THOUGHT_AND_ANSWER = 'root ::= "deep inner musing" </think> "plain visible answer"'
 # Words with no end the model may stop at before 1000 of them: longer than any test waits.
-ENDLESS = 'root ::= word{1000}\nword ::= [a-z]{2,6} " "'
+ENDLESS = 'root ::= word+\nword ::= [a-z]{2,6} " "'   # ends only at a limit: never before a test's Ctrl-C
 
 
 def plain(text: str) -> str:
