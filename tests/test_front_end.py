@@ -68,8 +68,9 @@ def test_install_completion_writes_the_bash_script(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "SHELL": "/bin/bash"}
-    # shellingham names the shell from the parent process: run it from bash, as a user would.
-    result = subprocess.run(["bash", "-c", f"'{sys.executable}' -m localcascade --install-completion"],
+    # shellingham names the shell from the parent process: run it from bash, as a user would (the
+    # second command keeps bash from exec'ing into python, which would leave pytest as its parent).
+    result = subprocess.run(["bash", "-c", f"'{sys.executable}' -m localcascade --install-completion; exit $?"],
                             capture_output=True, text=True, env=env, cwd=Path(__file__).parent.parent, timeout=60)
     assert result.returncode == 0, result.stderr
     script = (home / ".bash_completions" / "localcascade.sh").read_text()
