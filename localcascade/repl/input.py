@@ -60,6 +60,10 @@ class InputTooLong(Exception):
 # with the square of the line. 64 Ki characters (~16K tokens) stays well under a second; longer
 # text is piped (`localcascade ask < file`), where a line may be as long as a prompt.
 TYPED_LINE_MAX_CHARS = 64 * 1024
+# Past this many characters a typed key saves no undo step (each step is a copy of the line), and
+# the line is redrawn at most once a second.
+_UNDO_STEPS_MAX_CHARS = _LONG_LINE_CHARS = 4096
+_LONG_LINE_REDRAW_S = 1.0
 # Redraws of the input line at most this often: a paste arrives as thousands of keys at once.
 _MIN_REDRAW_S = 0.05
 
@@ -94,7 +98,7 @@ class LineReader:
 
     def _make_session(self, history_path: Path | None):
         from prompt_toolkit import PromptSession
-        from prompt_toolkit.filters import Condition
+        from prompt_toolkit.filters import emacs_insert_mode, vi_insert_mode
         from prompt_toolkit.history import FileHistory, InMemoryHistory
         from prompt_toolkit.key_binding import KeyBindings
         from prompt_toolkit.keys import Keys
@@ -114,16 +118,23 @@ class LineReader:
         def _newline(event):          # Alt-Enter (sent as Esc Enter): a new line, not "send"
             event.current_buffer.insert_text("\n")
 
-        def full() -> bool:
-            from prompt_toolkit.application import get_app
-
-            return len(get_app().current_buffer.text) >= TYPED_LINE_MAX_CHARS
-
-        # Past the cap, keys are counted, not inserted, and no undo state is saved for them
-        # (prompt-toolkit saves a copy of the whole line per undo step).
-        @bindings.add(Keys.Any, filter=Condition(full), save_before=lambda event: False)
-        def _drop(event):
-            self.dropped += len(event.data)
+        # Typed characters are inserted by this binding rather than prompt-toolkit's own: an
+        # unbracketed paste arrives as one key per character, and prompt-toolkit copies the whole
+        # line (and saves a copy of it for undo) per key, which grows with the square of the line
+        # (32K characters: 7 s of CPU and 640 MB). Here the plain characters queued behind a key
+        # go in with it, one copy per burst; past the cap they are counted, not inserted.
+        @bindings.add(Keys.Any, filter=vi_insert_mode | emacs_insert_mode, save_before=_undo_step)
+        def _insert(event):
+            text = event.data * event.arg + _queued_characters(event.key_processor)
+            buffer = event.current_buffer
+            room = max(0, TYPED_LINE_MAX_CHARS - len(buffer.text))
+            self.dropped += max(0, len(text) - room)
+            if room:
+                buffer.insert_text(text[:room])
+            # Drawing a long line costs time in proportion to its length (every wrapped row is laid
+            # out), so while a paste streams in, a long line is redrawn rarely.
+            long_line = len(buffer.text) >= _LONG_LINE_CHARS
+            event.app.min_redraw_interval = _LONG_LINE_REDRAW_S if long_line else _MIN_REDRAW_S
 
         @bindings.add(Keys.BracketedPaste)
         def _paste(event):            # a bracketed paste is one key: insert only what fits
@@ -198,6 +209,27 @@ class LineReader:
                 lines.append(line.rstrip()[: -len(MULTILINE_FENCE)])
                 return "\n".join(lines).strip("\n")
             lines.append(line)
+
+
+def _queued_characters(processor) -> str:
+    """The plain characters queued right behind the key being handled, taken off the queue."""
+    queue = processor.input_queue
+    taken = []
+    while queue and _is_plain_character(queue[0]):
+        taken.append(queue.popleft().data)
+    return "".join(taken)
+
+
+def _is_plain_character(key_press) -> bool:
+    """A printable character (Enter, Tab, escapes and control keys have names of their own)."""
+    key = key_press.key
+    return isinstance(key, str) and len(key) == 1 and key == key_press.data and key.isprintable()
+
+
+def _undo_step(event) -> bool:
+    """Whether a key saves an undo step: prompt-toolkit's rule (not for a repeat) on a short line; on a
+    long one, undo would keep a copy of the whole line per step."""
+    return not event.is_repeat and len(event.current_buffer.text) < _UNDO_STEPS_MAX_CHARS
 
 
 def _stdin_is_terminal() -> bool:
