@@ -99,10 +99,13 @@ class Interrupted(LocalCascadeError):
     exit_code = 130
 
 
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived. A BaseException that is not a KeyboardInterrupt: every
-    ``finally`` clean-up runs (a quantization's work folder goes), but nothing that treats
-    Ctrl-C as "stop this reply" (the chat) can swallow it. Exit status 128 + the signal."""
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP arrived. Not a KeyboardInterrupt: every ``finally`` clean-up runs (a
+    quantization's work folder goes), but nothing that treats Ctrl-C as "stop this reply" (the
+    chat) can swallow it. A SystemExit, because event loops let only that and KeyboardInterrupt
+    through: raised in a callback of prompt-toolkit's loop (a signal during a paste), any other
+    exception goes to its handler, which prints it and waits for Enter. Exit status 128 + the
+    signal (``cli.main`` catches it before any SystemExit)."""
 
     def __init__(self, signum: int):
         super().__init__(signum)
