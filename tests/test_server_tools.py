@@ -166,3 +166,20 @@ def test_serve_refuses_unknown_tools_and_stray_flags(tiny_model):
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0]
+
+
+def test_serve_without_bubblewrap_refuses_in_one_line_before_loading(tiny_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the Linux refusal")
+    bin_dir = tmp_path / "bin"     # a PATH without bwrap
+    bin_dir.mkdir()
+    result = subprocess.run([sys.executable, "-m", "localcascade", "serve", str(tiny_model), "--port", "0",
+                             "--tools", "python"], capture_output=True, timeout=60, text=True,
+                            env={**os.environ, "PATH": str(bin_dir)})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "install bubblewrap" in lines[0]
