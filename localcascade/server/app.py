@@ -215,6 +215,7 @@ class _Reply:
         self.reasoning: list[str] = []
         self.calls: list[dict] = []
         self.tool_results: list[dict] = []     # the python calls the server ran (or refused)
+        self._new_round = False
         # Calls to the server's own python are never the client's to answer.
         self.hidden = {PYTHON} if runs_python else set()
         self.stats: TurnStats | None = None
@@ -223,14 +224,19 @@ class _Reply:
     def take(self, event, generation: Generation) -> dict | None:
         """Fold ``event`` in; the delta it adds for a streaming client, or None."""
         if isinstance(event, ThinkingText):
-            self.reasoning.append(event.text)
-            return {"reasoning_content": event.text}
+            text = event.text
+            if self._new_round and self.reasoning:
+                text = "\n\n" + text         # each round's thought starts afresh, as in ask
+            self._new_round = False
+            self.reasoning.append(text)
+            return {"reasoning_content": text}
         if isinstance(event, AnswerText):
             shown = self.filter.feed(event.text)
             if self.filter.stopped:
                 generation.stop_round()     # a stop string: nothing after it is wanted
             return {"content": shown} if shown else None
         if isinstance(event, RoundEnded):
+            self._new_round = True
             rest, _ = self.filter.finish()     # the python call it held: reported as tool_results
             return {"content": rest} if rest else None
         if isinstance(event, ToolCallFinished):

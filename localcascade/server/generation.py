@@ -125,34 +125,38 @@ class Generation:
         """Run the round's python call and yield the next round's Work, or yield the final stats."""
         job, rounds = self.job, self._rounds
         sampler, job.kept_sampler = job.kept_sampler, None
-        content, calls = read_round("".join(job.answer), job.work)
-        go_on = rounds.end_round(stats) and all(c.name == NAME for c in calls) and not self.cancelled
-        if go_on:
-            yield RoundEnded()
-            called = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
-            ran = rounds.run_calls(called, self.served.tool, self._cancelled.is_set)
-            while (event := await asyncio.to_thread(next, ran, None)) is not None:
-                if isinstance(event, ToolCallFinished):
-                    yield event
-            options = rounds.next_options(self.cancelled)
-            go_on = options is not None
-        if not go_on:
-            if sampler is not None:
+        try:
+            content, calls = read_round("".join(job.answer), job.work)
+            go_on = rounds.end_round(stats) and all(c.name == NAME for c in calls) and not self.cancelled
+            if go_on:
+                yield RoundEnded()
+                called = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                          for c in calls]
+                ran = rounds.run_calls(called, self.served.tool, self._cancelled.is_set)
+                while (event := await asyncio.to_thread(next, ran, None)) is not None:
+                    if isinstance(event, ToolCallFinished):
+                        yield event
+                options = rounds.next_options(self.cancelled)
+                go_on = options is not None
+            if not go_on:
+                yield rounds.summed()
+                return
+            assistant = {"role": "assistant", "content": content, "tool_calls": called}
+            if self._thought:
+                assistant["reasoning_content"] = "".join(self._thought).strip()
+            self._thought = []
+            results = [{"role": "tool", "content": text} for text in rounds.results]
+            work = replace(job.work, messages=job.work.messages + [assistant] + results, options=options,
+                           key=job.work.key + tuple(message_key(m) for m in [assistant] + results))
+            self.job = self._job(work, sampler)
+            sampler = None                # the next round owns it
+            self.scheduler.submit(self.job, continuation=True)
+            if self.cancelled:            # a disconnect between the two rounds
+                self.scheduler.cancel(self.job)
+            yield work
+        finally:
+            if sampler is not None:       # the reply ends here, or the client went away mid-call
                 sampler.close()
-            yield rounds.summed()
-            return
-        assistant = {"role": "assistant", "content": content, "tool_calls": called}
-        if self._thought:
-            assistant["reasoning_content"] = "".join(self._thought).strip()
-        self._thought = []
-        results = [{"role": "tool", "content": text} for text in rounds.results]
-        work = replace(job.work, messages=job.work.messages + [assistant] + results, options=options,
-                       key=job.work.key + tuple(message_key(m) for m in [assistant] + results))
-        self.job = self._job(work, sampler)
-        self.scheduler.submit(self.job, continuation=True)
-        if self.cancelled:       # a disconnect between the two rounds
-            self.scheduler.cancel(self.job)
-        yield work
 
     def _job(self, work: Work, sampler) -> Job:
         def deliver(event: object) -> None:

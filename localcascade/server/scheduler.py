@@ -269,9 +269,9 @@ class Scheduler:
             if job.stop_after_call is not None:
                 def stop_after_call() -> bool:
                     return job.stop_after_call("".join(job.answer))
-            sampler, job.answer_sampler = job.answer_sampler, None
-            job.turn = self.decoder.start(slot.seq, prompt, work.options, sink, answer_sampler=sampler,
+            job.turn = self.decoder.start(slot.seq, prompt, work.options, sink, answer_sampler=job.answer_sampler,
                                           stop_after_call=stop_after_call)
+            job.answer_sampler = None     # the turn owns it now (until then a failure here frees it)
             if job.stopped:
                 job.turn.stop()
             self.prompt_tokens += len(prompt)
