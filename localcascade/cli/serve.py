@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from localcascade.cli import options
+from localcascade.cli import options, tool_options
 from localcascade.cli.app import app
 from localcascade.errors import UsageError
 
@@ -37,6 +37,9 @@ def serve(
     ),
     max_body: str = typer.Option("8MiB", "--max-body", help="Largest request body accepted (413 beyond)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp threads (default: physical cores)."),
+    tools: Optional[str] = tool_options.tools_option(),
+    tools_unsafe: bool = tool_options.unsafe_option(),
+    max_tool_calls: Optional[int] = tool_options.max_tool_calls_option(),
     verbose: bool = options.verbose_option(),
 ) -> int:
     """Serve the model over an OpenAI-compatible HTTP API (chat completions, streaming, tools)."""
@@ -56,6 +59,8 @@ def serve(
     if body_limit < 1024:
         raise UsageError(f"--max-body must be at least 1KiB, got {max_body}")
     api_key = _api_key(api_key_file)
+    # The sandbox is found (and tried) before the port and the model: a refusal must come first.
+    tool, max_calls = tool_options.python_tool(tools, tools_unsafe, max_tool_calls)
     from dataclasses import replace
 
     from localcascade.server.run import listen
@@ -65,12 +70,13 @@ def serve(
     listener = listen(host, port)   # before the load: a busy port must not cost minutes
     try:
         return _serve(listener, host, model_arg or model, request, chat_template, api_key, queue, body_limit, verbose,
-                      threads)
+                      threads, tool, max_calls)
     finally:
         listener.close()
 
 
-def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose, threads) -> int:
+def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose, threads, tool,
+           max_calls) -> int:
     from localcascade.planning import plan_for_file
     from localcascade.cli.wording import describe_plan
     from localcascade.server.app import ServerSettings
@@ -82,10 +88,18 @@ def _serve(listener, host, spec, request, chat_template, api_key, queue, body_li
         _say(line)
     engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose, threads=threads)
     with engine:
-        settings = ServerSettings(model_id=model_path.stem, api_key=api_key, max_body_bytes=body_limit)
+        served = None
+        if tool is not None:
+            from localcascade.server.generation import ServerTool
+
+            served = ServerTool(tool, max_calls)
+        settings = ServerSettings(model_id=model_path.stem, api_key=api_key, max_body_bytes=body_limit, tool=served)
         if not is_loopback(host) and api_key is None:
             _say(f"warning: listening on {host} without an API key: anyone who can reach this port "
                  f"can use the model (set {API_KEY_ENV} or --api-key-file)")
+        if served is not None:
+            _say(f"the model may run python on this machine ({'sandboxed' if tool.sandbox.sandboxed else 'WITHOUT a sandbox'}, "
+                 f"at most {max_calls} calls per reply); results are reported as message.tool_results")
         _say(f"serving {settings.model_id} at {base_url(listener)} (OpenAI base URL); Ctrl-C stops")
         serve_forever(engine, listener, settings, queue_size=queue)
     return 0

@@ -15,6 +15,11 @@ Replies split thinking from answer by token id as ``Chat`` does. A grammar here
 constrains the answer only (it starts after ``</think>``): a reasoning model
 must be free to think before it answers in a required shape.
 
+A reply may stop right after a ``</tool_call>`` (stop_reason "tool_call") when its
+``stop_after_call`` says so, handing its answer sampler (the grammar's state) over
+in ``BatchTurn.sampler``: the server runs the call and continues the same reply as a
+new turn started with that sampler, so a grammar spans the rounds as it does in ask.
+
 Everything here runs on one thread (the server's worker); only ``BatchTurn.stop``
 may be called from others.
 """
@@ -37,7 +42,8 @@ class BatchTurn:
     """One reply on one sequence, advanced by ``BatchDecoder.step``; its events go to ``sink``."""
 
     def __init__(self, decoder: "BatchDecoder", seq: int, prompt: list[int], start: int,
-                 options: GenerationOptions, sink: Callable[[Event], None], reset_reason: str | None) -> None:
+                 options: GenerationOptions, sink: Callable[[Event], None], reset_reason: str | None,
+                 answer_sampler: Sampler | None = None, stop_after_call: Callable[[], bool] | None = None) -> None:
         engine = decoder.engine
         self.seq = seq
         self.prompt = prompt
@@ -48,7 +54,15 @@ class BatchTurn:
         self.reset_reason = reset_reason
         self.thinking, self.answer = Channel(ThinkingText), Channel(AnswerText)
         self.in_thinking = opens_thinking(prompt, engine.think_open, engine.think_close)
-        self.sampler = Sampler(engine.vocab.handle, self._sampling(self.in_thinking))
+        if answer_sampler is not None and not options.grammar:
+            answer_sampler.close()    # no grammar state to carry on: a fresh sampler does the same
+            answer_sampler = None
+        if answer_sampler is not None and not self.in_thinking:
+            self.sampler, self._carried = answer_sampler, None
+        else:
+            self.sampler = Sampler(engine.vocab.handle, self._sampling(self.in_thinking))
+            self._carried = answer_sampler      # the answer's sampler, once the thought ends
+        self.stop_after_call = stop_after_call
         self.done = False
         self.stop_reason = "interrupted"
         self.end_token: int | None = None        # the end-of-generation token that ended it, if one did
@@ -64,6 +78,12 @@ class BatchTurn:
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    def close_samplers(self) -> None:
+        self.sampler.close()
+        if self._carried is not None:
+            self._carried.close()
+            self._carried = None
 
     def _sampling(self, thinking: bool) -> GenerationOptions:
         return replace(self.options, grammar=None) if thinking else self.options
@@ -89,7 +109,7 @@ class BatchDecoder:
 
     def close(self) -> None:
         for turn in self.turns:
-            turn.sampler.close()
+            turn.close_samplers()
         self.turns = []
         if self._batch is not None:
             self._lib.llama_batch_free(self._batch)
@@ -98,8 +118,14 @@ class BatchDecoder:
     # -- starting a reply ---------------------------------------------------------------------
 
     def start(self, seq: int, prompt: list[int], options: GenerationOptions,
-              sink: Callable[[Event], None]) -> BatchTurn:
-        """Begin a reply to ``prompt`` on sequence ``seq``, keeping what it already holds of it."""
+              sink: Callable[[Event], None], *, answer_sampler: Sampler | None = None,
+              stop_after_call: Callable[[], bool] | None = None) -> BatchTurn:
+        """Begin a reply to ``prompt`` on sequence ``seq``, keeping what it already holds of it.
+
+        ``answer_sampler``: the sampler a previous round stopped at a tool call with (the turn
+        owns it from here). ``stop_after_call``: asked after each ``</tool_call>`` in the answer
+        whether the reply stops there (stop_reason "tool_call") for the call to be run.
+        """
         if any(t.seq == seq for t in self.turns):
             raise EngineError(f"sequence {seq} is busy")
         if not prompt:
@@ -125,7 +151,7 @@ class BatchDecoder:
                               f"{len(held)} and the model's state cannot be cut back there")
                 held.clear()
                 common = 0
-        turn = BatchTurn(self, seq, prompt, common, options, sink, reason)
+        turn = BatchTurn(self, seq, prompt, common, options, sink, reason, answer_sampler, stop_after_call)
         self.turns.append(turn)
         return turn
 
@@ -234,6 +260,13 @@ class BatchDecoder:
             event = channel.feed(engine.vocab.piece(token, special=token in self._shown_specials))
         if event is not None:
             turn.sink(event)
+        if (token == engine.tool_call_close and not turn.in_thinking and turn.stop_after_call is not None):
+            event = channel.flush()
+            if event is not None:
+                turn.sink(event)
+            if turn.stop_after_call():
+                # Not evaluated: the next round's prompt starts with the template's "</tool_call>".
+                return self._finish(turn, "tool_call")
         turn.todo = [token]
         return None
 
@@ -253,7 +286,7 @@ class BatchDecoder:
         turn.in_thinking = False
         if turn.options.grammar:
             turn.sampler.close()
-            turn.sampler = Sampler(self.engine.vocab.handle, turn._sampling(False))
+            turn.sampler, turn._carried = turn._carried or Sampler(self.engine.vocab.handle, turn._sampling(False)), None
 
     def _finish(self, turn: BatchTurn, reason: str, *, error: str | None = None) -> None:
         if turn.done:
@@ -261,7 +294,11 @@ class BatchDecoder:
         turn.done = True
         turn.stop_reason = reason
         turn.error = error
-        turn.sampler.close()
+        if turn._carried is not None:
+            turn._carried.close()
+            turn._carried = None
+        if reason != "tool_call":
+            turn.sampler.close()      # else the caller takes it over (see the module doc)
         for channel in (turn.thinking, turn.answer):
             event = channel.flush()
             if event is not None:

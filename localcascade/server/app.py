@@ -1,7 +1,9 @@
 """The HTTP side: OpenAI's routes over the scheduler, errors in OpenAI's shape.
 
 Routes: ``POST /v1/chat/completions`` (JSON or server-sent events),
-``GET /v1/models``, ``GET /health``. Every failure is answered as
+``GET /v1/models``, ``GET /health``. With a server tool (``serve --tools python``)
+the code the model runs is reported as ``message.tool_results`` (streaming: one
+``delta.tool_results`` per call), each entry shaped as ``ask --json``'s ``tool_calls``. Every failure is answered as
 ``{"error": {"message", "type", "param", "code"}}`` with its status and logged
 as one line on stderr; no traceback ever reaches a client or the log.
 """
@@ -23,9 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import LocalCascadeError
+from localcascade.server.generation import Generation, RoundEnded, ServerTool, offer_python, with_python
 from localcascade.server.reply import AnswerFilter, openai_tool_calls
-from localcascade.server.scheduler import Failed, Job, QueueFull, Scheduler, Started
-from localcascade.server.schema import ChatRequest, reply_key, to_work
+from localcascade.server.scheduler import Failed, QueueFull, Scheduler, Started
+from localcascade.server.schema import ChatRequest, to_work
+from localcascade.tools.loop import ToolCallFinished
+from localcascade.tools.python_tool import NAME as PYTHON
 
 DISCONNECT_POLL_S = 0.05
 
@@ -36,6 +41,7 @@ class ServerSettings:
     api_key: str | None = None
     max_body_bytes: int = 8 * 1024 * 1024
     retry_after_s: int = 2
+    tool: ServerTool | None = None     # serve --tools python
 
 
 class BodyTooLarge(Exception):
@@ -149,61 +155,50 @@ async def _chat(request: Request, scheduler: Scheduler, settings: ServerSettings
     except LocalCascadeError as err:
         return _refused(request, 400, str(err))
 
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-
-    def deliver(event: object) -> None:
-        try:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-        except RuntimeError:   # the event loop has closed: the server is stopping
-            pass
-
-    def key_of(text: str) -> tuple:
-        shown = AnswerFilter(stop=work.stop, parse_tools=work.parse_tools)
-        shown.feed(text)
-        _, calls = shown.finish()
-        return reply_key(shown.content, calls)
-
-    job = Job(work, deliver, key_of)
+    served = settings.tool if settings.tool is not None and offer_python(work, req.tool_choice) else None
+    if served is not None:
+        work = with_python(work)
+    generation = Generation(scheduler, work, served)
     try:
-        scheduler.submit(job)
+        generation.submit()
     except QueueFull:
         return _refused(request, 503, "the server is busy: every conversation slot and the queue are full; retry later",
                         kind="server_error", code="queue_full", headers={"Retry-After": str(settings.retry_after_s)})
-    watcher = asyncio.create_task(_watch_disconnect(request, job, scheduler))
+    watcher = asyncio.create_task(_watch_disconnect(request, generation))
+    events = generation.events()
     try:
-        first = await events.get()
+        first = await events.__anext__()
     except BaseException:
         watcher.cancel()
-        scheduler.cancel(job)
+        generation.cancel()
         raise
     if isinstance(first, Failed):
         watcher.cancel()
         return _refused(request, first.status, first.message, first.kind, code=first.code)
-    reply = _Reply(settings.model_id, work, first)
+    reply = _Reply(settings.model_id, work, first, served is not None)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_sse(reply, events, job, scheduler, watcher, include_usage, request),
+        return StreamingResponse(_sse(reply, events, generation, watcher, include_usage, request),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     try:
-        while True:
-            event = await events.get()
+        async for event in events:
             if isinstance(event, Failed):
                 return _refused(request, event.status, event.message, event.kind, code=event.code)
-            reply.take(event, job)
+            reply.take(event, generation)
             if isinstance(event, TurnStats):
                 return JSONResponse(reply.completion())
+        raise RuntimeError("the reply ended without its usage")
     finally:
         watcher.cancel()
         if not reply.finished:
-            scheduler.cancel(job)
+            generation.cancel()
 
 
-async def _watch_disconnect(request: Request, job: Job, scheduler: Scheduler) -> None:
-    """Stop the job as soon as its client goes away (while queued, evaluating or generating)."""
-    while not job.stopped:
+async def _watch_disconnect(request: Request, generation: Generation) -> None:
+    """Stop the reply as soon as its client goes away (queued, evaluating, generating or running code)."""
+    while not generation.cancelled:
         if await request.is_disconnected():
-            scheduler.cancel(job)
+            generation.cancel()
             return
         await asyncio.sleep(DISCONNECT_POLL_S)
 
@@ -211,7 +206,7 @@ async def _watch_disconnect(request: Request, job: Job, scheduler: Scheduler) ->
 class _Reply:
     """One reply being assembled from engine events: the deltas to stream and the final message."""
 
-    def __init__(self, model_id: str, work, started: Started) -> None:
+    def __init__(self, model_id: str, work, started: Started, runs_python: bool = False) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         self.model_id = model_id
@@ -219,24 +214,40 @@ class _Reply:
         self.filter = AnswerFilter(stop=work.stop, parse_tools=work.parse_tools)
         self.reasoning: list[str] = []
         self.calls: list[dict] = []
+        self.tool_results: list[dict] = []     # the python calls the server ran (or refused)
+        self._new_round = False
+        # Calls to the server's own python are never the client's to answer.
+        self.hidden = {PYTHON} if runs_python else set()
         self.stats: TurnStats | None = None
         self.finished = False
 
-    def take(self, event, job: Job) -> dict | None:
+    def take(self, event, generation: Generation) -> dict | None:
         """Fold ``event`` in; the delta it adds for a streaming client, or None."""
         if isinstance(event, ThinkingText):
-            self.reasoning.append(event.text)
-            return {"reasoning_content": event.text}
+            text = event.text
+            if self._new_round and self.reasoning:
+                text = "\n\n" + text         # each round's thought starts afresh, as in ask
+            self._new_round = False
+            self.reasoning.append(text)
+            return {"reasoning_content": text}
         if isinstance(event, AnswerText):
             shown = self.filter.feed(event.text)
             if self.filter.stopped:
-                job.stop()            # a stop string: nothing after it is wanted
+                generation.stop_round()     # a stop string: nothing after it is wanted
             return {"content": shown} if shown else None
+        if isinstance(event, RoundEnded):
+            self._new_round = True
+            rest, _ = self.filter.finish()     # the python call it held: reported as tool_results
+            return {"content": rest} if rest else None
+        if isinstance(event, ToolCallFinished):
+            entry = event.result.to_dict()
+            self.tool_results.append(entry)
+            return {"tool_results": [dict(entry, index=len(self.tool_results) - 1)]}
         if isinstance(event, TurnStats):
             self.stats = event
             self.finished = True
             rest, calls = self.filter.finish()
-            self.calls = openai_tool_calls(calls)
+            self.calls = openai_tool_calls([c for c in calls if c.name not in self.hidden])
             delta: dict = {}
             if rest:
                 delta["content"] = rest
@@ -271,6 +282,8 @@ class _Reply:
             message["reasoning_content"] = reasoning
         if self.calls:
             message["tool_calls"] = self.calls
+        if self.tool_results:
+            message["tool_results"] = self.tool_results
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model_id,
                 "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
                 "usage": self.usage()}
@@ -285,18 +298,17 @@ def _sse_line(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _sse(reply: _Reply, events: asyncio.Queue, job: Job, scheduler: Scheduler, watcher: asyncio.Task,
-               include_usage: bool, request: Request):
+async def _sse(reply: _Reply, events, generation: Generation, watcher: asyncio.Task, include_usage: bool,
+               request: Request):
     try:
         yield reply.chunk({"role": "assistant", "content": ""})
-        while True:
-            event = await events.get()
+        async for event in events:
             if isinstance(event, Failed):
                 log(f"{event.status} {request.method} {request.url.path} (mid-stream): {event.message}")
                 yield _sse_line({"error": {"message": event.message, "type": event.kind, "param": None,
                                            "code": event.code}})
                 break
-            delta = reply.take(event, job)
+            delta = reply.take(event, generation)
             if delta:
                 yield reply.chunk(delta)
             if isinstance(event, TurnStats):
@@ -313,4 +325,4 @@ async def _sse(reply: _Reply, events: asyncio.Queue, job: Job, scheduler: Schedu
     finally:
         watcher.cancel()
         if not reply.finished:
-            scheduler.cancel(job)      # the client went away mid-stream: free its sequence now
+            generation.cancel()      # the client went away mid-stream: free its sequence, kill its code

@@ -50,12 +50,17 @@ class AnswerFilter:
         return self._show(buf[:len(buf) - keep])
 
     def finish(self) -> tuple[str, list[ToolCall]]:
-        """(content not yet shown, the tool calls) once the reply has ended."""
+        """(content not yet shown, the tool calls) once the reply (or one round of it) has ended.
+
+        The filter is empty again after it: a reply continued after its calls ran on the
+        server (``serve --tools python``) feeds the next round's text into it.
+        """
         rest = "" if self.stopped else self._pending
         self._pending = ""
         calls: list[ToolCall] = []
         if self._tools:
             text, calls = parse_tool_calls(self._tools)
+            self._tools = ""
             rest += text
         return self._show(rest), calls
 

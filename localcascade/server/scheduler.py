@@ -14,6 +14,11 @@ what follows the held reply. Otherwise the least recently used free sequence
 is taken and its conversation evicted, not saved: a saved copy would hold
 ~48 MiB of Mamba state plus its KV cache per conversation on the real model,
 memory the plan never priced; eviction keeps the server at what it planned.
+
+A reply that stopped at a tool call the server runs (``serve --tools python``) is held
+like a complete one, ending at its ``</tool_call>``; its continuation is a new job
+(the conversation plus the call's result) that goes first in the queue, past its cap:
+it is the rest of a reply already admitted, not a new request.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from typing import Callable
 
 from localcascade.engine.batch import BatchDecoder, BatchTurn
 from localcascade.engine.events import AnswerText, Event, TurnStats
-from localcascade.engine.session import Engine
+from localcascade.engine.session import TOOL_CALL_CLOSE, Engine
 from localcascade.errors import ContextOverflowError, LocalCascadeError
 from localcascade.server.schema import Work, reply_key
 
@@ -61,10 +66,14 @@ class Job:
     """One request's life in the scheduler; ``deliver`` is called on the worker thread."""
 
     def __init__(self, work: Work, deliver: Callable[[object], None],
-                 reply_key_of: Callable[[str], tuple] | None = None) -> None:
+                 reply_key_of: Callable[[str], tuple] | None = None, *,
+                 stop_after_call: Callable[[str], bool] | None = None, answer_sampler=None) -> None:
         self.work = work
         self.deliver = deliver
         self.reply_key_of = reply_key_of or (lambda text: reply_key(text, []))
+        self.stop_after_call = stop_after_call    # given the answer so far, at each </tool_call>
+        self.answer_sampler = answer_sampler      # in: the previous round's (see engine.batch)
+        self.kept_sampler = None                  # out: this round's, when it stopped at a tool call
         self._stop = threading.Event()
         self.turn: BatchTurn | None = None
         self.answer: list[str] = []
@@ -80,6 +89,12 @@ class Job:
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    def drop_sampler(self) -> None:
+        """The job will not start: free the sampler it was to continue with."""
+        sampler, self.answer_sampler = self.answer_sampler, None
+        if sampler is not None:
+            sampler.close()
 
 
 @dataclass
@@ -112,12 +127,16 @@ class Scheduler:
         self._thread.start()
         return self
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, *, continuation: bool = False) -> None:
+        """Queue ``job``; a ``continuation`` (the next round of a reply) goes first and is never refused."""
         with self._cond:
-            busy = sum(1 for s in self.slots if s.job is not None)
-            if busy + len(self._waiting) >= len(self.slots) + self.queue_size:
-                raise QueueFull()
-            self._waiting.append(job)
+            if continuation:
+                self._waiting.appendleft(job)
+            else:
+                busy = sum(1 for s in self.slots if s.job is not None)
+                if busy + len(self._waiting) >= len(self.slots) + self.queue_size:
+                    raise QueueFull()
+                self._waiting.append(job)
             self._cond.notify()
 
     def cancel(self, job: Job) -> None:
@@ -173,7 +192,7 @@ class Scheduler:
     def _abandon(self, message: str) -> None:
         """Every active reply fails and every sequence is emptied (their state is unknown)."""
         for turn in self.decoder.turns:
-            turn.sampler.close()
+            turn.close_samplers()
         self.decoder.turns = []
         for slot in self.slots:
             self.decoder.forget(slot.seq)
@@ -189,6 +208,7 @@ class Scheduler:
             job = self._waiting[0]
             if job.stopped or self._closed:
                 self._waiting.popleft()
+                job.drop_sampler()
                 job.deliver(Failed(499, "the request was cancelled before it started", "cancelled"))
                 continue
             choice = self._choose(job)
@@ -245,7 +265,13 @@ class Scheduler:
             if slot.key is not None and not reuse:
                 slot.evictions += 1
             slot.key = None       # until this reply completes, the sequence holds no reusable conversation
-            job.turn = self.decoder.start(slot.seq, prompt, work.options, sink)
+            stop_after_call = None
+            if job.stop_after_call is not None:
+                def stop_after_call() -> bool:
+                    return job.stop_after_call("".join(job.answer))
+            job.turn = self.decoder.start(slot.seq, prompt, work.options, sink, answer_sampler=job.answer_sampler,
+                                          stop_after_call=stop_after_call)
+            job.answer_sampler = None     # the turn owns it now (until then a failure here frees it)
             if job.stopped:
                 job.turn.stop()
             self.prompt_tokens += len(prompt)
@@ -261,6 +287,7 @@ class Scheduler:
             self._release(slot, Failed(500, f"internal error: {type(err).__name__}: {err}", "server_error"), job)
 
     def _release(self, slot: Slot, outcome: object, job: Job) -> None:
+        job.drop_sampler()
         with self._cond:
             slot.job = None
             slot.last_used = time.monotonic()
@@ -295,13 +322,18 @@ class Scheduler:
         if job is None:
             return
         stats = job.stats
-        complete = turn.stop_reason in ("stop", "length") and not job.stopped and turn.error is None
+        at_call = turn.stop_reason == "tool_call"
+        if at_call:
+            job.kept_sampler = turn.sampler     # the next round goes on with it
+        complete = turn.stop_reason in ("stop", "length", "tool_call") and not job.stopped and turn.error is None
         vocab = self.engine.vocab
         with self._cond:
             if complete:
                 slot.key = job.work.key + (job.reply_key_of("".join(job.answer)),)
                 slot.ended_in_thinking = bool(stats and stats.ended_in_thinking)
-                slot.end_texts = _end_texts(vocab, turn.end_token)
+                # A reply stopped at a call holds everything before its (unevaluated) </tool_call>:
+                # the next round's prompt takes the template's text from there on.
+                slot.end_texts = (TOOL_CALL_CLOSE,) if at_call else _end_texts(vocab, turn.end_token)
             slot.job = None
             slot.last_used = time.monotonic()
             self._cond.notify()

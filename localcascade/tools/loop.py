@@ -48,15 +48,82 @@ def run_with_tools(chat, text: str, options, tool: PythonTool, *, max_calls: int
                                   lambda: turn.stopped or (should_stop is not None and should_stop())))
 
 
+class ToolRounds:
+    """What one reply with tools keeps across its rounds: the calls run, the cap, each round's stats.
+
+    Shared by ``run_with_tools`` (one Chat) and the server (rounds resubmitted to its scheduler),
+    so the cap, the refusals and the summed usage mean the same everywhere.
+    """
+
+    def __init__(self, options, max_calls: int = DEFAULT_MAX_CALLS) -> None:
+        self.options = options
+        self.max_calls = max_calls
+        self.rounds: list[TurnStats] = []
+        self.results: list[str] = []      # the last round's tool messages, for the model
+        self.interrupted = False
+        self._calls_run = 0
+        self._seen = 0
+        self._refused_after_cap = False
+
+    def end_round(self, stats: TurnStats) -> bool:
+        """Record a round; True when it stopped at tool calls that are to be answered now."""
+        self.rounds.append(stats)
+        if stats.stop_reason != "tool_call":
+            return False
+        if self._refused_after_cap:
+            self.rounds[-1] = replace(stats, stop_reason="tool_limit")
+            return False
+        return True
+
+    def run_calls(self, calls: list[dict], tool: PythonTool, should_stop: Callable[[], bool]) -> Iterator:
+        """Run (or refuse) the round's calls: yields ToolCallStarted / ToolCallFinished; fills ``results``."""
+        self.results = []
+        self.interrupted = False
+        if not calls:   # a <tool_call> block the parser could not read: say so, and go on
+            self.results.append(f"[error] the tool call could not be read: write <function={NAME}> with "
+                                "<parameter=code> inside <tool_call>")
+        for call in calls:
+            function = call.get("function", call)
+            code = _code_of(function)
+            self._seen += 1
+            if self._calls_run >= self.max_calls:
+                self._refused_after_cap = True
+                result = _refusal(code, f"no more tool calls in this reply (the limit is {self.max_calls}): "
+                                        "answer with what you have")
+            elif function.get("name") != NAME or code is None:
+                result = _refusal(code or "", f"there is no tool {function.get('name')!r} with those arguments: "
+                                              f"the one tool is {NAME}(code)")
+            else:
+                self._calls_run += 1
+                yield ToolCallStarted(self._seen, code)
+                result = tool.execute(code, should_stop=should_stop)
+                self.interrupted = result.error == STOPPED_BY_USER
+            yield ToolCallFinished(self._seen, result)
+            self.results.append(result.for_model())
+            if self.interrupted:
+                break
+
+    def next_options(self, stopped: bool):
+        """The next round's options (what is left of max_tokens and the thinking budget), or None
+        when the reply ends here (its last round's stop_reason then says why)."""
+        last = self.rounds[-1]
+        if self.interrupted or stopped:
+            self.rounds[-1] = replace(last, stop_reason="interrupted")
+            return None
+        continued = _remaining(self.options, self.rounds)
+        if continued is None:
+            self.rounds[-1] = replace(last, stop_reason="length")
+        return continued
+
+    def summed(self) -> TurnStats:
+        return _summed(self.rounds)
+
+
 def _run(chat, text: str, options, tool: PythonTool, max_calls: int, should_stop: Callable[[], bool]) -> Iterator:
     tools = [schema()]
-    rounds: list[TurnStats] = []
+    state = ToolRounds(options, max_calls)
     reasoning: list[str] = []
-    calls_run = 0
-    seen = 0
-    refused_after_cap = False
-    round_options = replace(options, tools=tools)
-    events = chat.send(text, round_options)
+    events = chat.send(text, replace(options, tools=tools))
     while True:
         stats = None
         for event in events:
@@ -68,51 +135,17 @@ def _run(chat, text: str, options, tool: PythonTool, max_calls: int, should_stop
                 events.stop()   # the engine checks it before every token
         if stats is None:
             return
-        rounds.append(stats)
         if chat.last_reasoning:
             reasoning.append(chat.last_reasoning)
-        if stats.stop_reason != "tool_call":
+        if not state.end_round(stats):
             break
-        if refused_after_cap:
-            rounds[-1] = replace(stats, stop_reason="tool_limit")
-            break
-        results = []
-        interrupted = False
-        calls = chat.messages[-1].get("tool_calls") or []
-        if not calls:   # a <tool_call> block the parser could not read: say so, and go on
-            results.append(f"[error] the tool call could not be read: write <function={NAME}> with "
-                           "<parameter=code> inside <tool_call>")
-        for call in calls:
-            function = call.get("function", call)
-            code = _code_of(function)
-            seen += 1
-            if calls_run >= max_calls:
-                refused_after_cap = True
-                result = _refusal(code, f"no more tool calls in this reply (the limit is {max_calls}): "
-                                        "answer with what you have")
-            elif function.get("name") != NAME or code is None:
-                result = _refusal(code or "", f"there is no tool {function.get('name')!r} with those arguments: "
-                                              f"the one tool is {NAME}(code)")
-            else:
-                calls_run += 1
-                yield ToolCallStarted(seen, code)
-                result = tool.execute(code, should_stop=should_stop)
-                interrupted = result.error == STOPPED_BY_USER
-            yield ToolCallFinished(seen, result)
-            results.append(result.for_model())
-            if interrupted:
-                break
-        if interrupted or should_stop():
-            rounds[-1] = replace(stats, stop_reason="interrupted")
-            break
-        continued = _remaining(options, rounds)
+        yield from state.run_calls(chat.messages[-1].get("tool_calls") or [], tool, should_stop)
+        continued = state.next_options(should_stop())
         if continued is None:
-            rounds[-1] = replace(stats, stop_reason="length")
             break
-        round_options = replace(continued, tools=tools)
-        events = chat.send_tool_results(results, round_options)
+        events = chat.send_tool_results(state.results, replace(continued, tools=tools))
     chat.last_reasoning = "\n\n".join(reasoning) or None
-    yield _summed(rounds)
+    yield state.summed()
 
 
 def _code_of(function: dict) -> str | None:
