@@ -1,3 +1,3 @@
-from localcascade.cli import main
+from localcascade.cli.main import main
 
 main()

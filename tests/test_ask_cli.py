@@ -313,7 +313,7 @@ def test_a_template_that_fails_while_rendering_is_one_line(tiny_model, tmp_path,
 def test_ctrl_c_that_typer_meets_first_is_still_one_line(monkeypatch, capsys):
     """typer turns a KeyboardInterrupt in a command it runs into a bare status 130."""
     from localcascade import fit_report
-    from localcascade.cli import main
+    from localcascade.cli.main import main
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

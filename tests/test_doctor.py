@@ -13,7 +13,7 @@ import llama_cpp
 import pytest
 from typer.testing import CliRunner
 
-from localcascade.cli import app
+from localcascade.cli.main import app
 from localcascade.hardware.profiles import list_profiles
 
 DATA = Path(__file__).parent / "data" / "hardware"

@@ -110,7 +110,7 @@ CATALOG_REPO = "bartowski/nvidia_Nemotron-Cascade-2-30B-A3B-GGUF"
 def _fit_json(args, capsys, monkeypatch, offline=False):
     import pytest
 
-    from localcascade.cli import main
+    from localcascade.cli.main import main
 
     if offline:
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")

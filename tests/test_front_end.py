@@ -16,7 +16,7 @@ import pytest
 
 from localcascade import store
 from localcascade.catalog import load_catalog
-from localcascade.cli import main
+from localcascade.cli.main import main
 
 PACKAGE = Path(__file__).resolve().parent.parent / "localcascade"
 
@@ -248,33 +248,37 @@ def _chat_reading_a_long_prompt(chunks_read: list[int], interrupts: int):
 
 
 def test_the_first_ctrl_c_stops_the_turn_between_prompt_chunks_and_the_chat_goes_on():
-    from localcascade import repl
+    from localcascade.repl.loop import stream_reply
+    from localcascade.repl.render import chat_console
+    from localcascade.repl.state import ReplState
 
     chunks: list[int] = []
     engine, chat = _chat_reading_a_long_prompt(chunks, interrupts=1)
-    state = repl.ReplState(engine=engine, chat=chat)
+    state = ReplState(engine=engine, chat=chat)
     handler = signal.getsignal(signal.SIGINT)
     out = io.StringIO()
 
-    repl.stream_reply(repl.chat_console(file=out), state, "a long document")
+    stream_reply(chat_console(file=out), state, "a long document")
 
     assert chunks == [0, 1]                     # stopped before the third chunk, not at the first token
     assert "reply stopped; what was said is kept" in out.getvalue()
     assert state.last_stats.stop_reason == "interrupted" and state.turns == 1
     assert signal.getsignal(signal.SIGINT) is handler      # Ctrl-C is the prompt's again
-    repl.stream_reply(repl.chat_console(file=out), state, "again")   # the next message works
+    stream_reply(chat_console(file=out), state, "again")   # the next message works
     assert chunks[-1] == 9 and state.turns == 2
 
 
 def test_a_second_ctrl_c_interrupts_at_once():
-    from localcascade import repl
+    from localcascade.repl.loop import stream_reply
+    from localcascade.repl.render import chat_console
+    from localcascade.repl.state import ReplState
 
     chunks: list[int] = []
     engine, chat = _chat_reading_a_long_prompt(chunks, interrupts=2)
-    state = repl.ReplState(engine=engine, chat=chat)
+    state = ReplState(engine=engine, chat=chat)
     out = io.StringIO()
 
-    repl.stream_reply(repl.chat_console(file=out), state, "a long document")
+    stream_reply(chat_console(file=out), state, "a long document")
 
     assert chunks == [0, 1]
     assert "reply stopped; what was said is kept" in out.getvalue()

@@ -26,7 +26,10 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """The package's modules that ``name`` imports (``from pkg import submodule`` names the submodule)."""
+    """The package's modules that ``name`` imports (``from pkg import submodule`` names the submodule),
+    with the packages above each: importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first,
+    so a package ``__init__`` that imports its own modules is in a circle with any of them that
+    imports a sibling."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -42,7 +45,8 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
             for alias in node.names:
                 submodule = f"{source}.{alias.name}"
                 found.add(submodule if submodule in known else source)
-    return {target for target in found if target in known and target != name}
+    with_packages = {".".join(t.split(".")[:i]) for t in found for i in range(1, t.count(".") + 2)}
+    return {target for target in with_packages if target in known and target != name}
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -90,6 +94,18 @@ def test_the_graph_sees_the_package():
     graph = import_graph()
     assert "localcascade.engine.session" in graph and "localcascade.cli.ask" in graph
     assert graph["localcascade.engine.session"], "the session imports package modules; the parser missed them"
+
+
+def test_importing_a_module_imports_the_packages_above_it(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from pkg import a\n")
+    (package / "a.py").write_text("from pkg.b import x\n")
+    (package / "b.py").write_text("x = 1\n")
+    known = {"pkg", "pkg.a", "pkg.b"}
+    assert _imports("pkg.a", package / "a.py", known) == {"pkg", "pkg.b"}
+    assert cycles({n: _imports(n, package / (n.split(".")[-1] + ".py" if "." in n else "__init__.py"), known)
+                   for n in known}) == [["pkg", "pkg.a"]]
 
 
 def test_a_circle_is_found_when_there_is_one():

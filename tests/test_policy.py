@@ -117,7 +117,7 @@ def test_a_single_model_file_gets_the_floor_too():
 
 def test_the_full_context_warning_says_what_a_larger_plan_costs_and_whether_it_fits():
     from localcascade.policy import larger_context
-    from localcascade.repl import context_warning
+    from localcascade.repl.render import context_warning
 
     hw = load_profile("rtx-4090")
     q4 = next(v for v in CATALOG if v.quant == "Q4_K_M")

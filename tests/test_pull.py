@@ -21,7 +21,7 @@ import pytest
 
 from localcascade import hub, store
 from localcascade.resolver import parse_model_spec
-from localcascade.cli import main
+from localcascade.cli.main import main
 from localcascade.errors import (
     AuthError,
     DiskSpaceError,

@@ -234,7 +234,7 @@ def test_output_check_loads_memory_mapped_through_real_struct_fields():
 
 
 def _cli_in_process(args, capsys):
-    from localcascade.cli import main
+    from localcascade.cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(args)

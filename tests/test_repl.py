@@ -396,8 +396,10 @@ def test_a_reply_cut_off_before_its_stats_still_counts_in_the_session():
     # history and the context grew, so /stats and the session totals must include it anyway.
     from rich.console import Console
 
-    from localcascade import repl
     from localcascade.engine.events import AnswerText
+    from localcascade.repl.commands import run_command
+    from localcascade.repl.loop import stream_reply
+    from localcascade.repl.state import ReplState
 
     class Engine:
         model_name = "fake"
@@ -418,11 +420,11 @@ def test_a_reply_cut_off_before_its_stats_still_counts_in_the_session():
             self.context_used = 23
             raise KeyboardInterrupt
 
-    state = repl.ReplState(engine=Engine(), chat=Chat())
+    state = ReplState(engine=Engine(), chat=Chat())
     out = io.StringIO()
-    repl.stream_reply(Console(file=out, width=80), state, "hello")
+    stream_reply(Console(file=out, width=80), state, "hello")
     assert "reply stopped; what was said is kept" in out.getvalue()
-    lines = [notice.text for notice in repl.run_command(state, "/stats").notices]
+    lines = [notice.text for notice in run_command(state, "/stats").notices]
     assert "0 thinking + 3 answer tokens" in lines[1] and "stopped: interrupted" in lines[1], lines
     assert lines[0].startswith("last reply: 20 prompt tokens (20 evaluated)"), lines
     assert lines[2].startswith("session: 1 replies, 20 prompt tokens evaluated, 3 generated"), lines
@@ -438,16 +440,16 @@ class _SavedChat:
 
 
 def _notices(state, line: str) -> list[tuple[str, str]]:
-    from localcascade import repl
+    from localcascade.repl.commands import run_command
 
-    return [(notice.kind, notice.text) for notice in repl.run_command(state, line).notices]
+    return [(notice.kind, notice.text) for notice in run_command(state, line).notices]
 
 
 def test_save_refuses_to_overwrite_and_save_bang_replaces(tmp_path, monkeypatch):
-    from localcascade import repl
+    from localcascade.repl.state import ReplState
 
     monkeypatch.chdir(tmp_path)
-    state = repl.ReplState(engine=None, chat=_SavedChat())
+    state = ReplState(engine=None, chat=_SavedChat())
     (tmp_path / "notes.txt").write_text("my notes\n")
 
     assert _notices(state, "/save notes.txt") == [
@@ -460,9 +462,9 @@ def test_save_refuses_to_overwrite_and_save_bang_replaces(tmp_path, monkeypatch)
 
 
 def test_a_file_command_that_fails_is_one_line_and_the_chat_goes_on(tmp_path, monkeypatch):
-    from localcascade import repl
+    from localcascade.repl.state import ReplState
 
-    state = repl.ReplState(engine=None, chat=_SavedChat())
+    state = ReplState(engine=None, chat=_SavedChat())
     folder = tmp_path / "dir"
     folder.mkdir()
     for line in (f"/save {folder}", f"/save! {folder}"):

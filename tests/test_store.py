@@ -13,7 +13,7 @@ import quant
 import synth
 from localcascade import hub, planning, store, store_index
 from localcascade.catalog import find_variant, load_catalog
-from localcascade.cli import main
+from localcascade.cli.main import main
 from localcascade.errors import ModelNotFoundError
 from localcascade.resolver import parse_model_spec, resolve
 

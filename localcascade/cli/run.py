@@ -51,12 +51,13 @@ def run(
     verbose: bool = options.verbose_option(),
 ) -> int:
     """Chat with the model in the terminal (the best variant you have, if none is named)."""
-    from localcascade import repl
+    from localcascade.repl.loop import run_repl
+    from localcascade.repl.state import TRACE_MODES, ReplState
 
     if model_arg and model and model_arg != model:
         raise UsageError(f"two models named ({model_arg!r} and --model {model!r}): give one")
     trace = trace.lower()
-    if trace not in repl.TRACE_MODES:
+    if trace not in TRACE_MODES:
         raise UsageError(f"--trace takes show, hide or collapse, not {trace!r}")
     # Validates the sampling values with the same messages as `ask`.
     gen = options.generation_options(
@@ -88,7 +89,7 @@ def run(
         print(f"localcascade:   alternative, {alternative}", file=sys.stderr)
     engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose)
     with engine:
-        state = repl.ReplState(
+        state = ReplState(
             engine=engine,
             chat=Chat(engine, system=system),
             options=replace(gen, grammar=grammar),
@@ -98,7 +99,7 @@ def run(
             tools=python_tool is not None,
             max_tool_calls=max_calls,
         )
-        return repl.run_repl(state)
+        return run_repl(state)
 
 
 def _stdin_is_empty() -> bool:

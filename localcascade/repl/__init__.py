@@ -10,17 +10,6 @@
 
 The words for plans, hardware and statistics come from ``localcascade.cli.wording`` and the console
 from ``localcascade.cli.console``, as for every command. The engine does the model work; nothing
-here imports llama_cpp.
+here imports llama_cpp. Import from the part itself: this ``__init__`` imports nothing, so
+the parts, which import each other, never import the package that imports them.
 """
-
-from localcascade.repl.commands import COMMANDS, Notice, Outcome, is_command, not_utf8, run_command
-from localcascade.repl.input import InputTooLong, LineReader, UnfinishedBlock
-from localcascade.repl.loop import run_repl, stream_reply
-from localcascade.repl.render import TurnPrinter, chat_console, context_warning, overflow_advice
-from localcascade.repl.state import TRACE_MODES, ReplState
-
-__all__ = [
-    "COMMANDS", "InputTooLong", "LineReader", "Notice", "Outcome", "ReplState", "TRACE_MODES", "TurnPrinter",
-    "UnfinishedBlock", "chat_console", "context_warning", "is_command", "not_utf8", "overflow_advice",
-    "run_command", "run_repl", "stream_reply",
-]
