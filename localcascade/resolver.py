@@ -147,12 +147,12 @@ def _catalog_checksums(variant) -> tuple[str | None, ...]:
 
 # -- the store ---------------------------------------------------------------------------------
 
-def _stored(spec: str, *, stale_ok: bool = False) -> StoredModel:
+def _stored(spec: str, *, stale_ok: bool = False, models: list[StoredModel] | None = None) -> StoredModel:
     """The stored model a user named: a registered name, a variant, REPO:QUANT, hf://..., or a file path.
 
     A registered name whose file is gone is returned when ``stale_ok`` (rm forgets it), else said."""
     text = spec.strip()
-    models = store.list_models()
+    models = store.list_models() if models is None else models
     for model in models:
         if model.name == text or (model.where == "hf-cache" and model.name.lower() == text.lower()):
             return model
@@ -184,19 +184,19 @@ def _stored(spec: str, *, stale_ok: bool = False) -> StoredModel:
     raise ModelNotFoundError(f"{ref.label} is not downloaded: run `localcascade pull {text}`")
 
 
-def _stored_or_none(spec: str) -> StoredModel | None:
+def _stored_or_none(spec: str, models: list[StoredModel] | None = None) -> StoredModel | None:
     """The stored model ``spec`` names, or None; a stale record is still an error (its name is taken)."""
     try:
-        return _stored(spec)
+        return _stored(spec, models=models)
     except StaleRecordError:
         raise
     except ModelNotFoundError:
         return None
 
 
-def _pulled_variants() -> dict[str, Path]:
-    """The catalog variants downloaded, by name, with the file each is planned and loaded from."""
-    return {m.variant: m.path for m in store.list_models() if m.variant}
+def _pulled_variants(models: list[StoredModel]) -> dict[str, Path]:
+    """The catalog variants among ``models``, by name, with the file each is planned and loaded from."""
+    return {m.variant: m.path for m in models if m.variant}
 
 
 # -- per need ----------------------------------------------------------------------------------
@@ -255,13 +255,14 @@ def _remote(spec: str) -> Resolved:
 def _candidates(spec: str | None) -> Resolved:
     """The models ``spec`` names, to plan, each with its facts, and notes on where they came from."""
     if not spec:
-        models = catalog_candidates(pulled=_pulled_variants())
+        models = catalog_candidates(pulled=_pulled_variants(store.list_models()))
         return Resolved(spec, candidates=tuple(models), notes=tuple(_notes_for(models)))
     if is_repo_form(spec) and not Path(spec).expanduser().exists():
         models = [header_candidate(HubFile(spec, None, files[0]).uri, files[0], quant_from_name(files[0]))
                   for files in hub.list_repo_models(spec)]
         return Resolved(spec, candidates=tuple(models), notes=("from the live headers on the hub",))
-    stored = _stored_or_none(spec)  # a registered name, a download, or a known file
+    present = store.list_models()   # scanned once: the HF cache may hold many repositories
+    stored = _stored_or_none(spec, present)  # a registered name, a download, or a known file
     if stored is not None:
         model = header_candidate(str(stored.path), stored.name, stored.quant or stored.variant)
         return Resolved(spec, stored=stored, candidates=(model,))
@@ -269,7 +270,7 @@ def _candidates(spec: str | None) -> Resolved:
     if ref.kind == "local":
         return Resolved(spec, ref=ref, candidates=(header_candidate(str(ref.path), ref.path.name, ref.quant),))
     if ref.kind == "variant":
-        models = catalog_candidates(ref.spec, pulled=_pulled_variants())
+        models = catalog_candidates(ref.spec, pulled=_pulled_variants(present))
         return Resolved(spec, ref=ref, candidates=tuple(models), notes=tuple(_notes_for(models)))
     try:
         if ref.kind == "hf_file":
@@ -279,7 +280,7 @@ def _candidates(spec: str | None) -> Resolved:
             model = header_candidate(HubFile(remote.repo, None, remote.files[0].path).uri, ref.label, ref.quant)
         return Resolved(spec, ref=ref, candidates=(model,), notes=(_LIVE_HEADER_NOTE,))
     except (DownloadError, OSError) as err:
-        fallback = _catalog_stand_in(ref)
+        fallback = _catalog_stand_in(ref, present)
         if fallback is None:
             raise
         return Resolved(spec, ref=ref, candidates=tuple(fallback),
@@ -296,12 +297,12 @@ def _notes_for(models: list[Candidate]) -> list[str]:
     return [f"{', '.join(from_catalog)} {_CATALOG_NOTE}; the rest from the downloaded files' headers"]
 
 
-def _catalog_stand_in(ref: ModelRef) -> list[Candidate] | None:
+def _catalog_stand_in(ref: ModelRef, present: list[StoredModel]) -> list[Candidate] | None:
     """The catalog's facts for a hub file, when it is the catalog's own file: never another model's."""
     for v in load_catalog():
         if v.repo.lower() != (ref.repo or "").lower():
             continue
         if (ref.kind == "repo_quant" and v.quant.upper() == (ref.quant or "").upper()) or (
                 ref.kind == "hf_file" and ref.files[0] in v.files):
-            return catalog_candidates(v.quant, pulled=_pulled_variants())
+            return catalog_candidates(v.quant, pulled=_pulled_variants(present))
     return None
