@@ -79,11 +79,14 @@ class BatchTurn:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def close_samplers(self) -> None:
-        self.sampler.close()
+    def close_samplers(self, *, keep_current: bool = False) -> None:
+        """Free the samplers this turn holds; with ``keep_current`` the one sampling now is left to
+        whoever takes it over (a reply stopped at a tool call the server runs)."""
         if self._carried is not None:
             self._carried.close()
             self._carried = None
+        if not keep_current:
+            self.sampler.close()
 
     def _sampling(self, thinking: bool) -> GenerationOptions:
         return replace(self.options, grammar=None) if thinking else self.options
@@ -294,11 +297,7 @@ class BatchDecoder:
         turn.done = True
         turn.stop_reason = reason
         turn.error = error
-        if turn._carried is not None:
-            turn._carried.close()
-            turn._carried = None
-        if reason != "tool_call":
-            turn.sampler.close()      # else the caller takes it over (see the module doc)
+        turn.close_samplers(keep_current=reason == "tool_call")   # see the module doc
         for channel in (turn.thinking, turn.answer):
             event = channel.flush()
             if event is not None:
