@@ -126,7 +126,7 @@ def ask(
     tool = tool_options.python_tool(tools, tools_unsafe, max_tool_calls, quiet=quiet)
 
     from localcascade.engine.session import Chat
-    from localcascade.planning import plan_for_file
+    from localcascade.resolve.plans import plan_for_file
 
     plan = plan_for_file(model_path, request)
     started = time.perf_counter()

@@ -47,7 +47,7 @@ def stored_model_names() -> list[str]:
     folder must cost the names it would have given, never a traceback at the prompt.
     """
     try:
-        from localcascade import store
+        from localcascade.store import models as store
 
         return [model.name for model in store.list_models()]
     except Exception:  # noqa: BLE001 - whatever the store raises, the shell gets the other names
@@ -56,7 +56,7 @@ def stored_model_names() -> list[str]:
 
 def _catalog_names() -> list[str]:
     try:
-        from localcascade.catalog import load_catalog
+        from localcascade.model.catalog import load_catalog
 
         return [variant.quant for variant in load_catalog()]
     except Exception:  # noqa: BLE001 - as above: completion never fails in the shell
@@ -82,7 +82,7 @@ def cpu_moe_option():
 
 
 def kv_type_option():
-    from localcascade.memory import KV_TYPES
+    from localcascade.planning.memory import KV_TYPES
 
     return typer.Option(None, "--kv-type", help=f"KV cache type for K and V: {', '.join(KV_TYPES)}.")
 
@@ -159,7 +159,7 @@ def plan_request(
 ):
     """The user's placement overrides as a PlanRequest (the planner checks they fit); ``think``
     sets the context floor of the default plan."""
-    from localcascade.plan import PlanRequest
+    from localcascade.planning.plan import PlanRequest
     from localcascade.units import parse_tokens
 
     if ngl is not None and ngl < 0:
@@ -167,7 +167,7 @@ def plan_request(
     if cpu_moe is not None and cpu_moe < 0:
         raise UsageError(f"--cpu-moe must be >= 0, got {cpu_moe}")
     if kv_type is not None:
-        from localcascade.memory import KV_TYPES
+        from localcascade.planning.memory import KV_TYPES
 
         if kv_type.lower() not in KV_TYPES:
             raise UsageError(f"--kv-type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
@@ -231,7 +231,7 @@ def resolve_model(spec: Optional[str], how: str = "--model NAME|FILE") -> Path:
     ``how`` is how the command takes a model (``--model NAME|FILE``, ``bench NAME|FILE``),
     for the error.
     """
-    from localcascade.resolver import NoDefaultModelError, resolve
+    from localcascade.resolve.resolver import NoDefaultModelError, resolve
 
     try:
         return resolve(spec, need="file").path
@@ -257,7 +257,7 @@ def load_engine(
     grammar: Optional[str] = None,
     threads: Optional[int] = None,
 ):
-    """Load the Engine for ``model_path`` with ``plan`` (``localcascade.planning.plan_for_file``'s):
+    """Load the Engine for ``model_path`` with ``plan`` (``localcascade.resolve.plans.plan_for_file``'s):
     the one load path of every command, with its progress on stderr (``cli.progress``).
 
     ``for_chat`` (and ``grammar``) have the engine check the template (and the grammar) first.

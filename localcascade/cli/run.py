@@ -80,7 +80,7 @@ def run(
 
     from localcascade.cli.wording import describe_plan
     from localcascade.engine.session import Chat
-    from localcascade.planning import plan_for_file
+    from localcascade.resolve.plans import plan_for_file
 
     plan = plan_for_file(model_path, request, hardware)
     for line in describe_plan(plan):
@@ -115,7 +115,7 @@ def _stdin_is_empty() -> bool:
 
 def _choose_model(spec: Optional[str], hardware, request, yes: bool) -> Path:
     """The named model; else the best-fitting variant already pulled; else the recommended one, pulled now."""
-    from localcascade.resolver import NoDefaultModelError, resolve
+    from localcascade.resolve.resolver import NoDefaultModelError, resolve
 
     try:
         return resolve(spec, need="file", hardware=hardware, request=request).path

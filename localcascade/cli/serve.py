@@ -77,7 +77,7 @@ def serve(
 
 def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose, threads, tool,
            max_calls) -> int:
-    from localcascade.planning import plan_for_file
+    from localcascade.resolve.plans import plan_for_file
     from localcascade.cli.wording import describe_plan
     from localcascade.server.app import ServerSettings
     from localcascade.server.run import base_url, is_loopback, serve_forever

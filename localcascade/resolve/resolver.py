@@ -24,16 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from localcascade import hub, planning, settings, store
-from localcascade.candidates import Candidate, catalog_candidates, header_candidate
-from localcascade.catalog import find_variant, load_catalog
+from localcascade import settings
+from localcascade.hub import download as hub
+from localcascade.resolve import plans as planning
+from localcascade.store import models as store
+from localcascade.resolve.candidates import Candidate, catalog_candidates, header_candidate
+from localcascade.model.catalog import find_variant, load_catalog
 from localcascade.errors import DownloadError, LocalCascadeError, ModelNotFoundError, OfflineError, UsageError
 from localcascade.hardware.facts import Hardware
-from localcascade.hub import RemoteModel
-from localcascade.model_spec import HF_SCHEME, HubFile, ModelRef, check_remote_name, is_repo_form, parse, quant_from_name
-from localcascade.plan import Plan, PlanRequest
-from localcascade.store import StoredModel
-from localcascade.store_index import file_key
+from localcascade.hub.download import RemoteModel
+from localcascade.model.spec import HF_SCHEME, HubFile, ModelRef, check_remote_name, is_repo_form, parse, quant_from_name
+from localcascade.planning.plan import Plan, PlanRequest
+from localcascade.store.models import StoredModel
+from localcascade.store.index import file_key
 
 Need = Literal["file", "stored", "header", "remote", "candidates"]
 

@@ -25,9 +25,9 @@ from typing import Any, Iterable
 
 from localcascade.errors import DoesNotFitError, UsageError
 from localcascade.hardware.facts import Hardware
-from localcascade.memory import ModelFacts
-from localcascade.plan import WONT_FIT, Plan, PlanRequest
-from localcascade.planner import CONTEXT_LADDER, Limits, place
+from localcascade.model.facts import ModelFacts
+from localcascade.planning.plan import WONT_FIT, Plan, PlanRequest
+from localcascade.planning.placement import CONTEXT_LADDER, Limits, place
 from localcascade.units import format_tokens
 
 THINKING_FLOOR = 65536
@@ -276,7 +276,7 @@ def _what_fits(facts: ModelFacts, hw: Hardware, request: PlanRequest, name: str,
 def plan_for_model(header: Any, hardware: Hardware, request: PlanRequest = PlanRequest(), *,
                    think: bool | None = None) -> Plan:
     """The engine's entry point: the Plan for a model file's parsed header."""
-    from localcascade.memory import facts_from_header
+    from localcascade.model.facts import facts_from_header
 
     name = str(header.metadata.get("general.name") or header.source)
     return plan_for_facts(facts_from_header(header), hardware, request, think=think, name=name, source="header")
