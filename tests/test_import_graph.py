@@ -129,23 +129,23 @@ FRONT_ENDS = ("localcascade.cli", "localcascade.repl", "localcascade.server")
 # A module under the key may import only modules under these prefixes (and its own package).
 ALLOWED: dict[str, tuple[str, ...]] = {
     # The pure planning layer: facts in, a Plan out; no I/O, no llama_cpp, no settings.
-    "localcascade.resolve.plans": ("localcascade", "localcascade.errors", "localcascade.units", *PURE_FACTS),
+    "localcascade.planning": ("localcascade", "localcascade.errors", "localcascade.units", *PURE_FACTS),
     # What a model file is; its one reach outward is reading a header from the hub (by range requests).
     "localcascade.model": BASE,
     "localcascade.model.gguf_header": (*BASE, "localcascade.hub.ranges", "localcascade.hub.errors"),
     "localcascade.hardware": BASE,
     # The edge to Hugging Face knows models only by name, and records what it verified in the store's index.
-    "localcascade.hub.download": (*BASE, "localcascade.model.spec", "localcascade.store.index"),
+    "localcascade.hub": (*BASE, "localcascade.model.spec", "localcascade.store.index"),
     # What is on disk: models in the HF cache (scanned through hub.hf_compat) and the index.
-    "localcascade.store.models": (*BASE, "localcascade.model.spec", "localcascade.model.catalog", "localcascade.hub.hf_compat"),
-    # The I/O side of choosing a model and its plan.
-    "localcascade.resolve": (*BASE, "localcascade.model", "localcascade.resolve.plans", "localcascade.hub.download",
-                             "localcascade.store.models", "localcascade.hardware"),
+    "localcascade.store": (*BASE, "localcascade.model.spec", "localcascade.model.catalog", "localcascade.hub.hf_compat"),
+    # The I/O side of choosing a model and its plan, and the one way a command loads it.
+    "localcascade.resolve": (*BASE, "localcascade.model", "localcascade.planning", "localcascade.hub",
+                             "localcascade.store", "localcascade.hardware", "localcascade.engine.session"),
     # The engine runs a Plan: no hub, no store, no resolver, no front end.
-    "localcascade.engine": (*BASE, "localcascade.gbnf", "localcascade.model", "localcascade.resolve.plans"),
+    "localcascade.engine": (*BASE, "localcascade.gbnf", "localcascade.model", "localcascade.planning"),
     "localcascade.tools": (*BASE, "localcascade.engine"),
     "localcascade.server": (*BASE, "localcascade.gbnf", "localcascade.engine", "localcascade.tools",
-                            "localcascade.model", "localcascade.resolve.plans"),
+                            "localcascade.model", "localcascade.planning"),
 }
 
 

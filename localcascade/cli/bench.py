@@ -36,11 +36,9 @@ def bench(
     if ctx is None:
         ctx = str(max(prompt_tokens, gen_tokens, 1))   # like llama-bench: just enough context
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
-    model_path = options.resolve_model(model, how="`localcascade bench NAME|FILE`")
-    from localcascade.resolve.plans import plan_for_file
-
-    engine = options.load_engine(model_path, plan_for_file(model_path, request), verbose=verbose, for_chat=False,
-                                 show_progress=not as_json)
+    choice, engine = options.open_model(model, request, how="`localcascade bench NAME|FILE`", verbose=verbose,
+                                        for_chat=False, show_progress=not as_json)
+    model_path = choice.path
     with engine:
         results = run_bench(engine, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repetitions=repetitions)
         plan = engine.plan

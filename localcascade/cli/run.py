@@ -80,14 +80,15 @@ def run(
 
     from localcascade.cli.wording import describe_plan
     from localcascade.engine.session import Chat
-    from localcascade.resolve.plans import plan_for_file
 
-    plan = plan_for_file(model_path, request, hardware)
-    for line in describe_plan(plan):
-        print(f"localcascade: {line}", file=sys.stderr)
-    for alternative in plan.alternatives:
-        print(f"localcascade:   alternative, {alternative}", file=sys.stderr)
-    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose)
+    def show_plan(plan) -> None:
+        for line in describe_plan(plan):
+            print(f"localcascade: {line}", file=sys.stderr)
+        for alternative in plan.alternatives:
+            print(f"localcascade:   alternative, {alternative}", file=sys.stderr)
+
+    _, engine = options.open_model(str(model_path), request, hardware=hardware, before_load=show_plan,
+                                   chat_template=chat_template, verbose=verbose)
     with engine:
         state = ReplState(
             engine=engine,

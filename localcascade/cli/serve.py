@@ -77,16 +77,17 @@ def serve(
 
 def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose, threads, tool,
            max_calls) -> int:
-    from localcascade.resolve.plans import plan_for_file
     from localcascade.cli.wording import describe_plan
     from localcascade.server.app import ServerSettings
     from localcascade.server.run import base_url, is_loopback, serve_forever
 
-    model_path = options.resolve_model(spec, "MODEL or --model NAME|FILE")
-    plan = plan_for_file(model_path, request)
-    for line in describe_plan(plan):
-        _say(line)
-    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose, threads=threads)
+    def show_plan(plan) -> None:
+        for line in describe_plan(plan):
+            _say(line)
+
+    choice, engine = options.open_model(spec, request, how="MODEL or --model NAME|FILE", before_load=show_plan,
+                                        chat_template=chat_template, verbose=verbose, threads=threads)
+    model_path = choice.path
     with engine:
         served = None
         if tool is not None:
