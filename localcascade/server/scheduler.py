@@ -1,6 +1,6 @@
 """Requests to sequences: the queue, conversation reuse, eviction, and the decoding thread.
 
-One worker thread owns the llama.cpp context (BatchDecoder) and runs every
+One worker thread owns the llama.cpp context (the engine's Decoder) and runs every
 active reply together. Requests wait in a bounded FIFO queue beyond the N
 sequences (``submit`` refuses past it: the server answers 503).
 
@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from localcascade.engine.batch import BatchDecoder, BatchTurn
+from localcascade.engine.decoder import Reply
 from localcascade.engine.events import AnswerText, Event, TurnStats
 from localcascade.engine.session import TOOL_CALL_CLOSE, Engine
 from localcascade.errors import ContextOverflowError, LocalCascadeError
@@ -72,10 +72,10 @@ class Job:
         self.deliver = deliver
         self.reply_key_of = reply_key_of or (lambda text: reply_key(text, []))
         self.stop_after_call = stop_after_call    # given the answer so far, at each </tool_call>
-        self.answer_sampler = answer_sampler      # in: the previous round's (see engine.batch)
+        self.answer_sampler = answer_sampler      # in: the previous round's (see engine.decoder)
         self.kept_sampler = None                  # out: this round's, when it stopped at a tool call
         self._stop = threading.Event()
-        self.turn: BatchTurn | None = None
+        self.turn: Reply | None = None
         self.answer: list[str] = []
         self.stats: TurnStats | None = None
 
@@ -112,7 +112,8 @@ class Scheduler:
     def __init__(self, engine: Engine, *, queue_size: int = 16) -> None:
         self.engine = engine
         self.queue_size = queue_size
-        self.decoder = BatchDecoder(engine)
+        self.decoder = engine.decoder
+        engine.reset()            # no chat's conversation is in the context now
         self.slots = [Slot(i) for i in range(engine.n_seq)]
         self._waiting: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -229,7 +230,7 @@ class Scheduler:
                 and key[:len(s.key)] == s.key and s.key[-1][0] == "assistant"]
         if held:
             return max(held, key=lambda s: len(s.key)), True
-        empty = [s for s in free if s.key is None and not self.decoder.held[s.seq]]
+        empty = [s for s in free if s.key is None and not self.decoder.sequences[s.seq].tokens]
         return (empty[0] if empty else min(free, key=lambda s: s.last_used)), False
 
     def _begin(self, job: Job, slot: Slot, reuse: bool) -> None:
@@ -314,9 +315,9 @@ class Scheduler:
             return None
         at = min(found)
         extra = [engine.think_close] if slot.ended_in_thinking and engine.think_close is not None else []
-        return list(self.decoder.held[slot.seq]) + extra + engine.vocab.tokenize(tail[at:], special=True)
+        return list(self.decoder.sequences[slot.seq].tokens) + extra + engine.vocab.tokenize(tail[at:], special=True)
 
-    def _end(self, turn: BatchTurn) -> None:
+    def _end(self, turn: Reply) -> None:
         slot = self.slots[turn.seq]
         job = slot.job
         if job is None:
