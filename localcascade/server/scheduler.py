@@ -11,9 +11,13 @@ request whose messages extend a held conversation goes to that sequence and
 only the new messages are evaluated: the prompt is the sequence's own tokens
 (the reasoning the model wrote included) plus the template's rendering of
 what follows the held reply. Otherwise the least recently used free sequence
-is taken and its conversation evicted, not saved: a saved copy would hold
-~48 MiB of Mamba state plus its KV cache per conversation on the real model,
-memory the plan never priced; eviction keeps the server at what it planned.
+is taken and its conversation evicted: its tokens are parked (the last
+``PARKED`` conversations) and its state kept in the state cache within its RAM
+and disk budgets (engine/state_cache.py; ~48 MiB of Mamba state plus its KV
+cache per conversation on the real model, so the budgets, not the plan, bound
+it). A request that extends a parked conversation gets its tokens plus the new
+messages as its prompt, and the decoder restores the kept state instead of
+reading them again.
 
 A reply that stopped at a tool call the server runs (``serve --tools python``) is held
 like a complete one, ending at its ``</tool_call>``; its continuation is a new job
@@ -97,6 +101,20 @@ class Job:
             sampler.close()
 
 
+# Evicted conversations remembered (their tokens; their states are in the state cache).
+PARKED = 64
+
+
+@dataclass
+class Parked:
+    """An evicted conversation: what its sequence held, to continue it on another."""
+
+    key: tuple
+    ended_in_thinking: bool
+    end_texts: tuple[str, ...]
+    tokens: list[int]
+
+
 @dataclass
 class Slot:
     seq: int
@@ -116,6 +134,7 @@ class Scheduler:
         engine.reset()            # no chat's conversation is in the context now
         self.slots = [Slot(i) for i in range(engine.n_seq)]
         self._waiting: collections.deque[Job] = collections.deque()
+        self._parked: collections.OrderedDict[tuple, Parked] = collections.OrderedDict()
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="localcascade-decoder", daemon=True)
@@ -231,9 +250,21 @@ class Scheduler:
         if held:
             return max(held, key=lambda s: len(s.key)), True
         empty = [s for s in free if s.key is None and not self.decoder.sequences[s.seq].tokens]
-        return (empty[0] if empty else min(free, key=lambda s: s.last_used)), False
+        slot = empty[0] if empty else min(free, key=lambda s: s.last_used)
+        parked = [p for k, p in self._parked.items()
+                  if len(k) < len(key) and key[:len(k)] == k and k[-1][0] == "assistant"]
+        return slot, (max(parked, key=lambda p: len(p.key)) if parked else False)
 
-    def _begin(self, job: Job, slot: Slot, reuse: bool) -> None:
+    def _park(self, slot: Slot) -> None:
+        """``slot``'s conversation is evicted: remember its tokens and keep its state."""
+        self.decoder.keep(slot.seq)
+        self._parked[slot.key] = Parked(slot.key, slot.ended_in_thinking, slot.end_texts,
+                                        list(self.decoder.sequences[slot.seq].tokens))
+        self._parked.move_to_end(slot.key)
+        while len(self._parked) > PARKED:
+            self._parked.popitem(last=False)
+
+    def _begin(self, job: Job, slot: Slot, reuse: bool | Parked) -> None:
         engine = self.engine
 
         def sink(event: Event) -> None:
@@ -250,7 +281,10 @@ class Scheduler:
                 from localcascade.engine.sampling import check_grammar
 
                 check_grammar(engine.vocab.handle, work.options.grammar)   # a 400 now, not mid-reply
-            prompt = self._extension(job, slot) if reuse else None
+            if isinstance(reuse, Parked):
+                prompt = self._extension(job, self._parked.pop(reuse.key, reuse), reuse.tokens)
+            else:
+                prompt = self._extension(job, slot, self.decoder.sequences[slot.seq].tokens) if reuse else None
             canonical = None
             if prompt is None or len(prompt) >= engine.n_ctx_seq:
                 text = engine.template.render(work.messages, add_generation_prompt=True,
@@ -263,8 +297,9 @@ class Scheduler:
                     f"the prompt is {len(prompt)} tokens but a conversation's context holds "
                     f"{engine.n_ctx_seq} (and the reply needs room too): shorten the messages"
                 )
-            if slot.key is not None and not reuse:
+            if slot.key is not None and reuse is not True:
                 slot.evictions += 1
+                self._park(slot)
             slot.key = None       # until this reply completes, the sequence holds no reusable conversation
             stop_after_call = None
             if job.stop_after_call is not None:
@@ -294,8 +329,9 @@ class Scheduler:
             slot.last_used = time.monotonic()
         job.deliver(outcome)
 
-    def _extension(self, job: Job, slot: Slot) -> list[int] | None:
-        """The held tokens plus the template's text for the messages after the held reply, or None."""
+    def _extension(self, job: Job, slot: Slot | Parked, held: list[int]) -> list[int] | None:
+        """The ``held`` tokens of ``slot``'s conversation plus the template's text for the messages after
+        its reply, or None."""
         engine = self.engine
         n_held = len(slot.key) - 1          # key[0] is the tools
         messages = [dict(m) for m in job.work.messages]
@@ -315,7 +351,7 @@ class Scheduler:
             return None
         at = min(found)
         extra = [engine.think_close] if slot.ended_in_thinking and engine.think_close is not None else []
-        return list(self.decoder.sequences[slot.seq].tokens) + extra + engine.vocab.tokenize(tail[at:], special=True)
+        return list(held) + extra + engine.vocab.tokenize(tail[at:], special=True)
 
     def _end(self, turn: Reply) -> None:
         slot = self.slots[turn.seq]
