@@ -147,6 +147,7 @@ class Decoder:
         self._capacity = engine.n_batch
         self._prefill_chunk = max(1, min(engine.plan.n_ubatch, engine.n_batch))
         self._batch = None
+        self._rows: tuple = ()
         vocab = engine.vocab
         self._close_ids = vocab.tokenize(sampling_profile()["think_close_text"], special=True)
         self._close_before_call = vocab.tokenize(THINK_CLOSE_BEFORE_CALL, special=True)
@@ -406,20 +407,26 @@ class Decoder:
         sequences hold the tokens. The one call of llama_decode in the package."""
         lib = self._lib
         if self._batch is None:
-            self._batch = lib.llama_batch_init(self._capacity, 0, 1)
+            batch = lib.llama_batch_init(self._capacity, 0, 1)
+            for i in range(self._capacity):   # every row belongs to one sequence; no logits unless asked
+                batch.n_seq_id[i] = 1
+                batch.logits[i] = 0
+            self._batch = batch
+            self._rows = (batch.token, batch.pos, batch.seq_id, batch.logits)   # stable pointers
         batch = self._batch
+        token_of, pos_of, seq_of, logits_of = self._rows
         row = 0
+        flagged = []
         for sequence, tokens, _, want_logits in parts:
-            base = len(sequence.tokens)
-            for i, token in enumerate(tokens):
-                batch.token[row + i] = token
-                batch.pos[row + i] = base + i
-                batch.n_seq_id[row + i] = 1
-                batch.seq_id[row + i][0] = sequence.id
-                batch.logits[row + i] = 0
+            base, seq_id = len(sequence.tokens), sequence.id
+            for i, token in enumerate(tokens, row):
+                token_of[i] = token
+                pos_of[i] = base + i - row
+                seq_of[i][0] = seq_id
             row += len(tokens)
             if want_logits:
-                batch.logits[row - 1] = 1
+                logits_of[row - 1] = 1
+                flagged.append(row - 1)
         batch.n_tokens = row
         try:
             rc = lib.llama_decode(self.engine.context, batch)
@@ -431,6 +438,9 @@ class Decoder:
                 if turn is not None:
                     del turn.todo[:max(0, len(sequence.tokens) - before)]
             raise
+        finally:
+            for i in flagged:
+                logits_of[i] = 0
         if rc == 0:
             for sequence, tokens, _, _ in parts:
                 sequence.tokens.extend(tokens)
