@@ -98,7 +98,11 @@ def fetch(spec: str, hardware=None, request=None) -> Fetched:
     if hardware is not None:
         _check_before_download(remote, hardware, request)
     try:
-        pulled = hub.pull(remote, show_progress=sys.stderr.isatty())
+        from localcascade.cli.progress import DownloadProgress
+
+        progress = DownloadProgress(ref.label)
+        with progress:
+            pulled = hub.pull(remote, on_start=progress.start, on_bytes=progress.advance)
     except KeyboardInterrupt:
         from localcascade.errors import Interrupted
 
