@@ -104,3 +104,4 @@ class PlanRequest:
     n_batch: int | None = None
     n_ubatch: int | None = None
     n_seq: int | None = None     # conversations held at once (the server's --parallel); n_ctx is per conversation
+    prefer: str | None = None    # another rule than the machine's: "quality", "speed" or "context" (policy.py)

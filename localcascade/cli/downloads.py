@@ -74,6 +74,8 @@ def recommend_and_fetch(hardware, request, *, yes: bool) -> Fetched:
     _err(f"  {plan_line(plan)}")
     for reason in plan.reasons:
         _err(f"  - {reason}")
+    for alternative in choice.alternatives:   # other variants, each with what it trades
+        _err(f"  alternative, {alternative.describe()} (`localcascade pull {alternative.variant.quant}`)")
     confirm_download(f"Download {variant.quant} ({size})?", yes, later=f"localcascade pull {variant.quant}")
     return fetch(variant.quant)
 

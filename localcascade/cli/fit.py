@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from localcascade.cli.app import app
+from localcascade.cli import options
 from localcascade.cli.options import complete_model_name
 from localcascade.memory import KV_TYPES
 
@@ -29,6 +30,7 @@ def fit(
         "the recommendation weighs f16 and q8_0]."),
     think: bool = typer.Option(True, "--think/--no-think",
                                help="Plan for thinking (a 64K context floor) or not (16K)."),
+    prefer: Optional[str] = options.prefer_option(),
     gpu_overhead: Optional[str] = typer.Option(
         None, "--gpu-overhead", help="CUDA context and runtime per GPU, not reported by llama.cpp [default: 0.45GiB]."),
     gpu_margin: Optional[str] = typer.Option(
@@ -42,7 +44,7 @@ def fit(
 
     n_ctx = parse_tokens(ctx) if ctx else None
     hardware = hardware_for(gpu=gpu, vram=vram, ram=ram)
-    report = fit_report(model, hardware, n_ctx=n_ctx, kv_type=kv_type, think=think,
+    report = fit_report(model, hardware, n_ctx=n_ctx, kv_type=kv_type, think=think, prefer=prefer,
                         limits=limits_from(gpu_overhead=gpu_overhead, gpu_margin=gpu_margin))
     _add_speed_words(report, hardware)
     if as_json:
@@ -73,7 +75,7 @@ def render_table(report: dict) -> None:
     console = make_console(min_width=120)
     console.print(wording.usable_hardware_line(report["hardware"]))
     policy = report["policy"]
-    console.print(wording.policy_line(policy["context_floor"], report["think"], policy["usable_tokens_per_s"]),
+    console.print(wording.policy_line(policy["context_floor"], report["think"], policy["description"]),
                   soft_wrap=True)
     for line in wording.recommendation_lines(report["recommended"], report["alternatives"],
                                              report.get("requested_n_ctx")):

@@ -92,10 +92,10 @@ def speed_note(hardware: Hardware) -> str:
     return "speeds: estimates for this hardware (profiles are never measured here)"
 
 
-def policy_line(context_floor: int, think: bool, usable_tokens_per_s: float) -> str:
+def policy_line(context_floor: int, think: bool, rule_description: str) -> str:
+    """The policy `fit` used, in a line: the context floor, then the machine's rule or the user's preference."""
     return (f"Policy: at least {format_tokens(context_floor)} of context "
-            f"({'thinking' if think else 'no thinking'}), then the best quality at "
-            f"{usable_tokens_per_s:.0f}+ tokens/s, then the fastest")
+            f"({'thinking' if think else 'no thinking'}), then {rule_description}")
 
 
 def recommendation_lines(recommended: dict | None, alternatives: Iterable[dict], requested_n_ctx: int | None) -> list[str]:
