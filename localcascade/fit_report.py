@@ -32,6 +32,7 @@ def _row(plan: Plan) -> dict:
         "n_cpu_moe": plan.n_cpu_moe,
         "n_gpu_layers": plan.n_gpu_layers,
         "tokens_per_s": plan.tokens_per_s,
+        "tokens_per_s_range": [plan.tokens_per_s_low, plan.tokens_per_s_high] if plan.tokens_per_s else None,
         "prompt_tokens_per_s": plan.prompt_tokens_per_s,
         "speed_measured": plan.speed_measured,
         "components": comps,
@@ -98,6 +99,7 @@ def _choice(variant: Any, plan: Plan) -> dict:
         "variant": variant.quant, "n_ctx": plan.n_ctx, "verdict": plan.verdict,
         "n_gpu_layers": plan.n_gpu_layers, "cpu_moe_blocks": plan.moe_blocks_in_ram,
         "n_cpu_moe": plan.n_cpu_moe, "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s,
+        "tokens_per_s_range": [plan.tokens_per_s_low, plan.tokens_per_s_high],
         "prompt_tokens_per_s": plan.prompt_tokens_per_s, "speed_measured": plan.speed_measured,
     }
 

@@ -123,7 +123,10 @@ def describe_briefly(plan: Plan) -> str:
         where = f"{plan.moe_blocks_in_ram} MoE block{'s' if plan.moe_blocks_in_ram != 1 else ''} in RAM"
     elif where is None:
         where = f"{plan.n_gpu_layers} layers on the GPU"
-    speed = f"~{plan.tokens_per_s:.0f} t/s" + ("" if plan.speed_measured else " (est.)")
+    spread = ""
+    if not plan.speed_measured and plan.tokens_per_s_low is not None and plan.tokens_per_s_high is not None:
+        spread = f", {plan.tokens_per_s_low:.0f}-{plan.tokens_per_s_high:.0f}"
+    speed = f"~{plan.tokens_per_s:.0f} t/s" + ("" if plan.speed_measured else f" (est.{spread})")
     return f"at {format_tokens(plan.n_ctx)}, {where}, KV {plan.type_k}, {speed}"
 
 

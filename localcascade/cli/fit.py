@@ -60,7 +60,7 @@ def _add_speed_words(report: dict, hardware) -> None:
     rec = report["recommended"]
     if rec is not None:
         rec["reasons"].append(speed_reason(rec["tokens_per_s"] or 0.0, rec["prompt_tokens_per_s"], rec["n_ctx"],
-                                           rec["speed_measured"]))
+                                           rec["speed_measured"], *rec["tokens_per_s_range"]))
     report["notes"].append(speed_note(hardware))
 
 
@@ -83,13 +83,14 @@ def render_table(report: dict) -> None:
     for note in report.get("notes", []):
         console.print(f"Note: {note}")
     table = Table(show_lines=False)
-    for col in ("variant", "context", "verdict", "GPU", "RAM", "tok/s", "prompt tok/s"):
+    for col in ("variant", "context", "verdict", "GPU", "RAM", "tok/s", "range", "prompt tok/s"):
         table.add_column(col, justify="left" if col in ("variant", "verdict") else "right")
     for v in report["variants"]:
         for row in v["rows"]:
             verdict = wording.verdict_cell(row["verdict"], row["cpu_moe_blocks"], row["n_gpu_layers"])
             tps = "-" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f}"
+            spread = wording.speed_range(*(row["tokens_per_s_range"] or (None, None))) or "-"
             pps = "-" if row["prompt_tokens_per_s"] is None else f"{row['prompt_tokens_per_s']:.0f}"
             table.add_row(v["variant"], format_tokens(row["n_ctx"]), verdict, format_bytes(row["gpu_bytes"]),
-                          format_bytes(row["ram_bytes"]), tps, pps)
+                          format_bytes(row["ram_bytes"]), tps, spread, pps)
     console.print(table)

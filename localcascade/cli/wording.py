@@ -29,8 +29,8 @@ def describe_plan(plan: Plan) -> list[str]:
         where = f"RAM {format_bytes(plan.ram_bytes)} (CPU only)"
     speed = ""
     if plan.tokens_per_s:
-        label = "measured" if plan.speed_measured else "estimated"
-        speed = f", ~{plan.tokens_per_s:.0f} tokens/s ({label})"
+        speed = ", " + speed_words(plan.tokens_per_s, plan.speed_measured, plan.tokens_per_s_low,
+                                   plan.tokens_per_s_high)
         if plan.prompt_tokens_per_s:
             speed += f", a full context reads in ~{format_duration(plan.prompt_seconds())}"
     context = format_tokens(plan.n_ctx)
@@ -63,22 +63,38 @@ def verdict_cell(verdict: str, moe_blocks_in_ram: int, n_gpu_layers: int) -> str
     return verdict
 
 
-def speed_reason(tokens_per_s: float, prompt_tokens_per_s: float | None, n_ctx: int, measured: bool) -> str:
-    """A plan's speed in words: generation, and how long reading a full context takes.
+def speed_range(low: float | None, high: float | None) -> str:
+    """ "87-202": the range an estimate claims; empty for a point (a measured figure)."""
+    if low is None or high is None or round(low) == round(high):
+        return ""
+    return f"{low:.0f}-{high:.0f}"
+
+
+def speed_words(tokens_per_s: float, measured: bool, low: float | None = None, high: float | None = None) -> str:
+    """ "~153 tokens/s (estimated, 87-202)" or "~30 tokens/s (measured)"."""
+    spread = speed_range(low, high)
+    label = "measured" if measured else "estimated"
+    return f"~{tokens_per_s:.0f} tokens/s ({label}{', ' + spread if spread else ''})"
+
+
+def speed_reason(tokens_per_s: float, prompt_tokens_per_s: float | None, n_ctx: int, measured: bool,
+                 low: float | None = None, high: float | None = None) -> str:
+    """A plan's speed in words: generation (with the range an estimate claims), and how long
+    reading a full context takes.
 
     Takes the numbers, not a Plan, because `fit` words its JSON rows (which carry the same fields).
     """
-    label = "measured" if measured else "estimated"
     reading = ""
     if prompt_tokens_per_s:
         reading = (f"; reading a full {format_tokens(n_ctx)} prompt takes "
                    f"~{format_duration(n_ctx / prompt_tokens_per_s)}")
-    return (f"~{tokens_per_s:.0f} tokens/s generating, ~{prompt_tokens_per_s or 0:.0f} reading a prompt "
-            f"({label}){reading}")
+    generating = speed_words(tokens_per_s, measured, low, high).replace(" tokens/s ", " tokens/s generating ", 1)
+    return f"{generating}, ~{prompt_tokens_per_s or 0:.0f} reading a prompt{reading}"
 
 
 def plan_speed_reason(plan: Plan) -> str:
-    return speed_reason(plan.tokens_per_s or 0.0, plan.prompt_tokens_per_s, plan.n_ctx, plan.speed_measured)
+    return speed_reason(plan.tokens_per_s or 0.0, plan.prompt_tokens_per_s, plan.n_ctx, plan.speed_measured,
+                        plan.tokens_per_s_low, plan.tokens_per_s_high)
 
 
 def speed_note(hardware: Hardware) -> str:
