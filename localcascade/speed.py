@@ -21,7 +21,7 @@ Rates come from one of two places, and every figure says which:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 
@@ -151,6 +151,31 @@ def gpu_generation_seconds(facts: ModelFacts, p: Placement, w: WeightsPerToken, 
             + round_trips(facts, p) * per_trip)
 
 
+def speaks_for(calibration: Calibration, w: WeightsPerToken) -> bool:
+    """Whether a calibration measured on one model holds for a model reading ``w`` per token.
+
+    A model whose weights fit in the CPU's caches runs at cache speed, not memory speed: a
+    calibration from one (the tiny test model) predicted Gemma 3 270M 56% too slow. So a
+    calibration speaks for models on its own side of the cache line, and a cache-resident one only
+    for models of about its own size. One stored before it recorded its size speaks for none.
+    """
+    measured = calibration.cpu_bytes_per_token
+    if not measured:
+        return False
+    c = defaults()["calibration"]
+    target = w.cpu_float_bytes + w.cpu_quant_bytes
+    if measured >= c["cache_resident_bytes"] and target >= c["cache_resident_bytes"]:
+        return True
+    return target > 0 and max(target, measured) / min(target, measured) <= c["same_size_factor"]
+
+
+def usable_calibration(calibration: Calibration | None, w: WeightsPerToken, cores: int) -> Calibration | None:
+    """The calibration if it was measured with these threads and speaks for this model, else None."""
+    if calibration is None or calibration.threads != cores or not speaks_for(calibration, w):
+        return None
+    return calibration
+
+
 def predict(facts: ModelFacts, p: Placement, *, gpu_bandwidth: float | None, ram_bandwidth: float, cores: int,
             calibration: Calibration | None = None) -> Speed:
     """Generation and prompt tokens/s of ``p``; measured when ``calibration`` (this CPU's) applies.
@@ -161,7 +186,8 @@ def predict(facts: ModelFacts, p: Placement, *, gpu_bandwidth: float | None, ram
     """
     d = defaults()
     w = weights_per_token(facts, p)
-    usable = calibration if calibration is not None and calibration.threads == cores else None
+    usable = usable_calibration(calibration, weights_per_token(facts, replace(p, n_gpu_layers=0, n_cpu_moe=0)),
+                                cores)
     scale = usable.cpu_scale if usable else 1.0
     on_gpu_too = bool(w.gpu_bytes or w.gpu_prompt_params)
     bandwidth = gpu_bandwidth or d["gpu"]["default_bandwidth_bytes_per_s"]
@@ -210,5 +236,5 @@ def calibrate(facts: ModelFacts, *, tg_tokens_per_s: float, pp_tokens_per_s: flo
         cpu_prompt_flops=2 * w.cpu_prompt_params / arithmetic,
         cpu_prompt_overhead_s=overhead,
         threads=cores, llama_cpp_version=llama_cpp_version, cpu_model=cpu_model, model=model,
-        measured_at=measured_at,
+        measured_at=measured_at, cpu_bytes_per_token=w.cpu_float_bytes + w.cpu_quant_bytes,
     )

@@ -197,7 +197,8 @@ def test_a_q8_0_cache_is_chosen_only_when_it_buys_something():
 
 def test_a_calibration_is_an_input_and_the_speeds_say_measured():
     hw = load_profile("cpu-only")
-    measured = replace(hw, calibration=Calibration(cpu_scale=0.5, cpu_prompt_flops=50e9, threads=8))
+    measured = replace(hw, calibration=Calibration(cpu_scale=0.5, cpu_prompt_flops=50e9, threads=8,
+                                                                cpu_bytes_per_token=2e9))
     slow = recommend(measured, CATALOG)
     assert slow.plan.speed_measured
     assert slow.plan.tokens_per_s == pytest.approx(recommend(hw, CATALOG).plan.tokens_per_s * 0.5, rel=0.01)

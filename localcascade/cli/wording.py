@@ -101,8 +101,9 @@ def speed_note(hardware: Hardware) -> str:
     """Where the tok/s figures come from, said once under `fit`'s table."""
     c = hardware.calibration
     if c is not None and hardware.source == "detected":
-        gpu = " (GPU parts of a plan stay estimates)" if hardware.gpus else ""
-        return f"speeds: measured on this machine by `localcascade bench` on {c.model} ({c.measured_at[:10]}){gpu}"
+        gpu = "; GPU parts of a plan stay estimates" if hardware.gpus else ""
+        return (f"speeds: measured on this machine by `localcascade bench` on {c.model} ({c.measured_at[:10]}), "
+                f"for models it can speak for (docs/fit.md); the others are estimates with a range{gpu}")
     if hardware.source == "detected":
         return "speeds: estimates; `localcascade bench MODEL` measures this machine and fit then uses its figures"
     return "speeds: estimates for this hardware (profiles are never measured here)"
