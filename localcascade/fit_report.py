@@ -34,6 +34,8 @@ def _row(plan: Plan) -> dict:
         "tokens_per_s": plan.tokens_per_s,
         "tokens_per_s_range": [plan.tokens_per_s_low, plan.tokens_per_s_high] if plan.tokens_per_s else None,
         "prompt_tokens_per_s": plan.prompt_tokens_per_s,
+        "prompt_tokens_per_s_range": ([plan.prompt_tokens_per_s_low, plan.prompt_tokens_per_s_high]
+                                      if plan.prompt_tokens_per_s else None),
         "speed_measured": plan.speed_measured,
         "components": comps,
         "gpu_components": asdict(plan.gpu),
@@ -100,6 +102,8 @@ def _choice(variant: Any, plan: Plan) -> dict:
         "n_gpu_layers": plan.n_gpu_layers, "cpu_moe_blocks": plan.moe_blocks_in_ram,
         "n_cpu_moe": plan.n_cpu_moe, "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s,
         "tokens_per_s_range": [plan.tokens_per_s_low, plan.tokens_per_s_high],
-        "prompt_tokens_per_s": plan.prompt_tokens_per_s, "speed_measured": plan.speed_measured,
+        "prompt_tokens_per_s": plan.prompt_tokens_per_s,
+        "prompt_tokens_per_s_range": [plan.prompt_tokens_per_s_low, plan.prompt_tokens_per_s_high],
+        "speed_measured": plan.speed_measured,
     }
 

@@ -61,6 +61,8 @@ class Plan:
     speed_measured: bool = False               # from this machine's `bench` calibration, else estimated
     tokens_per_s_low: float | None = None      # the range an estimate claims (a measured figure: itself)
     tokens_per_s_high: float | None = None
+    prompt_tokens_per_s_low: float | None = None
+    prompt_tokens_per_s_high: float | None = None
     reasons: tuple[str, ...] = ()
     alternatives: tuple[str, ...] = ()         # other plans of the same model and what each trades
     source: str = "header"     # "header" (a real file's header) or "catalog" (built-in facts)

@@ -36,6 +36,8 @@ class Comparison:
     what_it_says: str
     prompt_published: float | None = None
     prompt_predicted: float | None = None
+    prompt_low: float | None = None
+    prompt_high: float | None = None
 
     @property
     def published_mid(self) -> float:
@@ -50,6 +52,10 @@ class Comparison:
     def within_range(self) -> bool:
         """Some of the published figure lies inside the range `fit` states."""
         return self.published[1] >= self.low * 0.995 and self.published[0] <= self.high * 1.005
+
+    @property
+    def prompt_within_range(self) -> bool:
+        return self.prompt_published is None or self.prompt_low * 0.995 <= self.prompt_published <= self.prompt_high * 1.005
 
 
 @lru_cache(maxsize=1)
@@ -103,7 +109,7 @@ def compare(measurement: dict) -> Comparison:
         placement=_words(facts, p), published=(float(low), float(high)), predicted=speed.generation,
         low=speed.generation_low, high=speed.generation_high, source=measurement["source"],
         what_it_says=measurement["what_it_says"], prompt_published=measurement.get("prompt_tokens_per_s"),
-        prompt_predicted=speed.prompt if measurement.get("prompt_tokens_per_s") else None)
+        prompt_predicted=speed.prompt, prompt_low=speed.prompt_low, prompt_high=speed.prompt_high)
 
 
 def comparisons() -> list[Comparison]:
@@ -120,5 +126,6 @@ def markdown_table(rows: list[Comparison]) -> list[str]:
             f"{c.published[0]:.0f}-{c.published[1]:.0f}"
         lines.append(f"| {c.card} | {c.model} ({c.stand_in}) | {c.placement} | {published} | "
                      f"~{c.predicted:.0f} ({c.low:.0f}-{c.high:.0f}) | {c.off:+.0%} | "
-                     + (f"{c.prompt_published:.0f}, ~{c.prompt_predicted:.0f} |" if c.prompt_published else "- |"))
+                     + (f"{c.prompt_published:.0f}, ~{c.prompt_predicted:.0f} ({c.prompt_low:.0f}-{c.prompt_high:.0f}) |"
+                        if c.prompt_published else "- |"))
     return lines

@@ -41,6 +41,8 @@ class Speed:
     measured: bool             # from this machine's calibration (else an estimate)
     generation_low: float | None = None    # the range the estimate claims (profiles/speed.json)
     generation_high: float | None = None
+    prompt_low: float | None = None
+    prompt_high: float | None = None
 
     @property
     def label(self) -> str:
@@ -199,26 +201,32 @@ def predict(facts: ModelFacts, p: Placement, *, gpu_bandwidth: float | None, ram
             seconds += gpu_generation_seconds(facts, p, w, bandwidth, end=end)
         return 1.0 / seconds if seconds > 0 else 0.0
 
-    cpu_flops = usable.cpu_prompt_flops if usable else d["cpu"]["prompt_flops_per_core"] * cores
-    if on_gpu_too:
-        # With a GPU in the plan, llama.cpp computes a prompt's batches on the GPU even for weights
-        # kept in RAM: it copies them over PCIe once per micro-batch (ggml's op offload).
-        # Plus a fixed cost per layer and token that is not arithmetic (the Mamba-2 scan runs token
-        # by token; the one published prompt figure, docs/performance.md, is 4x below the arithmetic).
-        gpu_flops = bandwidth * d["gpu"]["prompt_flops_per_byte_of_bandwidth"]
-        prompt = (2 * (w.gpu_prompt_params + w.cpu_prompt_params) / gpu_flops
-                  + facts.n_layer * d["gpu"]["prompt_seconds_per_layer_per_token"]
-                  + w.cpu_resident_bytes / (d["gpu"]["pcie_bytes_per_s"] * max(1, p.n_ubatch)))
-    else:
-        overhead = d["cpu"]["prompt_overhead_seconds_per_token"]
-        if usable and usable.cpu_prompt_overhead_s is not None:
-            overhead = usable.cpu_prompt_overhead_s
-        prompt = 2 * w.cpu_prompt_params / cpu_flops + overhead
+    def prompt(end: str) -> float:
+        pick = {CENTRAL: 0, SLOW: 1, FAST: 2}[end]
+        if on_gpu_too:
+            # With a GPU in the plan, llama.cpp computes a prompt's batches on the GPU even for weights
+            # kept in RAM: it copies them over PCIe once per micro-batch (ggml's op offload). Beside the
+            # arithmetic, a fixed cost per layer and token (the Mamba-2 scan, token by token in older
+            # builds): the published figures disagree (docs/performance.md), so it is a range.
+            g = d["gpu"]
+            per_layer = (g["prompt_seconds_per_layer_per_token"], *g["prompt_seconds_per_layer_per_token_range"][::-1])
+            gpu_flops = bandwidth * g["prompt_flops_per_byte_of_bandwidth"]
+            seconds = (2 * (w.gpu_prompt_params + w.cpu_prompt_params) / gpu_flops + facts.n_layer * per_layer[pick]
+                       + w.cpu_resident_bytes / (g["pcie_bytes_per_s"] * max(1, p.n_ubatch)))
+        else:
+            factor = 1.0 if usable else (1.0, *d["cpu"]["rate_range"])[pick]
+            cpu_flops = usable.cpu_prompt_flops if usable else d["cpu"]["prompt_flops_per_core"] * cores * factor
+            overhead = d["cpu"]["prompt_overhead_seconds_per_token"]
+            if usable and usable.cpu_prompt_overhead_s is not None:
+                overhead = usable.cpu_prompt_overhead_s
+            seconds = 2 * w.cpu_prompt_params / cpu_flops + overhead
+        return 1.0 / seconds if seconds > 0 else 0.0
+
     measured = usable is not None and not on_gpu_too
-    central = generation(CENTRAL)
-    low, high = (central, central) if measured else (generation(SLOW), generation(FAST))
-    return Speed(generation=central, prompt=1.0 / prompt if prompt > 0 else 0.0, measured=measured,
-                 generation_low=low, generation_high=high)
+    ends = (CENTRAL, CENTRAL) if measured else (SLOW, FAST)
+    return Speed(generation=generation(CENTRAL), prompt=prompt(CENTRAL), measured=measured,
+                 generation_low=generation(ends[0]), generation_high=generation(ends[1]),
+                 prompt_low=prompt(ends[0]), prompt_high=prompt(ends[1]))
 
 
 def calibrate(facts: ModelFacts, *, tg_tokens_per_s: float, pp_tokens_per_s: float, cores: int,

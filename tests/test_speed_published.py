@@ -26,6 +26,7 @@ def test_every_published_figure_lies_in_the_range_fit_states(row):
     assert row.low <= row.predicted <= row.high
     assert row.within_range, (f"{row.card} {row.model}: published {row.published}, fit says "
                               f"{row.low:.0f}-{row.high:.0f}")
+    assert row.prompt_within_range, f"{row.card}: prompt {row.prompt_published}, fit says {row.prompt_low:.0f}-"
 
 
 def test_a_central_estimate_off_by_more_than_30_percent_is_explained():

@@ -60,7 +60,8 @@ def _add_speed_words(report: dict, hardware) -> None:
     rec = report["recommended"]
     if rec is not None:
         rec["reasons"].append(speed_reason(rec["tokens_per_s"] or 0.0, rec["prompt_tokens_per_s"], rec["n_ctx"],
-                                           rec["speed_measured"], *rec["tokens_per_s_range"]))
+                                           rec["speed_measured"], *rec["tokens_per_s_range"],
+                                           *rec["prompt_tokens_per_s_range"]))
     report["notes"].append(speed_note(hardware))
 
 

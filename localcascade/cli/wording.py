@@ -78,9 +78,10 @@ def speed_words(tokens_per_s: float, measured: bool, low: float | None = None, h
 
 
 def speed_reason(tokens_per_s: float, prompt_tokens_per_s: float | None, n_ctx: int, measured: bool,
-                 low: float | None = None, high: float | None = None) -> str:
-    """A plan's speed in words: generation (with the range an estimate claims), and how long
-    reading a full context takes.
+                 low: float | None = None, high: float | None = None, prompt_low: float | None = None,
+                 prompt_high: float | None = None) -> str:
+    """A plan's speed in words: generation and prompt reading (each with the range an estimate
+    claims), and how long reading a full context takes.
 
     Takes the numbers, not a Plan, because `fit` words its JSON rows (which carry the same fields).
     """
@@ -89,12 +90,15 @@ def speed_reason(tokens_per_s: float, prompt_tokens_per_s: float | None, n_ctx: 
         reading = (f"; reading a full {format_tokens(n_ctx)} prompt takes "
                    f"~{format_duration(n_ctx / prompt_tokens_per_s)}")
     generating = speed_words(tokens_per_s, measured, low, high).replace(" tokens/s ", " tokens/s generating ", 1)
-    return f"{generating}, ~{prompt_tokens_per_s or 0:.0f} reading a prompt{reading}"
+    spread = speed_range(prompt_low, prompt_high)
+    return (f"{generating}, ~{prompt_tokens_per_s or 0:.0f} reading a prompt"
+            f"{f' ({spread})' if spread else ''}{reading}")
 
 
 def plan_speed_reason(plan: Plan) -> str:
     return speed_reason(plan.tokens_per_s or 0.0, plan.prompt_tokens_per_s, plan.n_ctx, plan.speed_measured,
-                        plan.tokens_per_s_low, plan.tokens_per_s_high)
+                        plan.tokens_per_s_low, plan.tokens_per_s_high, plan.prompt_tokens_per_s_low,
+                        plan.prompt_tokens_per_s_high)
 
 
 def speed_note(hardware: Hardware) -> str:
