@@ -184,3 +184,16 @@ def test_a_registered_or_downloaded_model_is_planned_from_its_own_header(hf_serv
     sources = {v["variant"]: v["source"] for v in data["variants"]}
     assert sources.pop("Q4_K_M") == "header" and set(sources.values()) == {"catalog"}
     assert any(note.startswith("BF16, Q8_0") and "downloaded files' headers" in note for note in data["notes"])
+
+
+def test_the_4090_section_of_the_docs_is_what_fit_prints():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "fit.md").read_text(encoding="utf-8")
+    section = doc.split("## What it says about an RTX 4090", 1)[1].split("```", 2)[1]
+    shown = [line for line in section.strip("\n").splitlines() if not line.startswith(("┏", "┃", "┡", "│", "└"))]
+    out = run("--gpu", "rtx-4090")
+    assert out.returncode == 0, out.stderr
+    printed = [line for line in out.stdout.splitlines() if not line.startswith(("┏", "┃", "┡", "│", "└"))]
+    assert shown == printed, "docs/fit.md's RTX 4090 section is stale: paste `localcascade fit --gpu rtx-4090`"
+    assert "Recommended: IQ4_XS at 512K, KV f16 (full_gpu)" in shown
