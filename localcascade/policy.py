@@ -48,7 +48,7 @@ PREFERENCES = ("quality", "speed", "context")
 
 # The machine's rules and the preferences, in words: `fit` prints the one it used, --json names it.
 RULES = {
-    "full-gpu-first": "fully on the GPU first (the best quality that is), else the fewest expert blocks in "
+    "full-gpu-first": "the best quality that runs fully on the GPU; else the fewest expert blocks in "
                       "system RAM, then the best quality",
     "unified-memory": "unified memory: fully on the GPU first, then the best quality at {usable}+ tokens/s",
     "cpu-only": "CPU only: the best quality at {usable}+ tokens/s, else the fastest",
@@ -205,7 +205,7 @@ def _best_quality_usable(options: list[Option], policy: Policy) -> tuple[Option,
 def _least_in_ram(options: list[Option], policy: Policy) -> tuple[Option, str]:
     best = min(options, key=lambda o: (in_system_ram(o[1]), _quality(*o), -_speed(o)))
     if best[1].verdict == "full_gpu":
-        return best, "fully on the GPU: the best quality that is"
+        return best, "the best quality that runs fully on the GPU"
     return best, (f"nothing runs fully on the GPU at this context: the plan that keeps the least of the model "
                   f"in system RAM ({_where(best[1])}), then the best quality")
 
@@ -238,6 +238,15 @@ def _where(plan: Plan) -> str:
     return plan.verdict.replace("_", " ")
 
 
+def _trained(facts_list: list[ModelFacts]) -> int:
+    return max((f.n_ctx_train for f in facts_list if f.n_ctx_train), default=CONTEXT_LADDER[-1])
+
+
+def _floor(facts_list: list[ModelFacts], policy: Policy, think: bool) -> int:
+    """The policy's context floor, or the trained context of models made for less."""
+    return min(policy.floor(think), _trained(facts_list))
+
+
 def _floors(facts_list: list[ModelFacts], request: PlanRequest, policy: Policy, think: bool,
             rule: str) -> list[int]:
     """Contexts to try, first the floor, then smaller ones (only when the user named none). The
@@ -246,8 +255,8 @@ def _floors(facts_list: list[ModelFacts], request: PlanRequest, policy: Policy, 
         if request.n_ctx <= 0:
             raise UsageError("context length must be positive")
         return [request.n_ctx]
-    trained = max((f.n_ctx_train for f in facts_list if f.n_ctx_train), default=CONTEXT_LADDER[-1])
-    floor = min(policy.floor(think), trained)
+    trained = _trained(facts_list)
+    floor = _floor(facts_list, policy, think)
     below = [c for c in reversed(CONTEXT_LADDER) if c < floor]
     if rule == "context":
         above = [c for c in reversed(CONTEXT_LADDER) if floor < c <= trained]
@@ -273,10 +282,9 @@ def recommend(hardware: Hardware, variants: Iterable[Any], request: PlanRequest 
     think = request.think if think is None else think
     rule = rule_for(hardware, request.prefer)
     variants = list(variants)
-    floors = _floors([v.facts for v in variants], request, policy, think, rule)
-    floor = floors[0] if rule != "context" or request.n_ctx is not None else min(
-        policy.floor(think), max((v.facts.n_ctx_train or CONTEXT_LADDER[-1] for v in variants),
-                                 default=CONTEXT_LADDER[-1]))
+    facts_list = [v.facts for v in variants]
+    floors = _floors(facts_list, request, policy, think, rule)
+    floor = floors[0] if request.n_ctx is not None else _floor(facts_list, policy, think)
     notes: list[str] = []
     options: list[Option] = []
     for n_ctx in floors:
