@@ -146,3 +146,15 @@ def test_a_broken_calibration_file_means_estimates(tiny_model, tmp_path, monkeyp
         result = subprocess.run([*FIT, str(tiny_model), "--json"], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["recommended"]["speed_measured"] is False
+
+
+def test_a_stored_calibration_says_what_it_can_speak_for_or_is_not_used(monkeypatch, tmp_path):
+    from localcascade.hardware import calibration
+
+    monkeypatch.setattr(calibration, "path", lambda: tmp_path / "speed-calibration.json")
+    mine = {"cpu_scale": 1.0, "cpu_prompt_flops": 1e9, "threads": 2, "cpu_model": "cpu", "llama_cpp_version": "v"}
+    (tmp_path / "speed-calibration.json").write_text(json.dumps(dict(mine, cpu_bytes_per_token=2e8)))
+    assert calibration.load("cpu", "v").cpu_bytes_per_token == 2e8
+    for bad in ("lots", -1, [1], True, float("nan")):
+        (tmp_path / "speed-calibration.json").write_text(json.dumps(dict(mine, cpu_bytes_per_token=bad)))
+        assert calibration.load("cpu", "v") is None, bad
