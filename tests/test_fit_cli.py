@@ -197,3 +197,14 @@ def test_the_4090_section_of_the_docs_is_what_fit_prints():
     printed = [line for line in out.stdout.splitlines() if not line.startswith(("┏", "┃", "┡", "│", "└"))]
     assert shown == printed, "docs/fit.md's RTX 4090 section is stale: paste `localcascade fit --gpu rtx-4090`"
     assert "Recommended: IQ4_XS at 512K, KV f16 (full_gpu)" in shown
+
+
+def test_pull_and_run_refuse_an_unknown_preference_in_one_line():
+    import os
+
+    for command in ("pull", "run"):
+        out = subprocess.run([sys.executable, "-m", "localcascade", command, "--prefer", "cheap"],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
+        assert out.returncode == 2, (command, out.stderr)
+        assert out.stderr.strip() == "localcascade: --prefer takes quality, speed, context, not 'cheap'"
