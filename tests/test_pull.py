@@ -403,7 +403,7 @@ def test_pull_shows_the_plan_from_the_hub_header_before_downloading(served, caps
     code, _, err = _run_cli(["pull", f"{REPO}:Q8_0", "--vram", "8GiB", "--ctx", "2K"], capsys)
     assert code == 0, err
     lines = err.splitlines()
-    assert lines[0] == f"{REPO}:Q8_0: {REPO}, 8.0 MiB"
+    assert lines[0] == f"localcascade: {REPO}:Q8_0: {REPO}, 8.0 MiB"
     assert lines[1].startswith("  full gpu at 2K context: GPU ")
 
 

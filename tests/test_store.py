@@ -377,8 +377,8 @@ def test_a_pull_that_cannot_record_its_check_still_says_it_is_downloaded(served,
     name, _size, state, path = out.strip().split("\t")
     assert name == f"{REPO}:Q8_0" and state == "sha256 verified" and Path(path).is_file()
     assert "Traceback" not in err
-    [note] = [line for line in err.splitlines() if line.startswith("note:")]
-    assert note == (f"note: the download is complete ({path}), but its check could not be recorded: "
+    [note] = [line for line in err.splitlines() if line.startswith("localcascade: note:")]
+    assert note == (f"localcascade: note: the download is complete ({path}), but its check could not be recorded: "
                     f"cannot write {_lock_path()}: Is a directory (the store index lives in "
                     f"{store_index.index_path().parent}; set LOCALCASCADE_HOME to a writable folder); "
                     "`localcascade list` shows it as not verified and the next pull checks it again")

@@ -14,6 +14,7 @@ import sys
 import typer
 
 from localcascade.errors import LocalCascadeError, Terminated
+from localcascade.stderr import say
 
 # typer >= 0.29 raises the exceptions of its own bundled copy of click; older typers use click itself.
 _click = getattr(typer, "_click", None) or importlib.import_module("click")
@@ -34,7 +35,7 @@ from localcascade.cli import (  # noqa: E402,F401
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"localcascade: {message}", file=sys.stderr)
+    say(message)
     return code
 
 

@@ -15,6 +15,7 @@ import typer
 from localcascade.cli import options, tool_options
 from localcascade.cli.app import app
 from localcascade.errors import ModelNotFoundError, UsageError
+from localcascade.stderr import say
 
 _NOTHING_TO_READ = ("standard input is closed (or /dev/null) and the chat reads its messages from it: "
                     "run it from a terminal or pipe the messages in (`localcascade ask` answers one prompt)")
@@ -84,9 +85,9 @@ def run(
 
     def show_plan(plan) -> None:
         for line in describe_plan(plan):
-            print(f"localcascade: {line}", file=sys.stderr)
+            say(line)
         for alternative in plan.alternatives:
-            print(f"localcascade:   alternative, {alternative}", file=sys.stderr)
+            say(f"  alternative, {alternative}")
 
     _, engine = options.open_model(str(model_path), request, hardware=hardware, before_load=show_plan,
                                    chat_template=chat_template, verbose=verbose)
@@ -128,7 +129,7 @@ def _choose_model(spec: Optional[str], hardware, request, yes: bool) -> Path:
         raise ModelNotFoundError("no model pulled yet: `localcascade pull` downloads the best variant for this "
                                  "machine (nothing is downloaded now: standard input is closed or /dev/null, so "
                                  "the chat would have nothing to read)")
-    print("localcascade: no Nemotron-Cascade-2 model pulled yet", file=sys.stderr)
+    say("no Nemotron-Cascade-2 model pulled yet")
     from localcascade.cli.downloads import recommend_and_fetch
 
     return recommend_and_fetch(hardware, request, yes=yes).path

@@ -11,12 +11,12 @@ else the fewest layers on the CPU (``n_gpu_layers``); else CPU only; else it won
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Iterable
 
 from localcascade.errors import DoesNotFitError, UsageError
 from localcascade.hardware.facts import Hardware
 from localcascade.planning.memory import MiB, Estimate, Overheads, Placement, check_kv_types, estimate, largest_layer_bytes
-from localcascade.model.facts import ModelFacts, facts_from_header
+from localcascade.model.facts import ModelFacts
 from localcascade.planning.speed import Speed, predict
 from localcascade.planning.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, Plan, PlanRequest
 from localcascade.units import format_bytes, format_tokens, parse_size
