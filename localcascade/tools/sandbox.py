@@ -194,7 +194,7 @@ def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limi
     feeder.start()
     out, err, res = bytearray(), bytearray(), bytearray()
     stopped = None
-    watch = None if cgroup is not None and cgroup.limits_memory else _MemoryWatch(proc.pid, limits.memory_bytes)
+    watch = _CgroupWatch(cgroup) if cgroup is not None and cgroup.limits_memory else _MemoryWatch(proc.pid, limits.memory_bytes)
     try:
         stopped = _collect(proc, result_r, out, err, res, limits, started, should_stop, watch)
     except BaseException:
@@ -215,8 +215,7 @@ def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limi
     if stopped is None and _is_bwrap(argv) and code_ is not None and code_ >= 128 + 1 and code_ - 128 < 65:
         # bwrap reports a child killed by a signal as 128 + the signal number.
         stopped, exit_code = _signal_meaning(code_ - 128), None
-    if cgroup is not None and cgroup.memory_killed():
-        # The kernel killed a process for the whole call's memory; the rest may have gone on.
+    if stopped is None and cgroup is not None and cgroup.memory_killed():
         stopped, exit_code = "memory", None
     return RunOutcome(bytes(out), bytes(err), bytes(res), exit_code, time.monotonic() - started, stopped)
 
@@ -280,6 +279,19 @@ def _collect(proc, result_r: int, out: bytearray, err: bytearray, res: bytearray
 def _pending(selector) -> bool:
     """Whether any registered stream has data right now."""
     return bool(selector.select(timeout=0))
+
+
+class _CgroupWatch:
+    """The memory cgroup holds the call; at its first kill the whole call stops, as with the watch
+    below (the kernel kills one process; the rest would go on with their share)."""
+
+    interval = 0.1
+
+    def __init__(self, cgroup) -> None:
+        self.cgroup = cgroup
+
+    def over(self) -> bool:
+        return self.cgroup.memory_killed()
 
 
 class _MemoryWatch:
