@@ -13,7 +13,7 @@ A sandbox here is an operating-system one, never a Python-level filter:
   ``--tools-unsafe-no-sandbox`` (``Unsandboxed``).
 
 Every run, sandboxed or not, has resource limits (``Limits``): CPU seconds, wall time,
-address space, file size, captured output bytes and processes. RLIMIT_NPROC is not enforced
+address space, file size, open files, captured output bytes and processes. RLIMIT_NPROC is not enforced
 for root, so as root on Linux the process count is held by a pids cgroup of the run's own;
 where none can be made, root is refused rather than left without a process limit.
 
@@ -55,6 +55,7 @@ class Limits:
     code_bytes: int = 1 << 20          # the code itself (UTF-8)
     output_bytes: int = 1 << 20        # stdout + stderr captured; the process is stopped past it
     processes: int = 32
+    open_files: int = 256              # descriptors per process
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,8 @@ def _child_setup(limits: Limits, procs_files: list[str]):
             (resource.RLIMIT_AS, limits.memory_bytes),
             (resource.RLIMIT_FSIZE, limits.file_bytes),
             (resource.RLIMIT_CORE, 0),
+            # Each descriptor can hold kernel memory (pipe and socket buffers) no RSS shows.
+            (resource.RLIMIT_NOFILE, limits.open_files),
         ):
             resource.setrlimit(which, (value, value))
         # A hard limit above the soft one: SIGXCPU (reported as such) comes before SIGKILL.

@@ -146,6 +146,20 @@ def test_host_processes_cannot_be_traced(tool):
     assert set(said.values()) == {-1}, said
 
 
+def test_open_files_are_capped_and_the_cap_cannot_be_raised(tool):
+    # Pipe and socket buffers are kernel memory no process's RSS shows: descriptors are capped.
+    said = _run_json(tool, (
+        "import json, os, resource\nout = {}\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "try:\n    resource.setrlimit(resource.RLIMIT_NOFILE, (hard + 1, hard + 1))\n    out['raised'] = True\n"
+        "except (ValueError, OSError):\n    out['raised'] = False\n"
+        "pipes = []\ntry:\n    while len(pipes) < 100000:\n        pipes.append(os.pipe())\n"
+        "except OSError as err:\n    out['errno'] = err.errno\n"
+        "out['hard'], out['pipes'] = hard, len(pipes)\nprint(json.dumps(out))"))
+    assert said["raised"] is False and said["hard"] == LIMITS.open_files and said["errno"] == 24   # EMFILE
+    assert said["pipes"] < LIMITS.open_files // 2
+
+
 # -- devices: nothing of the host's, a read-only /dev, a small /dev/shm -----------------------------
 
 def test_the_hosts_device_nodes_cannot_be_changed(tool):
