@@ -314,3 +314,66 @@ def test_a_sandbox_that_cannot_start_is_an_error_result(sandbox):
     broken = Bubblewrap("/nonexistent/bwrap", sandbox.cgroups)
     result = PythonTool(broken, LIMITS).execute("print(1)")
     assert result.error.startswith("could not run the code: cannot start the sandbox") and result.exit is None
+
+
+# -- the normal user's path, from a root test run -------------------------------------------------------
+
+NORMAL_USER_PROBE = r"""
+import json, os, sys
+from localcascade.tools.python_tool import PythonTool
+from localcascade.tools.sandbox import Limits
+tool = PythonTool(limits=Limits(cpu_seconds=5, wall_seconds=15, memory_bytes=512 << 20, processes=24))
+out = {"uid": os.geteuid(), "describe": tool.describe()}
+out["memory"] = tool.execute(sys.argv[1]).error
+forks = tool.execute("import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+                     "            time.sleep(30)\n            os._exit(0)\n        n += 1\nexcept OSError:\n    print(n)")
+out["forks"] = forks.stdout.strip()
+out["sysctl"] = tool.execute("import os\ntry:\n    os.open('/proc/sys/kernel/core_pattern', os.O_WRONLY)\n"
+                             "    print('OPENED')\nexcept OSError as err:\n    print(err.errno)").stdout.strip()
+print(json.dumps(out))
+"""
+
+
+def _system_python_for(uid: int) -> str | None:
+    """An interpreter (with its standard library) a process of ``uid`` can run, or None."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.path.exists(candidate):
+            probe = subprocess.run([candidate, "-c", "import sys; print(sys.version_info >= (3, 10))"],
+                                   capture_output=True, text=True, preexec_fn=_as_user(uid), timeout=30)
+            if probe.stdout.strip() == "True":
+                return candidate
+    return None
+
+
+def _as_user(uid: int):
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    return drop
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="run as a normal user, the whole suite is the normal user's path")
+def test_as_a_normal_user_the_sandbox_holds_with_the_watch(sandbox, tmp_path):
+    # A child that drops to uid 65534 runs localcascade with a system Python: no cgroup is writable
+    # to it, so the process limit is the user namespace's and the memory limit the parent's watch.
+    uid = 65534
+    repo = Path(__file__).resolve().parents[2]
+    python = _system_python_for(uid)
+    if python is None or not os.access(repo, os.R_OK | os.X_OK):
+        pytest.skip("no interpreter or checkout a normal user can run here")
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, uid, uid)
+    tmp_path.chmod(0o755)
+    probe = subprocess.run([python, "-c", NORMAL_USER_PROBE, CHILDREN_HOLD], capture_output=True, text=True,
+                           timeout=120, cwd=home, preexec_fn=_as_user(uid),
+                           env={"PATH": "/usr/bin:/bin", "HOME": str(home), "PYTHONPATH": str(repo)})
+    if probe.returncode != 0 and "No module named" in probe.stderr:
+        pytest.skip(f"localcascade does not import on {python}: {probe.stderr.strip().splitlines()[-1]}")
+    assert probe.returncode == 0, probe.stderr
+    said = json.loads(probe.stdout.splitlines()[-1])
+    assert said["uid"] == uid and "watched by localcascade" in said["describe"]
+    assert said["memory"] == "stopped: its processes used more than 512.0 MiB of memory together"
+    assert 0 < int(said["forks"]) < 24
+    assert said["sysctl"] == "13"   # EACCES: the kernel's files are root's, and this is not root
