@@ -166,12 +166,24 @@ def device_folder() -> str:
                 os.chmod(node, 0o666)
         except OSError as err:
             shutil.rmtree(folder, ignore_errors=True)
-            if not any(os.stat(f"/dev/{name}").st_uid == os.geteuid() for name in DEVICES):
-                return "/dev"   # root of a container whose /dev is not its own: the host's nodes are safe to bind
-            raise SandboxUnavailableError(f"cannot make the sandbox's devices in {folder}: {err.strerror or err}") from None
+            if not _owns_a_device():
+                return "/dev"   # root of a container whose /dev is not its own: its nodes are safe to bind
+            raise SandboxUnavailableError(
+                f"cannot make the sandbox's devices in {folder}: {err.strerror or err}") from None
         atexit.register(shutil.rmtree, folder, True)
         _device_folder = folder
     return _device_folder
+
+
+def _owns_a_device() -> bool:
+    """Whether this process owns one of /dev's nodes (then the sandbox, mapped to its uid, would too)."""
+    for name in DEVICES:
+        try:
+            if os.stat(f"/dev/{name}").st_uid == os.geteuid():
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def python_paths() -> list[str]:

@@ -13,14 +13,14 @@ A sandbox here is an operating-system one, never a Python-level filter:
   ``--tools-unsafe-no-sandbox`` (``Unsandboxed``).
 
 Every run, sandboxed or not, has resource limits (``Limits``): CPU seconds, wall time,
-address space, file size, open files, captured output bytes and processes. RLIMIT_NPROC is not enforced
-for root, so as root on Linux the process count is held by a pids cgroup of the run's own;
+address space, file size, open files, captured output bytes and processes. RLIMIT_NPROC is
+not enforced for root, so as root on Linux the process count is held by a pids cgroup of the run's own;
 where none can be made, root is refused rather than left without a process limit.
 
 Memory is one limit for the whole call, not per process (RLIMIT_AS alone lets each of 32
 processes hold 2 GiB): a memory cgroup where one can be made (``cgroups``), else the parent
-sums the resident memory of the call's processes every few milliseconds and kills the call
-past the limit (``_MemoryWatch``; it can be overrun for that long). ``Sandbox.memory_bound``
+sums the resident memory of the call's processes every 20 ms and kills the call past the
+limit (``_MemoryWatch``; it can be overrun for that long). ``Sandbox.memory_bound``
 says which, in one line.
 """
 
@@ -195,7 +195,11 @@ def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limi
     feeder.start()
     out, err, res = bytearray(), bytearray(), bytearray()
     stopped = None
-    watch = _CgroupWatch(cgroup) if cgroup is not None and cgroup.limits_memory else _MemoryWatch(proc.pid, limits.memory_bytes)
+    watch: _CgroupWatch | _MemoryWatch
+    if cgroup is not None and cgroup.limits_memory:
+        watch = _CgroupWatch(cgroup)
+    else:
+        watch = _MemoryWatch(proc.pid, limits.memory_bytes)
     try:
         stopped = _collect(proc, result_r, out, err, res, limits, started, should_stop, watch)
     except BaseException:
@@ -234,8 +238,9 @@ def _feed(stream, data: bytes) -> None:
 
 
 def _collect(proc, result_r: int, out: bytearray, err: bytearray, res: bytearray, limits: Limits,
-             started: float, should_stop: Callable[[], bool] | None, watch: "_MemoryWatch | None") -> str | None:
-    """Read until every stream closes; stop the process past the wall time or the output cap."""
+             started: float, should_stop: Callable[[], bool] | None, watch) -> str | None:
+    """Read until every stream closes; stop the process past the wall time, the output cap or
+    the memory limit (``watch``: ``_CgroupWatch`` or ``_MemoryWatch``)."""
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ, out)
     selector.register(proc.stderr, selectors.EVENT_READ, err)
@@ -248,9 +253,9 @@ def _collect(proc, result_r: int, out: bytearray, err: bytearray, res: bytearray
                 return "wall time"
             if should_stop is not None and should_stop():
                 return "interrupted"
-            if watch is not None and watch.over():
+            if watch.over():
                 return "memory"
-            for key, _ in selector.select(timeout=min(left, watch.interval if watch else 0.1)):
+            for key, _ in selector.select(timeout=min(left, watch.interval)):
                 fd = key.fd
                 chunk = os.read(fd, 65536)
                 if not chunk:
@@ -266,12 +271,12 @@ def _collect(proc, result_r: int, out: bytearray, err: bytearray, res: bytearray
         while True:
             left = deadline - time.monotonic()
             try:
-                proc.wait(timeout=max(min(left, watch.interval if watch else left), 0.01))
+                proc.wait(timeout=max(min(left, watch.interval), 0.01))
                 return None
             except subprocess.TimeoutExpired:
                 if time.monotonic() >= deadline:
                     return "wall time"
-                if watch is not None and watch.over():
+                if watch.over():
                     return "memory"
     finally:
         selector.close()
@@ -309,14 +314,11 @@ class _MemoryWatch:
     def __init__(self, pid: int, limit: int) -> None:
         self.pid = pid
         self.limit = limit
-        self.peak = 0
         self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self.proc_children = os.path.exists(f"/proc/{pid}/task/{pid}/children")
 
     def over(self) -> bool:
-        total = sum(self._rss(pid) for pid in self._tree())
-        self.peak = max(self.peak, total)
-        return total > self.limit
+        return sum(self._rss(pid) for pid in self._tree()) > self.limit
 
     def _tree(self) -> list[int]:
         if not self.proc_children:
