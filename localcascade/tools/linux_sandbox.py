@@ -76,6 +76,9 @@ class Bubblewrap(Sandbox):
     def private_tmp(self):
         yield "/tmp"   # a tmpfs inside the sandbox: nothing on the host to delete
 
+    def private_tmpfs(self, limits: Limits) -> dict[str, int]:
+        return {"/tmp": limits.tmp_bytes, "/dev/shm": limits.shm_bytes}
+
     def command(self, worker_args: list[str], limits: Limits, tmp: str) -> list[str]:
         argv = [
             self.bwrap,

@@ -75,6 +75,9 @@ class Sandbox:
 
     name = "none"
     sandboxed = True
+    def private_tmpfs(self, limits: Limits) -> dict[str, int]:
+        """The run's own tmpfs folders (as seen inside) and their sizes: their files are memory it holds."""
+        return {}
 
     def command(self, worker_args: list[str], limits: Limits, tmp: str) -> list[str]:
         raise NotImplementedError
@@ -118,7 +121,7 @@ class Sandbox:
             args = ["-I", "-c", worker, str(limits.processes), str(result_w), *_site_dirs()]
             argv = self.command(args, limits, tmp)
             return _run_bounded(argv, self.environment(tmp), code.encode("utf-8"), limits, cgroup,
-                                (result_r, result_w), should_stop)
+                                (result_r, result_w), should_stop, self.private_tmpfs(limits))
 
 
 def _site_dirs() -> list[str]:
@@ -166,7 +169,8 @@ def worker_environment(tmp: str = "/tmp") -> dict[str, str]:
 
 def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limits,
                  cgroup, result_pipe: tuple[int, int],
-                 should_stop: Callable[[], bool] | None = None) -> RunOutcome:
+                 should_stop: Callable[[], bool] | None = None,
+                 private_tmpfs: dict[str, int] | None = None) -> RunOutcome:
     """Start ``argv`` with the limits set in the child, feed ``code`` on stdin, capture with bounds.
 
     ``result_pipe``'s write end is handed to the child at its own number (the worker is told it).
@@ -199,7 +203,7 @@ def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limi
     if cgroup is not None and cgroup.limits_memory:
         watch = _CgroupWatch(cgroup)
     else:
-        watch = _MemoryWatch(proc.pid, limits.memory_bytes)
+        watch = _MemoryWatch(proc.pid, limits.memory_bytes, private_tmpfs)
     try:
         stopped = _collect(proc, result_r, out, err, res, limits, started, should_stop, watch)
     except BaseException:
@@ -307,18 +311,43 @@ class _MemoryWatch:
     its init), so the tree is the whole call. Pages shared after a fork are counted once per
     process: the sum errs high, never low. Read from /proc/PID/task/*/children and statm (a few
     files per process, not a scan of the machine's processes); psutil where those are missing.
+
+    What the code writes in the sandbox's own tmpfs folders is memory no RSS shows: their bytes
+    count, and so does each file (an inode and a dentry: 0.9 KiB measured, counted as 1 KiB),
+    or an empty-file loop would hold a gigabyte of kernel memory within a 64 MiB /tmp.
     """
 
     interval = 0.02
+    FILE_BYTES = 1024
 
-    def __init__(self, pid: int, limit: int) -> None:
+    def __init__(self, pid: int, limit: int, private_tmpfs: dict[str, int] | None = None) -> None:
         self.pid = pid
         self.limit = limit
+        self.private_tmpfs = private_tmpfs or {}
         self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self.proc_children = os.path.exists(f"/proc/{pid}/task/{pid}/children")
 
     def over(self) -> bool:
-        return sum(self._rss(pid) for pid in self._tree()) > self.limit
+        tree = self._tree()
+        return sum(self._rss(pid) for pid in tree) + self._tmpfs_bytes(tree) > self.limit
+
+    def _tmpfs_bytes(self, tree: list[int]) -> int:
+        """The tmpfs folders' use, seen through the root of a process inside.
+
+        The launcher (first in the tree) is outside, and a process still setting the sandbox up
+        sees the host's folders: a folder counts only when its size is the one the run gave it.
+        """
+        total = 0
+        for folder, size in self.private_tmpfs.items():
+            for pid in tree[1:]:
+                try:
+                    fs = os.statvfs(f"/proc/{pid}/root{folder}")
+                except OSError:
+                    continue
+                if fs.f_blocks * fs.f_frsize == size:
+                    total += (fs.f_blocks - fs.f_bfree) * fs.f_frsize + (fs.f_files - fs.f_ffree) * self.FILE_BYTES
+                    break
+        return total
 
     def _tree(self) -> list[int]:
         if not self.proc_children:

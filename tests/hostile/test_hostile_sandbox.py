@@ -233,13 +233,39 @@ def test_three_children_are_held_to_one_memory_limit(tool):
 
 def test_without_a_memory_cgroup_the_watch_holds_the_whole_call(sandbox):
     # What a normal user gets where no memory cgroup is delegated: the parent's watch.
-    from localcascade.tools.linux_sandbox import Bubblewrap
-
-    found = find_cgroups()
-    without_memory = Bubblewrap(sandbox.bwrap, RunCgroups([p for p in found.places if "memory" not in p.controllers]))
-    tool = PythonTool(without_memory, LIMITS)
+    tool = PythonTool(_sandbox_holding_memory_by(sandbox, "watch"), LIMITS)
     assert "watched by localcascade" in tool.describe()
     _assert_held_to_one_limit(tool.execute(CHILDREN_HOLD))
+
+
+def _sandbox_holding_memory_by(sandbox, how: str):
+    """The sandbox with its memory held by the cgroup or, the cgroup left out, by the watch."""
+    from localcascade.tools.linux_sandbox import Bubblewrap
+
+    places = find_cgroups().places
+    if how == "cgroup":
+        if not any("memory" in p.controllers for p in places):
+            pytest.skip("no memory cgroup can be made here (a normal user's usual case)")
+        return sandbox
+    return Bubblewrap(sandbox.bwrap, RunCgroups([p for p in places if "memory" not in p.controllers]))
+
+
+SMALL_MEMORY = Limits(cpu_seconds=8, wall_seconds=15, memory_bytes=100 * MIB)
+
+
+@pytest.mark.parametrize("how", ["cgroup", "watch"])
+@pytest.mark.parametrize("code", [
+    # 56 MiB in /tmp plus 60 MiB in the process: each within its own cap, over 100 MiB together.
+    "with open('/tmp/a', 'wb') as f:\n    f.write(b'x' * (8 << 20))\n"
+    "for i in range(6):\n    open(f'/tmp/b{i}', 'wb').write(b'x' * (8 << 20))\n"
+    "block = b'x' * (60 << 20)\nimport time\ntime.sleep(2)\nprint('HELD')",
+    # Empty files: no bytes, yet an inode and a dentry each, kernel memory no RSS shows.
+    "import os\nfor n in range(400000):\n    os.close(os.open(f'/tmp/f{n}', os.O_CREAT | os.O_WRONLY))\nprint('HELD')",
+], ids=["tmp-bytes", "empty-files"])
+def test_what_the_code_keeps_in_tmp_counts_toward_the_calls_memory(sandbox, how, code):
+    result = PythonTool(_sandbox_holding_memory_by(sandbox, how), SMALL_MEMORY).execute(code)
+    assert "HELD" not in result.stdout, result
+    assert result.error == "stopped: its processes used more than 100.0 MiB of memory together", result
 
 
 def test_the_memory_bound_is_said_in_one_line(tool):
