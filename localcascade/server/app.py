@@ -211,7 +211,7 @@ class _Reply:
         self.created = int(time.time())
         self.model_id = model_id
         self.started = started
-        self.filter = AnswerFilter(stop=work.stop, parse_tools=work.parse_tools)
+        self.filter = AnswerFilter(stop=work.stop, parse_tools=work.parse_tools, max_calls=work.max_calls)
         self.reasoning: list[str] = []
         self.calls: list[dict] = []
         self.tool_results: list[dict] = []     # the python calls the server ran (or refused)
