@@ -150,6 +150,28 @@ async def _chat(request: Request, scheduler: Scheduler, settings: ServerSettings
     except ValidationError as err:
         message, param = _validation_message(err)
         return _refused(request, 400, message, param=param)
+    opened = await _open(request, scheduler, settings, req)
+    if not isinstance(opened, _Opened):
+        return opened
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return _streaming(_sse(opened, _ChatChunks(opened.reply, include_usage), request))
+    finished = await _finish(opened, request)
+    return finished if isinstance(finished, JSONResponse) else JSONResponse(finished.completion())
+
+
+@dataclass
+class _Opened:
+    """A request the scheduler took: its reply being assembled and the events that build it."""
+
+    reply: "_Reply"
+    events: object            # the Generation's async iterator, past its Started
+    generation: Generation
+    watcher: asyncio.Task     # cancels the generation when the client goes away
+
+
+async def _open(request: Request, scheduler: Scheduler, settings: ServerSettings, req: ChatRequest):
+    """Submit ``req`` and wait for it to start: an _Opened, or the error response to send."""
     try:
         work = to_work(req)
     except LocalCascadeError as err:
@@ -175,23 +197,28 @@ async def _chat(request: Request, scheduler: Scheduler, settings: ServerSettings
     if isinstance(first, Failed):
         watcher.cancel()
         return _refused(request, first.status, first.message, first.kind, code=first.code)
-    reply = _Reply(settings.model_id, work, first, served is not None)
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_sse(reply, events, generation, watcher, include_usage, request),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return _Opened(_Reply(settings.model_id, work, first, served is not None), events, generation, watcher)
+
+
+async def _finish(opened: _Opened, request: Request):
+    """Run the reply to its end (not streaming): the finished _Reply, or the error response."""
+    reply, generation = opened.reply, opened.generation
     try:
-        async for event in events:
+        async for event in opened.events:
             if isinstance(event, Failed):
                 return _refused(request, event.status, event.message, event.kind, code=event.code)
             reply.take(event, generation)
             if isinstance(event, TurnStats):
-                return JSONResponse(reply.completion())
+                return reply
         raise RuntimeError("the reply ended without its usage")
     finally:
-        watcher.cancel()
+        opened.watcher.cancel()
         if not reply.finished:
             generation.cancel()
+
+
+def _streaming(lines) -> StreamingResponse:
+    return StreamingResponse(lines, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _watch_disconnect(request: Request, generation: Generation) -> None:
@@ -298,31 +325,61 @@ def _sse_line(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _sse(reply: _Reply, events, generation: Generation, watcher: asyncio.Task, include_usage: bool,
-               request: Request):
+class _ChatChunks:
+    """The server-sent events of a streamed chat completion (see _sse for the calls)."""
+
+    def __init__(self, reply: _Reply, include_usage: bool) -> None:
+        self.reply = reply
+        self.include_usage = include_usage
+
+    def start(self) -> list[str]:
+        return [self.reply.chunk({"role": "assistant", "content": ""})]
+
+    def delta(self, delta: dict) -> list[str]:
+        return [self.reply.chunk(delta)]
+
+    def end(self) -> list[str]:
+        reply = self.reply
+        lines = [reply.chunk({}, reply.finish_reason)]
+        if self.include_usage:
+            lines.append(_sse_line({"id": reply.id, "object": "chat.completion.chunk", "created": reply.created,
+                                    "model": reply.model_id, "choices": [], "usage": reply.usage()}))
+        return lines
+
+    def failed(self, message: str, kind: str, code: str | None) -> list[str]:
+        return [_sse_line({"error": {"message": message, "type": kind, "param": None, "code": code}})]
+
+    def close(self) -> list[str]:
+        return ["data: [DONE]\n\n"]
+
+
+async def _sse(opened: _Opened, render, request: Request):
+    """Stream the reply's events as ``render`` (start, delta, end, failed, close) writes them."""
+    reply, generation = opened.reply, opened.generation
     try:
-        yield reply.chunk({"role": "assistant", "content": ""})
-        async for event in events:
+        for line in render.start():
+            yield line
+        async for event in opened.events:
             if isinstance(event, Failed):
                 log(f"{event.status} {request.method} {request.url.path} (mid-stream): {event.message}")
-                yield _sse_line({"error": {"message": event.message, "type": event.kind, "param": None,
-                                           "code": event.code}})
+                for line in render.failed(event.message, event.kind, event.code):
+                    yield line
                 break
             delta = reply.take(event, generation)
-            if delta:
-                yield reply.chunk(delta)
+            for line in render.delta(delta) if delta else ():
+                yield line
             if isinstance(event, TurnStats):
-                yield reply.chunk({}, reply.finish_reason)
-                if include_usage:
-                    yield _sse_line({"id": reply.id, "object": "chat.completion.chunk", "created": reply.created,
-                                     "model": reply.model_id, "choices": [], "usage": reply.usage()})
+                for line in render.end():
+                    yield line
                 break
-        yield "data: [DONE]\n\n"
+        for line in render.close():
+            yield line
     except Exception as err:  # noqa: BLE001 - headers are sent: end the stream with an error event
         message = f"internal error: {type(err).__name__}: {err}"
         log(f"500 {request.method} {request.url.path} (mid-stream): {message}")
-        yield _sse_line({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
+        for line in render.failed(message, "server_error", None):
+            yield line
     finally:
-        watcher.cancel()
+        opened.watcher.cancel()
         if not reply.finished:
             generation.cancel()      # the client went away mid-stream: free its sequence, kill its code
