@@ -1,7 +1,8 @@
 """The HTTP side: OpenAI's routes over the scheduler, errors in OpenAI's shape.
 
 Routes: ``POST /v1/chat/completions`` (JSON or server-sent events),
-``GET /v1/models``, ``GET /health``. With a server tool (``serve --tools python``)
+``POST /v1/responses`` (OpenAI's Responses API, see responses.py), ``GET /v1/models``,
+``GET /v1/models/{id}``, ``GET /health``. With a server tool (``serve --tools python``)
 the code the model runs is reported as ``message.tool_results`` (streaming: one
 ``delta.tool_results`` per call), each entry shaped as ``ask --json``'s ``tool_calls``. Every failure is answered as
 ``{"error": {"message", "type", "param", "code"}}`` with its status and logged
@@ -27,6 +28,7 @@ from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import LocalCascadeError
 from localcascade.server.generation import Generation, RoundEnded, ServerTool, offer_python, with_python
 from localcascade.server.reply import AnswerFilter, openai_tool_calls
+from localcascade.server.responses import ResponsesRequest, ResponseStore, ResponseWriter, conversation, to_chat
 from localcascade.server.scheduler import Failed, QueueFull, Scheduler, Started
 from localcascade.server.schema import ChatRequest, to_work
 from localcascade.tools.loop import ToolCallFinished
@@ -42,6 +44,8 @@ class ServerSettings:
     max_body_bytes: int = 8 * 1024 * 1024
     retry_after_s: int = 2
     tool: ServerTool | None = None     # serve --tools python
+    tools_shown: bool = True           # the chat template lists tools to the model (checked at start)
+    call_tokens: bool = True           # <tool_call> / </tool_call> are tokens of the model's vocabulary
 
 
 class BodyTooLarge(Exception):
@@ -64,29 +68,57 @@ def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
-        # Unknown paths and methods too answer in OpenAI's shape.
-        return _refused(request, err.status_code, str(err.detail), headers=getattr(err, "headers", None))
+        # Unknown paths and methods too answer in OpenAI's shape, naming what is served.
+        message = str(err.detail)
+        if err.status_code in (404, 405):
+            served = ", ".join(f"{method} {path}" for path, method in _served_routes(app))
+            what = "no route" if err.status_code == 404 else "method not allowed for"
+            message = f"{what} {request.method} {request.url.path}; this server serves {served}"
+        return _refused(request, err.status_code, message, headers=getattr(err, "headers", None))
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": settings.model_id, **scheduler.status()}
 
+    model = {"id": settings.model_id, "object": "model", "created": 0, "owned_by": "localcascade"}
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [
-            {"id": settings.model_id, "object": "model", "created": 0, "owned_by": "localcascade"}
-        ]}
+        return {"object": "list", "data": [model]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def one_model(request: Request, model_id: str):
+        if model_id != settings.model_id:
+            return _refused(request, 404, f"The model '{model_id}' does not exist (this server serves "
+                                          f"'{settings.model_id}')", param="model", code="model_not_found")
+        return model
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        try:
-            return await _chat(request, scheduler, settings)
-        except BodyTooLarge:
-            return _refused(request, 413, f"the request body is larger than {settings.max_body_bytes} bytes")
-        except Exception as err:  # noqa: BLE001 - one line in the log, a JSON error to the client
-            return _refused(request, 500, f"internal error: {type(err).__name__}: {err}", kind="server_error")
+        return await _answer(request, settings, _chat(request, scheduler, settings))
+
+    store = ResponseStore()
+
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        return await _answer(request, settings, _responses(request, scheduler, settings, store))
 
     return app
+
+
+def _served_routes(app: FastAPI) -> list[tuple[str, str]]:
+    return [(route.path.replace(":path}", "}"), method) for route in app.routes for method in sorted(getattr(route, "methods", None) or ())
+            if method != "HEAD"]
+
+
+async def _answer(request: Request, settings: ServerSettings, handling):
+    """Await a route's handling: a body over the cap is a 413, any failure one log line and a 500."""
+    try:
+        return await handling
+    except BodyTooLarge:
+        return _refused(request, 413, f"the request body is larger than {settings.max_body_bytes} bytes")
+    except Exception as err:  # noqa: BLE001 - one line in the log, a JSON error to the client
+        return _refused(request, 500, f"internal error: {type(err).__name__}: {err}", kind="server_error")
 
 
 class _Guard:
@@ -160,6 +192,27 @@ async def _chat(request: Request, scheduler: Scheduler, settings: ServerSettings
     return finished if isinstance(finished, JSONResponse) else JSONResponse(finished.completion())
 
 
+async def _responses(request: Request, scheduler: Scheduler, settings: ServerSettings, store: ResponseStore):
+    body = await _read_body(request, settings.max_body_bytes)
+    try:
+        req = ResponsesRequest.model_validate_json(body)
+        messages = conversation(req, store)
+        chat = to_chat(req, messages)
+    except ValidationError as err:
+        message, param = _validation_message(err)
+        return _refused(request, 400, message, param=param)
+    except LocalCascadeError as err:
+        return _refused(request, 400, str(err))
+    opened = await _open(request, scheduler, settings, chat)
+    if not isinstance(opened, _Opened):
+        return opened
+    writer = ResponseWriter(req, opened.reply, messages, store)
+    if req.stream:
+        return _streaming(_sse(opened, writer, request))
+    finished = await _finish(opened, request)
+    return finished if isinstance(finished, JSONResponse) else JSONResponse(writer.finished())
+
+
 @dataclass
 class _Opened:
     """A request the scheduler took: its reply being assembled and the events that build it."""
@@ -173,9 +226,13 @@ class _Opened:
 async def _open(request: Request, scheduler: Scheduler, settings: ServerSettings, req: ChatRequest):
     """Submit ``req`` and wait for it to start: an _Opened, or the error response to send."""
     try:
-        work = to_work(req)
+        work = to_work(req, call_tokens=settings.call_tokens)
     except LocalCascadeError as err:
         return _refused(request, 400, str(err))
+    if work.forced_call is not None and not settings.tools_shown:
+        return _refused(request, 400, "tool_choice forces a tool call, but this model's chat template does not "
+                                      "show tools to the model (serve with --chat-template FILE that renders them)",
+                        param="tool_choice")
 
     served = settings.tool if settings.tool is not None and offer_python(work, req.tool_choice) else None
     if served is not None:

@@ -89,3 +89,20 @@ def _value(schema, rule: str, converter) -> str:
 
 def _literal(text: str) -> str:
     return json.dumps(text)     # GBNF literals take JSON's escapes (\n, \", \uXXXX)
+
+
+_PROBE_TOOL = {"type": "function", "function": {
+    "name": "localcascade_probe", "description": "probe",
+    "parameters": {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}}
+
+
+def template_shows_tools(template) -> bool:
+    """Whether the chat template shows tools to the model: a conversation rendered with a tool and
+    without one must differ (a template that ignores ``tools`` drops them silently)."""
+    messages = [{"role": "user", "content": "hello"}]
+    try:
+        with_tool = template.render(messages, add_generation_prompt=True, enable_thinking=True, tools=[_PROBE_TOOL])
+        without = template.render(messages, add_generation_prompt=True, enable_thinking=True, tools=None)
+    except Exception:  # noqa: BLE001 - a template that fails on tools does not show them either
+        return False
+    return with_tool != without
