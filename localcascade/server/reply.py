@@ -7,7 +7,7 @@ holds tool-call XML, as it never holds think tags: a block that does not parse (
 that a stop string or the token limit cut short) is dropped, not shown raw.
 Stop strings apply to the whole reply, inside tool-call blocks too, as they would to
 any text the model writes; ``max_calls`` (``parallel_tool_calls: false``) ends the
-reply after that many complete calls.
+reply when the model starts a call beyond that many.
 """
 
 from __future__ import annotations
@@ -94,8 +94,12 @@ class AnswerFilter:
                     break
                 end = at + len(TOOL_CLOSE)
             else:
-                self.stopped = True
-                tools = tools[:end]
+                # The calls allowed are complete: the reply ends if the model starts another (a reply
+                # that just ends after them is left to end, so its conversation stays reusable).
+                more = tools.find(TOOL_OPEN, end)
+                if more >= 0:
+                    self.stopped = True
+                    tools = tools[:more]
         self._tools = tools
 
     @property
