@@ -61,6 +61,12 @@ def test_the_thinking_is_a_reasoning_item_before_the_message(client):
     assert reasoning.content[0].text.strip()
     assert "<think>" not in r.output_text and r.output_text == "Done."
     assert 0 < r.usage.output_tokens_details.reasoning_tokens <= 6 + 4   # the budget, plus the forced close
+    # A client keeping the conversation itself sends the output items back as input.
+    again = client.responses.create(
+        model="m", extra_body=answer("Again.", **no_think(), seed=2),
+        input=[{"role": "user", "content": "Think, then answer."}] + [item.model_dump() for item in r.output]
+        + [{"role": "user", "content": "And again?"}])
+    assert again.output_text == "Again." and again.usage.input_tokens > r.usage.input_tokens
 
 
 def test_streaming_follows_the_documented_event_sequence(client):

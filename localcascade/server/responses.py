@@ -180,7 +180,9 @@ def conversation(req: ResponsesRequest, store: ResponseStore) -> list[dict]:
                 tool["name"] = names[item.call_id]
             messages.append(tool)
         elif kind == "reasoning":
-            reasoning = "".join(part.text or "" for part in item.summary or ()) or None
+            # Our own reasoning items carry the thought as content; OpenAI's as a summary.
+            parts = item.content if isinstance(item.content, list) and item.content else item.summary or ()
+            reasoning = "".join(part.text or "" for part in parts) or None
         else:
             raise UsageError(f"{where}: input items of type {kind!r} are not served (messages, function_call, "
                              "function_call_output and reasoning are)")
