@@ -181,3 +181,23 @@ def test_what_cannot_be_served_is_a_400_in_openais_shape(server):
         assert r.status_code == 400, (body, r.text)
         error = r.json()["error"]
         assert words in error["message"] and error["type"] == "invalid_request_error", (body, error)
+
+
+def test_the_async_client_streams_a_response(server):
+    import asyncio
+
+    async def run() -> tuple[list[str], str]:
+        client = openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
+        try:
+            stream = await client.responses.create(model="m", input="Hi", stream=True,
+                                                   extra_body=answer("Async hello.", **no_think(), seed=12))
+            events = [event async for event in stream]
+            again = await client.responses.create(model="m", input="Again", previous_response_id=events[-1].response.id,
+                                                  extra_body=answer("Async again.", **no_think(), seed=13))
+            return [e.type for e in events], again.output_text
+        finally:
+            await client.close()
+
+    kinds, text = asyncio.run(run())
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert text == "Async again."

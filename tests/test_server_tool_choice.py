@@ -201,6 +201,29 @@ def test_an_unknown_route_is_named_with_the_served_ones(server):
     assert r.status_code == 405 and "GET /v1/chat/completions" in r.json()["error"]["message"]
 
 
+def test_the_raw_cases_through_curl(server):
+    import shutil
+    import subprocess
+
+    if shutil.which("curl") is None:
+        pytest.skip("no curl on this machine")
+
+    def curl(*args: str) -> tuple[int, dict]:
+        out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+        body, status = out.rsplit("\n", 1)
+        return int(status), json.loads(body)
+
+    status, body = curl("-X", "POST", server.base_url + "/completions", "-d", "{}")
+    assert status == 404 and "POST /v1/responses" in body["error"]["message"]
+    status, body = curl(server.base_url + "/models/nope")
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+    status, body = curl(server.base_url + "/chat/completions", "-H", "Content-Type: application/json", "-d",
+                        json.dumps({"messages": HELLO, "tools": TOOLS, "tool_choice": {
+                            "type": "function", "function": {"name": "get_stock"}}}))
+    assert status == 400 and "'get_stock'" in body["error"]["message"]
+
+
 def test_one_model_by_id(server, client):
     [model] = client.models.list().data
     assert client.models.retrieve(model.id).id == model.id

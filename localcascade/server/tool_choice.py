@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 
-_SPACE = 'ws ::= [ \\t\\n]*'
+# Before and between calls: a little whitespace (a model writes a newline or two; unbounded, a
+# model could pad forever without ever writing the call it is made to write).
+_SPACE = 'ws ::= [ \\t\\n]{0,6}'
 # Raw text that cannot close the parameter early: any character, but "<" never followed by "/".
 _STRING = 'raw-string ::= ([^<] | "<" [^/])*'
 _ANY_PARAMETER = 'any-parameter ::= "<parameter=" [a-zA-Z0-9_.-]+ ">\\n" raw-string "\\n</parameter>\\n"'
