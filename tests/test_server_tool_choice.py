@@ -71,6 +71,18 @@ def test_required_forces_a_call_that_auto_does_not_get(client):
             assert isinstance(arguments["days"], int)
 
 
+def test_a_forced_call_comes_even_where_the_model_would_end_inside_its_thought(client):
+    # With this seed the model ends its reply during its thought (no answer at all) ...
+    auto = chat(client, tools=TOOLS, seed=31, max_tokens=1500)
+    assert auto.choices[0].finish_reason == "stop" and not auto.choices[0].message.content
+    thought = auto.usage.completion_tokens_details.reasoning_tokens
+    assert thought == auto.usage.completion_tokens < 1500
+    # ... forced, the thought is closed where it would have ended and the call follows.
+    r = chat(client, tools=TOOLS, seed=31, max_tokens=1500, tool_choice="required", parallel_tool_calls=False)
+    assert r.choices[0].finish_reason == "tool_calls" and len(r.choices[0].message.tool_calls) == 1
+    assert thought <= r.usage.completion_tokens_details.reasoning_tokens <= thought + 4
+
+
 def test_a_named_function_is_the_one_called_once(client):
     for seed in (2, 3):
         r = chat(client, tools=TOOLS, seed=seed, tool_choice={"type": "function", "function": {"name": "get_time"}},
