@@ -127,6 +127,9 @@ def test_tool_choice_that_cannot_be_honoured_is_a_400(server):
         ({"tools": TOOLS, "tool_choice": "sometimes"}, 'tool_choice must be "none", "auto", "required"'),
         ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}},
          "cannot be combined with grammar or response_format"),
+        ({"tools": [{"type": "function", "function": {"name": "odd", "parameters": {
+            "type": "object", "properties": {"a": {"type": "array", "items": {"type": "string", "pattern": "[a-"}}}}}}],
+          "tool_choice": "required"}, "the parameters of 'odd' cannot be turned into a grammar"),
     ]
     for extra, words in cases:
         r = httpx.post(url, json={"messages": HELLO, **extra}, timeout=30)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import json
 
+from localcascade.errors import UsageError
+
 # Before and between calls: a little whitespace (a model writes a newline or two; unbounded, a
 # model could pad forever without ever writing the call it is made to write).
 _SPACE = 'ws ::= [ \\t\\n]{0,6}'
@@ -49,7 +51,11 @@ def call_grammar(tools: list[dict] | None, forced: str, *, max_calls: int | None
     for i, function in enumerate(chosen):
         name = f"function-{i}"
         names.append(name)
-        parameters = _parameters(function.get("parameters"), f"{name}-p", converter, rules)
+        try:
+            parameters = _parameters(function.get("parameters"), f"{name}-p", converter, rules)
+        except Exception as err:  # noqa: BLE001 - the converter asserts and raises bare Exceptions
+            raise UsageError(f"tool_choice: the parameters of {function['name']!r} cannot be turned into a "
+                             f"grammar: {err}") from None
         rules.append(f'{name} ::= {_literal("<function=" + function["name"] + ">" + chr(10))} {parameters}')
     open_, close = ("<tool_call>", "</tool_call>") if call_tokens else ('"<tool_call>"', '"</tool_call>"')
     rules.append(f'call ::= {open_} "\\n" ({" | ".join(names)}) "</function>\\n" {close}')
