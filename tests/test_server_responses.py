@@ -145,7 +145,8 @@ def test_function_call_and_its_output_round_trip(client):
 
 
 def test_streamed_function_call_events(client):
-    events = list(client.responses.create(model="m", input="Weather?", tools=[WEATHER], stream=True, tool_choice={"type": "function", "name": "get_weather"},
+    events = list(client.responses.create(model="m", input="Weather?", tools=[WEATHER], stream=True,
+                                          tool_choice={"type": "function", "name": "get_weather"},
                                           extra_body={**no_think(), "seed": 10}))
     kinds = [e.type for e in events]
     assert "response.function_call_arguments.delta" in kinds
@@ -159,7 +160,8 @@ def test_streamed_function_call_events(client):
 def test_text_format_json_schema_gives_json(client):
     schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
               "additionalProperties": False}
-    r = client.responses.create(model="m", input="Is it ok?", max_output_tokens=200, extra_body={**no_think(), "seed": 11},
+    r = client.responses.create(model="m", input="Is it ok?", max_output_tokens=200,
+                                extra_body={**no_think(), "seed": 11},
                                 text={"format": {"type": "json_schema", "name": "verdict", "schema": schema}})
     assert isinstance(json.loads(r.output_text)["ok"], bool)
     assert r.text.format.type == "json_schema"

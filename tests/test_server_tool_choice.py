@@ -160,7 +160,8 @@ def test_an_unparsable_or_unfinished_block_never_reaches_content(client):
     assert not message.tool_calls
     assert "tool_call" not in message.content and "not a call" not in message.content
     assert message.content.startswith("Before.") and message.content.endswith("After.")
-    cut = chat(client, tools=[WEATHER_TOOL], seed=9, max_tokens=5, extra_body={**no_think(), "grammar": TOOL_CALL_GRAMMAR})
+    cut = chat(client, tools=[WEATHER_TOOL], seed=9, max_tokens=5,
+               extra_body={**no_think(), "grammar": TOOL_CALL_GRAMMAR})
     assert cut.choices[0].finish_reason == "length"
     assert not cut.choices[0].message.tool_calls and "<" not in (cut.choices[0].message.content or "")
 

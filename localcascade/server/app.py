@@ -107,8 +107,9 @@ def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
 
 
 def _served_routes(app: FastAPI) -> list[tuple[str, str]]:
-    return [(route.path.replace(":path}", "}"), method) for route in app.routes for method in sorted(getattr(route, "methods", None) or ())
-            if method != "HEAD"]
+    """(path, method) of each route, as a client would write them."""
+    return [(route.path.replace(":path}", "}"), method) for route in app.routes
+            for method in sorted(getattr(route, "methods", None) or ()) if method != "HEAD"]
 
 
 async def _answer(request: Request, settings: ServerSettings, handling):

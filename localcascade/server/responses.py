@@ -367,7 +367,8 @@ class ResponseWriter:
         return lines + [self._event(kind, response=response)]
 
     def failed(self, message: str, kind: str, code: str | None) -> list[str]:
-        failed = dict(self.response("in_progress", list(self._items)), status="failed", error={"code": code or kind, "message": message})
+        failed = dict(self.response("in_progress", list(self._items)), status="failed",
+                      error={"code": code or kind, "message": message})
         return [self._event("error", code=code or kind, message=message, param=None),
                 self._event("response.failed", response=failed)]
 
