@@ -30,7 +30,7 @@ from localcascade.server.generation import Generation, RoundEnded, ServerTool, o
 from localcascade.server.reply import AnswerFilter, openai_tool_calls
 from localcascade.server.responses import ResponsesRequest, ResponseStore, ResponseWriter, conversation, to_chat
 from localcascade.server.scheduler import Failed, QueueFull, Scheduler, Started
-from localcascade.server.schema import ChatRequest, to_work
+from localcascade.server.schema import ChatRequest, quoted, to_work
 from localcascade.tools.loop import ToolCallFinished
 from localcascade.tools.python_tool import NAME as PYTHON
 
@@ -73,7 +73,9 @@ def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
         if err.status_code in (404, 405):
             served = ", ".join(f"{method} {path}" for path, method in _served_routes(app))
             what = "no route" if err.status_code == 404 else "method not allowed for"
-            message = f"{what} {request.method} {request.url.path}; this server serves {served}"
+            path = request.url.path
+            path = path if len(path) <= 200 else path[:200] + "..."
+            message = f"{what} {request.method} {path}; this server serves {served}"
         return _refused(request, err.status_code, message, headers=getattr(err, "headers", None))
 
     @app.get("/health")
@@ -89,8 +91,8 @@ def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
     @app.get("/v1/models/{model_id:path}")
     async def one_model(request: Request, model_id: str):
         if model_id != settings.model_id:
-            return _refused(request, 404, f"The model '{model_id}' does not exist (this server serves "
-                                          f"'{settings.model_id}')", param="model", code="model_not_found")
+            return _refused(request, 404, f"The model {quoted(model_id)} does not exist (this server serves "
+                                          f"{quoted(settings.model_id)})", param="model", code="model_not_found")
         return model
 
     @app.post("/v1/chat/completions")

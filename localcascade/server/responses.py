@@ -29,7 +29,7 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from localcascade.errors import UsageError
-from localcascade.server.schema import ChatRequest
+from localcascade.server.schema import ChatRequest, quoted
 
 MAX_STORED = 256                       # responses kept for previous_response_id
 MAX_STORED_CHARS = 32 * 1024 * 1024    # and their conversations' text, all together
@@ -135,8 +135,8 @@ class ResponseStore:
             if found is not None:
                 self._items.move_to_end(response_id)
         if found is None:
-            raise UsageError(f"previous_response_id {response_id!r} is not held by this server: it keeps the last "
-                             f"{self.max_items} responses in memory (until it restarts); send the conversation "
+            raise UsageError(f"previous_response_id {quoted(response_id)} is not held by this server: it keeps "
+                             f"the last {self.max_items} responses in memory (until it restarts); send the conversation "
                              "as input items instead")
         return [dict(m) for m in found[0]]
 
@@ -184,7 +184,7 @@ def conversation(req: ResponsesRequest, store: ResponseStore) -> list[dict]:
             parts = item.content if isinstance(item.content, list) and item.content else item.summary or ()
             reasoning = "".join(part.text or "" for part in parts) or None
         else:
-            raise UsageError(f"{where}: input items of type {kind!r} are not served (messages, function_call, "
+            raise UsageError(f"{where}: input items of type {quoted(kind)} are not served (messages, function_call, "
                              "function_call_output and reasoning are)")
     return messages
 
@@ -201,7 +201,7 @@ def _text(content, where: str) -> str:
     parts = []
     for part in content:
         if part.type not in ("input_text", "output_text", "text") or part.text is None:
-            raise UsageError(f"{where}: only text content is served, not {part.type!r}")
+            raise UsageError(f"{where}: only text content is served, not {quoted(part.type)}")
         parts.append(part.text)
     return "".join(parts)
 
@@ -217,7 +217,7 @@ def to_chat(req: ResponsesRequest, messages: list[dict]) -> ChatRequest:
         tools = []
         for i, tool in enumerate(req.tools):
             if tool.type != "function" or not tool.name:
-                raise UsageError(f"tools[{i}]: only function tools (with a name) are served, not {tool.type!r}")
+                raise UsageError(f"tools[{i}]: only function tools (with a name) are served, not {quoted(tool.type)}")
             tools.append({"type": "function", "function": tool.model_dump(
                 include={"name", "description", "parameters"}, exclude_none=True)})
     body: dict = {

@@ -157,6 +157,11 @@ def to_work(req: ChatRequest, *, call_tokens: bool = True) -> Work:
                 max_calls=max_calls)
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """``text`` as an error message quotes it: repr'd, and cut (a client's string can be megabytes)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
 def forced_tool(choice, tools: Optional[list[ToolSpec]]) -> Optional[str]:
     """What ``tool_choice`` forces: None (auto, none), "*" (required: any tool) or a tool's name.
 
@@ -176,16 +181,16 @@ def forced_tool(choice, tools: Optional[list[ToolSpec]]) -> Optional[str]:
         if not isinstance(name, str):
             raise UsageError("tool_choice: a function choice needs the function's name")
         if name not in names:
-            served = ", ".join(repr(n) for n in names) or "none"
-            raise UsageError(f"tool_choice names the function {name!r}, which is not among the request's "
-                             f"tools ({served})")
+            served = ", ".join(quoted(n) for n in names[:20]) or "none"
+            raise UsageError(f"tool_choice names the function {quoted(name)}, which is not among the request's "
+                             f"tools ({served}{', ...' if len(names) > 20 else ''})")
         return name
     raise UsageError('tool_choice must be "none", "auto", "required" or {"type": "function", '
                      '"function": {"name": ...}}')
 
 
 def _choice_name(forced: str) -> str:
-    return '"required"' if forced == "*" else f"naming {forced!r}"
+    return '"required"' if forced == "*" else f"naming {quoted(forced)}"
 
 
 @lru_cache(maxsize=1)
@@ -202,7 +207,7 @@ def _thinking(req: ChatRequest) -> tuple[bool, Optional[int]]:
     if effort is not None:
         efforts = reasoning_efforts()
         if effort not in efforts:
-            raise UsageError(f"reasoning_effort {effort!r}: use one of {', '.join(efforts)}")
+            raise UsageError(f"reasoning_effort {quoted(effort)}: use one of {', '.join(efforts)}")
         think = efforts[effort] != "off"
         budget = efforts[effort] if think else None
     kwargs = req.chat_template_kwargs or {}

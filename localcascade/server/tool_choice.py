@@ -54,8 +54,8 @@ def call_grammar(tools: list[dict] | None, forced: str, *, max_calls: int | None
         try:
             parameters = _parameters(function.get("parameters"), f"{name}-p", converter, rules)
         except Exception as err:  # noqa: BLE001 - the converter asserts and raises bare Exceptions
-            raise UsageError(f"tool_choice: the parameters of {function['name']!r} cannot be turned into a "
-                             f"grammar: {err}") from None
+            raise UsageError(f"tool_choice: the parameters of {function['name'][:80]!r} cannot be turned into a "
+                             f"grammar: {str(err)[:200]}") from None
         rules.append(f'{name} ::= {_literal("<function=" + function["name"] + ">" + chr(10))} {parameters}')
     open_, close = ("<tool_call>", "</tool_call>") if call_tokens else ('"<tool_call>"', '"</tool_call>"')
     rules.append(f'call ::= {open_} "\\n" ({" | ".join(names)}) "</function>\\n" {close}')
