@@ -94,7 +94,15 @@ def _serve(listener, host, spec, request, chat_template, api_key, queue, body_li
             from localcascade.server.generation import ServerTool
 
             served = ServerTool(tool, max_calls)
-        settings = ServerSettings(model_id=model_path.stem, api_key=api_key, max_body_bytes=body_limit, tool=served)
+        from localcascade.server.tool_choice import template_shows_tools
+
+        tools_shown = template_shows_tools(engine.template)
+        call_tokens = None not in (engine.tool_call_open, engine.tool_call_close)
+        settings = ServerSettings(model_id=model_path.stem, api_key=api_key, max_body_bytes=body_limit, tool=served,
+                                  tools_shown=tools_shown, call_tokens=call_tokens)
+        if not tools_shown:
+            _say("warning: the chat template does not show tools to the model: requests' tools are not seen, "
+                 "and tool_choice \"required\" or a named function is refused (--chat-template FILE to fix)")
         if not is_loopback(host) and api_key is None:
             _say(f"warning: listening on {host} without an API key: anyone who can reach this port "
                  f"can use the model (set {API_KEY_ENV} or --api-key-file)")

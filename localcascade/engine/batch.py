@@ -13,7 +13,9 @@ own recurrent-state cell, the layout the planner's memory model prices.
 
 Replies split thinking from answer by token id as ``Chat`` does. A grammar here
 constrains the answer only (it starts after ``</think>``): a reasoning model
-must be free to think before it answers in a required shape.
+must be free to think before it answers in a required shape; and since the answer
+is required, a reply whose model would end it inside the thought gets the thought
+closed for it (as a spent thinking budget does) and answers.
 
 A reply may stop right after a ``</tool_call>`` (stop_reason "tool_call") when its
 ``stop_after_call`` says so, handing its answer sampler (the grammar's state) over
@@ -242,14 +244,14 @@ class BatchDecoder:
         if len(self.held[turn.seq]) >= engine.n_ctx_seq:
             return self._finish(turn, "length")
         if (turn.in_thinking and turn.options.think_budget is not None
-                and turn.thinking.tokens >= turn.options.think_budget):
-            close = next((ids for ids in (self._close_ids, [engine.think_close]) if turn.sampler.allows(ids)), None)
-            if close is not None and len(self.held[turn.seq]) + len(close) < engine.n_ctx_seq:
-                self._end_thinking(turn)
-                turn.todo = list(close)
-                return None
+                and turn.thinking.tokens >= turn.options.think_budget and self._close_thought(turn)):
+            return None
         token = turn.sampler.sample(engine.context, row)
         if engine.vocab.is_eog(token):
+            # A grammar means an answer in its shape is wanted (a forced tool call, a JSON schema):
+            # a reply that would end inside its thought has the thought closed and answers instead.
+            if turn.in_thinking and turn.options.grammar and self._close_thought(turn):
+                return None
             turn.end_token = token
             return self._finish(turn, "stop")
         channel = turn.thinking if turn.in_thinking else turn.answer
@@ -272,6 +274,16 @@ class BatchDecoder:
                 return self._finish(turn, "tool_call")
         turn.todo = [token]
         return None
+
+    def _close_thought(self, turn: BatchTurn) -> bool:
+        """Feed the end of the thought next (as the thinking budget does) if it fits; False if not."""
+        engine = self.engine
+        close = next((ids for ids in (self._close_ids, [engine.think_close]) if turn.sampler.allows(ids)), None)
+        if close is None or len(self.held[turn.seq]) + len(close) >= engine.n_ctx_seq:
+            return False
+        self._end_thinking(turn)
+        turn.todo = list(close)
+        return True
 
     @property
     def _shown_specials(self) -> frozenset[int]:

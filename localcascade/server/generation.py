@@ -58,7 +58,7 @@ def with_python(work: Work) -> Work:
 
 def read_round(text: str, work: Work) -> tuple[str, list]:
     """(content, tool calls) of a round's answer text, as the client is shown them."""
-    shown = AnswerFilter(stop=work.stop, parse_tools=work.parse_tools)
+    shown = AnswerFilter(stop=work.stop, parse_tools=work.parse_tools, max_calls=work.max_calls)
     shown.feed(text)
     _, calls = shown.finish()
     return shown.content, calls
