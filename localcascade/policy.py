@@ -238,8 +238,10 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
             raise DoesNotFitError(plan.reasons[0] + _what_fits(facts, hw, request, name, source, limits))
         return plan
     if (request.n_seq or 1) > 1:
-        # Several conversations: the floor is per conversation, and nothing smaller is chosen silently.
-        request = replace(request, n_ctx=policy.floor(request.think if think is None else think))
+        # Several conversations: the floor is per conversation, and nothing smaller is chosen silently;
+        # nor anything longer than the model was trained on (its answers past that are noise).
+        floor = policy.floor(request.think if think is None else think)
+        request = replace(request, n_ctx=min(floor, facts.n_ctx_train) if facts.n_ctx_train else floor)
         return plan_for_facts(facts, hw, request, think=think, name=name, source=source, policy=policy,
                               limits=limits)
     choice = recommend(hw, [_OneModel(facts, name, source)], request, think=think, policy=policy, limits=limits)

@@ -5,29 +5,32 @@ Routes: ``POST /v1/chat/completions`` (JSON or server-sent events),
 the code the model runs is reported as ``message.tool_results`` (streaming: one
 ``delta.tool_results`` per call), each entry shaped as ``ask --json``'s ``tool_calls``. Every failure is answered as
 ``{"error": {"message", "type", "param", "code"}}`` with its status and logged
-as one line on stderr; no traceback ever reaches a client or the log.
+as one line on stderr; no traceback ever reaches a client or the log. What a request must be
+before it reaches a route (host, origin, key, size, content type) is ``guard``'s. Parsing a
+body runs on a worker thread, not on the event loop that answers every other client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import LocalCascadeError
+from localcascade.server.errors import log, refused
 from localcascade.server.generation import Generation, RoundEnded, ServerTool, offer_python, with_python
+from localcascade.server.guard import BodyRefused, Guard, GuardSettings, UploadBudget, read_body
 from localcascade.server.reply import AnswerFilter, openai_tool_calls
-from localcascade.server.scheduler import Failed, QueueFull, Scheduler, Started
+from localcascade.server.scheduler import Failed, QueueFull, Scheduler, Started, Unavailable
 from localcascade.server.schema import ChatRequest, to_work
 from localcascade.tools.loop import ToolCallFinished
 from localcascade.tools.python_tool import NAME as PYTHON
@@ -38,29 +41,15 @@ DISCONNECT_POLL_S = 0.05
 @dataclass(frozen=True)
 class ServerSettings:
     model_id: str
-    api_key: str | None = None
-    max_body_bytes: int = 8 * 1024 * 1024
+    guard: GuardSettings = GuardSettings()
     retry_after_s: int = 2
     tool: ServerTool | None = None     # serve --tools python
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-def log(line: str) -> None:
-    print(f"localcascade: {line}", file=sys.stderr, flush=True)
-
-
-def error_response(status: int, message: str, kind: str = "invalid_request_error", *,
-                   param: str | None = None, code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status, headers=headers)
-
-
 def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="localcascade", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_Guard, settings=settings)
+    app.add_middleware(Guard, settings=settings.guard)
+    uploads = UploadBudget(settings.guard.upload_budget_bytes)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
@@ -69,7 +58,12 @@ def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": settings.model_id, **scheduler.status()}
+        # Not ok (503) when the decoder thread is dead or stuck: every request would wait on it.
+        trouble = scheduler.liveness()
+        body = {"status": "ok" if trouble is None else "error", "model": settings.model_id, **scheduler.status()}
+        if trouble is not None:
+            body["error"] = trouble
+        return JSONResponse(body, status_code=200 if trouble is None else 503)
 
     @app.get("/v1/models")
     async def models():
@@ -80,42 +74,18 @@ def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         try:
-            return await _chat(request, scheduler, settings)
-        except BodyTooLarge:
-            return _refused(request, 413, f"the request body is larger than {settings.max_body_bytes} bytes")
+            return await _chat(request, scheduler, settings, uploads)
+        except BodyRefused as err:
+            headers = {"Retry-After": str(settings.retry_after_s)} if err.status == 503 else None
+            return _refused(request, err.status, err.message, code=err.code, headers=headers)
+        except ClientDisconnect:
+            log(f"{request.method} {request.url.path}: the client went away before its request was read",
+                kind="disconnect")
+            return Response(status_code=499)     # nobody receives it
         except Exception as err:  # noqa: BLE001 - one line in the log, a JSON error to the client
             return _refused(request, 500, f"internal error: {type(err).__name__}: {err}", kind="server_error")
 
     return app
-
-
-class _Guard:
-    """Body size cap (by Content-Length) and API key, before any route runs (plain ASGI, so
-    streaming and disconnects pass through untouched)."""
-
-    def __init__(self, app, settings: ServerSettings) -> None:
-        self.app = app
-        self.settings = settings
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        settings = self.settings
-        request = Request(scope, receive)
-        length = request.headers.get("content-length", "")
-        refusal = None
-        if length.isdigit() and int(length) > settings.max_body_bytes:
-            refusal = _refused(request, 413, f"the request body is {length} bytes; at most "
-                                             f"{settings.max_body_bytes} are accepted")
-        elif settings.api_key is not None and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            token = given[7:].strip() if given[:7].lower() == "bearer " else ""
-            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-                refusal = _refused(request, 401, "invalid or missing API key (Authorization: Bearer KEY)",
-                                   kind="authentication_error", code="invalid_api_key")
-        if refusal is not None:
-            return await refusal(scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 def _validation_message(err: ValidationError) -> tuple[str, str | None]:
@@ -129,31 +99,25 @@ def _validation_message(err: ValidationError) -> tuple[str, str | None]:
 
 
 def _refused(request: Request, status: int, message: str, kind: str = "invalid_request_error", **extra) -> JSONResponse:
-    log(f"{status} {request.method} {request.url.path}: {message}")
-    return error_response(status, message, kind, **extra)
+    return refused(request.method, request.url.path, status, message, kind, **extra)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _parse(body: bytes) -> tuple[ChatRequest, object]:
+    """(the request, its Work); ValidationError or LocalCascadeError for a bad one (run off the loop)."""
+    req = ChatRequest.model_validate_json(body)
+    return req, to_work(req)
 
 
-async def _chat(request: Request, scheduler: Scheduler, settings: ServerSettings):
-    body = await _read_body(request, settings.max_body_bytes)
+async def _chat(request: Request, scheduler: Scheduler, settings: ServerSettings, uploads: UploadBudget):
+    body = await read_body(request, settings.guard, uploads)
     try:
-        req = ChatRequest.model_validate_json(body)
+        req, work = await asyncio.to_thread(_parse, body)
     except ValidationError as err:
         message, param = _validation_message(err)
         return _refused(request, 400, message, param=param)
-    try:
-        work = to_work(req)
     except LocalCascadeError as err:
         return _refused(request, 400, str(err))
+    del body
 
     served = settings.tool if settings.tool is not None and offer_python(work, req.tool_choice) else None
     if served is not None:
@@ -164,6 +128,8 @@ async def _chat(request: Request, scheduler: Scheduler, settings: ServerSettings
     except QueueFull:
         return _refused(request, 503, "the server is busy: every conversation slot and the queue are full; retry later",
                         kind="server_error", code="queue_full", headers={"Retry-After": str(settings.retry_after_s)})
+    except Unavailable as err:
+        return _refused(request, 503, str(err), kind="server_error", code="unavailable")
     watcher = asyncio.create_task(_watch_disconnect(request, generation))
     events = generation.events()
     try:
@@ -304,7 +270,8 @@ async def _sse(reply: _Reply, events, generation: Generation, watcher: asyncio.T
         yield reply.chunk({"role": "assistant", "content": ""})
         async for event in events:
             if isinstance(event, Failed):
-                log(f"{event.status} {request.method} {request.url.path} (mid-stream): {event.message}")
+                log(f"{event.status} {request.method} {request.url.path} (mid-stream): {event.message}",
+                    kind=str(event.status))
                 yield _sse_line({"error": {"message": event.message, "type": event.kind, "param": None,
                                            "code": event.code}})
                 break
@@ -320,7 +287,7 @@ async def _sse(reply: _Reply, events, generation: Generation, watcher: asyncio.T
         yield "data: [DONE]\n\n"
     except Exception as err:  # noqa: BLE001 - headers are sent: end the stream with an error event
         message = f"internal error: {type(err).__name__}: {err}"
-        log(f"500 {request.method} {request.url.path} (mid-stream): {message}")
+        log(f"500 {request.method} {request.url.path} (mid-stream): {message}", kind="500")
         yield _sse_line({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
     finally:
         watcher.cancel()

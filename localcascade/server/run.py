@@ -1,14 +1,41 @@
-"""Running the server: a socket bound before the model loads, the decoding thread, uvicorn."""
+"""Running the server: a socket bound before the model loads, the decoding thread, uvicorn.
+
+uvicorn holds every connection it accepts for as long as the client likes unless told
+otherwise, so the limits are set here: request headers must be complete within
+``HEADER_TIMEOUT_S`` of a connection's opening (or of its previous reply), an idle kept-alive
+connection is closed after ``KEEP_ALIVE_S``, a request's headers may hold ``MAX_HEADER_BYTES``,
+and at most ``max_connections`` are open at once (a connection past it is closed at once).
+Bodies have their own deadline and budget (``guard.read_body``). uvicorn's and asyncio's log
+lines (refused connections, the ``accept()`` errors at the file-descriptor limit) come out as
+one line each, no traceback, at most one a second for each source.
+
+SIGINT or SIGTERM stops the server gracefully: no new connection is taken, every reply in
+flight ends at once (a stream with an error event and ``[DONE]``, a plain request with a 503),
+the connections get ``SHUTDOWN_GRACE_S`` to finish, and ``serve`` says one line and exits 0.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import logging
+import resource
+import signal
 import socket
 
 from localcascade.engine.session import Engine
 from localcascade.errors import UsageError
 from localcascade.server.app import ServerSettings, create_app
+from localcascade.server.errors import log as _log
 from localcascade.server.scheduler import Scheduler
+
+HEADER_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5
+MAX_HEADER_BYTES = 16 * 1024          # h11's buffer for a request line and headers
+MAX_CONNECTIONS = 256
+FD_RESERVE = 64                       # descriptors left for the model, the sandbox and the log
+SHUTDOWN_GRACE_S = 5
+SHUTDOWN_MESSAGE = "the server is shutting down"
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -43,14 +70,136 @@ def base_url(listener: socket.socket) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
 
-def serve_forever(engine: Engine, listener: socket.socket, settings: ServerSettings, *, queue_size: int) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn's graceful shutdown), then stop every reply in flight."""
+def connection_cap() -> int:
+    """How many connections may be open at once: ``MAX_CONNECTIONS``, or fewer when the process's
+    file-descriptor limit (raised to its hard limit first) would not hold them and the rest."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        want = MAX_CONNECTIONS * 4 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+            soft = max(soft, want)
+    return max(1, min(MAX_CONNECTIONS, soft - FD_RESERVE))
+
+
+def serve_forever(engine: Engine, listener: socket.socket, settings: ServerSettings, *, queue_size: int,
+                  max_connections: int | None = None) -> str | None:
+    """Serve until SIGINT/SIGTERM; the name of the signal that stopped it (None if none did)."""
     import uvicorn
 
+    _quiet_logs()
     scheduler = Scheduler(engine, queue_size=queue_size).start()
     try:
-        config = uvicorn.Config(create_app(scheduler, settings), log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=2)
-        uvicorn.Server(config).run(sockets=[listener])
+        config = uvicorn.Config(
+            create_app(scheduler, settings), log_config=None, log_level="warning", access_log=False,
+            lifespan="off", http=_protocol(), timeout_keep_alive=KEEP_ALIVE_S,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            limit_concurrency=max_connections or connection_cap(), timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
+        server = _server(config, lambda: scheduler.drain(SHUTDOWN_MESSAGE))
+        server.run(sockets=[listener])
+        return signal.Signals(server.stopped_by).name if server.stopped_by is not None else None
     finally:
         scheduler.close()
+
+
+class _LogLine(logging.Handler):
+    """uvicorn's and asyncio's records as one rate-limited line each, without the traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage().splitlines()[0] if record.getMessage() else record.name
+            if record.exc_info and record.exc_info[1] is not None:
+                err = record.exc_info[1]
+                message += f": {type(err).__name__}: {err}"
+            _log(message, kind=f"{record.name}:{record.msg if isinstance(record.msg, str) else ''}")
+        except Exception:  # noqa: BLE001 - logging must never raise into the server
+            pass
+
+
+def _quiet_logs() -> None:
+    handler = _LogLine(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "asyncio"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
+def _server(config, on_stop):
+    """uvicorn's Server, which on a stop signal first ends the replies in flight (``on_stop``) and
+    does not raise the signal again once stopped (the CLI says one line and exits)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        stopped_by: int | None = None
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.stopped_by is None:
+                self.stopped_by = sig
+            super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets=None) -> None:
+            on_stop()       # on the event loop: every reply in flight ends now, the streams say why
+            await super().shutdown(sockets)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            from uvicorn.server import HANDLED_SIGNALS
+
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
+
+
+def _protocol():
+    """uvicorn's h11 protocol with a deadline on request headers and the connection cap enforced
+    at accept (uvicorn's own answers a 503 only once a request's headers have come)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Protocol(H11Protocol):
+        _header_timer = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if self.limit_concurrency is not None and len(self.connections) > self.limit_concurrency:
+                _log(f"refused a connection: {len(self.connections) - 1} are open, at most "
+                     f"{self.limit_concurrency} are served at once", kind="connections")
+                transport.abort()
+                return
+            self._arm_header_timer()
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is None and self.conn.their_state is h11.IDLE:
+                self._arm_header_timer()        # a new request on a kept-alive connection
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm_header_timer()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            self._disarm_header_timer()
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._headers_too_slow)
+
+        def _disarm_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                _log(f"closed a connection that sent no complete request within {HEADER_TIMEOUT_S:.0f} s",
+                     kind="header-timeout")
+                self.transport.abort()
+
+    return Protocol
