@@ -33,7 +33,11 @@ HEADER_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
 MAX_HEADER_BYTES = 16 * 1024          # h11's buffer for a request line and headers
 MAX_CONNECTIONS = 256
-FD_RESERVE = 64                       # descriptors left for the model, the sandbox and the log
+# asyncio accepts up to the listen backlog's count of connections in one go before any is closed,
+# and at EMFILE it logs and reschedules itself once per attempt (thousands a second, the flood of
+# tracebacks): the cap leaves room for a whole burst, so the descriptor limit is never met.
+ACCEPT_BURST = 64
+FD_RESERVE = 64 + ACCEPT_BURST        # descriptors left for the model, the sandbox, the log, a burst
 SHUTDOWN_GRACE_S = 5
 SHUTDOWN_MESSAGE = "the server is shutting down"
 
@@ -92,7 +96,7 @@ def serve_forever(engine: Engine, listener: socket.socket, settings: ServerSetti
     try:
         config = uvicorn.Config(
             create_app(scheduler, settings), log_config=None, log_level="warning", access_log=False,
-            lifespan="off", http=_protocol(), timeout_keep_alive=KEEP_ALIVE_S,
+            lifespan="off", http=_protocol(), timeout_keep_alive=KEEP_ALIVE_S, backlog=ACCEPT_BURST,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             limit_concurrency=max_connections or connection_cap(), timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         )
