@@ -24,6 +24,7 @@ it is the rest of a reply already admitted, not a new request.
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -223,9 +224,9 @@ class Scheduler:
                     self._advance(admitted)
                 except Exception as err:  # noqa: BLE001 - fail the replies in flight, keep serving
                     self._abandon(f"internal error: {type(err).__name__}: {err}")
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - said in one line and by /health; no traceback
             self._died = f"{type(err).__name__}: {err}"
-            raise
+            print(f"localcascade: the decoder thread stopped: {self._died}", file=sys.stderr, flush=True)
         finally:
             self._busy_since = None
             if self._died is not None:
