@@ -1,6 +1,6 @@
 """`localcascade serve` under abuse from 127.0.0.1: what it holds, what it refuses, how fast it answers.
 
-    python benchmarks/serve_abuse.py [model.gguf] [--seconds S] [--source DIR]
+    python benchmarks/serve_abuse.py [model.gguf] [--seconds S] [--source DIR] [--only TEXT]
 
 Default model: the tiny synthetic nemotron_h_moe (tests/synth.py TINY). ``--source`` runs the server
 from another checkout (e.g. the main branch, to see the figures before the limits); the abuse is
@@ -186,6 +186,7 @@ def main() -> int:
     parser.add_argument("model", nargs="?")
     parser.add_argument("--seconds", type=float, default=12.0, help="how long the socket phases hold on")
     parser.add_argument("--source", type=Path, default=ROOT, help="the checkout the server runs from")
+    parser.add_argument("--only", default="", help="run only the phases whose name holds this text")
     args = parser.parse_args()
     model = args.model
     if model is None:
@@ -196,7 +197,7 @@ def main() -> int:
     print(f"server from {args.source.resolve()}, model {Path(model).name}")
     print(f"{'phase':44} {'RSS before/after MiB':>21} {'/health p50/max ms':>19} {'failed':>6} "
           f"{'stderr B':>9}  outcomes")
-    for name, abuse in PHASES:
+    for name, abuse in [(n, a) for n, a in PHASES if args.only in n]:
         proc = ServerProcess(model, "--ctx", "1024", "--max-body", "16MiB", env=env)
         proc.popen_kwargs = {"preexec_fn": lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))}
         proc.start()

@@ -4,7 +4,8 @@ uvicorn holds every connection it accepts for as long as the client likes unless
 otherwise, so the limits are set here: request headers must be complete within
 ``HEADER_TIMEOUT_S`` of a connection's opening (or of its previous reply), an idle kept-alive
 connection is closed after ``KEEP_ALIVE_S``, a request's headers may hold ``MAX_HEADER_BYTES``,
-and at most ``max_connections`` are open at once (a connection past it is closed at once).
+and at most ``max_connections`` are open at once (past it, the oldest connection still waiting for
+its request is closed to make room, or the new one when every connection is serving a request).
 Bodies have their own deadline and budget (``guard.read_body``). uvicorn's and asyncio's log
 lines (refused connections, the ``accept()`` errors at the file-descriptor limit) come out as
 one line each, no traceback, at most one a second for each source.
@@ -96,9 +97,9 @@ def serve_forever(engine: Engine, listener: socket.socket, settings: ServerSetti
     try:
         config = uvicorn.Config(
             create_app(scheduler, settings), log_config=None, log_level="warning", access_log=False,
-            lifespan="off", http=_protocol(), timeout_keep_alive=KEEP_ALIVE_S, backlog=ACCEPT_BURST,
-            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-            limit_concurrency=max_connections or connection_cap(), timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            lifespan="off", http=_protocol(max_connections or connection_cap()), timeout_keep_alive=KEEP_ALIVE_S,
+            backlog=ACCEPT_BURST, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
         )
         server = _server(config, lambda: scheduler.drain(SHUTDOWN_MESSAGE))
         server.run(sockets=[listener])
@@ -161,23 +162,38 @@ def _server(config, on_stop):
     return Server(config)
 
 
-def _protocol():
+def _protocol(max_connections: int):
     """uvicorn's h11 protocol with a deadline on request headers and the connection cap enforced
-    at accept (uvicorn's own answers a 503 only once a request's headers have come)."""
+    at accept (uvicorn's own, ``limit_concurrency``, answers a 503 only once a request's headers have
+    come, and holds the connections that never send one)."""
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class Protocol(H11Protocol):
         _header_timer = None
+        _opened_at = 0.0
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            if self.limit_concurrency is not None and len(self.connections) > self.limit_concurrency:
-                _log(f"refused a connection: {len(self.connections) - 1} are open, at most "
-                     f"{self.limit_concurrency} are served at once", kind="connections")
-                transport.abort()
-                return
+            self._opened_at = self.loop.time()
+            open_ = [c for c in self.connections if not c.transport.is_closing()]
+            if len(open_) > max_connections:
+                # At the cap, the oldest connection still waiting for its request makes room: idle
+                # and slow-header sockets (slowloris) cannot lock a real client out; only when
+                # every connection is serving a request is the new one refused.
+                waiting = [c for c in open_ if c is not self and c._waiting_for_request()]
+                oldest = min(waiting, key=lambda c: c._opened_at, default=None)
+                _log(f"at the cap of {max_connections} connections: "
+                     + ("closed the oldest one still waiting for its request" if oldest else "refused a new one"),
+                     kind="connections")
+                if oldest is None:
+                    transport.abort()
+                    return
+                oldest.transport.abort()
             self._arm_header_timer()
+
+        def _waiting_for_request(self) -> bool:
+            return self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
 
         def data_received(self, data: bytes) -> None:
             if self._header_timer is None and self.conn.their_state is h11.IDLE:

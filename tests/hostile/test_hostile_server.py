@@ -180,35 +180,25 @@ def _low_fd_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
 
 
-def test_connection_flood_at_the_fd_limit_is_refused_quietly_and_recovers(tiny_model):
+def test_connection_flood_at_the_fd_limit_is_refused_quietly_and_real_clients_get_in(tiny_model):
     proc = ServerProcess(str(tiny_model), "--ctx", "512")
     proc.popen_kwargs = {"preexec_fn": _low_fd_limit}
     proc.start()
     socks = []
     try:
-        for _ in range(300):      # past the cap (160 - 64) and past the descriptor limit itself
+        for _ in range(300):      # past the cap (160 - 128 = 32 connections) and past the fd limit itself
             try:
                 socks.append(socket.create_connection(("127.0.0.1", _port(proc)), timeout=2))
             except OSError:
                 break
         time.sleep(2)
+        # The flood holds its sockets open, yet a real client gets in: the oldest idle one makes room.
+        assert httpx.get(proc.root + "/health", timeout=5).status_code == 200
+        assert chat(proc, HELLO).status_code == 200
         log = log_of(proc)
         assert "Traceback" not in log
-        refused = [line for line in log.splitlines() if "refused a connection" in line or "accept" in line]
-        assert refused and len(refused) <= 4, log[-2000:]
-        for s in socks:
-            s.close()
-        socks = []
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(proc.root + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not recover from the flood"
-            time.sleep(0.5)
-        assert chat(proc, HELLO).status_code == 200
+        lines = [line for line in log.splitlines() if "at the cap" in line or "accept" in line]
+        assert lines and len(lines) <= 4, log[-2000:]       # at most one line a second
     finally:
         for s in socks:
             s.close()
