@@ -284,3 +284,18 @@ def test_stop_signal_mid_stream_ends_the_stream_and_exits_with_one_line(tiny_mod
     assert "Traceback" not in log, log
     assert log.rstrip().splitlines()[-1] == f"localcascade: stopped ({sig.name})", log
     proc.stop()
+
+
+def test_a_vanishing_temperature_samples_greedily_without_numpy_warnings(server):
+    for temperature in (1e-300, 5e-324, 1e-6):
+        r = chat(server, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "seed": 1,
+                          "temperature": temperature, **NO_THINK})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] >= 1
+        assert r.json()["choices"][0]["message"]["content"] or r.json()["choices"][0]["finish_reason"] == "stop"
+    greedy = chat(server, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 0,
+                           **NO_THINK}).json()["choices"][0]["message"]["content"]
+    tiny = chat(server, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "temperature": 1e-300,
+                         **NO_THINK}).json()["choices"][0]["message"]["content"]
+    assert tiny == greedy
+    assert "Warning" not in log_of(server) and "numpy" not in log_of(server)
