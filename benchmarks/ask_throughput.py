@@ -20,7 +20,7 @@ from pathlib import Path
 from localcascade.engine.events import AnswerText, ThinkingText
 from localcascade.engine.loader import default_threads
 from localcascade.engine.session import Chat, Engine, GenerationOptions
-from localcascade.plan import Plan
+from localcascade.planning.plan import Plan
 
 PROMPT = "Tell me a long story about a lighthouse keeper and the sea."
 TEMPLATE = Path(__file__).resolve().parent.parent / "tests" / "data" / "gemma_chat_template.jinja"

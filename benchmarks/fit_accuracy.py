@@ -17,9 +17,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 import synth  # noqa: E402
 from llama_truth import MiB, LoadedModel  # noqa: E402
 
-from localcascade.catalog import find_variant  # noqa: E402
-from localcascade.gguf_header import read_header  # noqa: E402
-from localcascade.memory import Placement, estimate, facts_from_header  # noqa: E402
+from localcascade.model.catalog import find_variant  # noqa: E402
+from localcascade.model.gguf_header import read_header  # noqa: E402
+from localcascade.planning.memory import Placement, estimate  # noqa: E402
+from localcascade.model.facts import facts_from_header
 
 CASES = [(4096, True, "f16"), (32768, True, "f16"), (131072, True, "f16"), (262144, True, "q8_0"),
          (1048576, True, "f16"), (1048576, True, "q8_0"), (4096, False, "f16"), (16384, False, "f16")]

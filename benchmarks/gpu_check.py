@@ -27,11 +27,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import synth  # noqa: E402
 
-from localcascade.catalog import find_variant  # noqa: E402
+from localcascade.model.catalog import find_variant  # noqa: E402
 from localcascade.engine import loader  # noqa: E402
-from localcascade.gguf_header import read_header  # noqa: E402
-from localcascade.memory import MiB, Placement, estimate, facts_from_header  # noqa: E402
-from localcascade.plan import Plan  # noqa: E402
+from localcascade.model.gguf_header import read_header  # noqa: E402
+from localcascade.planning.memory import MiB, Placement, estimate  # noqa: E402
+from localcascade.model.facts import facts_from_header
+from localcascade.planning.plan import Plan  # noqa: E402
 from localcascade.units import parse_tokens  # noqa: E402
 
 _BUF = re.compile(r"(\S+)\s+(model|KV|RS|compute|output) buffer size =\s+([\d.]+) MiB")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
-from localcascade.gguf_header import clear_cache, read_header
+from localcascade.model.gguf_header import clear_cache, read_header
 
 
 def main() -> None:

@@ -168,7 +168,7 @@ def main() -> None:
 
     from localcascade.engine.loader import default_threads
     from localcascade.engine.session import Engine
-    from localcascade.plan import Plan
+    from localcascade.planning.plan import Plan
 
     print(f"threads (generation, batch): {default_threads()}")
     with tempfile.TemporaryDirectory() as folder:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from localcascade.engine.session import Chat, Engine, GenerationOptions
-from localcascade.plan import Plan
+from localcascade.planning.plan import Plan
 
 QUESTIONS = ["hello", "what is the answer", "how can we test this", "yes", "what is the name of the tool",
              "do not think", "all of this", "which one", "the world", "is that your answer"]

@@ -37,7 +37,7 @@ from serverproc import ServerProcess  # noqa: E402
 from localcascade.engine.events import AnswerText, ThinkingText  # noqa: E402
 from localcascade.engine.loader import default_threads  # noqa: E402
 from localcascade.engine.session import Chat, Engine, GenerationOptions  # noqa: E402
-from localcascade.plan import Plan  # noqa: E402
+from localcascade.planning.plan import Plan  # noqa: E402
 
 PROMPT = "Tell me a long story about a lighthouse keeper and the sea."
 TEMPLATE = ROOT / "tests" / "data" / "gemma_chat_template.jinja"

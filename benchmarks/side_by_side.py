@@ -71,7 +71,7 @@ def prepare_model(name: str, cache: Path) -> Model:
     if name == "skeleton":
         path = models / "cascade2-iq4xs-skeleton-live-routing.gguf"
         if not path.exists():
-            from localcascade.catalog import find_variant
+            from localcascade.model.catalog import find_variant
 
             print("writing the full-size IQ4_XS skeleton (sparse, ~0.25 GB on disk)", file=sys.stderr)
             types = {t.name: t.type_name for t in find_variant("IQ4_XS").facts.tensors}

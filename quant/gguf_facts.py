@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localcascade.errors import GGUFHeaderError, QuantizeError
-from localcascade.model_spec import shard_name, shard_of
+from localcascade.model.spec import shard_name, shard_of
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def shard_paths(path: Path) -> list[Path]:
 
 def read_facts(path: str | Path) -> GGUFFacts:
     """Read the header(s) of ``path`` (any shard of a split set names the whole set)."""
-    from localcascade.gguf_header import read_header
+    from localcascade.model.gguf_header import read_header
 
     path = Path(path)
     try:

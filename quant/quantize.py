@@ -24,7 +24,7 @@ from typing import Callable
 
 from localcascade import safe_io
 from localcascade.errors import DiskSpaceError, Interrupted, OutputPathError, QuantizeError, UsageError
-from localcascade.model_spec import shard_name
+from localcascade.model.spec import shard_name
 from quant.gguf_facts import GGUFFacts, read_facts, shard_paths
 from quant.targets import MAIN_TYPE, UNQUANTIZED_TYPES, accepted_main_types, normalize_target
 from quant.workdir import sweep_abandoned, work_dir_for

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import llama_cpp  # noqa: E402
 import synth  # noqa: E402
 
-from localcascade.gguf_header import read_header  # noqa: E402
-from localcascade.memory import facts_from_header  # noqa: E402
+from localcascade.model.gguf_header import read_header  # noqa: E402
+from localcascade.model.facts import facts_from_header  # noqa: E402
 
 REPO = "bartowski/nvidia_Nemotron-Cascade-2-30B-A3B-GGUF"
 STEM = "nvidia_Nemotron-Cascade-2-30B-A3B"

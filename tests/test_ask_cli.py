@@ -193,7 +193,7 @@ def test_override_that_cannot_fit_is_refused_with_numbers(tiny_model):
 def test_kv_type_accepts_what_the_planner_accepts_in_any_case():
     from localcascade.cli.options import plan_request
     from localcascade.errors import UsageError
-    from localcascade.memory import KV_TYPES
+    from localcascade.planning.memory import KV_TYPES
 
     assert plan_request(kv_type="Q8_0").type_k == "q8_0"
     assert plan_request(kv_type="IQ4_NL").type_v == "iq4_nl"
@@ -214,7 +214,7 @@ def test_context_filled_while_thinking_says_so(tiny_model, tmp_path):
 def test_no_default_model_names_what_is_there_and_the_right_syntax(tiny_model, tmp_path):
     home = str(tmp_path / "home")
     register = (
-        "import sys; from pathlib import Path; from localcascade import store; "
+        "import sys; from pathlib import Path; from localcascade.store import models as store; "
         "store.register_local('my-tiny', [Path(sys.argv[1])], quant='F32', source=None, check='sha256')"
     )
     subprocess.run([sys.executable, "-c", register, str(tiny_model)], env=env(LOCALCASCADE_HOME=home), check=True)
@@ -232,7 +232,7 @@ def test_no_default_model_names_what_is_there_and_the_right_syntax(tiny_model, t
 
 
 def test_context_beyond_the_trained_length_is_warned_about(tiny_model, tmp_path):
-    from localcascade.gguf_header import read_header
+    from localcascade.model.gguf_header import read_header
 
     trained = read_header(tiny_model).arch_get("context_length")
     grammar = write_grammar(tmp_path, 'root ::= "ok"')
@@ -312,7 +312,7 @@ def test_a_template_that_fails_while_rendering_is_one_line(tiny_model, tmp_path,
 
 def test_ctrl_c_that_typer_meets_first_is_still_one_line(monkeypatch, capsys):
     """typer turns a KeyboardInterrupt in a command it runs into a bare status 130."""
-    from localcascade import fit_report
+    from localcascade.resolve import fit_report
     from localcascade.cli.main import main
 
     def interrupted(*args, **kwargs):

@@ -14,8 +14,8 @@ from gguf.gguf_writer import GGUFValue
 
 import synth
 from localcascade.errors import GGUFHeaderError
-from localcascade.gguf_header import read_header
-from localcascade.memory import facts_from_header
+from localcascade.model.gguf_header import read_header
+from localcascade.model.facts import facts_from_header
 
 ARCH = "nemotron_h_moe"
 DROP = object()

@@ -5,7 +5,7 @@ from importlib.resources import files
 
 import pytest
 
-from localcascade.catalog import find_variant, load_catalog
+from localcascade.model.catalog import find_variant, load_catalog
 from localcascade.errors import ModelNotFoundError
 
 

@@ -9,7 +9,7 @@ import pytest
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.engine.session import Chat, Engine, GenerationOptions
 from localcascade.errors import ContextOverflowError, UsageError
-from localcascade.plan import Plan
+from localcascade.planning.plan import Plan
 
 IM_START, IM_END, THINK, END_THINK = 10, 11, 12, 13
 

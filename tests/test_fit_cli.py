@@ -144,8 +144,9 @@ def test_another_repos_model_is_never_answered_with_the_catalogs_numbers(capsys,
 
 
 def test_a_registered_or_downloaded_model_is_planned_from_its_own_header(hf_server, tiny_model, capsys, monkeypatch):
-    from localcascade import hub, store
-    from localcascade.resolver import parse_model_spec
+    from localcascade.hub import download as hub
+    from localcascade.store import models as store
+    from localcascade.resolve.resolver import parse_model_spec
 
     store.register_local("mine-Q8_0", [tiny_model], quant="Q8_0", source=None, check="test")
     code, data, err = _fit_json(["mine-Q8_0"], capsys, monkeypatch)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from localcascade import store
-from localcascade.catalog import load_catalog
+from localcascade.store import models as store
+from localcascade.model.catalog import load_catalog
 from localcascade.cli.main import main
 
 PACKAGE = Path(__file__).resolve().parent.parent / "localcascade"

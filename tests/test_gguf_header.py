@@ -17,7 +17,7 @@ from localcascade.errors import (
     ModelNotFoundError,
     OfflineError,
 )
-from localcascade.gguf_header import clear_cache, read_header
+from localcascade.model.gguf_header import clear_cache, read_header
 
 GIB = 1024**3
 
@@ -464,7 +464,7 @@ def test_a_dropped_connection_during_a_header_read_is_retried(hf_server, tmp_pat
 def test_a_huge_byte_array_is_refused_before_it_becomes_a_python_list(tmp_path):
     # 9M one-byte elements pass the bytes-left check (they are all there) but would make a
     # ~75 MB list; at the 128 MiB header limit, ~1 GiB.
-    from localcascade.gguf_header import MAX_METADATA_ELEMENTS
+    from localcascade.model.gguf_header import MAX_METADATA_ELEMENTS
 
     n = MAX_METADATA_ELEMENTS + 1
     content = raw_gguf([ARCH, kv("blob", 9, struct.pack("<IQ", 0, n) + bytes(n))])
@@ -477,7 +477,7 @@ def test_a_huge_byte_array_is_refused_before_it_becomes_a_python_list(tmp_path):
 def test_an_interrupted_header_cache_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     import json
 
-    from localcascade import gguf_header
+    from localcascade.model import gguf_header
 
     parsed = read_header(write_model(tmp_path / "m.gguf")).files[0]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from localcascade import hf_compat
+from localcascade.hub import hf_compat
 from localcascade.errors import LocalCascadeError
 
 

@@ -116,3 +116,89 @@ def test_a_circle_is_found_when_there_is_one():
 def test_no_module_imports_itself_round_a_circle():
     found = cycles(import_graph())
     assert not found, "import circles (each group reaches itself): " + "; ".join(" <-> ".join(g) for g in found)
+
+
+# -- Which way imports go (ARCHITECTURE.md states the same table) ---------------------------------
+
+BASE = ("localcascade", "localcascade.errors", "localcascade.units", "localcascade.settings",
+        "localcascade.safe_io")
+PURE_FACTS = ("localcascade.model.facts", "localcascade.model.hparams", "localcascade.model.spec",
+              "localcascade.hardware.facts")
+FRONT_ENDS = ("localcascade.cli", "localcascade.repl", "localcascade.server")
+
+# A module under the key may import only modules under these prefixes (and its own package).
+ALLOWED: dict[str, tuple[str, ...]] = {
+    # The pure planning layer: facts in, a Plan out; no I/O, no llama_cpp, no settings.
+    "localcascade.planning": ("localcascade", "localcascade.errors", "localcascade.units", *PURE_FACTS),
+    # What a model file is; its one reach outward is reading a header from the hub (by range requests).
+    "localcascade.model": BASE,
+    "localcascade.model.gguf_header": (*BASE, "localcascade.hub.ranges", "localcascade.hub.errors"),
+    "localcascade.hardware": BASE,
+    # The edge to Hugging Face knows models only by name, and records what it verified in the store's index.
+    "localcascade.hub": (*BASE, "localcascade.model.spec", "localcascade.store.index"),
+    # What is on disk: models in the HF cache (scanned through hub.hf_compat) and the index.
+    "localcascade.store": (*BASE, "localcascade.model.spec", "localcascade.model.catalog", "localcascade.hub.hf_compat"),
+    # The I/O side of choosing a model and its plan, and the one way a command loads it.
+    "localcascade.resolve": (*BASE, "localcascade.model", "localcascade.planning", "localcascade.hub",
+                             "localcascade.store", "localcascade.hardware", "localcascade.engine.session"),
+    # The engine runs a Plan: no hub, no store, no resolver, no front end.
+    "localcascade.engine": (*BASE, "localcascade.gbnf", "localcascade.model", "localcascade.planning"),
+    "localcascade.tools": (*BASE, "localcascade.engine"),
+    "localcascade.server": (*BASE, "localcascade.gbnf", "localcascade.engine", "localcascade.tools",
+                            "localcascade.model", "localcascade.planning"),
+}
+
+
+def _under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def _rule_for(module: str) -> tuple[str, tuple[str, ...]] | None:
+    keys = [k for k in ALLOWED if _under(module, k)]
+    if not keys:
+        return None
+    key = max(keys, key=len)
+    return key, ALLOWED[key]
+
+
+def direction_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for module, targets in sorted(graph.items()):
+        rule = _rule_for(module)
+        for target in sorted(targets):
+            if rule is not None:
+                key, allowed = rule
+                package = ".".join(key.split(".")[:2])
+                # a package's __init__ runs before any module in it: allowed with the module
+                if not (_under(target, package) or any(target == a or (a != "localcascade" and _under(target, a))
+                                                       or _under(a, target) for a in allowed)):
+                    found.append(f"{module} -> {target}")
+                    continue
+            if any(_under(target, f) for f in FRONT_ENDS) and not any(_under(module, f) for f in FRONT_ENDS):
+                if module != "localcascade.__main__":
+                    found.append(f"{module} -> {target} (only front ends import front ends)")
+    return found
+
+
+def test_imports_go_the_way_the_architecture_states():
+    found = direction_violations(import_graph())
+    assert not found, "imports against ARCHITECTURE.md's direction rules: " + "; ".join(found)
+
+
+def test_a_facts_module_reaching_into_the_planner_is_caught():
+    # The rule that was broken before the facts moved out of the memory model: the catalog (facts)
+    # imported ModelFacts from the memory model (planning).
+    graph = {"localcascade.model.catalog": {"localcascade.planning.memory"},
+             "localcascade.planning.memory": {"localcascade.model.facts"},
+             "localcascade.engine.session": {"localcascade.store.models"},
+             "localcascade.engine.loader": {"localcascade.cli.console"}}
+    assert direction_violations(graph) == [
+        "localcascade.engine.loader -> localcascade.cli.console",
+        "localcascade.engine.session -> localcascade.store.models",
+        "localcascade.model.catalog -> localcascade.planning.memory",
+    ]
+
+
+def test_the_package_root_holds_few_modules():
+    root = sorted(p.stem for p in PACKAGE_DIR.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(root) <= 8, f"{len(root)} modules at the package root ({', '.join(root)}): each belongs to a part"

@@ -2,9 +2,9 @@
 
 import pytest
 
-from localcascade.catalog import find_variant
+from localcascade.model.catalog import find_variant
 from localcascade.errors import UsageError
-from localcascade.memory import GiB, MiB, Placement, estimate, padded_ctx
+from localcascade.planning.memory import GiB, MiB, Placement, estimate, padded_ctx
 
 Q4 = find_variant("Q4_K_M").facts
 

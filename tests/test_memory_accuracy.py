@@ -7,8 +7,9 @@ quantized KV for it; quantized KV sizes are covered by tests/test_memory.py and 
 import pytest
 
 from llama_truth import MiB, LoadedModel
-from localcascade.gguf_header import read_header
-from localcascade.memory import Placement, estimate, facts_from_header
+from localcascade.model.gguf_header import read_header
+from localcascade.planning.memory import Placement, estimate
+from localcascade.model.facts import facts_from_header
 
 CASES = [  # n_ctx, flash_attn, type_k, type_v, n_ubatch
     (512, True, "f16", "f16", 512),

@@ -4,13 +4,13 @@ from dataclasses import replace
 
 import pytest
 
-from localcascade.catalog import find_variant, load_catalog
+from localcascade.model.catalog import find_variant, load_catalog
 from localcascade.errors import DoesNotFitError, UsageError
 from localcascade.hardware.facts import GPU, Hardware, LlamaCppBuild
-from localcascade.memory import GiB
-from localcascade.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, PlanRequest
-from localcascade.planner import place
-from localcascade.policy import plan_for_facts, recommend
+from localcascade.planning.memory import GiB
+from localcascade.planning.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, PlanRequest
+from localcascade.planning.placement import place
+from localcascade.planning.policy import plan_for_facts, recommend
 
 Q4 = find_variant("Q4_K_M").facts
 IQ4 = find_variant("IQ4_XS").facts

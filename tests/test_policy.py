@@ -11,13 +11,13 @@ from dataclasses import replace
 
 import pytest
 
-from localcascade.catalog import load_catalog
+from localcascade.model.catalog import load_catalog
 from localcascade.errors import DoesNotFitError
 from localcascade.hardware.facts import Calibration
 from localcascade.hardware.profiles import list_profiles, load_profile
-from localcascade.plan import WONT_FIT, PlanRequest
-from localcascade.planner import place
-from localcascade.policy import KV_TYPES_BY_QUALITY, Policy, plan_for_facts, recommend
+from localcascade.planning.plan import WONT_FIT, PlanRequest
+from localcascade.planning.placement import place
+from localcascade.planning.policy import KV_TYPES_BY_QUALITY, Policy, plan_for_facts, recommend
 
 CATALOG = load_catalog()
 POLICY = Policy()
@@ -116,7 +116,7 @@ def test_a_single_model_file_gets_the_floor_too():
 
 
 def test_the_full_context_warning_says_what_a_larger_plan_costs_and_whether_it_fits():
-    from localcascade.policy import larger_context
+    from localcascade.planning.policy import larger_context
     from localcascade.repl.render import context_warning
 
     hw = load_profile("rtx-4090")

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from localcascade import hub, store
-from localcascade.resolver import parse_model_spec
+from localcascade.hub import download as hub
+from localcascade.store import models as store
+from localcascade.resolve.resolver import parse_model_spec
 from localcascade.cli.main import main
 from localcascade.errors import (
     AuthError,
@@ -144,8 +145,8 @@ def test_killed_process_resumes(served, payload, tmp_path):
         import time
         from huggingface_hub import constants
         constants.DOWNLOAD_CHUNK_SIZE = {MIB}
-        from localcascade import hub
-        from localcascade.resolver import parse_model_spec
+        from localcascade.hub import download as hub
+        from localcascade.resolve.resolver import parse_model_spec
         remote = hub.resolve_remote(parse_model_spec("{REPO}:Q8_0"))
         hub.pull(remote, on_bytes=lambda path, n: time.sleep(0.3), show_progress=False)
     """))

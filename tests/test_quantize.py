@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-import quant
-from localcascade import store, store_index
+from quant.quantize import dry_run, quantize
+from quant.targets import MAIN_TYPE
+from localcascade.store import models as store
+from localcascade.store import index as store_index
 from localcascade.errors import DiskSpaceError, QuantizeError, UsageError
-from localcascade.resolver import resolve
+from localcascade.resolve.resolver import resolve
 
 # The targets the project promises, and two more the ftype table allows.
 TARGETS = ["IQ4_XS", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "Q5_K_S"]
@@ -42,11 +44,11 @@ def test_each_target_quantizes_checks_and_loads(tiny_f16_model, tmp_path, target
     tmp_path.mkdir()
     seen = []
 
-    result = quant.quantize(tiny_f16_model, tmp_path / "out.gguf", target, progress=lambda d, t, n: seen.append(d))
+    result = quantize(tiny_f16_model, tmp_path / "out.gguf", target, progress=lambda d, t, n: seen.append(d))
 
     assert result.path == tmp_path / "out.gguf" and result.path.is_file()
-    assert result.main_type == quant.MAIN_TYPE[target]  # no fallback types on this shape
-    assert result.histogram[quant.MAIN_TYPE[target]] > 0
+    assert result.main_type == MAIN_TYPE[target]  # no fallback types on this shape
+    assert result.histogram[MAIN_TYPE[target]] > 0
     assert result.loaded and result.n_params > 0
     # llama.cpp's dry run predicts the file size to within the metadata's few bytes.
     assert abs(result.output_bytes - result.predicted_bytes) < 4096
@@ -56,19 +58,19 @@ def test_each_target_quantizes_checks_and_loads(tiny_f16_model, tmp_path, target
 
 
 def test_dry_run_writes_nothing_and_shrinks_with_fewer_bits(tiny_f16_model, tmp_path):
-    sizes = {t: quant.dry_run(tiny_f16_model, t).predicted_bytes for t in ("Q8_0", "Q6_K", "Q4_K_M")}
+    sizes = {t: dry_run(tiny_f16_model, t).predicted_bytes for t in ("Q8_0", "Q6_K", "Q4_K_M")}
     assert sizes["Q8_0"] > sizes["Q6_K"] > sizes["Q4_K_M"]
     assert sizes["Q8_0"] < tiny_f16_model.stat().st_size
 
 
 def test_already_quantized_source_is_refused_unless_allowed(tiny_f16_model, tmp_path):
-    q8 = quant.quantize(tiny_f16_model, tmp_path / "q8.gguf", "Q8_0", verify_load=False).path
+    q8 = quantize(tiny_f16_model, tmp_path / "q8.gguf", "Q8_0", verify_load=False).path
 
     with pytest.raises(QuantizeError, match=r"already quantized \(Q8_0.*--allow-requantize"):
-        quant.quantize(q8, tmp_path / "q4.gguf", "Q4_K_M")
+        quantize(q8, tmp_path / "q4.gguf", "Q4_K_M")
     assert not (tmp_path / "q4.gguf").exists()
 
-    again = quant.quantize(q8, tmp_path / "q4.gguf", "Q4_0", allow_requantize=True, verify_load=False)
+    again = quantize(q8, tmp_path / "q4.gguf", "Q4_0", allow_requantize=True, verify_load=False)
     assert again.main_type == "Q4_0"
 
 
@@ -77,7 +79,7 @@ def test_not_enough_disk_is_refused_before_work(tiny_f16_model, tmp_path, monkey
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))
 
     with pytest.raises(DiskSpaceError, match=r"not enough disk space in .*: need 0\.01 GiB, 0\.00 GiB free"):
-        quant.quantize(tiny_f16_model, tmp_path / "out.gguf", "Q8_0")
+        quantize(tiny_f16_model, tmp_path / "out.gguf", "Q8_0")
     assert not (tmp_path / "out.gguf").exists()
 
 
@@ -87,7 +89,7 @@ def test_failure_leaves_no_output(tiny_f16_model, tmp_path):
     bad = tmp_path / "bad.imatrix"
     bad.write_bytes(b"\x00\x00")
     with pytest.raises(QuantizeError, match="imatrix"):
-        quant.quantize(tiny_f16_model, tmp_path / "out.gguf", "Q4_K_M", imatrix=bad)
+        quantize(tiny_f16_model, tmp_path / "out.gguf", "Q4_K_M", imatrix=bad)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.imatrix"]
 
 
@@ -107,7 +109,7 @@ def test_imatrix_is_used(tiny_f16_model, tmp_path):
     imatrix = tmp_path / "ones.dat"
     imatrix.write_bytes(data)
 
-    result = quant.quantize(tiny_f16_model, tmp_path / "out.gguf", "IQ4_XS", imatrix=imatrix)
+    result = quantize(tiny_f16_model, tmp_path / "out.gguf", "IQ4_XS", imatrix=imatrix)
     assert result.main_type == "IQ4_XS" and result.loaded
 
 
@@ -132,7 +134,7 @@ def test_cli_quantize_registers_the_result(tiny_f16_model, tmp_path):
 
 
 def test_cli_refuses_requantize_and_unknown_types(tiny_f16_model, tmp_path):
-    q8 = quant.quantize(tiny_f16_model, tmp_path / "q8.gguf", "Q8_0", verify_load=False).path
+    q8 = quantize(tiny_f16_model, tmp_path / "q8.gguf", "Q8_0", verify_load=False).path
 
     refused = _cli("quantize", str(q8), "--to", "Q4_K_M", "--out", str(tmp_path / "x.gguf"))
     assert refused.returncode == 1 and "--allow-requantize" in refused.stderr
@@ -357,7 +359,7 @@ def test_cli_refuses_a_thread_count_llama_cpp_cannot_use(tiny_f16_model, tmp_pat
                                 f"not {threads}"]
     assert not out.exists()
     with pytest.raises(UsageError):
-        quant.quantize(tiny_f16_model, out, "Q8_0", nthread=int(threads))
+        quantize(tiny_f16_model, out, "Q8_0", nthread=int(threads))
 
 
 def test_cli_refuses_an_output_folder_it_cannot_write_before_the_dry_run(tiny_f16_model, tmp_path, capsys, monkeypatch):

@@ -4,13 +4,13 @@ import re
 
 import pytest
 
-from localcascade.catalog import find_variant
+from localcascade.model.catalog import find_variant
 from localcascade.errors import DoesNotFitError
 from localcascade.hardware.facts import Hardware, LlamaCppBuild
-from localcascade.memory import GiB
-from localcascade.plan import PlanRequest
-from localcascade.planner import place
-from localcascade.policy import plan_for_facts
+from localcascade.planning.memory import GiB
+from localcascade.planning.plan import PlanRequest
+from localcascade.planning.placement import place
+from localcascade.planning.policy import plan_for_facts
 from localcascade.units import parse_tokens
 
 IQ4 = find_variant("IQ4_XS").facts
@@ -59,9 +59,10 @@ def test_per_sequence_kv_and_recurrent_state_match_llama_cpp(tiny_model, n_seq):
     from llama_truth import MiB, Truth, _parse
 
     from localcascade.engine.session import Engine
-    from localcascade.gguf_header import read_header
-    from localcascade.memory import Placement, estimate, facts_from_header
-    from localcascade.plan import Plan
+    from localcascade.model.gguf_header import read_header
+    from localcascade.planning.memory import Placement, estimate
+    from localcascade.model.facts import facts_from_header
+    from localcascade.planning.plan import Plan
 
     per_conversation = 2048
     with Engine.load(tiny_model, Plan(model="tiny", n_ctx=per_conversation * n_seq, n_seq=n_seq,

@@ -9,11 +9,12 @@ from dataclasses import replace
 
 import pytest
 
-from localcascade import catalog, speed
+from localcascade.model import catalog
+from localcascade.planning import speed
 from localcascade.hardware.facts import CPU, GPU, Calibration, Hardware, LlamaCppBuild
-from localcascade.memory import Placement
-from localcascade.planner import place
-from localcascade.plan import PlanRequest
+from localcascade.planning.memory import Placement
+from localcascade.planning.placement import place
+from localcascade.planning.plan import PlanRequest
 
 FIT = [sys.executable, "-m", "localcascade", "fit"]
 BENCH = [sys.executable, "-m", "localcascade", "bench"]
@@ -66,8 +67,8 @@ def test_a_cpu_only_machine_is_compute_bound_not_bandwidth_bound():
 
 
 def test_the_output_head_of_a_tied_model_is_read_every_token(gemma_model):
-    from localcascade.gguf_header import read_header
-    from localcascade.memory import facts_from_header
+    from localcascade.model.gguf_header import read_header
+    from localcascade.model.facts import facts_from_header
 
     facts = facts_from_header(read_header(gemma_model))
     w = speed.weights_per_token(facts, Placement(n_ctx=4096))

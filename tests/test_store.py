@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 
-import quant
+from quant.quantize import quantize
 import synth
-from localcascade import hub, planning, store, store_index
-from localcascade.catalog import find_variant, load_catalog
+from localcascade.hub import download as hub
+from localcascade.resolve import plans as planning
+from localcascade.store import models as store
+from localcascade.store import index as store_index
+from localcascade.model.catalog import find_variant, load_catalog
 from localcascade.cli.main import main
 from localcascade.errors import ModelNotFoundError
-from localcascade.resolver import parse_model_spec, resolve
+from localcascade.resolve.resolver import parse_model_spec, resolve
 
 REPO = "someone/Tiny-GGUF"
 
@@ -52,7 +55,7 @@ def test_list_shows_pulled_registered_and_other_tools_models(served, tiny_f16_mo
     _pull(f"{REPO}:Q8_0")
     hf_hub_download("elsewhere/Other-GGUF", "Other-F32.gguf", cache_dir=_cache())  # "another tool"
     hf_hub_download(REPO, "README.md", cache_dir=_cache())
-    made = quant.quantize(tiny_f16_model, tmp_path / "mine-Q8_0.gguf", "Q8_0", verify_load=False)
+    made = quantize(tiny_f16_model, tmp_path / "mine-Q8_0.gguf", "Q8_0", verify_load=False)
     store.register_local("mine-Q8_0", [made.path], quant="Q8_0", source=str(tiny_f16_model), check="test")
 
     code, out, _ = _cli(["list", "--json"], capsys)
@@ -123,7 +126,7 @@ def test_pull_auto_takes_the_planners_choice(hf_server, tiny_model, capsys):
         for name in variant.files:
             hf_server.add_file(variant.repo, name, tiny_model)
     from localcascade.hardware.profiles import load_profile
-    from localcascade.policy import recommend
+    from localcascade.planning.policy import recommend
 
     expected = recommend(load_profile("rtx-4090"), load_catalog()).variant
 
@@ -157,7 +160,7 @@ def test_rm_deletes_only_the_models_files(served, capsys):
 
 
 def test_rm_registered_model(tiny_f16_model, tmp_path, capsys):
-    made = quant.quantize(tiny_f16_model, tmp_path / "mine.gguf", "Q8_0", verify_load=False)
+    made = quantize(tiny_f16_model, tmp_path / "mine.gguf", "Q8_0", verify_load=False)
     store.register_local("mine", [made.path], quant="Q8_0", source=None, check="test")
 
     code, _, _ = _cli(["rm", "mine", "--yes"], capsys)
@@ -203,7 +206,7 @@ def test_show_reads_a_hub_model_without_downloading_it(served, capsys):
 
 
 def test_show_a_catalog_variant_before_pulling_reads_its_hub_header(hf_server, tiny_model, capsys):
-    from localcascade.catalog import find_variant
+    from localcascade.model.catalog import find_variant
 
     variant = find_variant("Q4_K_M")
     hf_server.add_file(variant.repo, variant.files[0], tiny_model)
@@ -236,7 +239,7 @@ def test_index_updates_from_two_processes_keep_both_records(tmp_path, monkeypatc
 
     other = tmp_path / "other.gguf"
     other.write_bytes(b"GGUF")
-    script = f"from localcascade import store_index; store_index.record_verified({str(other)!r}, sha256='b' * 64, size=4, verified=True)"
+    script = f"from localcascade.store import index as store_index; store_index.record_verified({str(other)!r}, sha256='b' * 64, size=4, verified=True)"
     real_load = store_index.load_index
     seen = []
 

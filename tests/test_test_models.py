@@ -386,7 +386,7 @@ def test_live_routing_skeleton_runs_in_llama_cpp(tmp_path: Path):
 
 @pytest.mark.slow
 def test_full_live_routing_skeleton_costs_little_disk(tmp_path: Path):
-    from localcascade.catalog import find_variant
+    from localcascade.model.catalog import find_variant
 
     types = {t.name: t.type_name for t in find_variant("IQ4_XS").facts.tensors}
     path = synth.write_nemotron_h_moe(tmp_path / "iq4xs.gguf", synth.FULL, dtype="bf16", sparse=True,

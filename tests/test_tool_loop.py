@@ -21,7 +21,7 @@ import pytest
 from localcascade.engine.events import AnswerText, TurnStats
 from localcascade.engine.session import Chat, Engine, GenerationOptions
 from localcascade.errors import SandboxUnavailableError
-from localcascade.plan import Plan
+from localcascade.planning.plan import Plan
 from localcascade.tools.loop import ToolCallFinished, ToolCallStarted, run_with_tools
 from localcascade.tools.python_tool import PythonTool, find_sandbox
 from localcascade.tools.sandbox import Limits

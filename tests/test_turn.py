@@ -7,7 +7,7 @@ import threading
 from localcascade.engine.batch import BatchDecoder
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.engine.session import Chat, Engine, GenerationOptions
-from localcascade.plan import Plan
+from localcascade.planning.plan import Plan
 
 
 def test_a_turn_stopped_from_another_thread_ends_with_its_stats(tiny_model):

@@ -122,19 +122,17 @@ def ask(
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn,
                                    think=think)
     text = read_prompt(prompt or [], sys.stdin)
-    model_path = options.resolve_model(model, how="--model NAME|FILE")
     tool = tool_options.python_tool(tools, tools_unsafe, max_tool_calls, quiet=quiet)
 
     from localcascade.engine.session import Chat
-    from localcascade.planning import plan_for_file
 
-    plan = plan_for_file(model_path, request)
     started = time.perf_counter()
     try:
-        engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose,
-                                     grammar=gen.grammar, show_progress=not quiet)
+        choice, engine = options.open_model(model, request, how="--model NAME|FILE", chat_template=chat_template,
+                                            verbose=verbose, grammar=gen.grammar, show_progress=not quiet)
     except KeyboardInterrupt:
         raise Interrupted("interrupted while loading the model") from None
+    plan = choice.plan
     load_seconds = time.perf_counter() - started
     with engine:
         if not quiet:

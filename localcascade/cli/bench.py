@@ -36,11 +36,9 @@ def bench(
     if ctx is None:
         ctx = str(max(prompt_tokens, gen_tokens, 1))   # like llama-bench: just enough context
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
-    model_path = options.resolve_model(model, how="`localcascade bench NAME|FILE`")
-    from localcascade.planning import plan_for_file
-
-    engine = options.load_engine(model_path, plan_for_file(model_path, request), verbose=verbose, for_chat=False,
-                                 show_progress=not as_json)
+    choice, engine = options.open_model(model, request, how="`localcascade bench NAME|FILE`", verbose=verbose,
+                                        for_chat=False, show_progress=not as_json)
+    model_path = choice.path
     with engine:
         results = run_bench(engine, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, repetitions=repetitions)
         plan = engine.plan
@@ -71,12 +69,12 @@ def _store_calibration(model_path, model_name: str, plan, results) -> str | None
 
     from localcascade.engine.loader import default_threads
     from localcascade.errors import LocalCascadeError
-    from localcascade.gguf_header import read_header
+    from localcascade.model.gguf_header import read_header
     from localcascade.hardware import calibration, cpu, llama_build
     from localcascade.hardware.facts import Hardware
     from localcascade.hardware.resolve import fill_unknown_bandwidths
-    from localcascade.memory import facts_from_header
-    from localcascade.speed import calibrate
+    from localcascade.model.facts import facts_from_header
+    from localcascade.planning.speed import calibrate
 
     rates = {r.test[:2]: r.mean for r in results}
     if plan.n_gpu_layers != 0 or not rates.get("tg") or not rates.get("pp"):

@@ -22,7 +22,7 @@ import typer
 
 from localcascade.cli.wording import plan_line
 from localcascade.errors import LocalCascadeError, ModelNotFoundError
-from localcascade.model_spec import HubFile
+from localcascade.model.spec import HubFile
 from localcascade.units import format_bytes
 
 
@@ -57,10 +57,10 @@ def confirm_download(question: str, yes: bool, *, later: str) -> None:
 
 def recommend_and_fetch(hardware, request, *, yes: bool) -> Fetched:
     """The catalog variant that fits ``hardware`` best for ``request``: shown, confirmed, downloaded."""
-    from localcascade import hub
-    from localcascade.catalog import load_catalog
+    from localcascade.hub import download as hub
+    from localcascade.model.catalog import load_catalog
     from localcascade.errors import DoesNotFitError
-    from localcascade.policy import recommend
+    from localcascade.planning.policy import recommend
 
     try:
         choice = recommend(hardware, load_catalog(), request)
@@ -85,8 +85,8 @@ def fetch(spec: str, hardware=None, request=None) -> Fetched:
     llama.cpp could not use is refused before its bytes are fetched. With HF_HUB_OFFLINE=1 the
     cached copy is the answer, or there is none (the resolver says which).
     """
-    from localcascade import hub
-    from localcascade.resolver import resolve
+    from localcascade.hub import download as hub
+    from localcascade.resolve.resolver import resolve
 
     found = resolve(spec, need="remote")
     ref, remote, stored = found.ref, found.remote, found.stored
@@ -122,8 +122,8 @@ def report_unrecorded(pulled) -> None:
 
 def plan_for_header(header, hardware, request=None):
     """(the plan for a model's header on ``hardware``, None) or (None, why there is none)."""
-    from localcascade.plan import PlanRequest
-    from localcascade.policy import plan_for_model
+    from localcascade.planning.plan import PlanRequest
+    from localcascade.planning.policy import plan_for_model
 
     try:
         return plan_for_model(header, hardware, request or PlanRequest()), None
@@ -135,7 +135,7 @@ def _check_before_download(remote, hardware, request) -> None:
     """Read the file's header from the hub first (a few MB of range requests): a file llama.cpp
     cannot use is refused before its gigabytes are fetched, and the user sees how it would fit."""
     from localcascade.errors import GGUFHeaderError
-    from localcascade.gguf_header import read_header
+    from localcascade.model.gguf_header import read_header
 
     try:
         header = read_header(HubFile(remote.repo, remote.revision, remote.files[0].path).uri)
@@ -155,8 +155,8 @@ def _plan_from_remote_header(variant, hardware, request):
     if settings.hub_offline():
         return None
     try:
-        from localcascade.gguf_header import read_header
-        from localcascade.policy import plan_for_model
+        from localcascade.model.gguf_header import read_header
+        from localcascade.planning.policy import plan_for_model
 
         header = read_header(HubFile(variant.repo, None, variant.files[0]).uri)
         return plan_for_model(header, hardware, request)

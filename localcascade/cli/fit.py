@@ -9,7 +9,7 @@ import typer
 
 from localcascade.cli.app import app
 from localcascade.cli.options import complete_model_name
-from localcascade.memory import KV_TYPES
+from localcascade.planning.memory import KV_TYPES
 
 FIT_HELP = "Show which variants fit at which context, and recommend one, before anything is downloaded."
 
@@ -36,8 +36,8 @@ def fit(
     as_json: bool = typer.Option(False, "--json", help="Print JSON (schema in the README, section What fits)."),
 ) -> None:
     from localcascade.hardware.resolve import hardware_for
-    from localcascade.fit_report import fit_report
-    from localcascade.planner import limits_from
+    from localcascade.resolve.fit_report import fit_report
+    from localcascade.planning.placement import limits_from
     from localcascade.units import parse_tokens
 
     n_ctx = parse_tokens(ctx) if ctx else None

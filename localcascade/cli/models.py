@@ -49,7 +49,7 @@ def pull(
     """Download a model into the Hugging Face cache, resuming and verifying it."""
     from localcascade.cli import downloads
     from localcascade.hardware.resolve import hardware_for
-    from localcascade.plan import PlanRequest
+    from localcascade.planning.plan import PlanRequest
     from localcascade.units import parse_tokens
 
     request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None)
@@ -67,7 +67,7 @@ def list_models(
     as_json: bool = typer.Option(False, "--json", help="One JSON array on stdout."),
 ) -> None:
     """Models on this machine: the Hugging Face cache's GGUF models and files quantized here."""
-    from localcascade import store
+    from localcascade.store import models as store
 
     models = store.list_models()
     stale = store.stale_models()   # registered, but the file is gone: shown so `rm` can forget them
@@ -107,10 +107,10 @@ def show(
 ) -> None:
     """Architecture, file facts and the fit plan for this machine of one model."""
     from localcascade.cli.downloads import plan_for_header
-    from localcascade.gguf_header import read_header
+    from localcascade.model.gguf_header import read_header
     from localcascade.hardware.resolve import hardware_for
-    from localcascade.model_summary import summarize
-    from localcascade.resolver import resolve
+    from localcascade.model.summary import summarize
+    from localcascade.resolve.resolver import resolve
 
     hardware = hardware_for(gpu=gpu, vram=vram, ram=ram)  # a bad --gpu is the user's first mistake to hear of
     found = resolve(model, need="header")
@@ -173,8 +173,8 @@ def rm(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
 ) -> None:
     """Delete a model's files (only files the store knows)."""
-    from localcascade import store
-    from localcascade.resolver import resolve
+    from localcascade.store import models as store
+    from localcascade.resolve.resolver import resolve
 
     stored = resolve(model, need="stored").stored
     files = "\n".join(f"  {f}" for f in stored.files)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -47,7 +47,7 @@ def stored_model_names() -> list[str]:
     folder must cost the names it would have given, never a traceback at the prompt.
     """
     try:
-        from localcascade import store
+        from localcascade.store import models as store
 
         return [model.name for model in store.list_models()]
     except Exception:  # noqa: BLE001 - whatever the store raises, the shell gets the other names
@@ -56,7 +56,7 @@ def stored_model_names() -> list[str]:
 
 def _catalog_names() -> list[str]:
     try:
-        from localcascade.catalog import load_catalog
+        from localcascade.model.catalog import load_catalog
 
         return [variant.quant for variant in load_catalog()]
     except Exception:  # noqa: BLE001 - as above: completion never fails in the shell
@@ -82,7 +82,7 @@ def cpu_moe_option():
 
 
 def kv_type_option():
-    from localcascade.memory import KV_TYPES
+    from localcascade.planning.memory import KV_TYPES
 
     return typer.Option(None, "--kv-type", help=f"KV cache type for K and V: {', '.join(KV_TYPES)}.")
 
@@ -159,7 +159,7 @@ def plan_request(
 ):
     """The user's placement overrides as a PlanRequest (the planner checks they fit); ``think``
     sets the context floor of the default plan."""
-    from localcascade.plan import PlanRequest
+    from localcascade.planning.plan import PlanRequest
     from localcascade.units import parse_tokens
 
     if ngl is not None and ngl < 0:
@@ -167,7 +167,7 @@ def plan_request(
     if cpu_moe is not None and cpu_moe < 0:
         raise UsageError(f"--cpu-moe must be >= 0, got {cpu_moe}")
     if kv_type is not None:
-        from localcascade.memory import KV_TYPES
+        from localcascade.planning.memory import KV_TYPES
 
         if kv_type.lower() not in KV_TYPES:
             raise UsageError(f"--kv-type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
@@ -225,16 +225,36 @@ def read_grammar_file(path: Path) -> str:
     return text
 
 
-def resolve_model(spec: Optional[str], how: str = "--model NAME|FILE") -> Path:
-    """The model file to use: the one named, else the best pulled variant, else a clear error.
+def open_model(
+    spec: Optional[str],
+    request,
+    *,
+    how: str = "--model NAME|FILE",
+    hardware=None,
+    before_load: Optional[Callable] = None,
+    chat_template: Optional[Path] = None,
+    verbose: bool = False,
+    show_progress: bool = True,
+    for_chat: bool = True,
+    grammar: Optional[str] = None,
+    threads: Optional[int] = None,
+):
+    """The one way ask, run, serve and bench open a model: choose it (``resolve.opening``: the file,
+    the machine probed once, the plan), let the command show the plan (``before_load(plan)``),
+    then load it with its progress on stderr. Returns (choice, engine).
 
-    ``how`` is how the command takes a model (``--model NAME|FILE``, ``bench NAME|FILE``),
-    for the error.
+    ``how`` is how the command takes a model (``--model NAME|FILE``, ``bench NAME|FILE``), for the
+    error when none is named and none can be picked. ``for_chat`` (and ``grammar``) have the engine
+    check the template (and the grammar) first.
     """
-    from localcascade.resolver import NoDefaultModelError, resolve
+    from localcascade.cli.progress import load_progress
+    from localcascade.engine.template import read_template_file
+    from localcascade.resolve.opening import choose_model, open_model as load
+    from localcascade.resolve.resolver import NoDefaultModelError
 
+    template_text = read_template_file(chat_template) if chat_template is not None else None
     try:
-        return resolve(spec, need="file").path
+        choice = choose_model(spec, request, hardware=hardware)
     except NoDefaultModelError as err:
         if err.present:
             # Only catalog variants are picked by default; the others must be named.
@@ -244,29 +264,9 @@ def resolve_model(spec: Optional[str], how: str = "--model NAME|FILE") -> Path:
                 f"name one of the models `localcascade list` shows ({names}) with {how}"
             ) from None
         raise ModelNotFoundError(f"no model pulled yet: run `localcascade pull` or give {how}") from None
-
-
-def load_engine(
-    model_path: Path,
-    plan,
-    *,
-    chat_template: Optional[Path] = None,
-    verbose: bool = False,
-    show_progress: bool = True,
-    for_chat: bool = True,
-    grammar: Optional[str] = None,
-    threads: Optional[int] = None,
-):
-    """Load the Engine for ``model_path`` with ``plan`` (``localcascade.planning.plan_for_file``'s):
-    the one load path of every command, with its progress on stderr (``cli.progress``).
-
-    ``for_chat`` (and ``grammar``) have the engine check the template (and the grammar) first.
-    """
-    from localcascade.cli.progress import load_progress
-    from localcascade.engine.session import Engine
-    from localcascade.engine.template import read_template_file
-
-    template_text = read_template_file(chat_template) if chat_template is not None else None
-    with load_progress(model_path.name, show=show_progress) as progress:
-        return Engine.load(model_path, plan, chat_template=template_text, verbose=verbose, progress=progress,
-                           for_chat=for_chat, grammar=grammar, threads=threads)
+    if before_load is not None:
+        before_load(choice.plan)
+    with load_progress(choice.path.name, show=show_progress) as progress:
+        engine = load(choice, chat_template=template_text, verbose=verbose, progress=progress, for_chat=for_chat,
+                      grammar=grammar, threads=threads)
+    return choice, engine

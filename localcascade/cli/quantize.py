@@ -16,7 +16,7 @@ import typer
 from localcascade.cli.app import app
 from localcascade.cli.options import complete_stored_model
 from localcascade.errors import LocalCascadeError, OutputPathError
-from localcascade.model_spec import model_stem
+from localcascade.model.spec import model_stem
 from localcascade.units import format_bytes
 
 
@@ -34,19 +34,19 @@ def quantize(
     force: bool = typer.Option(False, "--force", help="Replace an existing output file and registered name."),
 ) -> None:
     """Quantize a GGUF with llama.cpp's quantizer, check the result, and add it to the store."""
-    import quant
-    from localcascade import store
     from localcascade.cli.progress import QuantizeProgress
-    from localcascade.resolver import resolve
-    from quant.quantize import check_threads
+    from localcascade.resolve.resolver import resolve
+    from localcascade.store import models as store
+    from quant.quantize import check_destination, check_threads, prepare, publish_outputs
+    from quant.targets import normalize_target
 
     # Everything that can be refused is refused here, before llama.cpp's dry run and the work.
-    target = quant.normalize_target(to)
+    target = normalize_target(to)
     check_threads(threads)
     source = resolve(src, need="file").path.absolute()
     store.check_writable()  # the result is registered at the end
     dst = (out or _default_out(source, target)).expanduser()
-    finals = quant.check_destination(source, dst, keep_split=keep_split, overwrite=force)
+    finals = check_destination(source, dst, keep_split=keep_split, overwrite=force)
     register_as = name or _name_for(finals[0])
     replaced = store.check_new_name(register_as, replace=force)
     if replaced is not None and replaced.missing:
@@ -62,7 +62,7 @@ def quantize(
         with store.publishing():
             store.check_new_name(register_as, replace=force)
             _refuse_other_models_files(finals, register_as)
-            quant.publish_outputs(list(result.outputs), finals, overwrite=force)
+            publish_outputs(list(result.outputs), finals, overwrite=force)
             try:
                 done["model"] = store.register_local(
                     register_as, finals, quant=target, source=str(source), replace=force,
@@ -72,7 +72,7 @@ def quantize(
             except LocalCascadeError as err:
                 done["error"] = err
 
-    with quant.prepare(source, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
+    with prepare(source, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
         typer.echo(f"{source.name} -> {target}: predicted {format_bytes(job.plan.predicted_bytes)} "
                    f"(from {format_bytes(job.plan.source_bytes)})", err=True)
         with QuantizeProgress(target) as progress:
@@ -97,7 +97,7 @@ def quantize(
 def _refuse_other_models_files(finals: list[Path], register_as: str) -> None:
     """--force replaces a file, never silently another model: a file the store knows under another
     name is refused (its registration would otherwise vanish with its content)."""
-    from localcascade import store
+    from localcascade.store import models as store
 
     for final in finals:
         if final.exists():

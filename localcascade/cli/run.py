@@ -80,14 +80,15 @@ def run(
 
     from localcascade.cli.wording import describe_plan
     from localcascade.engine.session import Chat
-    from localcascade.planning import plan_for_file
 
-    plan = plan_for_file(model_path, request, hardware)
-    for line in describe_plan(plan):
-        print(f"localcascade: {line}", file=sys.stderr)
-    for alternative in plan.alternatives:
-        print(f"localcascade:   alternative, {alternative}", file=sys.stderr)
-    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose)
+    def show_plan(plan) -> None:
+        for line in describe_plan(plan):
+            print(f"localcascade: {line}", file=sys.stderr)
+        for alternative in plan.alternatives:
+            print(f"localcascade:   alternative, {alternative}", file=sys.stderr)
+
+    _, engine = options.open_model(str(model_path), request, hardware=hardware, before_load=show_plan,
+                                   chat_template=chat_template, verbose=verbose)
     with engine:
         state = ReplState(
             engine=engine,
@@ -115,7 +116,7 @@ def _stdin_is_empty() -> bool:
 
 def _choose_model(spec: Optional[str], hardware, request, yes: bool) -> Path:
     """The named model; else the best-fitting variant already pulled; else the recommended one, pulled now."""
-    from localcascade.resolver import NoDefaultModelError, resolve
+    from localcascade.resolve.resolver import NoDefaultModelError, resolve
 
     try:
         return resolve(spec, need="file", hardware=hardware, request=request).path

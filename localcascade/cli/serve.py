@@ -85,24 +85,23 @@ def serve(
                               host_names=host_names(host, tuple(allowed_host or ())),
                               upload_budget_bytes=max(8 * body_limit, 64 * 1024 * 1024))
         return _serve(listener, host, model_arg or model, request, chat_template, guard, queue, verbose,
-                      threads, tool, max_calls, parallel)
+                      threads, tool, max_calls)
     finally:
         listener.close()
 
 
-def _serve(listener, host, spec, request, chat_template, guard, queue, verbose, threads, tool, max_calls,
-           parallel) -> int:
-    from localcascade.planning import plan_for_file
+def _serve(listener, host, spec, request, chat_template, guard, queue, verbose, threads, tool, max_calls) -> int:
     from localcascade.cli.wording import describe_plan
     from localcascade.server.app import ServerSettings
     from localcascade.server.run import base_url, is_loopback, serve_forever
 
-    model_path = options.resolve_model(spec, "MODEL or --model NAME|FILE")
-    plan = plan_for_file(model_path, request)
-    _within_trained_context(model_path, plan.n_ctx // max(1, plan.n_seq), parallel)
-    for line in describe_plan(plan):
-        _say(line)
-    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose, threads=threads)
+    def show_plan(plan) -> None:
+        for line in describe_plan(plan):
+            _say(line)
+
+    choice, engine = options.open_model(spec, request, how="MODEL or --model NAME|FILE", before_load=show_plan,
+                                        chat_template=chat_template, verbose=verbose, threads=threads)
+    model_path = choice.path
     with engine:
         served = None
         if tool is not None:
@@ -121,21 +120,6 @@ def _serve(listener, host, spec, request, chat_template, guard, queue, verbose, 
     if stopped_by is not None:
         _say(f"stopped ({stopped_by})")
     return 0
-
-
-def _within_trained_context(model_path: Path, per_conversation: int, parallel: int) -> None:
-    """A conversation's context past the one the model was trained on is refused: what it answers
-    there is noise, and a client cannot tell."""
-    from localcascade.gguf_header import read_header
-    from localcascade.memory import facts_from_header
-    from localcascade.units import format_tokens
-
-    trained = facts_from_header(read_header(model_path)).n_ctx_train
-    if trained and per_conversation > trained:
-        raise UsageError(f"--ctx {format_tokens(per_conversation)} per conversation is more than the "
-                         f"{format_tokens(trained)} tokens {model_path.name} was trained on: give --ctx "
-                         f"{format_tokens(trained)} or less" + (f" (each of the --parallel {parallel} "
-                                                                 "conversations has its own)" if parallel > 1 else ""))
 
 
 def _say(line: str) -> None:

@@ -16,7 +16,7 @@ from localcascade.units import format_bytes, format_duration, format_tokens
 if TYPE_CHECKING:
     from localcascade.engine.events import TurnStats
     from localcascade.hardware.facts import Hardware
-    from localcascade.plan import Plan
+    from localcascade.planning.plan import Plan
 
 
 # --- plans ----------------------------------------------------------------------------------------

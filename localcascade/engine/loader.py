@@ -27,21 +27,20 @@ from typing import Callable
 from localcascade.engine import llama_log
 from localcascade.engine.template import ChatTemplate
 from localcascade.errors import EngineError, Interrupted
-from localcascade.plan import Plan
+from localcascade.model.facts import EXPERT_TENSOR_RE
+from localcascade.planning.plan import Plan
 
-# llama.cpp's LLM_FFN_EXPS_REGEX (common/common.h), one pattern per block as --n-cpu-moe builds them.
-_EXPERT_TENSOR_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 
 def kv_type_id(name: str) -> int:
     """The ggml type id llama.cpp takes for a KV cache type name (memory.KV_TYPES)."""
-    from localcascade.memory import kv_type
+    from localcascade.planning.memory import kv_type
 
     return kv_type(name).ggml_id
 
 
 def expert_override_patterns(n_blocks: int) -> list[str]:
     """The regexes llama.cpp's ``--n-cpu-moe N`` uses: expert tensors of blocks 0..N-1."""
-    return [rf"blk\.{i}{_EXPERT_TENSOR_REGEX}" for i in range(n_blocks)]
+    return [rf"blk\.{i}{EXPERT_TENSOR_RE.pattern}" for i in range(n_blocks)]   # one per block, as --n-cpu-moe builds them
 
 
 class _BuftOverride(ctypes.Structure):

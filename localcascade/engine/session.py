@@ -55,7 +55,7 @@ from localcascade.engine.tool_calls import parse_tool_calls
 from localcascade.engine.turn import Turn
 from localcascade.engine.vocab import Vocab
 from localcascade.errors import ChatTemplateError, ContextOverflowError, EngineError, UsageError
-from localcascade.plan import Plan
+from localcascade.planning.plan import Plan
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -119,7 +119,7 @@ class Engine:
         grammar: str | None = None,
         threads: int | None = None,
     ) -> "Engine":
-        """Load ``model_path`` with ``plan``, the planner's (``localcascade.planning.plan_for_file``).
+        """Load ``model_path`` with ``plan``, the planner's (``localcascade.resolve.plans.plan_for_file``).
 
         ``chat_template`` (Jinja text) replaces the model's own template. ``threads`` sets
         llama.cpp's threads for generation and prompts alike (default: physical cores to
@@ -133,7 +133,7 @@ class Engine:
 
             raise ModelNotFoundError(f"model file not found: {model_path}")
         if for_chat and chat_template is None:
-            from localcascade.gguf_header import read_header
+            from localcascade.model.gguf_header import read_header
 
             if not read_header(model_path).metadata.get("tokenizer.chat_template"):
                 raise ChatTemplateError(_NO_TEMPLATE.format(name=model_path.name))

@@ -21,7 +21,7 @@ from localcascade.cli.stop_signals import StopOnSignals
 from localcascade.cli.wording import context_line, stats_footer
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import ContextOverflowError, LocalCascadeError
-from localcascade.plan import Plan
+from localcascade.planning.plan import Plan
 from localcascade.repl.commands import is_command, not_utf8, run_command
 from localcascade.repl.input import InputTooLong, LineReader, UnfinishedBlock
 from localcascade.repl.render import (
@@ -214,7 +214,7 @@ def _larger_plan(state: ReplState) -> Plan | None | bool:
     if state.hardware is None or state.engine.plan is None:
         return None
     if state.larger_plan is None:
-        from localcascade.planning import larger_plan
+        from localcascade.resolve.plans import larger_plan
 
         try:
             state.larger_plan = larger_plan(state.engine.model_path, state.engine.plan, state.hardware) or False

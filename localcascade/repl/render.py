@@ -16,7 +16,7 @@ from localcascade.cli.console import can_redraw, make_console
 from localcascade.cli.wording import thought_for
 from localcascade.engine.events import TurnStats
 from localcascade.errors import ContextOverflowError
-from localcascade.plan import Plan
+from localcascade.planning.plan import Plan
 from localcascade.repl.commands import ERROR, INFO, TRACE, WARN, Outcome
 from localcascade.repl.state import ReplState
 from localcascade.units import format_tokens
@@ -51,7 +51,7 @@ def context_warning(used: int, limit: int, larger: Plan | None | bool = None) ->
         return start + f"; this machine holds no larger context of this model than {format_tokens(limit)}"
     if larger is None:
         return start + ", or restart with a larger --ctx if `localcascade fit` says it fits"
-    from localcascade.policy import describe_briefly
+    from localcascade.planning.policy import describe_briefly
 
     return (start + f", or restart with --ctx {format_tokens(larger.n_ctx)}: this machine holds that "
             f"{describe_briefly(larger)}")

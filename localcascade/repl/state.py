@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from localcascade.engine.events import TurnStats
 from localcascade.engine.session import Chat, Engine, GenerationOptions
 from localcascade.hardware.facts import Hardware
-from localcascade.plan import Plan
+from localcascade.planning.plan import Plan
 from localcascade.tools.python_tool import PythonTool, ToolResult
 from localcascade.units import format_tokens
 

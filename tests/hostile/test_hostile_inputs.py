@@ -105,7 +105,7 @@ def test_a_hostile_grammar_never_crashes_or_hangs(tiny_model, grammar):
 
 
 def test_a_deeply_nested_store_index_is_one_line(tmp_path):
-    from localcascade import store_index
+    from localcascade.store import index as store_index
 
     store_index.index_path().parent.mkdir(parents=True, exist_ok=True)
     store_index.index_path().write_text('{"models": ' + "[" * 100000 + "]" * 100000 + "}")

@@ -81,13 +81,13 @@ def _registered(name):
 
 
 def _file_type(path):
-    from localcascade.gguf_header import read_header
+    from localcascade.model.gguf_header import read_header
 
     return read_header(path).metadata["general.file_type"]
 
 
 def test_two_quantizes_to_one_output_cannot_both_win(tiny_f16_model, tmp_path):
-    from localcascade import store_index
+    from localcascade.store import index as store_index
 
     out = tmp_path / "same.gguf"
     with holding_lock(store_index.outputs_lock_path()):
@@ -108,7 +108,7 @@ def test_two_quantizes_to_one_output_cannot_both_win(tiny_f16_model, tmp_path):
 
 
 def test_two_forced_quantizes_to_one_output_leave_file_and_index_agreeing(tiny_f16_model, tmp_path):
-    from localcascade import store_index
+    from localcascade.store import index as store_index
 
     out = tmp_path / "same.gguf"
     with holding_lock(store_index.outputs_lock_path()):
@@ -122,7 +122,7 @@ def test_two_forced_quantizes_to_one_output_leave_file_and_index_agreeing(tiny_f
 
 
 def test_two_rm_of_one_model_remove_it_once(tiny_f16_model, tmp_path):
-    from localcascade import store_index
+    from localcascade.store import index as store_index
 
     out = tmp_path / "gone.gguf"
     assert cli("quantize", str(tiny_f16_model), "--to", "Q8_0", "--out", str(out)).returncode == 0

@@ -29,10 +29,13 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 from urllib.parse import urlsplit
 
-from localcascade import hf_compat, hub_http, settings, store_index
+from localcascade import settings
+from localcascade.hub import hf_compat
+from localcascade.hub import client as hub_http
+from localcascade.store import index as store_index
 from localcascade.errors import DiskSpaceError, DownloadError, IntegrityError, ModelNotFoundError, OfflineError, UsageError
-from localcascade.hub_errors import hub_errors
-from localcascade.model_spec import (
+from localcascade.hub.errors import hub_errors
+from localcascade.model.spec import (
     ModelRef,
     check_remote_name,
     group_model_files,

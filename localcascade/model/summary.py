@@ -8,10 +8,10 @@ other layer is Mamba-2 (recurrent).
 from __future__ import annotations
 
 import collections
-import re
 from dataclasses import asdict, dataclass, field
 
-_EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_\w+_(?:ch)?exps\b")
+from localcascade.model.facts import is_expert_tensor, layer_of
+
 _THINK_TOKENS = ("<think>", "</think>")
 
 
@@ -44,7 +44,7 @@ def summarize(header) -> ModelSummary:
     """Summarize a ``gguf_header.ModelHeader``."""
     n_layer = int(header.arch_get("block_count") or 0)
     kv_heads = _per_layer(header.arch_get("attention.head_count_kv"), n_layer)
-    expert_layers = {int(m.group(1)) for t in header.tensors if (m := _EXPERT_TENSOR.match(t.name))}
+    expert_layers = {layer_of(t.name) for t in header.tensors if is_expert_tensor(t.name) and layer_of(t.name) is not None}
     pattern = "".join(
         "*" if kv_heads[i] > 0 else "E" if i in expert_layers else "M" for i in range(n_layer)
     )

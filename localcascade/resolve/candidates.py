@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from localcascade.catalog import find_variant, load_catalog
-from localcascade.gguf_header import read_header
-from localcascade.memory import ModelFacts, facts_from_header
+from localcascade.model.catalog import find_variant, load_catalog
+from localcascade.model.gguf_header import read_header
+from localcascade.model.facts import ModelFacts, facts_from_header
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from localcascade import hf_compat, hub_http, settings
-from localcascade.model_spec import HubFile
+from localcascade import settings
+from localcascade.hub import hf_compat
+from localcascade.hub import client as hub_http
+from localcascade.model.spec import HubFile
 
 FETCH_ATTEMPTS = 3  # per range request, for dropped connections and timeouts
 

@@ -25,9 +25,9 @@ from typing import Any, Iterable
 
 from localcascade.errors import DoesNotFitError, UsageError
 from localcascade.hardware.facts import Hardware
-from localcascade.memory import ModelFacts
-from localcascade.plan import WONT_FIT, Plan, PlanRequest
-from localcascade.planner import CONTEXT_LADDER, Limits, place
+from localcascade.model.facts import ModelFacts
+from localcascade.planning.plan import WONT_FIT, Plan, PlanRequest
+from localcascade.planning.placement import CONTEXT_LADDER, Limits, place
 from localcascade.units import format_tokens
 
 THINKING_FLOOR = 65536
@@ -233,6 +233,12 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
     if request.n_ctx is not None:
         if request.n_ctx <= 0:
             raise UsageError("context length must be positive")
+        if request.n_seq is not None and facts.n_ctx_train and request.n_ctx > facts.n_ctx_train:
+            # A server's conversations (n_seq given) never run past the trained context: a client
+            # cannot see the warning ask prints, only answers that turned to noise.
+            raise UsageError(f"--ctx {format_tokens(request.n_ctx)} per conversation is more than the "
+                             f"{format_tokens(facts.n_ctx_train)} tokens {name} was trained on: give --ctx "
+                             f"{format_tokens(facts.n_ctx_train)} or less")
         plan = place(facts, hw, request, n_ctx=request.n_ctx, name=name, source=source, limits=limits)
         if plan.verdict == WONT_FIT:
             raise DoesNotFitError(plan.reasons[0] + _what_fits(facts, hw, request, name, source, limits))
@@ -278,7 +284,7 @@ def _what_fits(facts: ModelFacts, hw: Hardware, request: PlanRequest, name: str,
 def plan_for_model(header: Any, hardware: Hardware, request: PlanRequest = PlanRequest(), *,
                    think: bool | None = None) -> Plan:
     """The engine's entry point: the Plan for a model file's parsed header."""
-    from localcascade.memory import facts_from_header
+    from localcascade.model.facts import facts_from_header
 
     name = str(header.metadata.get("general.name") or header.source)
     return plan_for_facts(facts_from_header(header), hardware, request, think=think, name=name, source="header")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 
 from localcascade.errors import ModelNotFoundError
-from localcascade.memory import ModelFacts, TensorFact
+from localcascade.model.facts import ModelFacts, TensorFact
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from typing import Any
 
 from localcascade.errors import DoesNotFitError
 from localcascade.hardware.facts import Hardware
-from localcascade.plan import Plan, PlanRequest
-from localcascade.planner import FIT_CONTEXTS, Limits, place
-from localcascade.policy import Policy, recommend
-from localcascade.resolver import resolve
+from localcascade.planning.plan import Plan, PlanRequest
+from localcascade.planning.placement import FIT_CONTEXTS, Limits, place
+from localcascade.planning.policy import Policy, recommend
+from localcascade.resolve.resolver import resolve
 from localcascade.units import format_tokens
 
 

@@ -8,7 +8,7 @@ silence, on a redirect loop, and on an API answer that is not JSON, each as one 
 
 from __future__ import annotations
 
-from localcascade import hf_compat
+from localcascade.hub import hf_compat
 from localcascade.errors import DownloadError
 
 CONNECT_TIMEOUT_S = 10.0

@@ -15,19 +15,10 @@ from typing import Any, Iterable
 
 from localcascade.errors import DoesNotFitError, UsageError
 from localcascade.hardware.facts import Hardware
-from localcascade.memory import (
-    MiB,
-    Estimate,
-    ModelFacts,
-    Overheads,
-    Placement,
-    check_kv_types,
-    estimate,
-    facts_from_header,
-    largest_layer_bytes,
-)
-from localcascade.speed import Speed, predict
-from localcascade.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, Plan, PlanRequest
+from localcascade.planning.memory import MiB, Estimate, Overheads, Placement, check_kv_types, estimate, largest_layer_bytes
+from localcascade.model.facts import ModelFacts, facts_from_header
+from localcascade.planning.speed import Speed, predict
+from localcascade.planning.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, Plan, PlanRequest
 from localcascade.units import format_bytes, format_tokens, parse_size
 
 # Context lengths tried when the user gives none, and shown by `fit`.

@@ -26,7 +26,8 @@ from functools import lru_cache
 from importlib import resources
 
 from localcascade.hardware.facts import Calibration
-from localcascade.memory import ModelFacts, Placement, is_expert_tensor, layer_of, on_gpu
+from localcascade.planning.memory import Placement, on_gpu
+from localcascade.model.facts import ModelFacts, is_expert_tensor, layer_of
 
 FLOAT_TYPES = {"f32", "f16", "bf16"}
 

@@ -10,7 +10,7 @@ A spec is what a user types to name a model:
 
 ``parse`` says which of these the text is by its form alone; whether a name is a catalog
 variant, a registered model or a file on this machine is the resolver's question
-(localcascade.resolver), which asks the catalog, the store and the file system.
+(localcascade.resolve.resolver), which asks the catalog, the store and the file system.
 
 File names: a split set is ``PREFIX-0000K-of-0000N.gguf`` (llama.cpp's llama_split_path), matched
 by SPLIT_NAME here and nowhere else.

@@ -19,11 +19,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-from localcascade import hf_compat, safe_io, settings, store_index
-from localcascade.catalog import find_variant, load_catalog
+from localcascade import safe_io, settings
+from localcascade.hub import hf_compat
+from localcascade.store import index as store_index
+from localcascade.model.catalog import find_variant, load_catalog
 from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
-from localcascade.model_spec import HubFile, group_model_files, quant_from_name
-from localcascade.store_index import file_key
+from localcascade.model.spec import HubFile, group_model_files, quant_from_name
+from localcascade.store.index import file_key
 
 _NAME_MAX_CHARS = 200
 

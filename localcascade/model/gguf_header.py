@@ -35,11 +35,12 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Callable
 
-from localcascade import hub_range, settings
+from localcascade import settings
+from localcascade.hub import ranges as hub_range
 from localcascade.errors import GGUFHeaderError, ModelNotFoundError, OfflineError
-from localcascade.hparams import check_hparams
-from localcascade.hub_errors import EntryMissingError, hub_error
-from localcascade.model_spec import HF_SCHEME, HubFile, parse_hub_uri, shard_names
+from localcascade.model.hparams import check_hparams
+from localcascade.hub.errors import EntryMissingError, hub_error
+from localcascade.model.spec import HF_SCHEME, HubFile, parse_hub_uri, shard_names
 
 __all__ = ["GGUFFile", "ModelHeader", "TensorInfo", "clear_cache", "read_header"]
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, TypeVar
 
-from localcascade.candidates import catalog_candidates
-from localcascade.gguf_header import read_header
+from localcascade.resolve.candidates import catalog_candidates
+from localcascade.model.gguf_header import read_header
 from localcascade.hardware.facts import Hardware
 from localcascade.hardware.resolve import hardware_for
-from localcascade.memory import facts_from_header
-from localcascade.plan import Plan, PlanRequest
-from localcascade.policy import larger_context, plan_for_model, recommend
+from localcascade.model.facts import facts_from_header
+from localcascade.planning.plan import Plan, PlanRequest
+from localcascade.planning.policy import larger_context, plan_for_model, recommend
 
 Pulled = TypeVar("Pulled")  # a stored model: anything with ``variant`` (a catalog name or None) and ``path``
 

@@ -8,7 +8,8 @@ for it, the hub, in one fixed order:
 2. a file or folder at that path;
 3. the spec's form (model_spec): ``hf://...``, ``REPO:QUANT``, ``REPO``, or a catalog variant's name.
 
-What comes back depends on ``need``:
+Each need has its own result type (ResolvedFile, ResolvedStored, ResolvedHeader, ResolvedRemote,
+ResolvedCandidates):
 
     file        the local file to load (ask, run, bench, serve, quantize's source); with no spec,
                 the catalog variant already pulled that the policy recommends for this machine
@@ -22,18 +23,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 
-from localcascade import hub, planning, settings, store
-from localcascade.candidates import Candidate, catalog_candidates, header_candidate
-from localcascade.catalog import find_variant, load_catalog
+from localcascade import settings
+from localcascade.hub import download as hub
+from localcascade.resolve import plans as planning
+from localcascade.store import models as store
+from localcascade.resolve.candidates import Candidate, catalog_candidates, header_candidate
+from localcascade.model.catalog import find_variant, load_catalog
 from localcascade.errors import DownloadError, LocalCascadeError, ModelNotFoundError, OfflineError, UsageError
 from localcascade.hardware.facts import Hardware
-from localcascade.hub import RemoteModel
-from localcascade.model_spec import HF_SCHEME, HubFile, ModelRef, check_remote_name, is_repo_form, parse, quant_from_name
-from localcascade.plan import Plan, PlanRequest
-from localcascade.store import StoredModel
-from localcascade.store_index import file_key
+from localcascade.hub.download import RemoteModel
+from localcascade.model.spec import HF_SCHEME, HubFile, ModelRef, check_remote_name, is_repo_form, parse, quant_from_name
+from localcascade.planning.plan import Plan, PlanRequest
+from localcascade.store.models import StoredModel
+from localcascade.store.index import file_key
 
 Need = Literal["file", "stored", "header", "remote", "candidates"]
 
@@ -42,18 +46,52 @@ _LIVE_HEADER_NOTE = "from the live header on the hub"
 
 
 @dataclass(frozen=True)
-class Resolved:
-    """What a spec resolved to; which fields are set depends on the need."""
+class ResolvedFile:
+    """need="file": the local file to load (the first shard of a split set)."""
 
     spec: str | None
+    path: Path
     stored: StoredModel | None = None    # the store's model, when the spec names one
-    path: Path | None = None             # file: what llama.cpp opens (the first shard of a split set)
-    plan: Plan | None = None             # file without a spec: the plan that picked the variant
-    ref: ModelRef | None = None          # remote: the spec parsed
-    header_source: str | None = None     # header: a local path or an hf:// address
-    remote: RemoteModel | None = None    # remote: None when offline and the model is already here
-    candidates: tuple[Candidate, ...] = ()  # candidates
-    notes: tuple[str, ...] = ()          # candidates: where their facts came from, when not their own header
+    plan: Plan | None = None             # no spec: the plan that picked the variant
+
+
+@dataclass(frozen=True)
+class ResolvedStored:
+    """need="stored": the store's model (a stale record too, so rm can forget it)."""
+
+    spec: str
+    stored: StoredModel
+
+
+@dataclass(frozen=True)
+class ResolvedHeader:
+    """need="header": where to read the GGUF header from, a local path or an hf:// address."""
+
+    spec: str
+    header_source: str
+    stored: StoredModel | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedRemote:
+    """need="remote": the file(s) on the hub with sizes and checksums; ``remote`` is None when
+    offline and the model is already here."""
+
+    spec: str
+    ref: ModelRef
+    stored: StoredModel | None = None
+    remote: RemoteModel | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedCandidates:
+    """need="candidates": the models to plan, and where their facts came from when not their own header."""
+
+    spec: str | None
+    candidates: tuple[Candidate, ...]
+    notes: tuple[str, ...] = ()
+    stored: StoredModel | None = None
+    ref: ModelRef | None = None
 
 
 class NoDefaultModelError(ModelNotFoundError):
@@ -68,8 +106,21 @@ class StaleRecordError(ModelNotFoundError):
     """The name is registered, but the file it names is gone."""
 
 
+@overload
+def resolve(spec: str | None, need: Literal["file"] = "file", *, hardware: Hardware | None = None,
+            request: PlanRequest | None = None) -> ResolvedFile: ...
+@overload
+def resolve(spec: str, need: Literal["stored"], **_) -> ResolvedStored: ...
+@overload
+def resolve(spec: str, need: Literal["header"], **_) -> ResolvedHeader: ...
+@overload
+def resolve(spec: str, need: Literal["remote"], **_) -> ResolvedRemote: ...
+@overload
+def resolve(spec: str | None, need: Literal["candidates"], **_) -> ResolvedCandidates: ...
+
+
 def resolve(spec: str | None, need: Need = "file", *, hardware: Hardware | None = None,
-            request: PlanRequest | None = None) -> Resolved:
+            request: PlanRequest | None = None):
     """Resolve ``spec`` for ``need`` (see the module's table); ``hardware`` and ``request`` pick the
     default model when ``need`` is "file" and no spec is given (this machine when None)."""
     if need == "candidates":
@@ -81,11 +132,11 @@ def resolve(spec: str | None, need: Need = "file", *, hardware: Hardware | None 
     if need == "file":
         path = Path(spec).expanduser()
         if path.is_file():
-            return Resolved(spec, path=path)
+            return ResolvedFile(spec, path=path)
         stored = _stored(spec)
-        return Resolved(spec, stored=stored, path=stored.path)
+        return ResolvedFile(spec, path=stored.path, stored=stored)
     if need == "stored":
-        return Resolved(spec, stored=_stored(spec, stale_ok=True))
+        return ResolvedStored(spec, _stored(spec, stale_ok=True))
     if need == "header":
         return _header(spec)
     if need == "remote":
@@ -201,7 +252,7 @@ def _pulled_variants(models: list[StoredModel]) -> dict[str, Path]:
 
 # -- per need ----------------------------------------------------------------------------------
 
-def _default_file(hardware: Hardware | None, request: PlanRequest | None) -> Resolved:
+def _default_file(hardware: Hardware | None, request: PlanRequest | None) -> ResolvedFile:
     """No model named: the pulled catalog variant the policy recommends (only catalog variants are
     picked by default; any other model must be named)."""
     present = store.list_models()
@@ -213,31 +264,31 @@ def _default_file(hardware: Hardware | None, request: PlanRequest | None) -> Res
                                       names)
         raise NoDefaultModelError("no model pulled yet")
     stored, plan = found
-    return Resolved(None, stored=stored, path=Path(stored.path), plan=plan)
+    return ResolvedFile(None, path=Path(stored.path), stored=stored, plan=plan)
 
 
-def _header(spec: str) -> Resolved:
+def _header(spec: str) -> ResolvedHeader:
     """Where to read the header of ``spec``: its stored file; a hub file not downloaded (range
     requests); a local file; or, for a catalog variant not pulled yet, its file on the hub."""
     stored = _stored_or_none(spec)
     if stored is not None:
-        return Resolved(spec, stored=stored, header_source=str(stored.path))
+        return ResolvedHeader(spec, str(stored.path), stored)
     text = spec.strip()
     if text.startswith(HF_SCHEME):
-        return Resolved(spec, header_source=text)
+        return ResolvedHeader(spec, text)
     path = Path(text).expanduser()
     if path.is_file():
-        return Resolved(spec, header_source=str(path))
+        return ResolvedHeader(spec, str(path))
     if path.exists():
         raise ModelNotFoundError(not_a_model_file(path))
     try:
         variant = find_variant(text)
     except LocalCascadeError:
         raise ModelNotFoundError(f"no model file or known model named {text!r} (see `localcascade list`)") from None
-    return Resolved(spec, header_source=HubFile(variant.repo, None, variant.files[0]).uri)
+    return ResolvedHeader(spec, HubFile(variant.repo, None, variant.files[0]).uri)
 
 
-def _remote(spec: str) -> Resolved:
+def _remote(spec: str) -> ResolvedRemote:
     """The file(s) on the hub ``spec`` names; offline, the copy already here (``remote`` None)."""
     stored = _stored_or_none(spec)
     if stored is not None and stored.where == "local":
@@ -248,42 +299,42 @@ def _remote(spec: str) -> Resolved:
     if settings.hub_offline():
         if stored is None:
             raise OfflineError(f"HF_HUB_OFFLINE=1 and {ref.label} is not in the cache")
-        return Resolved(spec, stored=stored, ref=ref)
-    return Resolved(spec, stored=stored, ref=ref, remote=hub.resolve_remote(ref))
+        return ResolvedRemote(spec, ref, stored)
+    return ResolvedRemote(spec, ref, stored, hub.resolve_remote(ref))
 
 
-def _candidates(spec: str | None) -> Resolved:
+def _candidates(spec: str | None) -> ResolvedCandidates:
     """The models ``spec`` names, to plan, each with its facts, and notes on where they came from."""
     if not spec:
         models = catalog_candidates(pulled=_pulled_variants(store.list_models()))
-        return Resolved(spec, candidates=tuple(models), notes=tuple(_notes_for(models)))
+        return ResolvedCandidates(spec, candidates=tuple(models), notes=tuple(_notes_for(models)))
     if is_repo_form(spec) and not Path(spec).expanduser().exists():
         models = [header_candidate(HubFile(spec, None, files[0]).uri, files[0], quant_from_name(files[0]))
                   for files in hub.list_repo_models(spec)]
-        return Resolved(spec, candidates=tuple(models), notes=("from the live headers on the hub",))
+        return ResolvedCandidates(spec, candidates=tuple(models), notes=("from the live headers on the hub",))
     present = store.list_models()   # scanned once: the HF cache may hold many repositories
     stored = _stored_or_none(spec, present)  # a registered name, a download, or a known file
     if stored is not None:
         model = header_candidate(str(stored.path), stored.name, stored.quant or stored.variant)
-        return Resolved(spec, stored=stored, candidates=(model,))
+        return ResolvedCandidates(spec, stored=stored, candidates=(model,))
     ref = parse_model_spec(spec)
     if ref.kind == "local":
-        return Resolved(spec, ref=ref, candidates=(header_candidate(str(ref.path), ref.path.name, ref.quant),))
+        return ResolvedCandidates(spec, ref=ref, candidates=(header_candidate(str(ref.path), ref.path.name, ref.quant),))
     if ref.kind == "variant":
         models = catalog_candidates(ref.spec, pulled=_pulled_variants(present))
-        return Resolved(spec, ref=ref, candidates=tuple(models), notes=tuple(_notes_for(models)))
+        return ResolvedCandidates(spec, ref=ref, candidates=tuple(models), notes=tuple(_notes_for(models)))
     try:
         if ref.kind == "hf_file":
             model = header_candidate(ref.spec, ref.files[0], ref.quant)
         else:
             remote = hub.resolve_remote(ref)
             model = header_candidate(HubFile(remote.repo, None, remote.files[0].path).uri, ref.label, ref.quant)
-        return Resolved(spec, ref=ref, candidates=(model,), notes=(_LIVE_HEADER_NOTE,))
+        return ResolvedCandidates(spec, ref=ref, candidates=(model,), notes=(_LIVE_HEADER_NOTE,))
     except (DownloadError, OSError) as err:
         fallback = _catalog_stand_in(ref, present)
         if fallback is None:
             raise
-        return Resolved(spec, ref=ref, candidates=tuple(fallback),
+        return ResolvedCandidates(spec, ref=ref, candidates=tuple(fallback),
                         notes=(f"hub not reachable ({err}); answered from the built-in catalog",))
 
 
