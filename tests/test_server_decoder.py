@@ -15,7 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from localcascade.engine.session import Engine
-from localcascade.plan import Plan
+from localcascade.planning.plan import Plan
 from localcascade.server.app import ServerSettings, create_app
 from localcascade.server.scheduler import Scheduler
 
