@@ -193,12 +193,18 @@ def main() -> int:
         import synth
 
         model = str(synth.write_nemotron_h_moe(Path("/tmp") / "serve-abuse-tiny.gguf", synth.TINY))
-    env = {"PYTHONPATH": str(args.source.resolve())}
+    # The checkout's package first, past an editable install's import hook (which would win over PYTHONPATH).
+    run_from = [
+        "-c", "import runpy, sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
+              f"sys.path.insert(0, {str(args.source.resolve())!r}); sys.argv[0] = 'localcascade'; "
+              "runpy.run_module('localcascade', run_name='__main__')",
+    ]
     print(f"server from {args.source.resolve()}, model {Path(model).name}")
     print(f"{'phase':44} {'RSS before/after MiB':>21} {'/health p50/max ms':>19} {'failed':>6} "
           f"{'stderr B':>9}  outcomes")
     for name, abuse in [(n, a) for n, a in PHASES if args.only in n]:
-        proc = ServerProcess(model, "--ctx", "1024", "--max-body", "16MiB", env=env)
+        proc = ServerProcess(model, "--ctx", "1024", "--max-body", "16MiB")
+        proc.python_args = run_from
         proc.popen_kwargs = {"preexec_fn": lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))}
         proc.start()
         try:

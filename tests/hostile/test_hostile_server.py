@@ -299,3 +299,31 @@ def test_a_vanishing_temperature_samples_greedily_without_numpy_warnings(server)
                          **NO_THINK}).json()["choices"][0]["message"]["content"]
     assert tiny == greedy
     assert "Warning" not in log_of(server) and "numpy" not in log_of(server)
+
+
+def test_uploads_held_open_are_bounded_by_the_upload_budget(tiny_model):
+    # --max-body 1MiB: bodies being read at once may hold 64 MiB together; the 65th upload that
+    # stalls just short of its end is refused at once instead of growing the server's memory.
+    proc = ServerProcess(str(tiny_model), "--ctx", "512", "--max-body", "1MiB").start()
+    socks, answers = [], []
+    chunk = b"x" * (1024 * 1024 - 1024)
+    try:
+        for _ in range(72):
+            s = socket.create_connection(("127.0.0.1", _port(proc)), timeout=10)
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1048576\r\n\r\n" + chunk)
+            socks.append(s)
+        time.sleep(2)
+        for s in socks:
+            s.settimeout(0.2)
+            try:
+                answers.append(s.recv(200).split(b"\r\n", 1)[0])
+            except socket.timeout:
+                answers.append(b"(reading)")
+        refused = [a for a in answers if b" 503 " in a]
+        assert refused and answers.count(b"(reading)") >= 60, answers
+        assert httpx.get(proc.root + "/health", timeout=10).status_code == 200
+    finally:
+        for s in socks:
+            s.close()
+        proc.stop()
