@@ -27,6 +27,7 @@ import collections
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -135,6 +136,7 @@ class Scheduler:
         self._busy_since: float | None = None    # when the worker's current step began; None while it waits
         self._draining: str | None = None        # why no more requests are taken (the server is stopping)
         self._died: str | None = None            # what stopped the worker thread, if anything did
+        self._replies: weakref.WeakSet = weakref.WeakSet()   # see follow()
 
     # -- the HTTP side --------------------------------------------------------------------------
 
@@ -171,6 +173,11 @@ class Scheduler:
             return f"the decoder has been in one step for {time.monotonic() - since:.0f} s"
         return None
 
+    def follow(self, reply) -> None:
+        """``reply.cancel()`` will be called when the server stops: a reply between its rounds, running
+        the model's code, has no job here to stop (held weakly: a finished reply is forgotten)."""
+        self._replies.add(reply)
+
     def drain(self, message: str) -> None:
         """Take no more requests and end every reply in flight, each failing with ``message``
         (a 503 on its own, an error event then [DONE] in a stream): the server is stopping."""
@@ -182,6 +189,8 @@ class Scheduler:
                 if slot.job is not None:
                     slot.job.stop()
             self._cond.notify()
+        for reply in list(self._replies):
+            reply.cancel()
 
     def status(self) -> dict:
         with self._cond:
