@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import LocalCascadeError
-from localcascade.server.errors import log, refused
+from localcascade.server.http_errors import log, refused
 from localcascade.server.generation import Generation, RoundEnded, ServerTool, offer_python, with_python
 from localcascade.server.guard import BodyRefused, Guard, GuardSettings, UploadBudget, read_body
 from localcascade.server.reply import AnswerFilter, openai_tool_calls

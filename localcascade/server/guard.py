@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-from localcascade.server.errors import refused
+from localcascade.server.http_errors import refused
 
 # A body must arrive within this: 8 MiB at 1 Mbit/s takes ~70 s.
 BODY_TIMEOUT_S = 120.0

@@ -27,7 +27,7 @@ import socket
 from localcascade.engine.session import Engine
 from localcascade.errors import UsageError
 from localcascade.server.app import ServerSettings, create_app
-from localcascade.server.errors import log as _log
+from localcascade.server.http_errors import log as _log
 from localcascade.server.scheduler import Scheduler
 
 HEADER_TIMEOUT_S = 10.0
