@@ -33,6 +33,7 @@ class RateLimitedLog:
 
 
 log = RateLimitedLog()
+LOGGED_MESSAGE_CHARS = 300      # the client gets the whole message; the log, its start
 
 
 def error_response(status: int, message: str, kind: str = "invalid_request_error", *,
@@ -44,10 +45,13 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
 def refused(method: str, path: str, status: int, message: str, kind: str = "invalid_request_error",
             **extra) -> JSONResponse:
     """The error response for a refused request, logged (rate-limited per status)."""
-    log(f"{status} {method} {_printable(path)}: {message}", kind=f"{status}:{extra.get('code') or message[:60]}")
+    log(f"{status} {method} {_printable(path)}: {_printable(message, LOGGED_MESSAGE_CHARS)}",
+        kind=f"{status}:{extra.get('code') or message[:60]}")
     return error_response(status, message, kind, **extra)
 
 
-def _printable(text: str) -> str:
-    """A client's path as one harmless line (no escapes for the terminal, no line breaks)."""
-    return "".join(c if c.isprintable() else "?" for c in text[:200])
+def _printable(text: str, at_most: int = 200) -> str:
+    """Client-made text as one harmless line: no escapes for the terminal, no line breaks, and cut
+    short (a message may quote what the client sent)."""
+    cut = text[:at_most]
+    return "".join(c if c.isprintable() else "?" for c in cut) + ("..." if len(text) > at_most else "")
