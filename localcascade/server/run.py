@@ -3,7 +3,7 @@
 uvicorn holds every connection it accepts for as long as the client likes unless told
 otherwise, so the limits are set here: request headers must be complete within
 ``HEADER_TIMEOUT_S`` of a connection's opening (or of its previous reply), an idle kept-alive
-connection is closed after ``KEEP_ALIVE_S``, a request's headers may hold ``MAX_HEADER_BYTES``,
+connection is closed after ``KEEP_ALIVE_S``, a request's headers may hold ``MAX_HEADER_BYTES`` (431),
 and at most ``max_connections`` are open at once (past it, the oldest connection still waiting for
 its request is closed to make room, or the new one when every connection is serving a request).
 Bodies have their own deadline and budget (``guard.read_body``). uvicorn's and asyncio's log
@@ -172,6 +172,7 @@ def _protocol(max_connections: int):
     class Protocol(H11Protocol):
         _header_timer = None
         _opened_at = 0.0
+        _header_bytes = 0
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -196,11 +197,24 @@ def _protocol(max_connections: int):
             return self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
 
         def data_received(self, data: bytes) -> None:
-            if self._header_timer is None and self.conn.their_state is h11.IDLE:
-                self._arm_header_timer()        # a new request on a kept-alive connection
+            if self.conn.their_state is h11.IDLE:
+                if self._header_timer is None:
+                    self._arm_header_timer()        # a new request on a kept-alive connection
+                # h11 bounds only a request it has not yet seen whole: headers that arrive in one
+                # read are counted here, so the cap holds however they come.
+                end = data.find(b"\r\n\r\n")
+                self._header_bytes += len(data) if end < 0 else end     # the body that may follow is not counted
+                if self._header_bytes > MAX_HEADER_BYTES:
+                    _log(f"refused a request whose headers exceed {MAX_HEADER_BYTES // 1024} KiB", kind="headers")
+                    if not self.transport.is_closing():
+                        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                             b"content-length: 0\r\nconnection: close\r\n\r\n")
+                        self.transport.close()
+                    return
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:
                 self._disarm_header_timer()
+                self._header_bytes = 0
 
         def connection_lost(self, exc) -> None:
             self._disarm_header_timer()

@@ -165,6 +165,16 @@ def test_idle_and_slow_header_sockets_are_closed(server):
     assert httpx.get(server.root + "/health", timeout=10).status_code == 200
 
 
+def test_headers_past_16_kib_are_refused_without_a_traceback(server):
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", _port(server)), timeout=10) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+            answer = sock.recv(100)
+            assert answer.startswith(b"HTTP/1.1 431"), answer
+    assert httpx.get(server.root + "/health", timeout=10).status_code == 200
+    assert "Traceback" not in log_of(server)
+
+
 def test_client_that_leaves_mid_upload_is_no_internal_error(server):
     sock = socket.create_connection(("127.0.0.1", _port(server)))
     sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -327,3 +337,11 @@ def test_uploads_held_open_are_bounded_by_the_upload_budget(tiny_model):
         for s in socks:
             s.close()
         proc.stop()
+
+
+def test_a_body_sent_with_its_headers_in_one_write_is_not_taken_for_headers(server):
+    body = json.dumps({**HELLO, "pad": "x" * 200_000}).encode()
+    with socket.create_connection(("127.0.0.1", _port(server)), timeout=60) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert sock.recv(100).startswith(b"HTTP/1.1 200"), "a 200 KB body in the first read was refused"
