@@ -35,7 +35,7 @@ def _cache() -> Path:
 
 
 def _pull(spec: str):
-    return hub.pull(hub.resolve_remote(parse_model_spec(spec)), show_progress=False)
+    return hub.pull(hub.resolve_remote(parse_model_spec(spec)))
 
 
 @pytest.fixture
@@ -136,6 +136,26 @@ def test_pull_auto_takes_the_planners_choice(hf_server, tiny_model, capsys):
     assert f"best for this machine: {expected.quant}" in err
     assert out.split("\t")[0] == expected.quant
     assert [m.name for m in store.list_models()] == [expected.quant]
+
+
+def test_pull_auto_prefer_quality_takes_the_quality_rule_and_names_the_trades(hf_server, tiny_model, capsys):
+    for variant in load_catalog():
+        for name in variant.files:
+            hf_server.add_file(variant.repo, name, tiny_model)
+    from localcascade.hardware.profiles import load_profile
+    from localcascade.planning.plan import PlanRequest
+    from localcascade.planning.policy import recommend
+
+    default = recommend(load_profile("rtx-4090"), load_catalog()).variant
+    expected = recommend(load_profile("rtx-4090"), load_catalog(), PlanRequest(prefer="quality")).variant
+    assert expected.quality_rank < default.quality_rank   # a real difference to see
+
+    code, out, err = _cli(["pull", "--gpu", "rtx-4090", "--prefer", "quality", "--yes"], capsys)
+
+    assert code == 0, err
+    assert f"best for this machine: {expected.quant}" in err
+    assert f"alternative, faster: {default.quant} " in err
+    assert out.split("\t")[0] == expected.quant
 
 
 def test_rm_deletes_only_the_models_files(served, capsys):

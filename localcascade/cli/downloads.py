@@ -20,10 +20,10 @@ from pathlib import Path
 
 import typer
 
-from localcascade.cli.wording import plan_line
+from localcascade.cli.wording import plan_line, plan_speed_reason
 from localcascade.errors import LocalCascadeError, ModelNotFoundError
 from localcascade.model.spec import HubFile
-from localcascade.units import format_bytes
+from localcascade.units import format_bytes, format_tokens
 
 
 def _err(text: str = "") -> None:
@@ -72,8 +72,14 @@ def recommend_and_fetch(hardware, request, *, yes: bool) -> Fetched:
     size = format_bytes(variant.size_bytes)
     _err(f"best for this machine: {variant.quant} ({size}) from {variant.repo}")
     _err(f"  {plan_line(plan)}")
-    for reason in plan.reasons:
+    # How the policy chose among the variants (a plan re-made from the hub's header already says it for one).
+    chose = tuple(note for note in choice.notes if note not in plan.reasons)
+    for reason in plan.reasons + ((plan_speed_reason(plan),) if plan.tokens_per_s else ()) + chose:
         _err(f"  - {reason}")
+    for alternative in choice.alternatives:   # each with what it trades and the command that gets it
+        how = (f"localcascade run --ctx {format_tokens(alternative.plan.n_ctx)}"
+               if alternative.variant.quant == variant.quant else f"localcascade pull {alternative.variant.quant}")
+        _err(f"  alternative, {alternative.describe()} (`{how}`)")
     confirm_download(f"Download {variant.quant} ({size})?", yes, later=f"localcascade pull {variant.quant}")
     return fetch(variant.quant)
 
@@ -98,7 +104,11 @@ def fetch(spec: str, hardware=None, request=None) -> Fetched:
     if hardware is not None:
         _check_before_download(remote, hardware, request)
     try:
-        pulled = hub.pull(remote, show_progress=sys.stderr.isatty())
+        from localcascade.cli.progress import DownloadProgress
+
+        progress = DownloadProgress(ref.label)
+        with progress:
+            pulled = hub.pull(remote, on_start=progress.start, on_bytes=progress.advance)
     except KeyboardInterrupt:
         from localcascade.errors import Interrupted
 

@@ -43,6 +43,7 @@ def pull(
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan for a hardware profile (rtx-4090) instead of this machine."),
     vram: Optional[str] = typer.Option(None, "--vram", help="Plan for this much GPU memory, e.g. 16GiB."),
     ram: Optional[str] = typer.Option(None, "--ram", help="Plan for this much system RAM, e.g. 64GiB."),
+    prefer: Optional[str] = options.prefer_option(),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before downloading the variant `auto` chose "
                                                        "(without a terminal nobody is asked)."),
 ) -> None:
@@ -50,9 +51,10 @@ def pull(
     from localcascade.cli import downloads
     from localcascade.hardware.resolve import hardware_for
     from localcascade.planning.plan import PlanRequest
+    from localcascade.planning.policy import check_preference
     from localcascade.units import parse_tokens
 
-    request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None)
+    request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None, prefer=check_preference(prefer))
     if model == "auto":
         fetched = downloads.recommend_and_fetch(hardware_for(gpu=gpu, vram=vram, ram=ram), request, yes=yes)
     else:

@@ -72,6 +72,12 @@ def ctx_option(default_is: str = "the plan's"):
     return typer.Option(None, "--ctx", help=f"Context length in tokens: 8192, 32K, 1M (default: {default_is}).")
 
 
+def prefer_option():
+    return typer.Option(
+        None, "--prefer", help="Recommend by another rule than the machine's: quality (the best quality at "
+        "20+ tokens/s), speed (the fastest) or context (the longest context) [default: fully on the GPU first].")
+
+
 def ngl_option():
     return typer.Option(None, "--ngl", help="Layers on the GPU (default: the plan's).")
 
@@ -156,9 +162,10 @@ def plan_request(
     kv_type: Optional[str] = None,
     flash_attn: Optional[bool] = None,
     think: bool = True,
+    prefer: Optional[str] = None,
 ):
     """The user's placement overrides as a PlanRequest (the planner checks they fit); ``think``
-    sets the context floor of the default plan."""
+    sets the context floor of the default plan, ``prefer`` the policy's rule."""
     from localcascade.planning.plan import PlanRequest
     from localcascade.units import parse_tokens
 
@@ -172,9 +179,12 @@ def plan_request(
         if kv_type.lower() not in KV_TYPES:
             raise UsageError(f"--kv-type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
         kv_type = kv_type.lower()
+    from localcascade.planning.policy import check_preference
+
     return PlanRequest(
         n_ctx=parse_tokens(ctx) if ctx is not None else None,
         think=think,
+        prefer=check_preference(prefer),
         type_k=kv_type,
         type_v=kv_type,
         flash_attn=flash_attn,

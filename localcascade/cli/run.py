@@ -35,6 +35,7 @@ def run(
     max_tokens: Optional[int] = options.max_tokens_option(),
     seed: Optional[int] = options.seed_option(),
     ctx: Optional[str] = options.ctx_option(),
+    prefer: Optional[str] = options.prefer_option(),
     ngl: Optional[int] = options.ngl_option(),
     cpu_moe: Optional[int] = options.cpu_moe_option(),
     kv_type: Optional[str] = options.kv_type_option(),
@@ -65,7 +66,7 @@ def run(
         seed=seed,
     )
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn,
-                                   think=think)
+                                   think=think, prefer=prefer)
 
     grammar = options.read_grammar_file(grammar_file) if grammar_file is not None else None
     python_tool, max_calls = tool_options.python_tool(tools, tools_unsafe, max_tool_calls)

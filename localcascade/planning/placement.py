@@ -118,7 +118,9 @@ def _speed_fields(facts: ModelFacts, p: Placement, hw: Hardware, limits: Limits,
         return {}
     speed = speed_of(facts, p, hw, limits)
     return dict(tokens_per_s=round(speed.generation, 1), prompt_tokens_per_s=round(speed.prompt, 1),
-                speed_measured=speed.measured)
+                speed_measured=speed.measured, tokens_per_s_low=round(speed.generation_low, 1),
+                tokens_per_s_high=round(speed.generation_high, 1), prompt_tokens_per_s_low=round(speed.prompt_low, 1),
+                prompt_tokens_per_s_high=round(speed.prompt_high, 1))
 
 
 def _base(facts: ModelFacts, hw: Hardware, request: PlanRequest, n_ctx: int) -> Placement:
