@@ -377,8 +377,7 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
     if (request.n_seq or 1) > 1:
         # Several conversations: the floor is per conversation, and nothing smaller is chosen silently;
         # nor anything longer than the model was trained on (its answers past that are noise).
-        floor = policy.floor(request.think if think is None else think)
-        request = replace(request, n_ctx=min(floor, facts.n_ctx_train) if facts.n_ctx_train else floor)
+        request = replace(request, n_ctx=_floor([facts], policy, request.think if think is None else think))
         return plan_for_facts(facts, hw, request, think=think, name=name, source=source, policy=policy,
                               limits=limits)
     choice = recommend(hw, [_OneModel(facts, name, source)], request, think=think, policy=policy, limits=limits)
