@@ -230,7 +230,8 @@ def test_the_raw_cases_through_curl(server):
         body, status = out.rsplit("\n", 1)
         return int(status), json.loads(body)
 
-    status, body = curl("-X", "POST", server.base_url + "/completions", "-d", "{}")
+    status, body = curl("-X", "POST", server.base_url + "/completions", "-H", "Content-Type: application/json",
+                        "-d", "{}")
     assert status == 404 and "POST /v1/responses" in body["error"]["message"]
     status, body = curl(server.base_url + "/models/nope")
     assert status == 404 and body["error"]["code"] == "model_not_found"

@@ -25,6 +25,11 @@ def sampling_profile() -> dict:
     return json.loads(text)
 
 
+# A temperature this low divides logit gaps of float32's resolution (~1e-6 at the logits' scale)
+# into differences of 10 or more: the choice is the greedy one to within e^-10.
+GREEDY_BELOW = 1e-5
+
+
 def resolve(options) -> dict:
     """The sampling values for ``options`` (a GenerationOptions): user values over the mode's defaults."""
     defaults = sampling_profile()["think" if options.think else "no_think"]
@@ -56,7 +61,10 @@ class Sampler:
 
         self._lib = llama_cpp
         values = resolve(options)
-        self._temperature = float(values["temperature"] or 0.0)
+        temperature = float(values["temperature"] or 0.0)
+        # Below GREEDY_BELOW the weights are the greedy choice's anyway, and dividing by such a
+        # temperature overflows float32 (1e-300: inf x 0 = NaN, numpy warnings, no token): greedy.
+        self._temperature = 0.0 if temperature < GREEDY_BELOW else temperature
         self._top_k = int(values["top_k"] or 0)
         self._top_p = 1.0 if values["top_p"] is None else float(values["top_p"])
         self._min_p = float(values["min_p"] or 0.0)

@@ -364,13 +364,20 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
     if request.n_ctx is not None:
         if request.n_ctx <= 0:
             raise UsageError("context length must be positive")
+        if request.n_seq is not None and facts.n_ctx_train and request.n_ctx > facts.n_ctx_train:
+            # A server's conversations (n_seq given) never run past the trained context: a client
+            # cannot see the warning ask prints, only answers that turned to noise.
+            raise UsageError(f"--ctx {format_tokens(request.n_ctx)} per conversation is more than the "
+                             f"{format_tokens(facts.n_ctx_train)} tokens {name} was trained on: give --ctx "
+                             f"{format_tokens(facts.n_ctx_train)} or less")
         plan = place(facts, hw, request, n_ctx=request.n_ctx, name=name, source=source, limits=limits)
         if plan.verdict == WONT_FIT:
             raise DoesNotFitError(plan.reasons[0] + _what_fits(facts, hw, request, name, source, limits))
         return plan
     if (request.n_seq or 1) > 1:
-        # Several conversations: the floor is per conversation, and nothing smaller is chosen silently.
-        request = replace(request, n_ctx=policy.floor(request.think if think is None else think))
+        # Several conversations: the floor is per conversation, and nothing smaller is chosen silently;
+        # nor anything longer than the model was trained on (its answers past that are noise).
+        request = replace(request, n_ctx=_floor([facts], policy, request.think if think is None else think))
         return plan_for_facts(facts, hw, request, think=think, name=name, source=source, policy=policy,
                               limits=limits)
     choice = recommend(hw, [_OneModel(facts, name, source)], request, think=think, policy=policy, limits=limits)

@@ -6,30 +6,33 @@ Routes: ``POST /v1/chat/completions`` (JSON or server-sent events),
 the code the model runs is reported as ``message.tool_results`` (streaming: one
 ``delta.tool_results`` per call), each entry shaped as ``ask --json``'s ``tool_calls``. Every failure is answered as
 ``{"error": {"message", "type", "param", "code"}}`` with its status and logged
-as one line on stderr; no traceback ever reaches a client or the log.
+as one line on stderr; no traceback ever reaches a client or the log. What a request must be
+before it reaches a route (host, origin, key, size, content type) is ``guard``'s. Parsing a
+body runs on a worker thread, not on the event loop that answers every other client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import LocalCascadeError
 from localcascade.server.generation import Generation, RoundEnded, ServerTool, offer_python, with_python
+from localcascade.server.guard import BodyRefused, Guard, GuardSettings, UploadBudget, read_body
+from localcascade.server.http_errors import log, refused
 from localcascade.server.reply import AnswerFilter, openai_tool_calls
 from localcascade.server.responses import ResponsesRequest, ResponseStore, ResponseWriter, conversation, to_chat
-from localcascade.server.scheduler import Failed, QueueFull, Scheduler, Started
+from localcascade.server.scheduler import Failed, QueueFull, Scheduler, Started, Unavailable
 from localcascade.server.schema import ChatRequest, quoted, to_work
 from localcascade.tools.loop import ToolCallFinished
 from localcascade.tools.python_tool import NAME as PYTHON
@@ -40,31 +43,17 @@ DISCONNECT_POLL_S = 0.05
 @dataclass(frozen=True)
 class ServerSettings:
     model_id: str
-    api_key: str | None = None
-    max_body_bytes: int = 8 * 1024 * 1024
+    guard: GuardSettings = GuardSettings()
     retry_after_s: int = 2
     tool: ServerTool | None = None     # serve --tools python
     tools_shown: bool = True           # the chat template lists tools to the model (checked at start)
     call_tokens: bool = True           # <tool_call> / </tool_call> are tokens of the model's vocabulary
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-def log(line: str) -> None:
-    print(f"localcascade: {line}", file=sys.stderr, flush=True)
-
-
-def error_response(status: int, message: str, kind: str = "invalid_request_error", *,
-                   param: str | None = None, code: str | None = None, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
-                        status_code=status, headers=headers)
-
-
 def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
     app = FastAPI(title="localcascade", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(_Guard, settings=settings)
+    app.add_middleware(Guard, settings=settings.guard)
+    uploads = UploadBudget(settings.guard.upload_budget_bytes)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
@@ -80,7 +69,12 @@ def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": settings.model_id, **scheduler.status()}
+        # Not ok (503) when the decoder thread is dead or stuck: every request would wait on it.
+        trouble = scheduler.liveness()
+        body = {"status": "ok" if trouble is None else "error", "model": settings.model_id, **scheduler.status()}
+        if trouble is not None:
+            body["error"] = trouble
+        return JSONResponse(body, status_code=200 if trouble is None else 503)
 
     model = {"id": settings.model_id, "object": "model", "created": 0, "owned_by": "localcascade"}
 
@@ -97,13 +91,13 @@ def create_app(scheduler: Scheduler, settings: ServerSettings) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await _answer(request, settings, _chat(request, scheduler, settings))
+        return await _answer(request, settings, _chat(request, scheduler, settings, uploads))
 
     store = ResponseStore()
 
     @app.post("/v1/responses")
     async def responses(request: Request):
-        return await _answer(request, settings, _responses(request, scheduler, settings, store))
+        return await _answer(request, settings, _responses(request, scheduler, settings, store, uploads))
 
     return app
 
@@ -115,42 +109,19 @@ def _served_routes(app: FastAPI) -> list[tuple[str, str]]:
 
 
 async def _answer(request: Request, settings: ServerSettings, handling):
-    """Await a route's handling: a body over the cap is a 413, any failure one log line and a 500."""
+    """Await a route's handling: a refused body is its 4xx/503, a client gone before its request was
+    read one quiet log line, any other failure one log line and a 500."""
     try:
         return await handling
-    except BodyTooLarge:
-        return _refused(request, 413, f"the request body is larger than {settings.max_body_bytes} bytes")
+    except BodyRefused as err:
+        headers = {"Retry-After": str(settings.retry_after_s)} if err.status == 503 else None
+        return _refused(request, err.status, err.message, code=err.code, headers=headers)
+    except ClientDisconnect:
+        log(f"{request.method} {request.url.path}: the client went away before its request was read",
+            kind="disconnect")
+        return Response(status_code=499)     # nobody receives it
     except Exception as err:  # noqa: BLE001 - one line in the log, a JSON error to the client
         return _refused(request, 500, f"internal error: {type(err).__name__}: {err}", kind="server_error")
-
-
-class _Guard:
-    """Body size cap (by Content-Length) and API key, before any route runs (plain ASGI, so
-    streaming and disconnects pass through untouched)."""
-
-    def __init__(self, app, settings: ServerSettings) -> None:
-        self.app = app
-        self.settings = settings
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        settings = self.settings
-        request = Request(scope, receive)
-        length = request.headers.get("content-length", "")
-        refusal = None
-        if length.isdigit() and int(length) > settings.max_body_bytes:
-            refusal = _refused(request, 413, f"the request body is {length} bytes; at most "
-                                             f"{settings.max_body_bytes} are accepted")
-        elif settings.api_key is not None and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            token = given[7:].strip() if given[:7].lower() == "bearer " else ""
-            if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
-                refusal = _refused(request, 401, "invalid or missing API key (Authorization: Bearer KEY)",
-                                   kind="authentication_error", code="invalid_api_key")
-        if refusal is not None:
-            return await refusal(scope, receive, send)
-        return await self.app(scope, receive, send)
 
 
 def _validation_message(err: ValidationError) -> tuple[str, str | None]:
@@ -164,27 +135,17 @@ def _validation_message(err: ValidationError) -> tuple[str, str | None]:
 
 
 def _refused(request: Request, status: int, message: str, kind: str = "invalid_request_error", **extra) -> JSONResponse:
-    log(f"{status} {request.method} {request.url.path}: {message}")
-    return error_response(status, message, kind, **extra)
+    return refused(request.method, request.url.path, status, message, kind, **extra)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _chat(request: Request, scheduler: Scheduler, settings: ServerSettings):
-    body = await _read_body(request, settings.max_body_bytes)
+async def _chat(request: Request, scheduler: Scheduler, settings: ServerSettings, uploads: UploadBudget):
+    body = await read_body(request, settings.guard, uploads)
     try:
-        req = ChatRequest.model_validate_json(body)
+        req = await asyncio.to_thread(ChatRequest.model_validate_json, body)   # off the event loop
     except ValidationError as err:
         message, param = _validation_message(err)
         return _refused(request, 400, message, param=param)
+    del body     # up to --max-body of it: not held for the whole reply
     opened = await _open(request, scheduler, settings, req)
     if not isinstance(opened, _Opened):
         return opened
@@ -195,10 +156,11 @@ async def _chat(request: Request, scheduler: Scheduler, settings: ServerSettings
     return finished if isinstance(finished, JSONResponse) else JSONResponse(finished.completion())
 
 
-async def _responses(request: Request, scheduler: Scheduler, settings: ServerSettings, store: ResponseStore):
-    body = await _read_body(request, settings.max_body_bytes)
+async def _responses(request: Request, scheduler: Scheduler, settings: ServerSettings, store: ResponseStore,
+                     uploads: UploadBudget):
+    body = await read_body(request, settings.guard, uploads)
     try:
-        req = ResponsesRequest.model_validate_json(body)
+        req = await asyncio.to_thread(ResponsesRequest.model_validate_json, body)   # off the event loop
         messages = conversation(req, store)
         chat = to_chat(req, messages)
     except ValidationError as err:
@@ -229,7 +191,7 @@ class _Opened:
 async def _open(request: Request, scheduler: Scheduler, settings: ServerSettings, req: ChatRequest):
     """Submit ``req`` and wait for it to start: an _Opened, or the error response to send."""
     try:
-        work = to_work(req, call_tokens=settings.call_tokens)
+        work = await asyncio.to_thread(to_work, req, call_tokens=settings.call_tokens)   # stop strings, grammars
     except LocalCascadeError as err:
         return _refused(request, 400, str(err))
     if work.forced_call is not None and not settings.tools_shown:
@@ -246,6 +208,8 @@ async def _open(request: Request, scheduler: Scheduler, settings: ServerSettings
     except QueueFull:
         return _refused(request, 503, "the server is busy: every conversation slot and the queue are full; retry later",
                         kind="server_error", code="queue_full", headers={"Retry-After": str(settings.retry_after_s)})
+    except Unavailable as err:
+        return _refused(request, 503, str(err), kind="server_error", code="unavailable")
     watcher = asyncio.create_task(_watch_disconnect(request, generation))
     events = generation.events()
     try:
@@ -421,7 +385,8 @@ async def _sse(opened: _Opened, render, request: Request):
             yield line
         async for event in opened.events:
             if isinstance(event, Failed):
-                log(f"{event.status} {request.method} {request.url.path} (mid-stream): {event.message}")
+                log(f"{event.status} {request.method} {request.url.path} (mid-stream): {event.message}",
+                    kind=str(event.status))
                 for line in render.failed(event.message, event.kind, event.code):
                     yield line
                 break
@@ -436,7 +401,7 @@ async def _sse(opened: _Opened, render, request: Request):
             yield line
     except Exception as err:  # noqa: BLE001 - headers are sent: end the stream with an error event
         message = f"internal error: {type(err).__name__}: {err}"
-        log(f"500 {request.method} {request.url.path} (mid-stream): {message}")
+        log(f"500 {request.method} {request.url.path} (mid-stream): {message}", kind="500")
         for line in render.failed(message, "server_error", None):
             yield line
     finally:

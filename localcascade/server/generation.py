@@ -77,6 +77,7 @@ class Generation:
         self._rounds = ToolRounds(work.options, served.max_calls) if served else None
         self._thought: list[str] = []
         self.job = self._job(work, None)
+        scheduler.follow(self)      # a stopping server kills the code this reply runs
 
     def submit(self) -> None:
         """Queue the first round; QueueFull when the server is full."""
