@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +11,7 @@ import typer
 from localcascade.cli import options, tool_options
 from localcascade.cli.app import app
 from localcascade.errors import UsageError
+from localcascade.stderr import say
 
 API_KEY_ENV = "LOCALCASCADE_API_KEY"
 MAX_PARALLEL = 64     # llama.cpp allows 256 sequences; past this the per-step Python work dominates
@@ -97,7 +97,7 @@ def _serve(listener, host, spec, request, chat_template, guard, queue, verbose, 
 
     def show_plan(plan) -> None:
         for line in describe_plan(plan):
-            _say(line)
+            say(line)
 
     choice, engine = options.open_model(spec, request, how="MODEL or --model NAME|FILE", before_load=show_plan,
                                         chat_template=chat_template, verbose=verbose, threads=threads)
@@ -115,23 +115,19 @@ def _serve(listener, host, spec, request, chat_template, guard, queue, verbose, 
         settings = ServerSettings(model_id=model_path.stem, guard=guard, tool=served, tools_shown=tools_shown,
                                   call_tokens=call_tokens)
         if not tools_shown:
-            _say("warning: the chat template does not show tools to the model: requests' tools are not seen, "
+            say("warning: the chat template does not show tools to the model: requests' tools are not seen, "
                  "and tool_choice \"required\" or a named function is refused (--chat-template FILE to fix)")
         if not is_loopback(host) and guard.api_key is None:
-            _say(f"warning: listening on {host} without an API key: anyone who can reach this port "
+            say(f"warning: listening on {host} without an API key: anyone who can reach this port "
                  f"can use the model (set {API_KEY_ENV} or --api-key-file)")
         if served is not None:
-            _say(f"the model may run python on this machine ({'sandboxed' if tool.sandbox.sandboxed else 'WITHOUT a sandbox'}, "
+            say(f"the model may run python on this machine ({'sandboxed' if tool.sandbox.sandboxed else 'WITHOUT a sandbox'}, "
                  f"at most {max_calls} calls per reply); results are reported as message.tool_results")
-        _say(f"serving {settings.model_id} at {base_url(listener)} (OpenAI base URL); Ctrl-C stops")
+        say(f"serving {settings.model_id} at {base_url(listener)} (OpenAI base URL); Ctrl-C stops")
         stopped_by = serve_forever(engine, listener, settings, queue_size=queue)
     if stopped_by is not None:
-        _say(f"stopped ({stopped_by})")
+        say(f"stopped ({stopped_by})")
     return 0
-
-
-def _say(line: str) -> None:
-    print(f"localcascade: {line}", file=sys.stderr, flush=True)
 
 
 def _api_key(path: Optional[Path]) -> Optional[str]:

@@ -4,11 +4,12 @@ with refused requests must not fill the disk with its log."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
 from fastapi.responses import JSONResponse
+
+from localcascade.stderr import say
 
 
 class RateLimitedLog:
@@ -29,7 +30,7 @@ class RateLimitedLog:
             self._last[kind] = now
             held = self._held.pop(kind, 0)
         more = f" (and {held} more like it not shown)" if held else ""
-        print(f"localcascade: {line}{more}", file=sys.stderr, flush=True)
+        say(f"{line}{more}")
 
 
 log = RateLimitedLog()

@@ -24,7 +24,6 @@ it is the rest of a reply already admitted, not a new request.
 from __future__ import annotations
 
 import collections
-import sys
 import threading
 import time
 import weakref
@@ -36,6 +35,7 @@ from localcascade.engine.events import AnswerText, Event, TurnStats
 from localcascade.engine.session import TOOL_CALL_CLOSE, Engine
 from localcascade.errors import ContextOverflowError, LocalCascadeError
 from localcascade.server.schema import Work, reply_key
+from localcascade.stderr import say
 
 # Stands in for the held reply when rendering, to find where the new messages start.
 _SENTINEL = "\u2063LOCALCASCADE-HELD-REPLY\u2063"
@@ -235,7 +235,7 @@ class Scheduler:
                     self._abandon(f"internal error: {type(err).__name__}: {err}")
         except BaseException as err:  # noqa: BLE001 - said in one line and by /health; no traceback
             self._died = f"{type(err).__name__}: {err}"
-            print(f"localcascade: the decoder thread stopped: {self._died}", file=sys.stderr, flush=True)
+            say(f"the decoder thread stopped: {self._died}")
         finally:
             self._busy_since = None
             if self._died is not None:
