@@ -73,6 +73,24 @@ def gemma_model(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFa
     return target
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_llama_thread():
+    """llama.cpp runs one thread in this process and in every command a test starts.
+
+    The test models are tiny, and on a machine whose cores are busy with other work llama.cpp's
+    spinning thread barriers wait on descheduled threads: 300 tokens of the tiny model took 15 s
+    and 3.7 s of CPU with two threads, 0.5 s and 0.08 s with one. Tests of the thread settings
+    themselves set or remove LOCALCASCADE_THREADS.
+    """
+    import os
+
+    before = os.environ.get("LOCALCASCADE_THREADS")
+    os.environ.setdefault("LOCALCASCADE_THREADS", "1")
+    yield
+    if before is None:
+        os.environ.pop("LOCALCASCADE_THREADS", None)
+
+
 def _ignore_quietly(signum, frame) -> None:
     """SIGHUP/SIGTERM that reach the test process while it runs as a nohup'd or trapped job."""
 

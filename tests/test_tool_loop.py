@@ -218,9 +218,9 @@ def test_a_thought_open_at_a_call_is_closed_as_nvidias_template_renders_it(tiny_
     template = NANO_TEMPLATE.read_text()
     with Engine.load(tiny_model, PLAN, chat_template=template) as engine:
         close = engine.vocab.tokenize("\n</think>\n", special=True)
-        # Seed 39 does it with the tiny model of tests/synth.py on the CPU build; the scan covers a
-        # build that samples differently.
-        for seed in [39, *range(120)]:
+        # Seed 30 does it with the tiny model of tests/synth.py on the CPU build with one thread (as
+        # conftest.py runs llama.cpp); the scan covers a build that samples differently.
+        for seed in [30, *range(120)]:
             chat = Chat(engine)
             start = len(engine.tokenize_prompt(engine.template.render(
                 [{"role": "user", "content": "hi"}], add_generation_prompt=True, enable_thinking=True,
