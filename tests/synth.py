@@ -349,18 +349,32 @@ def _init_values(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
     return (rng.standard_normal(np_shape, dtype=np.float32) * scale).astype(np.float32)
 
 
+_IQ4_NL_TABLE = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+_IQ4_NL_MIDPOINTS = (_IQ4_NL_TABLE[1:] + _IQ4_NL_TABLE[:-1]) / 2
+# Scaled values lie in [-127, 127] (up to rounding): cell k holds [k, k + 1), and at most one midpoint
+# falls in a cell (entries are 9 or more apart), so an index is the midpoints below the cell, plus one
+# if the value is above the midpoint inside it.
+_IQ4_NL_FIRST_CELL = -128
+_IQ4_NL_CELLS = np.arange(_IQ4_NL_FIRST_CELL, 128, dtype=np.float32)
+_IQ4_NL_BELOW = np.searchsorted(_IQ4_NL_MIDPOINTS, _IQ4_NL_CELLS).astype(np.uint8)
+_IQ4_NL_INSIDE = np.full(_IQ4_NL_CELLS.size, np.inf, np.float32)
+_IQ4_NL_INSIDE[np.floor(_IQ4_NL_MIDPOINTS).astype(np.int64) - _IQ4_NL_FIRST_CELL] = _IQ4_NL_MIDPOINTS
+
+
 def _iq4_nl_blocks(values: np.ndarray) -> bytes:
     """IQ4_NL blocks (f16 scale + 32 4-bit indices into a fixed table) for ``values``.
 
     The gguf package reads IQ4_NL but cannot write it; this rounding (scale = max|x| / 127, nearest
     table entry) is cruder than llama.cpp's, which is fine for random test weights.
     """
-    table = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
     blocks = values.reshape(-1, 32)
     scale = np.abs(blocks).max(axis=1, keepdims=True) / 127.0
     scale[scale == 0] = 1.0
-    # Nearest table entry by the midpoints between entries: one binary search per value.
-    index = np.searchsorted((table[1:] + table[:-1]) / 2, blocks / scale).astype(np.uint8)
+    scaled = blocks / scale
+    # Nearest table entry by the midpoints between entries (the count of midpoints below the value):
+    # looked up per unit cell, as a binary search per value is most of the time of a full-size embedding.
+    cell = np.floor(scaled).astype(np.int16) - _IQ4_NL_FIRST_CELL
+    index = _IQ4_NL_BELOW[cell] + (scaled > _IQ4_NL_INSIDE[cell])
     # ggml packs element j in the low nibble and element j + 16 in the high nibble of byte j.
     packed = index[:, :16] | (index[:, 16:] << 4)
     out = np.empty((blocks.shape[0], 18), np.uint8)

@@ -121,7 +121,7 @@ def test_no_module_imports_itself_round_a_circle():
 # -- Which way imports go (ARCHITECTURE.md states the same table) ---------------------------------
 
 BASE = ("localcascade", "localcascade.errors", "localcascade.units", "localcascade.settings",
-        "localcascade.safe_io")
+        "localcascade.safe_io", "localcascade.stderr")
 PURE_FACTS = ("localcascade.model.facts", "localcascade.model.hparams", "localcascade.model.spec",
               "localcascade.hardware.facts")
 FRONT_ENDS = ("localcascade.cli", "localcascade.repl", "localcascade.server")

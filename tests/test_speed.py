@@ -111,7 +111,8 @@ def test_the_output_head_of_a_tied_model_is_read_every_token(gemma_model):
     assert w.cpu_quant_bytes + w.cpu_float_bytes > embedding.n_bytes
 
 
-def test_bench_stores_this_machines_speeds_and_fit_uses_them(tiny_model):
+def test_bench_stores_this_machines_speeds_and_fit_uses_them(tiny_model, monkeypatch):
+    monkeypatch.delenv("LOCALCASCADE_THREADS")   # fit plans for the default threads: bench must measure those
     before = subprocess.run([*FIT, str(tiny_model), "--json"], capture_output=True, text=True, timeout=120)
     assert before.returncode == 0, before.stderr
     report = json.loads(before.stdout)

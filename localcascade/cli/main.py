@@ -70,7 +70,8 @@ def _prepare_process() -> str | None:
         sys.stderr = _DiagnosticsStream(sys.stderr)
     if _on_main_thread():  # signal handlers can only be set there (tests may call main elsewhere)
         for name in ("SIGTERM", "SIGHUP"):
-            if hasattr(signal, name):
+            # One the parent ignores stays ignored (nohup's SIGHUP): it chose that we outlive it.
+            if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
                 signal.signal(getattr(signal, name), _terminate)
     return "standard output is closed: there is nowhere to write results" if stdout_closed else None
 
