@@ -219,9 +219,9 @@ def read_grammar_file(path: Path) -> str:
     text = safe_io.read_text_input(path, what="grammar file", limit=safe_io.GRAMMAR_MAX_BYTES)
     if not text.strip():
         raise UsageError(f"grammar file {path} is empty: it would constrain nothing (GBNF expected)")
-    from localcascade.gbnf import check_grammar
+    from localcascade.engine.grammar import check
 
-    check_grammar(text, f"grammar file {path}")
+    check(text, f"grammar file {path}")   # before the model loads; the engine checks again before C code
     return text
 
 
