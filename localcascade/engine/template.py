@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -39,12 +40,67 @@ class _RenderTooLarge(Exception):
     """Raised inside the rendering thread by the watchdog."""
 
 
+def _too_large(size: int, what: str) -> None:
+    if size > VALUE_MAX_ITEMS:
+        raise ChatTemplateError(f"the chat template builds a value of {size:,} characters with {what} "
+                                f"(more than {VALUE_MAX_ITEMS:,})")
+
+
+_NUMBERS = re.compile(r"\d+")
+
+
+def _format_widths(fmt: str, args) -> int:
+    """The widest field a %- or {}-format could pad to: the numbers written in it, and the
+    integers given as arguments (``%*s`` and ``{:{w}}`` take widths from them)."""
+    values = [int(m) if len(m) < 12 else VALUE_MAX_ITEMS + 1 for m in _NUMBERS.findall(fmt)]
+    for arg in args:
+        if isinstance(arg, int) and not isinstance(arg, bool):
+            values.append(abs(arg))
+    return max(values, default=0)
+
+
+def _check_string_op(name: str, value: str, args: tuple, kwargs: dict) -> None:
+    """Refuse a string method or filter that would allocate past VALUE_MAX_ITEMS in one C call,
+    before it runs: the watchdog can only stop Python code between bytecodes, and
+    ``"x".center(3000000000)`` is one call that grows the process by 6 GB."""
+    params = list(args) + list(kwargs.values())
+    if name in ("center", "ljust", "rjust", "zfill"):
+        width = args[0] if args else kwargs.get("width", 80)
+        if isinstance(width, int):
+            _too_large(width, name)
+    elif name == "expandtabs":
+        size = args[0] if args else kwargs.get("tabsize", 8)
+        if isinstance(size, int):
+            _too_large(value.count("\t") * size + len(value), name)
+    elif name == "replace":
+        old, new = (list(args) + [None, None])[:2]
+        if isinstance(old, str) and isinstance(new, str):
+            times = len(value) + 1 if not old else value.count(old)
+            _too_large(len(value) + times * len(new), name)
+    elif name in ("format", "format_map", "%"):
+        _too_large(_format_widths(value, params), name)
+    elif name == "indent":
+        width = args[0] if args else kwargs.get("width", 4)
+        pad = width if isinstance(width, int) else len(width) if isinstance(width, str) else 0
+        _too_large(len(value) + (value.count("\n") + 1) * pad, name)
+    elif name == "wordwrap":
+        width = args[0] if args else kwargs.get("width", 79)
+        wrap = kwargs.get("wrapstring") or (args[3] if len(args) > 3 else None) or "\n"
+        if isinstance(width, int) and isinstance(wrap, str):
+            _too_large(len(value) + (len(value) // max(1, width) + 1) * len(wrap), name)
+
+
+_GUARDED_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "format",
+                              "format_map"})
+_GUARDED_FILTERS = ("center", "indent", "wordwrap", "replace", "format")
+
+
 def _make_environment():
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class BoundedEnvironment(ImmutableSandboxedEnvironment):
-        intercepted_binops = frozenset({"*", "**"})
+        intercepted_binops = frozenset({"*", "**", "%"})
 
         def call_binop(self, context, operator, left, right):
             if operator == "*":
@@ -56,12 +112,55 @@ def _make_environment():
             if operator == "**" and isinstance(right, int) and isinstance(left, int) and abs(right) > 1024 \
                     and abs(left) > 1:
                 raise ChatTemplateError(f"the chat template computes {left} ** {right}, a number too large")
+            if operator == "%" and isinstance(left, str):
+                _check_string_op("%", left, right if isinstance(right, tuple) else (right,), {})
             return super().call_binop(context, operator, left, right)
+
+        def wrap_str_format(self, value):
+            # str.format reaches templates through this wrapper, not through call().
+            wrapped = super().wrap_str_format(value)
+            if wrapped is None:
+                return None
+            text, name = value.__self__, value.__name__
+
+            def guarded(*args, **kwargs):
+                mapping = args[0] if name == "format_map" and args and isinstance(args[0], dict) else {}
+                _check_string_op("format", text, args + tuple(mapping.values()), kwargs)
+                return wrapped(*args, **kwargs)
+
+            return guarded
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja's own signature
+            owner = getattr(__obj, "__self__", None)
+            if isinstance(owner, str) and getattr(__obj, "__name__", None) in _GUARDED_METHODS:
+                _check_string_op(__obj.__name__, owner, args, kwargs)
+            return super().call(__context, __obj, *args, **kwargs)
 
     # loopcontrols: {% break %} and {% continue %}, which llama.cpp-style templates use (and
     # llama-cpp-python's own formatter allows).
-    return BoundedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
-                              extensions=["jinja2.ext.loopcontrols"])
+    env = BoundedEnvironment(loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
+                             extensions=["jinja2.ext.loopcontrols"])
+    for name in _GUARDED_FILTERS:
+        env.filters[name] = _guarded_filter(name, env.filters[name])
+    return env
+
+
+def _guarded_filter(name: str, original):
+    """``original`` (a Jinja filter taking the value first), refused before it allocates too much."""
+    import functools
+
+    pass_env = getattr(original, "jinja_pass_arg", None)
+
+    @functools.wraps(original)
+    def guarded(*args, **kwargs):
+        rest = args[1:] if pass_env is not None else args
+        if rest and isinstance(rest[0], str):
+            _check_string_op(name, rest[0], tuple(rest[1:]), kwargs)
+        return original(*args, **kwargs)
+
+    if pass_env is not None:
+        guarded.jinja_pass_arg = pass_env   # jinja passes the environment/context first, as before
+    return guarded
 
 
 class _Watchdog:
