@@ -118,30 +118,39 @@ class Engine:
         for_chat: bool = True,
         grammar: str | None = None,
         threads: int | None = None,
+        for_tools: bool = False,
     ) -> "Engine":
         """Load ``model_path`` with ``plan``, the planner's (``localcascade.planning.plan_for_file``).
 
         ``chat_template`` (Jinja text) replaces the model's own template. ``threads`` sets
         llama.cpp's threads for generation and prompts alike (default: physical cores to
-        generate, all cores for prompts). With ``for_chat`` a model without a template, and a
-        ``grammar`` (GBNF) that does not parse, are refused before the weights are read: a load
-        can take minutes.
+        generate, all cores for prompts). With ``for_chat`` a model without a template, a
+        ``grammar`` (GBNF) that does not parse, and with ``for_tools`` a model whose vocabulary has
+        no tool-call tokens, are refused before the weights are read: a load can take minutes.
         """
         model_path = Path(model_path)
         if not model_path.is_file():
             from localcascade.errors import ModelNotFoundError
 
             raise ModelNotFoundError(f"model file not found: {model_path}")
-        if for_chat and chat_template is None:
-            from localcascade.gguf_header import read_header
+        from localcascade.gguf_header import read_header
 
-            if not read_header(model_path).metadata.get("tokenizer.chat_template"):
-                raise ChatTemplateError(_NO_TEMPLATE.format(name=model_path.name))
-        if grammar:
+        metadata = read_header(model_path).metadata
+        if metadata.get("tokenizer.ggml.model") == "none":
+            # llama.cpp loads such a file, then aborts the process (GGML_ASSERT) at the first
+            # tokenization: every command tokenizes, even bench (the special-token ids).
+            raise EngineError(f"{model_path.name} has no tokenizer (tokenizer.ggml.model is \"none\"): "
+                              "it cannot read or write text; use a GGUF converted with its vocabulary")
+        if for_chat and chat_template is None and not metadata.get("tokenizer.chat_template"):
+            raise ChatTemplateError(_NO_TEMPLATE.format(name=model_path.name))
+        if grammar or for_tools:
             from localcascade.engine.sampling import check_grammar
 
             with loader.vocab_only(model_path) as vocab:
-                check_grammar(vocab, grammar)
+                if grammar:
+                    check_grammar(vocab, grammar)
+                if for_tools:
+                    _require_tool_call_tokens(Vocab(None, vocab), model_path.name)
         loaded = loader.load(model_path, plan, progress=progress, verbose=verbose,
                              n_threads=threads, n_threads_batch=threads)
         try:
@@ -164,7 +173,7 @@ class Engine:
         return self._loaded.n_batch
 
     def count_tokens(self, text: str) -> int:
-        return len(self.vocab.tokenize(text, special=True))
+        return len(self.vocab.tokenize_bounded(text, special=True))
 
     def close(self) -> None:
         self._loaded.close()
@@ -285,11 +294,21 @@ class Engine:
         return self._loaded.ctx
 
     def tokenize_prompt(self, text: str) -> list[int]:
-        """Tokens of a rendered chat prompt, with BOS when the model wants one and the template left it out."""
-        tokens = self.vocab.tokenize(text, special=True)
+        """Tokens of a chat prompt rendered with ``mark_content`` (markup special, content as text),
+        with BOS when the model wants one and the template left it out."""
+        tokens = self.vocab.tokenize_marked(text)
         if self.vocab.add_bos and self.vocab.bos >= 0 and (not tokens or tokens[0] != self.vocab.bos):
             tokens.insert(0, self.vocab.bos)
         return tokens
+
+
+def _require_tool_call_tokens(vocab: Vocab, name: str) -> None:
+    """Tool calls are found by their marker tokens; without them a reply could never call a tool,
+    and ``--tools python`` would be silently ignored."""
+    missing = [text for text in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE) if vocab.special_id(text) is None]
+    if missing:
+        raise UsageError(f"{name} has no {' or '.join(missing)} token, so it cannot call tools: "
+                         "--tools python needs a model trained for tool calls")
 
 
 class Chat:
@@ -414,7 +433,7 @@ class Chat:
 
     def _render(self, messages: list[dict], options: GenerationOptions, *, add_generation_prompt: bool = True) -> str:
         return self.engine.template.render(messages, add_generation_prompt=add_generation_prompt,
-                                           enable_thinking=options.think, tools=options.tools)
+                                           enable_thinking=options.think, tools=options.tools, mark_content=True)
 
     def _template_prompt(self, messages: list[dict], options: GenerationOptions) -> list[int]:
         return self.engine.tokenize_prompt(self._render(messages, options))
@@ -427,7 +446,7 @@ class Chat:
         if cut < 0 or not after.startswith(before):
             return None   # the template renders the call differently once results follow: use its full form
         glue = before[cut + len(TOOL_CALL_CLOSE):] + after[len(before):]
-        return self.engine.tokens + self.engine.vocab.tokenize(glue, special=True)
+        return self.engine.tokens + self.engine.vocab.tokenize_marked(glue)
 
     def _end_reply(self) -> None:
         """Forget a reply paused at a tool call that will not be continued."""
@@ -445,7 +464,7 @@ class Chat:
         extra = []
         if self._ended_in_thinking and self.engine.think_close is not None:
             extra.append(self.engine.think_close)   # an interrupted thought is closed before the turn ends
-        return self.engine.tokens + extra + self.engine.vocab.tokenize(tail, special=True)
+        return self.engine.tokens + extra + self.engine.vocab.tokenize_marked(tail)
 
     def _turn(self, prompt: list[int], new_messages: list[dict], options: GenerationOptions, turn: Turn,
               sampler: Sampler | None = None) -> Iterator[Event]:

@@ -31,6 +31,19 @@ VALUE_MAX_ITEMS = 1024 * 1024
 
 RENDER_MAX_GROWTH_BYTES = 512 * 1024 * 1024
 
+# A conversation longer than this is refused before rendering: each message costs template work
+# and tokenizer calls (240,000 tiny messages fit an 8 MiB request and took minutes). Real chats,
+# tool loops included, hold hundreds.
+MAX_MESSAGES = 4096
+
+# Around each message's text in a marked rendering (``render(..., mark_content=True)``): what lies
+# between them is message content, which the engine tokenizes as text, never as control tokens, so a
+# message holding "<|im_end|>" or "<start_of_turn>model" cannot forge a turn. Private-use code
+# points: no tokenizer gives them meaning, and content holding them has them replaced.
+CONTENT_OPEN = "\ue000"
+CONTENT_CLOSE = "\ue001"
+_TOOL_TEXT_KEYS = frozenset({"name", "description", "title"})
+
 
 class _RenderTimeout(Exception):
     """Raised inside the rendering thread by the watchdog."""
@@ -238,10 +251,21 @@ class ChatTemplate:
             raise ChatTemplateError(f"the {origin} chat template does not compile: {err}") from None
 
     def render(self, messages: list[dict], *, add_generation_prompt: bool, enable_thinking: bool,
-               tools: list[dict] | None = None) -> str:
-        """The prompt text; ``tools`` (OpenAI function specs) are listed the template's own way."""
+               tools: list[dict] | None = None, mark_content: bool = False) -> str:
+        """The prompt text; ``tools`` (OpenAI function specs) are listed the template's own way.
+
+        With ``mark_content`` each message's text (and the tools' names and descriptions) stands
+        between CONTENT_OPEN and CONTENT_CLOSE in the result: see ``split_marked``.
+        """
         import jinja2
 
+        from localcascade.errors import UsageError
+
+        if len(messages) > MAX_MESSAGES:
+            raise UsageError(f"the conversation has {len(messages):,} messages; at most {MAX_MESSAGES:,} are taken")
+        if mark_content:
+            messages = [_marked_message(m) for m in messages]
+            tools = _marked_tools(tools) if tools else tools
         # ``tools`` is left undefined when there are none: templates test ``tools is defined``.
         extra = {"tools": tools} if tools else {}
         try:
@@ -278,6 +302,83 @@ class ChatTemplate:
                                         f"{RENDER_MAX_CHARS:,} characters")
             parts.append(part)
         return "".join(parts)
+
+
+def _mark(text):
+    """``text`` between the content markers, its outer whitespace outside them (so a template's
+    ``trim`` still takes it off); blank text is left as it is (templates test ``if content``)."""
+    if not isinstance(text, str) or not text.strip():
+        return text
+    if CONTENT_OPEN in text or CONTENT_CLOSE in text:
+        text = text.replace(CONTENT_OPEN, "\ufffd").replace(CONTENT_CLOSE, "\ufffd")
+    core = text.strip()
+    start = text.index(core[0])
+    return f"{text[:start]}{CONTENT_OPEN}{core}{CONTENT_CLOSE}{text[start + len(core):]}"
+
+
+def _marked_value(value):
+    """Every string in a tool call's arguments (keys too: templates write them as parameter names)."""
+    if isinstance(value, str):
+        return _mark(value)
+    if isinstance(value, dict):
+        return {_mark(k) if isinstance(k, str) else k: _marked_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_marked_value(v) for v in value]
+    return value
+
+
+def _marked_message(message: dict) -> dict:
+    out = dict(message)
+    for key in ("content", "reasoning_content", "name", "tool_call_id"):
+        if key in out:
+            out[key] = _mark(out[key])
+    if isinstance(out.get("tool_calls"), list):
+        calls = []
+        for call in out["tool_calls"]:
+            call = dict(call) if isinstance(call, dict) else call
+            if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                function = dict(call["function"])
+                function["name"] = _mark(function.get("name"))
+                function["arguments"] = _marked_value(function.get("arguments"))
+                call["function"] = function
+            calls.append(call)
+        out["tool_calls"] = calls
+    return out
+
+
+def _marked_tools(value):
+    """The tools with their names, titles and descriptions marked: text from the client. Types,
+    enums and property names are left as they are: templates compare them."""
+    if isinstance(value, dict):
+        return {k: (_mark(v) if k in _TOOL_TEXT_KEYS and isinstance(v, str) else _marked_tools(v))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_marked_tools(v) for v in value]
+    return value
+
+
+def split_marked(text: str) -> list[tuple[str, bool]]:
+    """A marked rendering (or any piece of one) as (text, is_content) parts, markers removed.
+
+    A template that cuts a message's text (``content.split(...)``) can leave a marker unpaired;
+    then the doubtful side is taken as content: at worst some markup is tokenized as text, never
+    message text as markup.
+    """
+    parts: list[tuple[str, bool]] = []
+    depth = 0
+    start = 0
+    for match in _MARKERS.finditer(text):
+        i, marker = match.start(), match.group()
+        if i > start:
+            parts.append((text[start:i], depth > 0 or marker == CONTENT_CLOSE))
+        depth = depth + 1 if marker == CONTENT_OPEN else max(0, depth - 1)
+        start = i + 1
+    if start < len(text):
+        parts.append((text[start:], depth > 0))
+    return parts
+
+
+_MARKERS = re.compile(f"[{CONTENT_OPEN}{CONTENT_CLOSE}]")
 
 
 def read_template_file(path: str | Path) -> str:
