@@ -386,7 +386,8 @@ def _encode(values: np.ndarray, qtype: gguf.GGMLQuantizationType) -> bytes:
 
 # --- writer ----------------------------------------------------------------------------------
 
-def _add_metadata(w: gguf.GGUFWriter, s: NemotronShape, file_type: int, quantized: bool) -> None:
+def _add_metadata(w: gguf.GGUFWriter, s: NemotronShape, file_type: int, quantized: bool,
+                  tokenizer: bool = True) -> None:
     w.add_name(f"Nemotron Cascade 2 synthetic ({s.name})")
     w.add_file_type(int(file_type))
     if quantized:
@@ -416,6 +417,9 @@ def _add_metadata(w: gguf.GGUFWriter, s: NemotronShape, file_type: int, quantize
     w.add_expert_weights_scale(s.expert_weights_scale)
     w.add_expert_group_count(1)
 
+    if not tokenizer:
+        w.add_tokenizer_model("none")   # weights without a vocabulary (llama.cpp's LLAMA_VOCAB_TYPE_NONE)
+        return
     tokens, types, merges = vocabulary(s.vocab_size)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
@@ -441,6 +445,7 @@ def write_nemotron_h_moe(
     live_routing: bool = False,
     tensor_types: dict[str, str] | None = None,
     file_type: int | None = None,
+    tokenizer: bool = True,
 ) -> Path:
     """Write a ``nemotron_h_moe`` GGUF file and return its path.
 
@@ -480,7 +485,7 @@ def write_nemotron_h_moe(
     tmp = path.with_name(path.name + ".tmp")
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.NEMOTRON_H_MOE])
     try:
-        _add_metadata(writer, shape, base_file_type if file_type is None else file_type, quantized)
+        _add_metadata(writer, shape, base_file_type if file_type is None else file_type, quantized, tokenizer)
         for spec, qtype in zip(specs, qtypes):
             # add_tensor_info takes numpy order; for non-F32/F16 it needs raw_dtype.
             writer.add_tensor_info(

@@ -132,7 +132,8 @@ def ask(
     started = time.perf_counter()
     try:
         engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose,
-                                     grammar=gen.grammar, show_progress=not quiet)
+                                     grammar=gen.grammar, show_progress=not quiet,
+                                     for_tools=tool[0] is not None)
     except KeyboardInterrupt:
         raise Interrupted("interrupted while loading the model") from None
     load_seconds = time.perf_counter() - started

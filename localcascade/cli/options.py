@@ -256,11 +256,13 @@ def load_engine(
     for_chat: bool = True,
     grammar: Optional[str] = None,
     threads: Optional[int] = None,
+    for_tools: bool = False,
 ):
     """Load the Engine for ``model_path`` with ``plan`` (``localcascade.planning.plan_for_file``'s):
     the one load path of every command, with its progress on stderr (``cli.progress``).
 
-    ``for_chat`` (and ``grammar``) have the engine check the template (and the grammar) first.
+    ``for_chat`` (``grammar``, ``for_tools``) have the engine check the template (the grammar, the
+    tool-call tokens) first.
     """
     from localcascade.cli.progress import load_progress
     from localcascade.engine.session import Engine
@@ -269,4 +271,4 @@ def load_engine(
     template_text = read_template_file(chat_template) if chat_template is not None else None
     with load_progress(model_path.name, show=show_progress) as progress:
         return Engine.load(model_path, plan, chat_template=template_text, verbose=verbose, progress=progress,
-                           for_chat=for_chat, grammar=grammar, threads=threads)
+                           for_chat=for_chat, grammar=grammar, threads=threads, for_tools=for_tools)

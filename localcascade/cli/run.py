@@ -87,7 +87,8 @@ def run(
         print(f"localcascade: {line}", file=sys.stderr)
     for alternative in plan.alternatives:
         print(f"localcascade:   alternative, {alternative}", file=sys.stderr)
-    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose)
+    engine = options.load_engine(model_path, plan, chat_template=chat_template, verbose=verbose,
+                                 for_tools=python_tool is not None)
     with engine:
         state = ReplState(
             engine=engine,

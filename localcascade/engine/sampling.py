@@ -18,6 +18,10 @@ from localcascade.engine import nucleus
 from localcascade.errors import EngineError, UsageError
 
 
+# Temperatures below this sample greedily (what they converge to): see Sampler.
+GREEDY_BELOW = 1e-30
+
+
 @lru_cache(maxsize=1)
 def sampling_profile() -> dict:
     """The shipped sampling defaults: {"think": {...}, "no_think": {...}, "think_close_text": str}."""
@@ -57,6 +61,10 @@ class Sampler:
         self._lib = llama_cpp
         values = resolve(options)
         self._temperature = float(values["temperature"] or 0.0)
+        if self._temperature < GREEDY_BELOW:
+            # Logits are float32: at 1e-300 their scale 1/T is inf and 0 x inf makes the most likely
+            # token's weight NaN (empty replies). Far above that the distribution is greedy already.
+            self._temperature = 0.0
         self._top_k = int(values["top_k"] or 0)
         self._top_p = 1.0 if values["top_p"] is None else float(values["top_p"])
         self._min_p = float(values["min_p"] or 0.0)
