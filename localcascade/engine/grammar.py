@@ -29,9 +29,11 @@ depend on the parse, so a malformed grammar cannot reach the parser's recursion 
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 
 from localcascade.errors import UsageError
@@ -40,7 +42,7 @@ MAX_BYTES = 1024 * 1024      # the grammar text, whatever its source (= the --gr
 MAX_NESTING = 1024           # parentheses levels (SIGSEGV at ~19,000 on an 8 MiB stack)
 MAX_CHAIN = 2048             # rules deep through leftmost references (SIGSEGV at ~70,000)
 MAX_LEFT_PATHS = 200_000     # paths the left-recursion check walks (2^22: 0.15 s, x4 per 2 levels)
-MAX_RULES = 16_384           # rules, with those groups and repetitions generate (x{0,2000} makes 2,000)
+MAX_RULES = 8_192            # rules, with those groups and repetitions generate (x{0,2000} makes 2,000)
 MAX_SYMBOLS = 2_000_000      # grammar symbols after repetitions are expanded (~50 MB in llama.cpp)
 MAX_STACKS = 256             # alternatives open at one position (~7 ms each per token, 262K vocab)
 
@@ -79,7 +81,15 @@ def nesting_depth(text: str) -> int:
 
 
 def check(text: str, what: str = "the grammar") -> None:
-    """Refuse GBNF text llama.cpp would crash on or spend unbounded time/memory in (GrammarRefused)."""
+    """Refuse GBNF text llama.cpp would crash on or spend unbounded time/memory in (GrammarRefused).
+
+    A grammar taken recently is not analysed again: one request or command passes the door two or
+    three times (the check before the load or the queue, then each sampler made with it).
+    """
+    with _RECENT_LOCK:
+        if text in _RECENTLY_TAKEN:
+            _RECENTLY_TAKEN.move_to_end(text)
+            return
     size = len(text.encode("utf-8", errors="surrogatepass"))
     if size > MAX_BYTES:
         raise GrammarRefused(f"{what} is {size:,} bytes; grammars may be at most {MAX_BYTES:,}")
@@ -94,6 +104,14 @@ def check(text: str, what: str = "the grammar") -> None:
     if shape is None:
         return   # not GBNF this analysis can follow: llama.cpp's parser refuses it with its own message
     shape.check(what)
+    with _RECENT_LOCK:
+        _RECENTLY_TAKEN[text] = None
+        while len(_RECENTLY_TAKEN) > 8:
+            _RECENTLY_TAKEN.popitem(last=False)
+
+
+_RECENTLY_TAKEN: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+_RECENT_LOCK = threading.Lock()
 
 
 # --- the analysis -----------------------------------------------------------------------------

@@ -66,6 +66,9 @@ _THINK_CLOSE_BEFORE_CALL = "\n</think>\n"
 # Stands in for the previous answer when rendering a turn, to find where the new turn's text starts.
 _NO_TEMPLATE = "{name} has no chat template; give one with --chat-template FILE"
 _SENTINEL = "\u2063LOCALCASCADE-PREVIOUS-ANSWER\u2063"
+# A prompt is tokenized up to this many times the context it must fit: counts stay exact for a
+# near miss, and a huge one is refused after work bounded by the context, not by its length.
+PROMPT_TOKENIZE_FACTOR = 4
 
 
 @dataclass
@@ -293,10 +296,21 @@ class Engine:
             raise EngineError("the engine is closed")
         return self._loaded.ctx
 
-    def tokenize_prompt(self, text: str) -> list[int]:
+    def tokenize_prompt(self, text: str, context: int | None = None) -> list[int]:
         """Tokens of a chat prompt rendered with ``mark_content`` (markup special, content as text),
-        with BOS when the model wants one and the template left it out."""
-        tokens = self.vocab.tokenize_marked(text)
+        with BOS when the model wants one and the template left it out.
+
+        With ``context`` (what the prompt must fit), a prompt many times longer is refused
+        (ContextOverflowError) once that is known, not after tokenizing all of it: 8 MiB of text
+        can be millions of tokens and seconds of work for a context that takes thousands.
+        """
+        limit = None if context is None else PROMPT_TOKENIZE_FACTOR * context
+        tokens = self.vocab.tokenize_marked(text, stop_after=limit)
+        if limit is not None and len(tokens) > limit:
+            raise ContextOverflowError(
+                f"the prompt is more than {limit:,} tokens but the context holds {context:,} "
+                f"(and the reply needs room too): shorten the input"
+            )
         if self.vocab.add_bos and self.vocab.bos >= 0 and (not tokens or tokens[0] != self.vocab.bos):
             tokens.insert(0, self.vocab.bos)
         return tokens
@@ -436,7 +450,7 @@ class Chat:
                                            enable_thinking=options.think, tools=options.tools, mark_content=True)
 
     def _template_prompt(self, messages: list[dict], options: GenerationOptions) -> list[int]:
-        return self.engine.tokenize_prompt(self._render(messages, options))
+        return self.engine.tokenize_prompt(self._render(messages, options), self.engine.n_ctx)
 
     def _tool_results_prompt(self, tool_messages: list[dict], options: GenerationOptions) -> list[int] | None:
         """The context's tokens (ending with </tool_call>) plus the template's text after the call, or None."""

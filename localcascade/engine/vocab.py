@@ -43,7 +43,7 @@ class Vocab:
                 return list(buf[:n])
             capacity = -n
 
-    def tokenize_bounded(self, text: str, *, special: bool) -> list[int]:
+    def tokenize_bounded(self, text: str, *, special: bool, stop_after: int | None = None) -> list[int]:
         """``tokenize`` in pieces of at most CHUNK_CHARS, cut before whitespace where there is some.
 
         llama.cpp splits text at special tokens in time quadratic in their count within one call
@@ -62,16 +62,24 @@ class Vocab:
                 end = cut if cut > start else end
             tokens += self.tokenize(text[start:end], special=special)
             start = end
+            if stop_after is not None and len(tokens) > stop_after:
+                break
         return tokens
 
-    def tokenize_marked(self, text: str) -> list[int]:
+    def tokenize_marked(self, text: str, stop_after: int | None = None) -> list[int]:
         """Tokens of a chat rendering marked by ``ChatTemplate.render(mark_content=True)`` (or a
-        piece of one): the template's markup with special tokens parsed, message content as text."""
+        piece of one): the template's markup with special tokens parsed, message content as text.
+
+        With ``stop_after``, tokenizing ends once more tokens than that are made (a prompt that
+        cannot fit anyway costs no more than the context it overflows).
+        """
         from localcascade.engine.template import split_marked
 
         tokens: list[int] = []
         for part, is_content in split_marked(text):
-            tokens += self.tokenize_bounded(part, special=not is_content)
+            tokens += self.tokenize_bounded(part, special=not is_content, stop_after=stop_after)
+            if stop_after is not None and len(tokens) > stop_after:
+                break
         return tokens
 
     def piece(self, token: int, *, special: bool = False) -> bytes:

@@ -254,7 +254,7 @@ class Scheduler:
             if prompt is None or len(prompt) >= engine.n_ctx_seq:
                 text = engine.template.render(work.messages, add_generation_prompt=True,
                                               enable_thinking=work.think, tools=work.tools, mark_content=True)
-                canonical = engine.tokenize_prompt(text)
+                canonical = engine.tokenize_prompt(text, engine.n_ctx_seq)
                 if prompt is None or len(canonical) < engine.n_ctx_seq:
                     prompt = canonical
             if len(prompt) >= engine.n_ctx_seq:

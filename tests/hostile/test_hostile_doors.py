@@ -40,8 +40,8 @@ def _names(n: int) -> list[str]:
 
 REFUSED_GRAMMARS = {
     "deep_nesting": "nests parentheses 20,000 levels deep",         # SIGSEGV in the parser
-    "chained_rules": "more than 16,384 rules",                      # the left-recursion check's recursion
-    "nullable_chain": "more than 16,384 rules",
+    "chained_rules": "more than 8,192 rules",                      # the left-recursion check's recursion
+    "nullable_chain": "more than 8,192 rules",
     "duplicated_alternatives": "left-recursion check walk",         # 31 s in one C call at 30 levels
     "many_alternatives": "10,000 alternatives open",                # 82 s per token on a 262K vocabulary
     "repeated_long_literal": "50,000,001 symbols",                  # ~1 GB and 6 s in the parser
