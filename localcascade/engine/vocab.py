@@ -58,7 +58,11 @@ class Vocab:
         while start < len(text):
             end = min(len(text), start + CHUNK_CHARS)
             if end < len(text):
+                # Before whitespace; failing that before "<" or "[", where special tokens start, so
+                # that markup without whitespace is not cut inside one.
                 cut = max(text.rfind(c, start + 1, end) for c in " \n")
+                if cut <= start:
+                    cut = max(text.rfind(c, start + 1, end) for c in "<[")
                 end = cut if cut > start else end
             tokens += self.tokenize(text[start:end], special=special)
             start = end
