@@ -102,7 +102,12 @@ def check(text: str, what: str = "the grammar") -> None:
         sys.setrecursionlimit(3 * MAX_NESTING + 500)
     shape = _Parser(text, what).parse()
     if shape is None:
-        return   # not GBNF this analysis can follow: llama.cpp's parser refuses it with its own message
+        # Not GBNF this analysis can follow: llama.cpp's parser refuses it with its own message.
+        # Should it take it after all, the bound that needs no parse still holds: chains of rules
+        # deep enough to overflow the stack need ~70,000 rules.
+        if text.count("::=") > MAX_RULES:
+            raise GrammarRefused(f"{what} defines more than {MAX_RULES:,} rules; fewer are taken")
+        return
     shape.check(what)
     with _RECENT_LOCK:
         _RECENTLY_TAKEN[text] = None
