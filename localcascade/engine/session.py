@@ -104,6 +104,7 @@ class Engine:
         self.think_close = self.vocab.special_id(THINK_CLOSE)
         self.tool_call_open = self.vocab.special_id(TOOL_CALL_OPEN)
         self.tool_call_close = self.vocab.special_id(TOOL_CALL_CLOSE)
+        self.vocab.guard_in_text((THINK_OPEN, THINK_CLOSE, TOOL_CALL_OPEN, TOOL_CALL_CLOSE))
         self.tokens: list[int] = []           # what the context holds, in order
         self.owner: object | None = None      # the Chat whose conversation the context holds
         self.full_reevaluations = 0           # times a non-empty context had to be thrown away

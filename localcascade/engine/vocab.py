@@ -25,6 +25,7 @@ class Vocab:
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
         # A vocabulary of type NONE has no tokenizer: llama.cpp aborts the process if asked to use it.
         self.has_tokenizer = llama_cpp.llama_vocab_type(vocab) != llama_cpp.LLAMA_VOCAB_TYPE_NONE
+        self._guarded = None   # see guard_in_text
         self._piece_buf = ctypes.create_string_buffer(256)
         self._piece_cache: dict[int, bytes] = {}
 
@@ -81,10 +82,40 @@ class Vocab:
 
         tokens: list[int] = []
         for part, is_content in split_marked(text):
-            tokens += self.tokenize_bounded(part, special=not is_content, stop_after=stop_after)
+            if is_content and self._guarded is not None and self._guarded.search(part):
+                tokens += self._tokenize_guarded(part)
+            else:
+                tokens += self.tokenize_bounded(part, special=not is_content, stop_after=stop_after)
             if stop_after is not None and len(tokens) > stop_after:
                 break
         return tokens
+
+    def guard_in_text(self, texts) -> None:
+        """Keep these tokens (the engine's markers: <think>, <tool_call>...) out of message text even
+        where the vocabulary makes them user-defined, which llama.cpp matches in text too: a
+        "</think>" typed by a user would otherwise end the model's thought."""
+        import re
+
+        import llama_cpp
+
+        matched_in_text = []
+        for text in texts:
+            token = self.special_id(text)
+            if token is not None and not llama_cpp.llama_vocab_get_attr(self._vocab, token) & (
+                    llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN):
+                matched_in_text.append(text)
+        self._guarded = re.compile("|".join(map(re.escape, matched_in_text))) if matched_in_text else None
+
+    def _tokenize_guarded(self, text: str) -> list[int]:
+        """Text holding guarded marker texts: each is tokenized in two pieces, which no token spans."""
+        tokens: list[int] = []
+        start = 0
+        for match in self._guarded.finditer(text):
+            marker = match.group()
+            tokens += self.tokenize_bounded(text[start:match.start()], special=False)
+            tokens += self.tokenize(marker[:1], special=False) + self.tokenize(marker[1:], special=False)
+            start = match.end()
+        return tokens + self.tokenize_bounded(text[start:], special=False)
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes one token stands for (special tokens render as '' unless ``special``)."""
