@@ -306,12 +306,15 @@ def _merges_for_words(words: list[str]) -> tuple[list[str], list[str]]:
             corpus[n] = merged
 
 
-def vocabulary(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+def vocabulary(vocab_size: int, user_defined: tuple[int, ...] = ()) -> tuple[list[str], list[int], list[str]]:
     """Tokens, token types and merges: specials at their real ids, 256 bytes, word merges,
-    and unused padding up to ``vocab_size`` (real files pad the same way)."""
+    and unused padding up to ``vocab_size`` (real files pad the same way). The specials are
+    control tokens but for the ids in ``user_defined`` (which llama.cpp matches even in text, as
+    conversions that mark <think> an added, non-special token make it)."""
     merges, merged = _merges_for_words(_MERGED_WORDS)
     tokens = [SPECIAL_TOKENS[i] for i in range(len(SPECIAL_TOKENS))]
-    types = [int(gguf.TokenType.CONTROL)] * len(tokens)
+    types = [int(gguf.TokenType.USER_DEFINED if i in user_defined else gguf.TokenType.CONTROL)
+             for i in range(len(tokens))]
     byte_tokens = list(_byte_to_unicode().values())
     tokens += byte_tokens + merged
     types += [int(gguf.TokenType.NORMAL)] * (len(byte_tokens) + len(merged))
@@ -400,7 +403,8 @@ def _encode(values: np.ndarray, qtype: gguf.GGMLQuantizationType) -> bytes:
 
 # --- writer ----------------------------------------------------------------------------------
 
-def _add_metadata(w: gguf.GGUFWriter, s: NemotronShape, file_type: int, quantized: bool) -> None:
+def _add_metadata(w: gguf.GGUFWriter, s: NemotronShape, file_type: int, quantized: bool,
+                  tokenizer: bool = True, user_defined: tuple[int, ...] = ()) -> None:
     w.add_name(f"Nemotron Cascade 2 synthetic ({s.name})")
     w.add_file_type(int(file_type))
     if quantized:
@@ -430,7 +434,10 @@ def _add_metadata(w: gguf.GGUFWriter, s: NemotronShape, file_type: int, quantize
     w.add_expert_weights_scale(s.expert_weights_scale)
     w.add_expert_group_count(1)
 
-    tokens, types, merges = vocabulary(s.vocab_size)
+    if not tokenizer:
+        w.add_tokenizer_model("none")   # weights without a vocabulary (llama.cpp's LLAMA_VOCAB_TYPE_NONE)
+        return
+    tokens, types, merges = vocabulary(s.vocab_size, user_defined)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
@@ -455,6 +462,8 @@ def write_nemotron_h_moe(
     live_routing: bool = False,
     tensor_types: dict[str, str] | None = None,
     file_type: int | None = None,
+    tokenizer: bool = True,
+    user_defined: tuple[int, ...] = (),
 ) -> Path:
     """Write a ``nemotron_h_moe`` GGUF file and return its path.
 
@@ -494,7 +503,8 @@ def write_nemotron_h_moe(
     tmp = path.with_name(path.name + ".tmp")
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.NEMOTRON_H_MOE])
     try:
-        _add_metadata(writer, shape, base_file_type if file_type is None else file_type, quantized)
+        _add_metadata(writer, shape, base_file_type if file_type is None else file_type, quantized, tokenizer,
+                      user_defined)
         for spec, qtype in zip(specs, qtypes):
             # add_tensor_info takes numpy order; for non-F32/F16 it needs raw_dtype.
             writer.add_tensor_info(

@@ -142,9 +142,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "localcascade.resolve": (*BASE, "localcascade.model", "localcascade.planning", "localcascade.hub",
                              "localcascade.store", "localcascade.hardware", "localcascade.engine.session"),
     # The engine runs a Plan: no hub, no store, no resolver, no front end.
-    "localcascade.engine": (*BASE, "localcascade.gbnf", "localcascade.model", "localcascade.planning"),
+    "localcascade.engine": (*BASE, "localcascade.model", "localcascade.planning"),
     "localcascade.tools": (*BASE, "localcascade.engine"),
-    "localcascade.server": (*BASE, "localcascade.gbnf", "localcascade.engine", "localcascade.tools",
+    "localcascade.server": (*BASE, "localcascade.engine", "localcascade.tools",
                             "localcascade.model", "localcascade.planning"),
 }
 

@@ -229,9 +229,9 @@ def read_grammar_file(path: Path) -> str:
     text = safe_io.read_text_input(path, what="grammar file", limit=safe_io.GRAMMAR_MAX_BYTES)
     if not text.strip():
         raise UsageError(f"grammar file {path} is empty: it would constrain nothing (GBNF expected)")
-    from localcascade.gbnf import check_grammar
+    from localcascade.engine.grammar import check
 
-    check_grammar(text, f"grammar file {path}")
+    check(text, f"grammar file {path}")   # before the model loads; the engine checks again before C code
     return text
 
 
@@ -248,14 +248,15 @@ def open_model(
     for_chat: bool = True,
     grammar: Optional[str] = None,
     threads: Optional[int] = None,
+    for_tools: bool = False,
 ):
     """The one way ask, run, serve and bench open a model: choose it (``resolve.opening``: the file,
     the machine probed once, the plan), let the command show the plan (``before_load(plan)``),
     then load it with its progress on stderr. Returns (choice, engine).
 
     ``how`` is how the command takes a model (``--model NAME|FILE``, ``bench NAME|FILE``), for the
-    error when none is named and none can be picked. ``for_chat`` (and ``grammar``) have the engine
-    check the template (and the grammar) first.
+    error when none is named and none can be picked. ``for_chat`` (``grammar``, ``for_tools``) have the
+    engine check the template (the grammar, the tool-call tokens) first.
     """
     from localcascade.cli.progress import load_progress
     from localcascade.engine.template import read_template_file
@@ -278,5 +279,5 @@ def open_model(
         before_load(choice.plan)
     with load_progress(choice.path.name, show=show_progress) as progress:
         engine = load(choice, chat_template=template_text, verbose=verbose, progress=progress, for_chat=for_chat,
-                      grammar=grammar, threads=threads)
+                      grammar=grammar, threads=threads, for_tools=for_tools)
     return choice, engine

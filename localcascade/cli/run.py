@@ -90,7 +90,7 @@ def run(
             say(f"  alternative, {alternative}")
 
     _, engine = options.open_model(str(model_path), request, hardware=hardware, before_load=show_plan,
-                                   chat_template=chat_template, verbose=verbose)
+                                   chat_template=chat_template, verbose=verbose, for_tools=python_tool is not None)
     with engine:
         state = ReplState(
             engine=engine,

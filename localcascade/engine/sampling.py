@@ -160,8 +160,11 @@ def grammar_sampler(vocab: int, grammar: str) -> int:
 
     from localcascade.engine.llama_log import LOG
 
+    from localcascade.engine.grammar import check
+
     if not grammar.strip():
         raise UsageError("the grammar is empty: it would constrain nothing (GBNF expected)")
+    check(grammar)   # the limits that keep llama.cpp's parser and sampler alive, before any C code
     mark = LOG.mark()
     with _stderr_captured() as captured:
         g = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")

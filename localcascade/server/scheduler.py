@@ -339,8 +339,8 @@ class Scheduler:
             canonical = None
             if prompt is None or len(prompt) >= engine.n_ctx_seq:
                 text = engine.template.render(work.messages, add_generation_prompt=True,
-                                              enable_thinking=work.think, tools=work.tools)
-                canonical = engine.tokenize_prompt(text)
+                                              enable_thinking=work.think, tools=work.tools, mark_content=True)
+                canonical = engine.tokenize_prompt(text, engine.n_ctx_seq)
                 if prompt is None or len(canonical) < engine.n_ctx_seq:
                     prompt = canonical
             if len(prompt) >= engine.n_ctx_seq:
@@ -388,7 +388,7 @@ class Scheduler:
         reply["content"] = _SENTINEL
         reply.pop("reasoning_content", None)
         text = engine.template.render(messages, add_generation_prompt=True,
-                                      enable_thinking=job.work.think, tools=job.work.tools)
+                                      enable_thinking=job.work.think, tools=job.work.tools, mark_content=True)
         if text.count(_SENTINEL) != 1:
             return None
         tail = text.split(_SENTINEL, 1)[1]
@@ -400,7 +400,7 @@ class Scheduler:
             return None
         at = min(found)
         extra = [engine.think_close] if slot.ended_in_thinking and engine.think_close is not None else []
-        return list(self.decoder.held[slot.seq]) + extra + engine.vocab.tokenize(tail[at:], special=True)
+        return list(self.decoder.held[slot.seq]) + extra + engine.vocab.tokenize_marked(tail[at:])
 
     def _end(self, turn: BatchTurn) -> None:
         slot = self.slots[turn.seq]

@@ -242,14 +242,11 @@ def _grammar(req: ChatRequest) -> str | None:
     fmt = req.response_format
     if fmt is None or fmt.type == "text":
         return None
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+    from localcascade.engine import grammar
 
     if fmt.type == "json_object" or fmt.json_schema is None or fmt.json_schema.schema_ is None:
-        return JSON_GBNF
-    try:
-        return json_schema_to_gbnf(json.dumps(fmt.json_schema.schema_))
-    except Exception as err:  # noqa: BLE001 - the converter raises bare Exceptions for schemas it cannot express
-        raise UsageError(f"response_format.json_schema cannot be turned into a grammar: {err}") from None
+        return grammar.json_object_grammar()
+    return grammar.from_json_schema(fmt.json_schema.schema_)
 
 
 def _text(message: Message, index: int) -> str:
