@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from localcascade.engine import drafts, speculative
-from localcascade.engine.session import Engine
+from localcascade.engine.sampling import Sampler
+from localcascade.engine.session import Engine, GenerationOptions
 from localcascade.errors import EngineError
 from localcascade.planning.plan import Plan
 
@@ -42,7 +43,7 @@ def plain_greedy(engine: Engine, prompt: list[int], n: int) -> list[int]:
     return out
 
 
-def drafted_greedy(engine: Engine, prompt: list[int], n: int, draft_for) -> tuple[list[int], dict]:
+def drafted_greedy(engine: Engine, prompt: list[int], n: int, draft_for, sampler=None) -> tuple[list[int], dict]:
     """Greedy generation by speculative.step; ``draft_for(reply so far)`` proposes each step's draft."""
     engine.reset()
     engine.decode(prompt[:-1])
@@ -51,7 +52,10 @@ def drafted_greedy(engine: Engine, prompt: list[int], n: int, draft_for) -> tupl
     with speculative.DraftBatch(engine.context, engine.vocab.n_tokens, K + 1) as batch:
         while len(out) < n:
             draft = list(draft_for(out))[:K]
-            kept = speculative.step(batch, 0, pos, last, draft, verify=lambda row, d: greedy(row), sample=greedy)
+            if sampler is None:
+                kept = speculative.step(batch, 0, pos, last, draft, verify=lambda row, d: greedy(row), sample=greedy)
+            else:
+                kept = speculative.step(batch, 0, pos, last, draft, sampler.verify_row, sampler.sample_row)
             accepted = len(kept) - 1
             stats["steps"] += 1
             stats["accepted"] += accepted
@@ -102,6 +106,8 @@ def test_greedy_with_right_and_corrupted_drafts_is_plain_greedy(engine, referenc
 
 
 def test_greedy_with_ngram_drafts_and_wrong_drafts_is_plain_greedy(engine, reference):
+    # Through the engine's Sampler, as the decode loop will verify.
+    sampler = Sampler(engine.vocab.handle, GenerationOptions(temperature=0.0))
     drafter = drafts.NgramDrafter(PROMPT)
     fed = [0]
 
@@ -110,7 +116,7 @@ def test_greedy_with_ngram_drafts_and_wrong_drafts_is_plain_greedy(engine, refer
         fed[0] = len(out)
         return drafter.draft(K)
 
-    out, _ = drafted_greedy(engine, PROMPT, N, ngram)
+    out, _ = drafted_greedy(engine, PROMPT, N, ngram, sampler)
     assert out == reference
     vocab = engine.vocab.n_tokens
     out, stats = drafted_greedy(engine, PROMPT, N, lambda out: [(len(out) * 7919 + j) % vocab for j in range(K)])
@@ -136,3 +142,15 @@ def test_a_rejected_draft_longer_than_the_snapshots_is_refused(tiny_model):
                                  verify=lambda row, d: -1, sample=greedy)
             with pytest.raises(EngineError, match="at most 7 tokens"):
                 batch.add(0, 0, list(range(8)))
+
+
+def test_drafts_are_not_verified_under_a_grammar(engine):
+    sampler = Sampler(engine.vocab.handle, GenerationOptions(temperature=0.0, grammar='root ::= "a"'))
+    try:
+        row = np.zeros(engine.vocab.n_tokens, dtype=np.float32)
+        with pytest.raises(EngineError, match="grammar"):
+            sampler.verify_row(row, 5)
+        with pytest.raises(EngineError, match="grammar"):
+            sampler.sample_row(row)
+    finally:
+        sampler.close()
