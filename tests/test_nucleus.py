@@ -215,3 +215,23 @@ def test_without_the_extension_the_numpy_sampler_runs(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "numpy fallback ok" in done.stdout
+
+
+@native_built
+def test_the_native_pass_survives_nan_logits():
+    # A broken model file can make llama.cpp return NaN logits: a NaN weighs nothing (never drawn,
+    # never indexes memory), and a row of nothing but NaN is a clear error, not a crash.
+    from localcascade.errors import EngineError
+
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal(131072).astype(np.float32)
+    logits[::3] = np.nan
+    logits[0] = -np.nan   # the sign bit set, too
+    workspace = nucleus.Workspace(logits.size, native=True)
+    draws = [workspace.sample(logits, rng, temperature=1.0, top_p=0.9) for _ in range(50)]
+    assert all(np.isfinite(logits[t]) for t in draws)
+    assert np.isfinite(logits[workspace.verify(logits, rng, 0, temperature=1.0, top_p=0.9)])
+    with pytest.raises(EngineError, match="no finite value"):
+        workspace.sample(np.full(1000, np.nan, dtype=np.float32), rng, temperature=1.0, top_p=0.9)
+    with pytest.raises(EngineError, match="no finite value"):
+        workspace.verify(np.full(1000, np.nan, dtype=np.float32), rng, 3, temperature=0.7, top_p=0.9)

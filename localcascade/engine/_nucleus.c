@@ -101,7 +101,7 @@ static void keep_all_at_or_above(Nucleus *nu, float cut) {
 WIDE static float largest(const float *logits, Py_ssize_t n) {
     float m[8];
     Py_ssize_t i = 0;
-    for (int j = 0; j < 8; j++) m[j] = logits[0];
+    for (int j = 0; j < 8; j++) m[j] = -3.402823466e38f;   /* not logits[0]: it may be NaN */
     for (; i + 8 <= n; i += 8)
         for (int j = 0; j < 8; j++) m[j] = logits[i + j] > m[j] ? logits[i + j] : m[j];
     for (; i < n; i++) m[0] = logits[i] > m[0] ? logits[i] : m[0];
@@ -122,12 +122,19 @@ static inline double block_sum(const float *w, Py_ssize_t len) {
     return sum;
 }
 
-/* Fills w with exp(x - top) and returns their sum. */
+/* Fills w with exp(x - top) and returns their sum. A NaN logit (a broken model's) weighs 0: it is
+ * never drawn, and its bit pattern never indexes the histogram. */
 WIDE static double exp_block(const float *x, float *w, Py_ssize_t len, float top) {
     if (len == BLOCK) {
-        for (int i = 0; i < BLOCK; i++) w[i] = exp_nonpositive(x[i] - top);
+        for (int i = 0; i < BLOCK; i++) {
+            float e = exp_nonpositive(x[i] - top);
+            w[i] = e == e ? e : 0.0f;
+        }
     } else {
-        for (Py_ssize_t i = 0; i < len; i++) w[i] = exp_nonpositive(x[i] - top);
+        for (Py_ssize_t i = 0; i < len; i++) {
+            float e = exp_nonpositive(x[i] - top);
+            w[i] = e == e ? e : 0.0f;
+        }
     }
     return block_sum(w, len);
 }
@@ -150,7 +157,7 @@ static inline float block_max(const float *w, Py_ssize_t len) {
 static void histogram(const float *w, Py_ssize_t len, float floor, float heaviest, double *sums) {
     if (heaviest < floor) return;
     for (Py_ssize_t i = 0; i < len; i++) {
-        if (w[i] < floor) continue;
+        if (!(w[i] >= floor)) continue;
         uint32_t b = float_bits(w[i]) >> SHIFT;
         sums[b] += w[i];
     }
@@ -374,7 +381,7 @@ static PyObject *sample(PyObject *self, PyObject *args) {
     float *weights = rows.weights.buf;
     const Py_ssize_t n = rows.n;
     double *blocks = malloc(((n + BLOCK - 1) / BLOCK) * sizeof(double));
-    Nucleus nu;
+    Nucleus nu = {0};
     int rc = -1;
     Py_ssize_t token = -1;
     double p_excluded = 0.0;

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from localcascade.errors import EngineError
+
 try:
     from localcascade.engine import _nucleus as _native
 except ImportError:   # no C compiler where the package was installed: the numpy path, same distribution
@@ -84,7 +86,10 @@ class Workspace:
         if temperature <= 0:
             return int(np.argmax(logits))
         if self.native:
-            return self._native_draw(logits, rng.random(), -1, temperature, top_k, top_p, min_p)[0]
+            token = self._native_draw(logits, rng.random(), -1, temperature, top_k, top_p, min_p)[0]
+            if token < 0:
+                raise EngineError("the model's logits hold no finite value to sample from")
+            return token
         return self._numpy_sample(logits, rng, temperature, top_k, top_p, min_p)
 
     def verify(self, logits: np.ndarray, rng: np.random.Generator, draft: int, *, temperature: float,
@@ -112,6 +117,8 @@ class Workspace:
             running = np.cumsum(rest)
             token = -1 if running[-1] <= 0 else int(ids[min(int(np.searchsorted(
                 running, draw_u * running[-1], side="right")), ids.size - 1)])
+        if token < 0 and p_draft <= 0.0:
+            raise EngineError("the model's logits hold no finite value to sample from")
         return draft if accept_u < p_draft or token < 0 else token
 
     def _native_draw(self, logits: np.ndarray, u: float, excluded: int, temperature: float, top_k: int,
