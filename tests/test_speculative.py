@@ -154,3 +154,45 @@ def test_drafts_are_not_verified_under_a_grammar(engine):
             sampler.sample_row(row)
     finally:
         sampler.close()
+
+
+def test_two_sequences_in_one_batch_roll_back_independently(tiny_model, engine, reference):
+    # As the server's batched decoder will: each sequence's last token and draft in the same
+    # llama_decode, each cut back to its own accepted length (its own recurrent snapshot).
+    other_prompt = [1, 5, 6, 7, 8, 5, 6]
+    other_reference = plain_greedy(engine, other_prompt, N)
+    prompts, references = [PROMPT, other_prompt], [reference, other_reference]
+    plan = Plan(model="tiny", n_ctx=2048, n_batch=256, n_ubatch=128, n_seq=2, n_rs_seq=K)
+    with Engine.load(tiny_model, plan, for_chat=False) as two:
+        n_vocab = two.vocab.n_tokens
+        with speculative.DraftBatch(two.context, n_vocab, 2 * (K + 1) + 64) as batch:
+            for seq, prompt in enumerate(prompts):
+                batch.add(seq, 0, prompt[:-1])
+            batch.decode()
+            pos = [len(p) - 1 for p in prompts]
+            last = [p[-1] for p in prompts]
+            out: list[list[int]] = [[], []]
+            rounds = 0
+            while min(len(o) for o in out) < N:
+                batch.clear()
+                spans, proposals = [], []
+                for seq in (0, 1):
+                    # Sequence 0: true drafts with one corrupted token; sequence 1: alternately true and wrong.
+                    truth = references[seq][len(out[seq]): len(out[seq]) + K]
+                    draft = list(truth)
+                    if draft and (seq == 0 or rounds % 2):
+                        at = (rounds + seq) % len(draft)
+                        draft[at] = (draft[at] + 1) % n_vocab
+                    proposals.append(draft)
+                    spans.append(batch.add(seq, pos[seq], [last[seq], *draft]))
+                batch.decode()
+                for seq in (0, 1):
+                    kept = drafts.accept(batch.rows(spans[seq]), proposals[seq], lambda row, d: greedy(row), greedy)
+                    if len(kept) - 1 < len(proposals[seq]):
+                        speculative.cut_back(two.context, seq, pos[seq] + len(kept))
+                    out[seq] += kept
+                    pos[seq] += len(kept)
+                    last[seq] = kept[-1]
+                rounds += 1
+    assert out[0][:N] == reference
+    assert out[1][:N] == other_reference
