@@ -116,6 +116,24 @@ class Sampler:
             raise EngineError("the sampler found no allowed token (a grammar that cannot continue?)")
         return token
 
+    def sample_row(self, logits: np.ndarray) -> int:
+        """A token from one row of logits (a verified draft's: speculative.DraftBatch.rows)."""
+        self._no_grammar()
+        return self._workspace.sample(logits, self._rng, temperature=self._temperature, top_k=self._top_k,
+                                      top_p=self._top_p, min_p=self._min_p)
+
+    def verify_row(self, logits: np.ndarray, draft: int) -> int:
+        """The token at a position a draft proposed ``draft`` for (``draft`` when kept): the chain's
+        distribution exactly, as a plain draw (nucleus.Workspace.verify; drafts.accept's rule)."""
+        self._no_grammar()
+        return self._workspace.verify(logits, self._rng, draft, temperature=self._temperature, top_k=self._top_k,
+                                      top_p=self._top_p, min_p=self._min_p)
+
+    def _no_grammar(self) -> None:
+        if self._chain is not None:
+            # A grammar's state advances token by token inside llama.cpp: drafts are not verified under one.
+            raise EngineError("drafts cannot be verified under a grammar")
+
     def accept(self, token: int) -> None:
         """Tell the grammar about a token we fed ourselves (the host chain keeps no state).
 

@@ -53,6 +53,7 @@ class Plan:
     n_batch: int = 2048
     n_ubatch: int = 512
     n_seq: int = 1             # sequences (conversations) in the context; n_ctx holds them all
+    n_rs_seq: int = 0          # recurrent-state snapshots per sequence: how far a rejected draft rolls back
     verdict: str = CPU_ONLY
     gpu: Components = field(default_factory=Components)   # summed over GPUs
     ram: Components = field(default_factory=Components)
