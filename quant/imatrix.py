@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from localcascade import safe_io
 from localcascade.errors import QuantizeError
 
 _GGUF_MAGIC = b"GGUF"
@@ -22,14 +23,14 @@ _GGUF_MAGIC = b"GGUF"
 
 def load_imatrix(path: str | Path) -> dict[str, np.ndarray]:
     """Return {tensor name: float32 importance values}; QuantizeError if the file is unreadable."""
-    path = Path(path)
+    # Through the one door for user-named files: a device, a FIFO or a folder is refused in one line.
+    path = safe_io.check_input(path, what="imatrix file", limit=safe_io.IMATRIX_MAX_BYTES)
     try:
         with path.open("rb") as f:
             magic = f.read(4)
+        entries = _load_gguf(path) if magic == _GGUF_MAGIC else _load_legacy(path.read_bytes())
     except OSError as err:
         raise QuantizeError(f"cannot read imatrix file {path}: {err.strerror or err}") from None
-    try:
-        entries = _load_gguf(path) if magic == _GGUF_MAGIC else _load_legacy(path)
     except (ValueError, struct.error, KeyError, IndexError) as err:
         raise QuantizeError(f"imatrix file {path} is not a valid importance matrix: {err}") from None
     if not entries:
@@ -63,8 +64,7 @@ def _load_gguf(path: Path) -> dict[str, np.ndarray]:
     return entries
 
 
-def _load_legacy(path: Path) -> dict[str, np.ndarray]:
-    data = path.read_bytes()
+def _load_legacy(data: bytes) -> dict[str, np.ndarray]:
     (n_entries,) = struct.unpack_from("<i", data, 0)
     if n_entries < 1:
         raise ValueError("no entries")

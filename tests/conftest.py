@@ -73,6 +73,57 @@ def gemma_model(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFa
     return target
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_llama_thread():
+    """llama.cpp runs one thread in this process and in every command a test starts.
+
+    The test models are tiny, and on a machine whose cores are busy with other work llama.cpp's
+    spinning thread barriers wait on descheduled threads: 300 tokens of the tiny model took 15 s
+    and 3.7 s of CPU with two threads, 0.5 s and 0.08 s with one. Tests of the thread settings
+    themselves set or remove LOCALCASCADE_THREADS.
+    """
+    import os
+
+    before = os.environ.get("LOCALCASCADE_THREADS")
+    os.environ.setdefault("LOCALCASCADE_THREADS", "1")
+    yield
+    if before is None:
+        os.environ.pop("LOCALCASCADE_THREADS", None)
+
+
+def _ignore_quietly(signum, frame) -> None:
+    """SIGHUP/SIGTERM that reach the test process while it runs as a nohup'd or trapped job."""
+
+
+@pytest.fixture(autouse=True)
+def terminal_signal_dispositions():
+    """Every test sees the signal dispositions of a session started in the foreground of a terminal.
+
+    A job started with ``&`` from a non-interactive shell ignores SIGINT, ``nohup`` ignores SIGHUP,
+    and an ignored signal stays ignored across fork and exec: the command a test starts would
+    then ignore the Ctrl-C or hang-up the test sends it, as the product rightly does (it keeps what
+    its parent chose). A *handled* signal is reset to its default by exec, so the test process
+    handles them for the test's duration: SIGINT raises KeyboardInterrupt here (what in-process
+    Ctrl-C tests expect) and kills by default in a child; an ignored SIGHUP/SIGTERM is handled
+    by doing nothing, so this process stays immune as its starter asked while its children get
+    the default. Whatever was there is restored after the test.
+    """
+    import signal
+
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    if previous[signal.SIGINT] is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, _ignore_quietly)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if signal.getsignal(signum) is not handler and handler is not None:
+                signal.signal(signum, handler)
+
+
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test away from the user's real data directory, HF cache and token."""

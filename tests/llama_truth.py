@@ -51,10 +51,11 @@ class LoadedModel:
         self.model_log = "".join(_LOG)
 
     def measure(self, n_ctx: int, flash_attn: bool = True, type_k: str = "f16", type_v: str = "f16",
-                n_ubatch: int = 512, n_batch: int = 2048) -> Truth:
+                n_ubatch: int = 512, n_batch: int = 2048, n_rs_seq: int = 0) -> Truth:
         _LOG.clear()
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_ubatch, params.n_batch, params.n_threads = n_ctx, n_ubatch, n_batch, 1
+        params.n_rs_seq = n_rs_seq
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.type_k = getattr(llama_cpp, f"GGML_TYPE_{type_k.upper()}")

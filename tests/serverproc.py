@@ -24,10 +24,12 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.base_url = ""
         self.stderr_lines: list[str] = []
+        self.popen_kwargs: dict = {}     # e.g. preexec_fn to lower a limit of the server's
+        self.python_args: list[str] = ["-m", "localcascade"]     # how the interpreter runs the CLI
 
     def start(self) -> "ServerProcess":
-        self.proc = subprocess.Popen([sys.executable, "-m", "localcascade", *self.args], env=self.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, *self.python_args, *self.args], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **self.popen_kwargs)
         found = threading.Event()
 
         def read() -> None:

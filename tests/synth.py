@@ -306,12 +306,15 @@ def _merges_for_words(words: list[str]) -> tuple[list[str], list[str]]:
             corpus[n] = merged
 
 
-def vocabulary(vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+def vocabulary(vocab_size: int, user_defined: tuple[int, ...] = ()) -> tuple[list[str], list[int], list[str]]:
     """Tokens, token types and merges: specials at their real ids, 256 bytes, word merges,
-    and unused padding up to ``vocab_size`` (real files pad the same way)."""
+    and unused padding up to ``vocab_size`` (real files pad the same way). The specials are
+    control tokens but for the ids in ``user_defined`` (which llama.cpp matches even in text, as
+    conversions that mark <think> an added, non-special token make it)."""
     merges, merged = _merges_for_words(_MERGED_WORDS)
     tokens = [SPECIAL_TOKENS[i] for i in range(len(SPECIAL_TOKENS))]
-    types = [int(gguf.TokenType.CONTROL)] * len(tokens)
+    types = [int(gguf.TokenType.USER_DEFINED if i in user_defined else gguf.TokenType.CONTROL)
+             for i in range(len(tokens))]
     byte_tokens = list(_byte_to_unicode().values())
     tokens += byte_tokens + merged
     types += [int(gguf.TokenType.NORMAL)] * (len(byte_tokens) + len(merged))
@@ -349,18 +352,32 @@ def _init_values(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
     return (rng.standard_normal(np_shape, dtype=np.float32) * scale).astype(np.float32)
 
 
+_IQ4_NL_TABLE = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+_IQ4_NL_MIDPOINTS = (_IQ4_NL_TABLE[1:] + _IQ4_NL_TABLE[:-1]) / 2
+# Scaled values lie in [-127, 127] (up to rounding): cell k holds [k, k + 1), and at most one midpoint
+# falls in a cell (entries are 9 or more apart), so an index is the midpoints below the cell, plus one
+# if the value is above the midpoint inside it.
+_IQ4_NL_FIRST_CELL = -128
+_IQ4_NL_CELLS = np.arange(_IQ4_NL_FIRST_CELL, 128, dtype=np.float32)
+_IQ4_NL_BELOW = np.searchsorted(_IQ4_NL_MIDPOINTS, _IQ4_NL_CELLS).astype(np.uint8)
+_IQ4_NL_INSIDE = np.full(_IQ4_NL_CELLS.size, np.inf, np.float32)
+_IQ4_NL_INSIDE[np.floor(_IQ4_NL_MIDPOINTS).astype(np.int64) - _IQ4_NL_FIRST_CELL] = _IQ4_NL_MIDPOINTS
+
+
 def _iq4_nl_blocks(values: np.ndarray) -> bytes:
     """IQ4_NL blocks (f16 scale + 32 4-bit indices into a fixed table) for ``values``.
 
     The gguf package reads IQ4_NL but cannot write it; this rounding (scale = max|x| / 127, nearest
     table entry) is cruder than llama.cpp's, which is fine for random test weights.
     """
-    table = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
     blocks = values.reshape(-1, 32)
     scale = np.abs(blocks).max(axis=1, keepdims=True) / 127.0
     scale[scale == 0] = 1.0
-    # Nearest table entry by the midpoints between entries: one binary search per value.
-    index = np.searchsorted((table[1:] + table[:-1]) / 2, blocks / scale).astype(np.uint8)
+    scaled = blocks / scale
+    # Nearest table entry by the midpoints between entries (the count of midpoints below the value):
+    # looked up per unit cell, as a binary search per value is most of the time of a full-size embedding.
+    cell = np.floor(scaled).astype(np.int16) - _IQ4_NL_FIRST_CELL
+    index = _IQ4_NL_BELOW[cell] + (scaled > _IQ4_NL_INSIDE[cell])
     # ggml packs element j in the low nibble and element j + 16 in the high nibble of byte j.
     packed = index[:, :16] | (index[:, 16:] << 4)
     out = np.empty((blocks.shape[0], 18), np.uint8)
@@ -386,7 +403,8 @@ def _encode(values: np.ndarray, qtype: gguf.GGMLQuantizationType) -> bytes:
 
 # --- writer ----------------------------------------------------------------------------------
 
-def _add_metadata(w: gguf.GGUFWriter, s: NemotronShape, file_type: int, quantized: bool) -> None:
+def _add_metadata(w: gguf.GGUFWriter, s: NemotronShape, file_type: int, quantized: bool,
+                  tokenizer: bool = True, user_defined: tuple[int, ...] = ()) -> None:
     w.add_name(f"Nemotron Cascade 2 synthetic ({s.name})")
     w.add_file_type(int(file_type))
     if quantized:
@@ -416,7 +434,10 @@ def _add_metadata(w: gguf.GGUFWriter, s: NemotronShape, file_type: int, quantize
     w.add_expert_weights_scale(s.expert_weights_scale)
     w.add_expert_group_count(1)
 
-    tokens, types, merges = vocabulary(s.vocab_size)
+    if not tokenizer:
+        w.add_tokenizer_model("none")   # weights without a vocabulary (llama.cpp's LLAMA_VOCAB_TYPE_NONE)
+        return
+    tokens, types, merges = vocabulary(s.vocab_size, user_defined)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
@@ -441,6 +462,8 @@ def write_nemotron_h_moe(
     live_routing: bool = False,
     tensor_types: dict[str, str] | None = None,
     file_type: int | None = None,
+    tokenizer: bool = True,
+    user_defined: tuple[int, ...] = (),
 ) -> Path:
     """Write a ``nemotron_h_moe`` GGUF file and return its path.
 
@@ -480,7 +503,8 @@ def write_nemotron_h_moe(
     tmp = path.with_name(path.name + ".tmp")
     writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.NEMOTRON_H_MOE])
     try:
-        _add_metadata(writer, shape, base_file_type if file_type is None else file_type, quantized)
+        _add_metadata(writer, shape, base_file_type if file_type is None else file_type, quantized, tokenizer,
+                      user_defined)
         for spec, qtype in zip(specs, qtypes):
             # add_tensor_info takes numpy order; for non-F32/F16 it needs raw_dtype.
             writer.add_tensor_info(

@@ -51,3 +51,13 @@ def test_bad_thread_count_is_one_line(tiny_model, monkeypatch):
     result = bench(str(tiny_model), "-p", "8", "-n", "2", "-r", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "LOCALCASCADE_THREADS" in result.stderr
+
+
+def test_threads_default_to_physical_cores_for_generation_and_all_cores_for_prompts(monkeypatch):
+    import psutil
+
+    from localcascade.engine.loader import default_threads
+
+    monkeypatch.delenv("LOCALCASCADE_THREADS", raising=False)
+    logical = psutil.cpu_count() or 1
+    assert default_threads() == (psutil.cpu_count(logical=False) or logical, logical)

@@ -139,6 +139,29 @@ def test_load_progress_on_a_terminal_is_a_bar_that_goes_away(monkeypatch):
     assert "loading m.gguf" in out.getvalue() and "loading m.gguf:" not in out.getvalue()
 
 
+def test_download_progress_in_a_pipe_counts_what_was_already_here(monkeypatch):
+    from localcascade.cli.console import make_console
+    from localcascade.cli.progress import LOAD_LINE_EVERY_S, DownloadProgress
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    out = io.StringIO()
+    clock = _Clock()
+    progress = DownloadProgress("Q4_K_M", console=make_console(stderr=True, file=out), clock=clock)
+    with progress:
+        progress.start(100 * 1024**2, 40 * 1024**2)      # a resumed download: 40 of 100 MiB were here
+        for second in range(1, 13):
+            clock.now = second * LOAD_LINE_EVERY_S / 2
+            progress.advance("model.gguf", 5 * 1024**2)
+    assert out.getvalue().splitlines() == [
+        "downloading Q4_K_M: 50.0 MiB of 100.0 MiB (50%)",
+        "downloading Q4_K_M: 60.0 MiB of 100.0 MiB (60%)",
+        "downloading Q4_K_M: 70.0 MiB of 100.0 MiB (70%)",
+        "downloading Q4_K_M: 80.0 MiB of 100.0 MiB (80%)",
+        "downloading Q4_K_M: 90.0 MiB of 100.0 MiB (90%)",
+        "downloading Q4_K_M: 100.0 MiB of 100.0 MiB (100%)",
+    ]
+
+
 def test_ask_in_a_pipe_prints_no_progress_codes(tiny_model):
     result = subprocess.run([sys.executable, "-m", "localcascade", "ask", "--model", str(tiny_model), "--no-think",
                              "--max-tokens", "2", "hi"], capture_output=True, timeout=120,

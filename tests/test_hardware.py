@@ -245,7 +245,8 @@ def test_amx_cpu_warns_with_the_portable_build():
 
 EXPECTED_PROFILES = {
     "rtx-5090", "rtx-4090", "rtx-4080", "rtx-4070-ti", "rtx-4060-ti-16gb", "rtx-4060", "rtx-3090",
-    "rtx-3060-12gb", "a100-40gb", "a100-80gb", "h100-80gb", "l4", "apple-m4-max-36gb",
+    "rtx-3060-12gb", "rtx-5060-ti-16gb", "rtx-2080-ti", "a100-40gb", "a100-80gb", "h100-80gb", "l4",
+    "apple-m4-max-36gb",
     "apple-m4-pro-48gb", "apple-m4-max-64gb", "apple-m4-max-128gb", "cpu-only",
 }
 

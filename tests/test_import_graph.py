@@ -121,7 +121,7 @@ def test_no_module_imports_itself_round_a_circle():
 # -- Which way imports go (ARCHITECTURE.md states the same table) ---------------------------------
 
 BASE = ("localcascade", "localcascade.errors", "localcascade.units", "localcascade.settings",
-        "localcascade.safe_io")
+        "localcascade.safe_io", "localcascade.stderr")
 PURE_FACTS = ("localcascade.model.facts", "localcascade.model.hparams", "localcascade.model.spec",
               "localcascade.hardware.facts")
 FRONT_ENDS = ("localcascade.cli", "localcascade.repl", "localcascade.server")
@@ -142,9 +142,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "localcascade.resolve": (*BASE, "localcascade.model", "localcascade.planning", "localcascade.hub",
                              "localcascade.store", "localcascade.hardware", "localcascade.engine.session"),
     # The engine runs a Plan: no hub, no store, no resolver, no front end.
-    "localcascade.engine": (*BASE, "localcascade.gbnf", "localcascade.model", "localcascade.planning"),
+    "localcascade.engine": (*BASE, "localcascade.model", "localcascade.planning"),
     "localcascade.tools": (*BASE, "localcascade.engine"),
-    "localcascade.server": (*BASE, "localcascade.gbnf", "localcascade.engine", "localcascade.tools",
+    "localcascade.server": (*BASE, "localcascade.engine", "localcascade.tools",
                             "localcascade.model", "localcascade.planning"),
 }
 

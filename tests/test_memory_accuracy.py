@@ -43,3 +43,13 @@ def test_tiny_model_buffers_match_llama_cpp(loaded, n_ctx, fa, tk, tv, ub):
     ours = (est.ram.total - est.ram.overhead) / MiB
     theirs = truth.weights + truth.kv + truth.recurrent + truth.compute + truth.output
     assert abs(ours - theirs) <= max(0.01 * theirs, 64)
+
+
+@pytest.mark.parametrize("n_rs_seq", [0, 4, 8])
+def test_recurrent_snapshots_for_drafts_match_llama_cpp(loaded, n_rs_seq):
+    # Rolling back a rejected draft needs n_rs_seq snapshots of every recurrent layer's state.
+    model, facts = loaded
+    truth = model.measure(4096, n_rs_seq=n_rs_seq)
+    est = estimate(facts, Placement(n_ctx=4096, n_rs_seq=n_rs_seq))
+    assert round(est.ram.recurrent / MiB, 2) == pytest.approx(truth.recurrent, abs=0.006)
+    assert est.ram.recurrent == estimate(facts, Placement(n_ctx=4096)).ram.recurrent * (1 + n_rs_seq)

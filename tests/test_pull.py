@@ -70,7 +70,7 @@ def _text_file(path: Path, text: str) -> Path:
 
 
 def _pull(spec: str):
-    return hub.pull(hub.resolve_remote(parse_model_spec(spec)), show_progress=False)
+    return hub.pull(hub.resolve_remote(parse_model_spec(spec)))
 
 
 def _sha(path: Path) -> str:
@@ -120,8 +120,7 @@ def test_ctrl_c_mid_transfer_resumes_from_the_bytes_on_disk(served, payload):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        hub.pull(hub.resolve_remote(parse_model_spec(f"{REPO}:Q8_0")), on_bytes=interrupt_after_3_mib,
-                 show_progress=False)
+        hub.pull(hub.resolve_remote(parse_model_spec(f"{REPO}:Q8_0")), on_bytes=interrupt_after_3_mib)
     [partial] = list(_cache().rglob("*.incomplete"))
     kept = partial.stat().st_size
     assert 2 * MIB <= kept < SIZE
@@ -148,7 +147,7 @@ def test_killed_process_resumes(served, payload, tmp_path):
         from localcascade.hub import download as hub
         from localcascade.resolve.resolver import parse_model_spec
         remote = hub.resolve_remote(parse_model_spec("{REPO}:Q8_0"))
-        hub.pull(remote, on_bytes=lambda path, n: time.sleep(0.3), show_progress=False)
+        hub.pull(remote, on_bytes=lambda path, n: time.sleep(0.3))
     """))
     proc = subprocess.Popen([sys.executable, str(script)], env=os.environ.copy())
     try:
@@ -283,7 +282,7 @@ def test_disk_check_counts_only_the_remaining_bytes(served, monkeypatch):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        hub.pull(hub.resolve_remote(parse_model_spec(f"{REPO}:Q8_0")), on_bytes=interrupt, show_progress=False)
+        hub.pull(hub.resolve_remote(parse_model_spec(f"{REPO}:Q8_0")), on_bytes=interrupt)
     real = shutil.disk_usage
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(real(p).total, 0, 4 * MIB))
@@ -389,8 +388,7 @@ def test_branch_moving_during_the_download_keeps_the_pinned_commit(served, paylo
             repo.revisions[pinned] = repo.revisions["main"]
             repo.commit = lambda rev: moved if rev == "main" else pinned if rev == pinned else old_commit(rev)
 
-    pulled = hub.pull(hub.resolve_remote(parse_model_spec(f"{REPO}:Q8_0")), on_bytes=push_a_commit,
-                      show_progress=False)
+    pulled = hub.pull(hub.resolve_remote(parse_model_spec(f"{REPO}:Q8_0")), on_bytes=push_a_commit)
 
     assert pulled.commit == pinned
     assert pulled.path == _cache() / "models--someone--Tiny-GGUF" / "snapshots" / pinned / FILE
@@ -405,7 +403,7 @@ def test_pull_shows_the_plan_from_the_hub_header_before_downloading(served, caps
     code, _, err = _run_cli(["pull", f"{REPO}:Q8_0", "--vram", "8GiB", "--ctx", "2K"], capsys)
     assert code == 0, err
     lines = err.splitlines()
-    assert lines[0] == f"{REPO}:Q8_0: {REPO}, 8.0 MiB"
+    assert lines[0] == f"localcascade: {REPO}:Q8_0: {REPO}, 8.0 MiB"
     assert lines[1].startswith("  full gpu at 2K context: GPU ")
 
 

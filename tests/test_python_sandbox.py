@@ -20,6 +20,7 @@ from localcascade.errors import SandboxUnavailableError
 from localcascade.tools.python_tool import PythonTool, find_sandbox
 from localcascade.tools.linux_sandbox import python_paths
 from localcascade.tools.sandbox import Limits, Unsandboxed
+from localcascade.tools.cgroups import RunCgroups
 
 LIMITS = Limits(cpu_seconds=3, wall_seconds=10, memory_bytes=1 << 30, output_bytes=256 << 10, processes=24)
 
@@ -251,7 +252,7 @@ def test_root_without_a_pids_cgroup_is_refused(monkeypatch):
     linux_sandbox.bubblewrap.cache_clear()
     monkeypatch.setattr(linux_sandbox.shutil, "which", lambda name: "/usr/bin/bwrap")
     monkeypatch.setattr(linux_sandbox.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(linux_sandbox, "find_pids_cgroup", lambda: None)
+    monkeypatch.setattr(linux_sandbox, "find_cgroups", lambda: RunCgroups([]))
     try:
         with pytest.raises(SandboxUnavailableError, match="as root needs a writable pids cgroup"):
             find_sandbox()

@@ -54,10 +54,10 @@ def client(server):
 
 @pytest.fixture(scope="module")
 def guarded(tiny_model, tmp_path_factory):
-    """One sequence, no queue, an API key from a file, a small body cap, a long context."""
+    """One sequence, no queue, an API key from a file, a small body cap, the trained context."""
     key_file = tmp_path_factory.mktemp("key") / "key"
     key_file.write_text(KEY + "\n")
-    proc = ServerProcess(str(tiny_model), "--ctx", "16384", "--parallel", "1", "--queue", "0",
+    proc = ServerProcess(str(tiny_model), "--ctx", "4096", "--parallel", "1", "--queue", "0",
                          "--api-key-file", str(key_file), "--max-body", "64KiB").start()
     yield proc
     proc.stop()
@@ -361,7 +361,7 @@ def test_body_over_the_cap_is_413(guarded):
 def test_disconnect_mid_stream_frees_the_sequence_and_a_full_queue_is_503(guarded):
     # No thinking (which no grammar bounds) and a grammar that never lets the reply end: it runs
     # until the client goes away.
-    body = {"messages": [{"role": "user", "content": "hello"}], "stream": True, "max_tokens": 15000,
+    body = {"messages": [{"role": "user", "content": "hello"}], "stream": True, "max_tokens": 4000,
             "grammar": 'root ::= "a" root', "chat_template_kwargs": {"enable_thinking": False}}
     with httpx.Client(timeout=60) as http:
         with http.stream("POST", guarded.base_url + "/chat/completions", json=body,

@@ -183,3 +183,39 @@ def test_serve_without_bubblewrap_refuses_in_one_line_before_loading(tiny_model,
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "install bubblewrap" in lines[0]
+
+
+def test_sigterm_while_the_models_code_runs_kills_it_and_ends_the_stream(tiny_model):
+    from localcascade.errors import SandboxUnavailableError
+    from localcascade.tools.python_tool import find_sandbox
+
+    try:
+        find_sandbox()
+    except SandboxUnavailableError as err:
+        pytest.skip(f"no sandbox on this machine: {err}")
+    import signal
+
+    proc = ServerProcess(str(tiny_model), "--ctx", "4096", "--tools", "python").start()
+    body = {"messages": [{"role": "user", "content": "wait"}], "stream": True, "seed": 1,
+            "grammar": grammar("import time\ntime.sleep(120)"), **no_think()}
+    lines = []
+    started = None
+    with httpx.Client(timeout=60) as http:
+        with http.stream("POST", proc.base_url + "/chat/completions", json=body) as response:
+            for line in response.iter_lines():
+                lines.append(line)
+                if started is None and line.startswith("data: "):
+                    deadline = time.monotonic() + 30     # until the sandbox runs the code
+                    while time.monotonic() < deadline and not any(
+                            SANDBOX_MARKER in " ".join(p.info["cmdline"] or ())
+                            for p in psutil.process_iter(["cmdline"])):
+                        time.sleep(0.1)
+                    started = time.monotonic()
+                    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(timeout=30) == 0
+    assert time.monotonic() - started < 10        # the sleeping code was killed, not waited for
+    data = [line for line in lines if line]
+    assert data[-1] == "data: [DONE]" and '"finish_reason": "stop"' in data[-2], data[-3:]
+    assert not any(SANDBOX_MARKER in " ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"]))
+    assert "Traceback" not in "".join(proc.stderr_lines)
+    proc.stop()

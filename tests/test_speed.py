@@ -56,6 +56,41 @@ def test_a_calibration_from_other_threads_or_with_gpu_layers_is_an_estimate():
     assert plan.tokens_per_s > 100 and plan.prompt_tokens_per_s > plan.tokens_per_s
 
 
+def test_a_calibration_speaks_only_for_models_it_can_speak_for():
+    q4, iq4 = variant("Q4_K_M").facts, variant("IQ4_XS").facts
+    at = Placement(n_ctx=4096)
+    big = speed.calibrate(iq4, tg_tokens_per_s=5.0, pp_tokens_per_s=12.0, cores=8, ram_bandwidth=60e9)
+    assert big.cpu_bytes_per_token > 1e9
+    # Measured on a model that streams from RAM: it holds for another such model.
+    assert speed.predict(q4, at, gpu_bandwidth=None, ram_bandwidth=60e9, cores=8, calibration=big).measured
+    # Measured on a model that fits in the CPU's caches (the tiny test model): only for its own size.
+    cached = replace(big, cpu_bytes_per_token=4e6)
+    guess = speed.predict(q4, at, gpu_bandwidth=None, ram_bandwidth=60e9, cores=8, calibration=cached)
+    assert not guess.measured
+    assert guess.generation == speed.predict(q4, at, gpu_bandwidth=None, ram_bandwidth=60e9, cores=8).generation
+    # One stored before calibrations recorded their size speaks for none.
+    assert not speed.predict(q4, at, gpu_bandwidth=None, ram_bandwidth=60e9, cores=8,
+                             calibration=replace(big, cpu_bytes_per_token=None)).measured
+
+
+def test_an_estimate_is_a_range_and_a_measurement_a_point():
+    q4 = variant("Q4_K_M").facts
+    at = Placement(n_ctx=4096)
+    guess = speed.predict(q4, at, gpu_bandwidth=None, ram_bandwidth=60e9, cores=8)
+    assert guess.generation_low < guess.generation < guess.generation_high
+    measured = speed.calibrate(q4, tg_tokens_per_s=7.0, pp_tokens_per_s=40.0, cores=8, ram_bandwidth=60e9)
+    point = speed.predict(q4, at, gpu_bandwidth=None, ram_bandwidth=60e9, cores=8, calibration=measured)
+    assert point.generation_low == point.generation == point.generation_high == pytest.approx(7.0)
+    # On a GPU the fixed cost per layer keeps a small model far below its bandwidth bound.
+    full = Placement(n_ctx=4096, n_gpu_layers=q4.n_layer + 1)
+    gpu = speed.predict(q4, full, gpu_bandwidth=1008e9, ram_bandwidth=60e9, cores=8)
+    bound = 1008e9 * speed.defaults()["gpu"]["memory_efficiency"] / speed.weights_per_token(q4, full).gpu_bytes
+    assert gpu.generation_high < bound and gpu.generation < 0.75 * bound
+    # Each expert block kept in RAM costs a round trip beyond its bytes.
+    moe = Placement(n_ctx=4096, n_gpu_layers=q4.n_layer + 1, n_cpu_moe=q4.moe_layers[3] + 1)
+    assert speed.round_trips(q4, moe) == 4
+
+
 def test_a_cpu_only_machine_is_compute_bound_not_bandwidth_bound():
     # With 400 GB/s of memory (a big server) a 2-core CPU is still limited by its cores.
     q4 = variant("Q4_K_M").facts
@@ -76,7 +111,8 @@ def test_the_output_head_of_a_tied_model_is_read_every_token(gemma_model):
     assert w.cpu_quant_bytes + w.cpu_float_bytes > embedding.n_bytes
 
 
-def test_bench_stores_this_machines_speeds_and_fit_uses_them(tiny_model):
+def test_bench_stores_this_machines_speeds_and_fit_uses_them(tiny_model, monkeypatch):
+    monkeypatch.delenv("LOCALCASCADE_THREADS")   # fit plans for the default threads: bench must measure those
     before = subprocess.run([*FIT, str(tiny_model), "--json"], capture_output=True, text=True, timeout=120)
     assert before.returncode == 0, before.stderr
     report = json.loads(before.stdout)
@@ -112,3 +148,15 @@ def test_a_broken_calibration_file_means_estimates(tiny_model, tmp_path, monkeyp
         result = subprocess.run([*FIT, str(tiny_model), "--json"], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["recommended"]["speed_measured"] is False
+
+
+def test_a_stored_calibration_says_what_it_can_speak_for_or_is_not_used(monkeypatch, tmp_path):
+    from localcascade.hardware import calibration
+
+    monkeypatch.setattr(calibration, "path", lambda: tmp_path / "speed-calibration.json")
+    mine = {"cpu_scale": 1.0, "cpu_prompt_flops": 1e9, "threads": 2, "cpu_model": "cpu", "llama_cpp_version": "v"}
+    (tmp_path / "speed-calibration.json").write_text(json.dumps(dict(mine, cpu_bytes_per_token=2e8)))
+    assert calibration.load("cpu", "v").cpu_bytes_per_token == 2e8
+    for bad in ("lots", -1, [1], True, float("nan")):
+        (tmp_path / "speed-calibration.json").write_text(json.dumps(dict(mine, cpu_bytes_per_token=bad)))
+        assert calibration.load("cpu", "v") is None, bad

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -272,7 +273,9 @@ def test_an_unusable_cache_folder_costs_only_the_cache(engine, tmp_path, where):
         answer, stats = ask(engine, "what is it about")
         assert answer == expected and stats.evaluated_tokens == stats.prompt_tokens
         assert len(notes) == 1 and notes[0].startswith("state cache off")
-    assert set(os.listdir("/dev")) == before
+    # Nothing of the cache's (a model's folder is named by 32 hex digits) was made in /dev; other
+    # programs on the machine may add their own entries meanwhile.
+    assert not [name for name in set(os.listdir("/dev")) - before if re.fullmatch(r"[0-9a-f]{32}", name)]
 
 
 def test_a_replaced_model_file_never_matches_its_old_states(tiny_model, tmp_path):

@@ -35,7 +35,7 @@ def _cache() -> Path:
 
 
 def _pull(spec: str):
-    return hub.pull(hub.resolve_remote(parse_model_spec(spec)), show_progress=False)
+    return hub.pull(hub.resolve_remote(parse_model_spec(spec)))
 
 
 @pytest.fixture
@@ -136,6 +136,26 @@ def test_pull_auto_takes_the_planners_choice(hf_server, tiny_model, capsys):
     assert f"best for this machine: {expected.quant}" in err
     assert out.split("\t")[0] == expected.quant
     assert [m.name for m in store.list_models()] == [expected.quant]
+
+
+def test_pull_auto_prefer_quality_takes_the_quality_rule_and_names_the_trades(hf_server, tiny_model, capsys):
+    for variant in load_catalog():
+        for name in variant.files:
+            hf_server.add_file(variant.repo, name, tiny_model)
+    from localcascade.hardware.profiles import load_profile
+    from localcascade.planning.plan import PlanRequest
+    from localcascade.planning.policy import recommend
+
+    default = recommend(load_profile("rtx-4090"), load_catalog()).variant
+    expected = recommend(load_profile("rtx-4090"), load_catalog(), PlanRequest(prefer="quality")).variant
+    assert expected.quality_rank < default.quality_rank   # a real difference to see
+
+    code, out, err = _cli(["pull", "--gpu", "rtx-4090", "--prefer", "quality", "--yes"], capsys)
+
+    assert code == 0, err
+    assert f"best for this machine: {expected.quant}" in err
+    assert f"alternative, faster: {default.quant} " in err
+    assert out.split("\t")[0] == expected.quant
 
 
 def test_rm_deletes_only_the_models_files(served, capsys):
@@ -357,8 +377,8 @@ def test_a_pull_that_cannot_record_its_check_still_says_it_is_downloaded(served,
     name, _size, state, path = out.strip().split("\t")
     assert name == f"{REPO}:Q8_0" and state == "sha256 verified" and Path(path).is_file()
     assert "Traceback" not in err
-    [note] = [line for line in err.splitlines() if line.startswith("note:")]
-    assert note == (f"note: the download is complete ({path}), but its check could not be recorded: "
+    [note] = [line for line in err.splitlines() if line.startswith("localcascade: note:")]
+    assert note == (f"localcascade: note: the download is complete ({path}), but its check could not be recorded: "
                     f"cannot write {_lock_path()}: Is a directory (the store index lives in "
                     f"{store_index.index_path().parent}; set LOCALCASCADE_HOME to a writable folder); "
                     "`localcascade list` shows it as not verified and the next pull checks it again")

@@ -191,11 +191,11 @@ def test_ctrl_c_during_a_tool_call_stops_the_code_and_the_reply(tiny_model, tool
                              "--show-thinking", "q"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     deadline = time.monotonic() + 90
-    running = False
-    while time.monotonic() < deadline and not running:
-        running = any(marker in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+    workers: list[psutil.Process] = []
+    while time.monotonic() < deadline and not workers:
+        workers = _descendants_running(proc, marker)   # not another run's sandbox on this machine
         time.sleep(0.2)
-    assert running, "the tool call never started"
+    assert workers, "the tool call never started"
     time.sleep(0.5)
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -203,8 +203,24 @@ def test_ctrl_c_during_a_tool_call_stops_the_code_and_the_reply(tiny_model, tool
     assert time.monotonic() - started < 10
     assert proc.returncode == 130 and out == b""
     assert err.decode().strip().splitlines()[-1] == "localcascade: interrupted"
-    time.sleep(0.5)
-    assert not any(marker in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, "the tool call's code outlived the command"
+
+
+def _descendants_running(proc: subprocess.Popen, marker: str) -> list[psutil.Process]:
+    """The processes below ``proc`` whose command line holds ``marker``."""
+    try:
+        below = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in below:
+        try:
+            if marker in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
 
 
 def test_a_thought_open_at_a_call_is_closed_as_nvidias_template_renders_it(tiny_model, tool):
@@ -218,9 +234,9 @@ def test_a_thought_open_at_a_call_is_closed_as_nvidias_template_renders_it(tiny_
     template = NANO_TEMPLATE.read_text()
     with Engine.load(tiny_model, PLAN, chat_template=template) as engine:
         close = engine.vocab.tokenize("\n</think>\n", special=True)
-        # Seed 39 does it with the tiny model of tests/synth.py on the CPU build; the scan covers a
-        # build that samples differently.
-        for seed in [39, *range(120)]:
+        # Seed 30 does it with the tiny model of tests/synth.py on the CPU build with one thread (as
+        # conftest.py runs llama.cpp); the scan covers a build that samples differently.
+        for seed in [30, *range(120)]:
             chat = Chat(engine)
             start = len(engine.tokenize_prompt(engine.template.render(
                 [{"role": "user", "content": "hi"}], add_generation_prompt=True, enable_thinking=True,

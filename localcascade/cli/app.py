@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from localcascade.cli.completion import use_safe_installer
+
+use_safe_installer()     # typer's own installer writes through symbolic links
 app = typer.Typer(
     name="localcascade",
     help="Run Nemotron-Cascade-2-30B-A3B on this machine at the best quality it can hold.",

@@ -130,7 +130,8 @@ def ask(
     started = time.perf_counter()
     try:
         choice, engine = options.open_model(model, request, how="--model NAME|FILE", chat_template=chat_template,
-                                            verbose=verbose, grammar=gen.grammar, show_progress=not quiet)
+                                            verbose=verbose, grammar=gen.grammar, show_progress=not quiet,
+                                            for_tools=tool[0] is not None)
     except KeyboardInterrupt:
         raise Interrupted("interrupted while loading the model") from None
     plan = choice.plan

@@ -10,6 +10,7 @@ import typer
 
 from localcascade.cli import options
 from localcascade.cli.app import app
+from localcascade.stderr import say
 
 
 @app.command()
@@ -44,7 +45,7 @@ def bench(
         plan = engine.plan
     stored = _store_calibration(model_path, engine.model_name, plan, results) if calibrate else None
     if stored is not None and not as_json:
-        print(f"localcascade: {stored}", file=sys.stderr)
+        say(stored)
     if as_json:
         from localcascade.engine.loader import default_threads
 

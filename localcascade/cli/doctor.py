@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import typer
 
 from localcascade.cli.app import app
+from localcascade.stderr import say
 
 
 @app.command()
@@ -40,7 +40,7 @@ def doctor(
         return
     _show_hardware(hardware)
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        say(f"warning: {warning}", prefix=False)
 
 
 def _console():

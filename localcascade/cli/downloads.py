@@ -20,14 +20,12 @@ from pathlib import Path
 
 import typer
 
-from localcascade.cli.wording import plan_line
+from localcascade.cli.wording import plan_line, plan_speed_reason
 from localcascade.errors import LocalCascadeError, ModelNotFoundError
 from localcascade.model.spec import HubFile
-from localcascade.units import format_bytes
+from localcascade.units import format_bytes, format_tokens
+from localcascade.stderr import say
 
-
-def _err(text: str = "") -> None:
-    typer.echo(text, err=True)
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ def confirm_download(question: str, yes: bool, *, later: str) -> None:
     if yes:
         return
     if sys.stdin is None or not sys.stdin.isatty():
-        _err("(no terminal to ask on: downloading, as with --yes)")
+        say("(no terminal to ask on: downloading, as with --yes)")
         return
     if not typer.confirm(question, default=True, err=True):
         raise ModelNotFoundError(f"nothing downloaded: `{later}` downloads it later")
@@ -57,7 +55,6 @@ def confirm_download(question: str, yes: bool, *, later: str) -> None:
 
 def recommend_and_fetch(hardware, request, *, yes: bool) -> Fetched:
     """The catalog variant that fits ``hardware`` best for ``request``: shown, confirmed, downloaded."""
-    from localcascade.hub import download as hub
     from localcascade.model.catalog import load_catalog
     from localcascade.errors import DoesNotFitError
     from localcascade.planning.policy import recommend
@@ -70,10 +67,16 @@ def recommend_and_fetch(hardware, request, *, yes: bool) -> Fetched:
     variant = choice.variant
     plan = _plan_from_remote_header(variant, hardware, request) or choice.plan
     size = format_bytes(variant.size_bytes)
-    _err(f"best for this machine: {variant.quant} ({size}) from {variant.repo}")
-    _err(f"  {plan_line(plan)}")
-    for reason in plan.reasons:
-        _err(f"  - {reason}")
+    say(f"best for this machine: {variant.quant} ({size}) from {variant.repo}")
+    say(f"  {plan_line(plan)}", prefix=False)
+    # How the policy chose among the variants (a plan re-made from the hub's header already says it for one).
+    chose = tuple(note for note in choice.notes if note not in plan.reasons)
+    for reason in plan.reasons + ((plan_speed_reason(plan),) if plan.tokens_per_s else ()) + chose:
+        say(f"  - {reason}", prefix=False)
+    for alternative in choice.alternatives:   # each with what it trades and the command that gets it
+        how = (f"localcascade run --ctx {format_tokens(alternative.plan.n_ctx)}"
+               if alternative.variant.quant == variant.quant else f"localcascade pull {alternative.variant.quant}")
+        say(f"  alternative, {alternative.describe()} (`{how}`)", prefix=False)
     confirm_download(f"Download {variant.quant} ({size})?", yes, later=f"localcascade pull {variant.quant}")
     return fetch(variant.quant)
 
@@ -91,22 +94,26 @@ def fetch(spec: str, hardware=None, request=None) -> Fetched:
     found = resolve(spec, need="remote")
     ref, remote, stored = found.ref, found.remote, found.stored
     if remote is None:  # offline, and it is here
-        _err(f"{stored.name} is already here (offline: not checked against the hub)")
+        say(f"{stored.name} is already here (offline: not checked against the hub)")
         return Fetched(stored.name, Path(stored.path), stored.size, None)
     shards = f" in {len(remote.files)} files" if len(remote.files) > 1 else ""
-    _err(f"{ref.label}: {remote.repo}, {format_bytes(remote.size)}{shards}")
+    say(f"{ref.label}: {remote.repo}, {format_bytes(remote.size)}{shards}")
     if hardware is not None:
         _check_before_download(remote, hardware, request)
     try:
-        pulled = hub.pull(remote, show_progress=sys.stderr.isatty())
+        from localcascade.cli.progress import DownloadProgress
+
+        progress = DownloadProgress(ref.label)
+        with progress:
+            pulled = hub.pull(remote, on_start=progress.start, on_bytes=progress.advance)
     except KeyboardInterrupt:
         from localcascade.errors import Interrupted
 
         raise Interrupted(f"interrupted: `localcascade pull {spec}` again continues where this stopped") from None
     if pulled.resumed_bytes:
-        _err(f"continued an interrupted download ({format_bytes(pulled.resumed_bytes)} were already here)")
+        say(f"continued an interrupted download ({format_bytes(pulled.resumed_bytes)} were already here)")
     elif not pulled.downloaded_bytes:
-        _err("already downloaded")
+        say("already downloaded")
     report_unrecorded(pulled)
     check = "sha256 verified" if all(f.verified for f in pulled.files) else "no published sha256 to check"
     return Fetched(ref.spec if ref.kind == "variant" else ref.label, pulled.path, pulled.size, check)
@@ -116,7 +123,7 @@ def report_unrecorded(pulled) -> None:
     """The download is complete whatever the store index says: a record that could not be kept
     (read-only LOCALCASCADE_HOME, a broken index) is a note, after which the model is still used."""
     for reason in pulled.notes:
-        _err(f"note: the download is complete ({pulled.path}), but its check could not be recorded: {reason}; "
+        say(f"note: the download is complete ({pulled.path}), but its check could not be recorded: {reason}; "
              "`localcascade list` shows it as not verified and the next pull checks it again")
 
 
@@ -142,10 +149,10 @@ def _check_before_download(remote, hardware, request) -> None:
     except GGUFHeaderError as err:
         raise GGUFHeaderError(f"{err}; nothing was downloaded") from None
     except LocalCascadeError as err:  # the hub would not answer a range request: the download decides
-        _err(f"  (the header could not be read first: {err})")
+        say(f"  (the header could not be read first: {err})", prefix=False)
         return
     plan, plan_error = plan_for_header(header, hardware, request)
-    _err(f"  {plan_line(plan)}" if plan is not None else f"  warning: {plan_error}")
+    say(f"  {plan_line(plan)}" if plan is not None else f"  warning: {plan_error}", prefix=False)
 
 
 def _plan_from_remote_header(variant, hardware, request):
@@ -161,5 +168,5 @@ def _plan_from_remote_header(variant, hardware, request):
         header = read_header(HubFile(variant.repo, None, variant.files[0]).uri)
         return plan_for_model(header, hardware, request)
     except LocalCascadeError as err:
-        _err(f"(planning from catalog facts: {err})")
+        say(f"(planning from catalog facts: {err})")
         return None

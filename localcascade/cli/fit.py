@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from localcascade.cli.app import app
+from localcascade.cli import options
 from localcascade.cli.options import complete_model_name
 from localcascade.planning.memory import KV_TYPES
 
@@ -29,6 +30,7 @@ def fit(
         "the recommendation weighs f16 and q8_0]."),
     think: bool = typer.Option(True, "--think/--no-think",
                                help="Plan for thinking (a 64K context floor) or not (16K)."),
+    prefer: Optional[str] = options.prefer_option(),
     gpu_overhead: Optional[str] = typer.Option(
         None, "--gpu-overhead", help="CUDA context and runtime per GPU, not reported by llama.cpp [default: 0.45GiB]."),
     gpu_margin: Optional[str] = typer.Option(
@@ -42,7 +44,7 @@ def fit(
 
     n_ctx = parse_tokens(ctx) if ctx else None
     hardware = hardware_for(gpu=gpu, vram=vram, ram=ram)
-    report = fit_report(model, hardware, n_ctx=n_ctx, kv_type=kv_type, think=think,
+    report = fit_report(model, hardware, n_ctx=n_ctx, kv_type=kv_type, think=think, prefer=prefer,
                         limits=limits_from(gpu_overhead=gpu_overhead, gpu_margin=gpu_margin))
     _add_speed_words(report, hardware)
     if as_json:
@@ -58,7 +60,8 @@ def _add_speed_words(report: dict, hardware) -> None:
     rec = report["recommended"]
     if rec is not None:
         rec["reasons"].append(speed_reason(rec["tokens_per_s"] or 0.0, rec["prompt_tokens_per_s"], rec["n_ctx"],
-                                           rec["speed_measured"]))
+                                           rec["speed_measured"], *rec["tokens_per_s_range"],
+                                           *rec["prompt_tokens_per_s_range"]))
     report["notes"].append(speed_note(hardware))
 
 
@@ -73,7 +76,7 @@ def render_table(report: dict) -> None:
     console = make_console(min_width=120)
     console.print(wording.usable_hardware_line(report["hardware"]))
     policy = report["policy"]
-    console.print(wording.policy_line(policy["context_floor"], report["think"], policy["usable_tokens_per_s"]),
+    console.print(wording.policy_line(policy["context_floor"], report["think"], policy["description"]),
                   soft_wrap=True)
     for line in wording.recommendation_lines(report["recommended"], report["alternatives"],
                                              report.get("requested_n_ctx")):
@@ -81,13 +84,14 @@ def render_table(report: dict) -> None:
     for note in report.get("notes", []):
         console.print(f"Note: {note}")
     table = Table(show_lines=False)
-    for col in ("variant", "context", "verdict", "GPU", "RAM", "tok/s", "prompt tok/s"):
+    for col in ("variant", "context", "verdict", "GPU", "RAM", "tok/s", "range", "prompt tok/s"):
         table.add_column(col, justify="left" if col in ("variant", "verdict") else "right")
     for v in report["variants"]:
         for row in v["rows"]:
             verdict = wording.verdict_cell(row["verdict"], row["cpu_moe_blocks"], row["n_gpu_layers"])
             tps = "-" if row["tokens_per_s"] is None else f"{row['tokens_per_s']:.0f}"
+            spread = wording.speed_range(*(row["tokens_per_s_range"] or (None, None))) or "-"
             pps = "-" if row["prompt_tokens_per_s"] is None else f"{row['prompt_tokens_per_s']:.0f}"
             table.add_row(v["variant"], format_tokens(row["n_ctx"]), verdict, format_bytes(row["gpu_bytes"]),
-                          format_bytes(row["ram_bytes"]), tps, pps)
+                          format_bytes(row["ram_bytes"]), tps, spread, pps)
     console.print(table)

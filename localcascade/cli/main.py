@@ -14,6 +14,7 @@ import sys
 import typer
 
 from localcascade.errors import LocalCascadeError, Terminated
+from localcascade.stderr import say
 
 # typer >= 0.29 raises the exceptions of its own bundled copy of click; older typers use click itself.
 _click = getattr(typer, "_click", None) or importlib.import_module("click")
@@ -35,7 +36,7 @@ from localcascade.cli import (  # noqa: E402,F401
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"localcascade: {message}", file=sys.stderr)
+    say(message)
     return code
 
 
@@ -70,7 +71,8 @@ def _prepare_process() -> str | None:
         sys.stderr = _DiagnosticsStream(sys.stderr)
     if _on_main_thread():  # signal handlers can only be set there (tests may call main elsewhere)
         for name in ("SIGTERM", "SIGHUP"):
-            if hasattr(signal, name):
+            # One the parent ignores stays ignored (nohup's SIGHUP): it chose that we outlive it.
+            if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:
                 signal.signal(getattr(signal, name), _terminate)
     return "standard output is closed: there is nowhere to write results" if stdout_closed else None
 

@@ -14,12 +14,10 @@ import typer
 
 from localcascade.cli import options
 from localcascade.cli.app import app
-from localcascade.errors import LocalCascadeError, UsageError
+from localcascade.errors import UsageError
 from localcascade.units import format_bytes, format_tokens
+from localcascade.stderr import say
 
-
-def _err(text: str = "") -> None:
-    typer.echo(text, err=True)
 
 
 def _confirm_deletion(question: str, yes: bool) -> None:
@@ -43,6 +41,7 @@ def pull(
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Plan for a hardware profile (rtx-4090) instead of this machine."),
     vram: Optional[str] = typer.Option(None, "--vram", help="Plan for this much GPU memory, e.g. 16GiB."),
     ram: Optional[str] = typer.Option(None, "--ram", help="Plan for this much system RAM, e.g. 64GiB."),
+    prefer: Optional[str] = options.prefer_option(),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before downloading the variant `auto` chose "
                                                        "(without a terminal nobody is asked)."),
 ) -> None:
@@ -50,9 +49,10 @@ def pull(
     from localcascade.cli import downloads
     from localcascade.hardware.resolve import hardware_for
     from localcascade.planning.plan import PlanRequest
+    from localcascade.planning.policy import check_preference
     from localcascade.units import parse_tokens
 
-    request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None)
+    request = PlanRequest(n_ctx=parse_tokens(ctx) if ctx else None, prefer=check_preference(prefer))
     if model == "auto":
         fetched = downloads.recommend_and_fetch(hardware_for(gpu=gpu, vram=vram, ram=ram), request, yes=yes)
     else:
@@ -76,10 +76,10 @@ def list_models(
         return
     # Interrupted pulls hold disk too; said on stderr so the table stays one model per line.
     for partial in store.partial_downloads():
-        _err(f"partial download: {format_bytes(partial.size)} of a file from {partial.repo} ({partial.path}); "
+        say(f"partial download: {format_bytes(partial.size)} of a file from {partial.repo} ({partial.path}); "
              "pulling the same model again continues it, deleting the file drops it")
     if not models and not stale:
-        _err("no models yet: `localcascade pull` downloads the best one for this machine")
+        say("no models yet: `localcascade pull` downloads the best one for this machine")
         return
     rows = [("NAME", "SIZE", "WHERE", "VERIFIED", "PATH")]
     for m in models:
@@ -91,7 +91,7 @@ def list_models(
     for row in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
     for m in stale:
-        _err(f"{m.name}: its file {m.path} is gone; `localcascade rm {m.name}` forgets it")
+        say(f"{m.name}: its file {m.path} is gone; `localcascade rm {m.name}` forgets it")
 
 
 # -- show ----------------------------------------------------------------------------------
@@ -179,12 +179,12 @@ def rm(
     stored = resolve(model, need="stored").stored
     files = "\n".join(f"  {f}" for f in stored.files)
     if stored.missing:
-        _err(f"{stored.name}: registered, but its file is gone\n{files}")
+        say(f"{stored.name}: registered, but its file is gone\n{files}")
         _confirm_deletion(f"Forget {stored.name}?", yes)
         store.remove(stored)
         typer.echo(f"removed {stored.name} (its file was already gone; the record is forgotten)")
         return
-    _err(f"{stored.name}: {format_bytes(stored.size)} in {stored.where}\n{files}")
+    say(f"{stored.name}: {format_bytes(stored.size)} in {stored.where}\n{files}")
     _confirm_deletion(f"Delete {stored.name}?", yes)
     store.remove(stored)
     typer.echo(f"removed {stored.name} ({format_bytes(stored.size)})")

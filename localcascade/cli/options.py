@@ -72,6 +72,12 @@ def ctx_option(default_is: str = "the plan's"):
     return typer.Option(None, "--ctx", help=f"Context length in tokens: 8192, 32K, 1M (default: {default_is}).")
 
 
+def prefer_option():
+    return typer.Option(
+        None, "--prefer", help="Recommend by another rule than the machine's: quality (the best quality at "
+        "20+ tokens/s), speed (the fastest) or context (the longest context) [default: fully on the GPU first].")
+
+
 def ngl_option():
     return typer.Option(None, "--ngl", help="Layers on the GPU (default: the plan's).")
 
@@ -156,9 +162,10 @@ def plan_request(
     kv_type: Optional[str] = None,
     flash_attn: Optional[bool] = None,
     think: bool = True,
+    prefer: Optional[str] = None,
 ):
     """The user's placement overrides as a PlanRequest (the planner checks they fit); ``think``
-    sets the context floor of the default plan."""
+    sets the context floor of the default plan, ``prefer`` the policy's rule."""
     from localcascade.planning.plan import PlanRequest
     from localcascade.units import parse_tokens
 
@@ -172,9 +179,12 @@ def plan_request(
         if kv_type.lower() not in KV_TYPES:
             raise UsageError(f"--kv-type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
         kv_type = kv_type.lower()
+    from localcascade.planning.policy import check_preference
+
     return PlanRequest(
         n_ctx=parse_tokens(ctx) if ctx is not None else None,
         think=think,
+        prefer=check_preference(prefer),
         type_k=kv_type,
         type_v=kv_type,
         flash_attn=flash_attn,
@@ -219,9 +229,9 @@ def read_grammar_file(path: Path) -> str:
     text = safe_io.read_text_input(path, what="grammar file", limit=safe_io.GRAMMAR_MAX_BYTES)
     if not text.strip():
         raise UsageError(f"grammar file {path} is empty: it would constrain nothing (GBNF expected)")
-    from localcascade.gbnf import check_grammar
+    from localcascade.engine.grammar import check
 
-    check_grammar(text, f"grammar file {path}")
+    check(text, f"grammar file {path}")   # before the model loads; the engine checks again before C code
     return text
 
 
@@ -238,14 +248,15 @@ def open_model(
     for_chat: bool = True,
     grammar: Optional[str] = None,
     threads: Optional[int] = None,
+    for_tools: bool = False,
 ):
     """The one way ask, run, serve and bench open a model: choose it (``resolve.opening``: the file,
     the machine probed once, the plan), let the command show the plan (``before_load(plan)``),
     then load it with its progress on stderr. Returns (choice, engine).
 
     ``how`` is how the command takes a model (``--model NAME|FILE``, ``bench NAME|FILE``), for the
-    error when none is named and none can be picked. ``for_chat`` (and ``grammar``) have the engine
-    check the template (and the grammar) first.
+    error when none is named and none can be picked. ``for_chat`` (``grammar``, ``for_tools``) have the
+    engine check the template (the grammar, the tool-call tokens) first.
     """
     from localcascade.cli.progress import load_progress
     from localcascade.engine.template import read_template_file
@@ -268,5 +279,5 @@ def open_model(
         before_load(choice.plan)
     with load_progress(choice.path.name, show=show_progress) as progress:
         engine = load(choice, chat_template=template_text, verbose=verbose, progress=progress, for_chat=for_chat,
-                      grammar=grammar, threads=threads)
+                      grammar=grammar, threads=threads, for_tools=for_tools)
     return choice, engine

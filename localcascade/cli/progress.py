@@ -1,4 +1,4 @@
-"""Progress on stderr for the long steps (loading a model, quantizing), the same way for each.
+"""Progress on stderr for the long steps (downloading, loading a model, quantizing), the same way for each.
 
 On a terminal that can redraw (``console.can_redraw``) it is a rich progress bar. Everywhere else,
 in a pipe, a log file, under NO_COLOR or TERM=dumb, it is plain lines with no escape codes and
@@ -102,6 +102,44 @@ class QuantizeProgress(_StderrProgress):
             if tenth != self.last_tenth:
                 self.last_tenth = tenth
                 self._plain(f"quantizing to {self.target}: {done}/{total} tensors")
+
+
+class DownloadProgress(_StderrProgress):
+    """Downloading: a bar with bytes, speed and time left, or a plain line at most every few seconds.
+
+    The hub draws nothing itself: ``pull(..., on_start=progress.start, on_bytes=progress.advance)``.
+    """
+
+    def __init__(self, label: str, *, console=None, clock: Callable[[], float] = time.monotonic) -> None:
+        from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+        super().__init__(TextColumn(f"downloading {label}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                         TimeRemainingColumn(), console=console, transient=True)
+        self.label = label
+        self.clock = clock
+        self.total = 0
+        self.done = 0
+        self.last_line_at = clock()
+
+    def start(self, total: int, already_here: int) -> None:
+        self.total, self.done = total, already_here
+        self._advance(self.done, self.total)
+
+    def advance(self, path: str, n: int) -> None:
+        self.done += n
+        if self.live:
+            self._advance(self.done, self.total)
+            return
+        now = self.clock()
+        if now - self.last_line_at >= LOAD_LINE_EVERY_S:
+            from localcascade.units import format_bytes
+
+            percent = int(100 * self.done / self.total) if self.total else 0
+            self._plain(f"downloading {self.label}: {format_bytes(self.done)} of {format_bytes(self.total)} "
+                        f"({percent}%)")
+            self.last_line_at = now
+
+    update = advance
 
 
 @contextmanager

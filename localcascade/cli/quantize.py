@@ -18,6 +18,7 @@ from localcascade.cli.options import complete_stored_model
 from localcascade.errors import LocalCascadeError, OutputPathError
 from localcascade.model.spec import model_stem
 from localcascade.units import format_bytes
+from localcascade.stderr import say
 
 
 @app.command()
@@ -51,8 +52,8 @@ def quantize(
     replaced = store.check_new_name(register_as, replace=force)
     if replaced is not None and replaced.missing:
         # Decided now, not after the work: a record whose file is gone names nothing, so the new file takes it.
-        typer.echo(f"note: {register_as} was registered to {replaced.path}, which is gone; "
-                   "it will name the new file", err=True)
+        say(f"note: {register_as} was registered to {replaced.path}, which is gone; it will name the new file",
+            prefix=False)
     _refuse_other_models_files(finals, register_as)
     done: dict = {}
 
@@ -73,13 +74,13 @@ def quantize(
                 done["error"] = err
 
     with prepare(source, target, imatrix=imatrix, allow_requantize=allow_requantize) as job:
-        typer.echo(f"{source.name} -> {target}: predicted {format_bytes(job.plan.predicted_bytes)} "
-                   f"(from {format_bytes(job.plan.source_bytes)})", err=True)
+        say(f"{source.name} -> {target}: predicted {format_bytes(job.plan.predicted_bytes)} "
+            f"(from {format_bytes(job.plan.source_bytes)})", prefix=False)
         with QuantizeProgress(target) as progress:
             result = job.run(dst, keep_split=keep_split, nthread=threads, progress=progress, overwrite=force,
                              publish=publish)
     for warning in result.warnings:
-        typer.echo(f"note: {warning}", err=True)
+        say(f"note: {warning}", prefix=False)
     if "error" in done:
         # The store changed since the check above (a remount, a broken index): the file is
         # complete and checked, so say where it is rather than only why it has no name.
@@ -87,10 +88,10 @@ def quantize(
                                 f"{done['error']}; use it by its path")
     registered = done["model"]
     if replaced is not None and not replaced.missing and not set(replaced.files) & set(result.outputs):
-        typer.echo(f"note: {register_as} now names {result.path}; {replaced.path}, which it named before, "
-                   "is kept but no longer registered", err=True)
+        say(f"note: {register_as} now names {result.path}; {replaced.path}, which it named before, "
+            "is kept but no longer registered", prefix=False)
     types = ", ".join(f"{n} {t}" for t, n in sorted(result.histogram.items(), key=lambda kv: -kv[1]))
-    typer.echo(f"wrote {result.path} ({format_bytes(result.output_bytes)}; {types})", err=True)
+    say(f"wrote {result.path} ({format_bytes(result.output_bytes)}; {types})", prefix=False)
     typer.echo(f"{registered.name}\t{format_bytes(result.output_bytes)}\t{result.path}")
 
 

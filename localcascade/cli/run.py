@@ -15,6 +15,7 @@ import typer
 from localcascade.cli import options, tool_options
 from localcascade.cli.app import app
 from localcascade.errors import ModelNotFoundError, UsageError
+from localcascade.stderr import say
 
 _NOTHING_TO_READ = ("standard input is closed (or /dev/null) and the chat reads its messages from it: "
                     "run it from a terminal or pipe the messages in (`localcascade ask` answers one prompt)")
@@ -35,6 +36,7 @@ def run(
     max_tokens: Optional[int] = options.max_tokens_option(),
     seed: Optional[int] = options.seed_option(),
     ctx: Optional[str] = options.ctx_option(),
+    prefer: Optional[str] = options.prefer_option(),
     ngl: Optional[int] = options.ngl_option(),
     cpu_moe: Optional[int] = options.cpu_moe_option(),
     kv_type: Optional[str] = options.kv_type_option(),
@@ -65,7 +67,7 @@ def run(
         seed=seed,
     )
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn,
-                                   think=think)
+                                   think=think, prefer=prefer)
 
     grammar = options.read_grammar_file(grammar_file) if grammar_file is not None else None
     python_tool, max_calls = tool_options.python_tool(tools, tools_unsafe, max_tool_calls)
@@ -83,12 +85,12 @@ def run(
 
     def show_plan(plan) -> None:
         for line in describe_plan(plan):
-            print(f"localcascade: {line}", file=sys.stderr)
+            say(line)
         for alternative in plan.alternatives:
-            print(f"localcascade:   alternative, {alternative}", file=sys.stderr)
+            say(f"  alternative, {alternative}")
 
     _, engine = options.open_model(str(model_path), request, hardware=hardware, before_load=show_plan,
-                                   chat_template=chat_template, verbose=verbose)
+                                   chat_template=chat_template, verbose=verbose, for_tools=python_tool is not None)
     with engine:
         state = ReplState(
             engine=engine,
@@ -127,7 +129,7 @@ def _choose_model(spec: Optional[str], hardware, request, yes: bool) -> Path:
         raise ModelNotFoundError("no model pulled yet: `localcascade pull` downloads the best variant for this "
                                  "machine (nothing is downloaded now: standard input is closed or /dev/null, so "
                                  "the chat would have nothing to read)")
-    print("localcascade: no Nemotron-Cascade-2 model pulled yet", file=sys.stderr)
+    say("no Nemotron-Cascade-2 model pulled yet")
     from localcascade.cli.downloads import recommend_and_fetch
 
     return recommend_and_fetch(hardware, request, yes=yes).path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -12,9 +11,13 @@ import typer
 from localcascade.cli import options, tool_options
 from localcascade.cli.app import app
 from localcascade.errors import UsageError
+from localcascade.stderr import say
 
 API_KEY_ENV = "LOCALCASCADE_API_KEY"
 MAX_PARALLEL = 64     # llama.cpp allows 256 sequences; past this the per-step Python work dominates
+# A key is a short token (OpenAI's are ~170 characters); the file is read whole at start and the key
+# compared on every request, so a key file of a gigabyte must not be taken.
+API_KEY_MAX_BYTES = 4096
 
 
 @app.command()
@@ -36,6 +39,12 @@ def serve(
         None, "--api-key-file", help=f"File holding the API key clients must send (or set {API_KEY_ENV})."
     ),
     max_body: str = typer.Option("8MiB", "--max-body", help="Largest request body accepted (413 beyond)."),
+    cors_origin: Optional[list[str]] = typer.Option(
+        None, "--cors-origin", help="A web page origin (https://app.example) whose scripts may call the server; "
+                                    "repeatable; '*' allows any page. Others are refused (403)."),
+    allowed_host: Optional[list[str]] = typer.Option(
+        None, "--allowed-host", help="Another name clients reach the server by (Host header); repeatable; "
+                                     "'*' allows any. Others are refused (403: DNS rebinding)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="llama.cpp threads (default: physical cores)."),
     tools: Optional[str] = tool_options.tools_option(),
     tools_unsafe: bool = tool_options.unsafe_option(),
@@ -59,6 +68,7 @@ def serve(
     if body_limit < 1024:
         raise UsageError(f"--max-body must be at least 1KiB, got {max_body}")
     api_key = _api_key(api_key_file)
+    origins = _origins(cors_origin or [])
     # The sandbox is found (and tried) before the port and the model: a refusal must come first.
     tool, max_calls = tool_options.python_tool(tools, tools_unsafe, max_tool_calls)
     from dataclasses import replace
@@ -69,21 +79,25 @@ def serve(
     request = replace(request, n_seq=parallel)
     listener = listen(host, port)   # before the load: a busy port must not cost minutes
     try:
-        return _serve(listener, host, model_arg or model, request, chat_template, api_key, queue, body_limit, verbose,
+        from localcascade.server.guard import GuardSettings, host_names
+
+        guard = GuardSettings(api_key=api_key, max_body_bytes=body_limit, cors_origins=origins,
+                              host_names=host_names(host, tuple(allowed_host or ())),
+                              upload_budget_bytes=max(8 * body_limit, 64 * 1024 * 1024))
+        return _serve(listener, host, model_arg or model, request, chat_template, guard, queue, verbose,
                       threads, tool, max_calls)
     finally:
         listener.close()
 
 
-def _serve(listener, host, spec, request, chat_template, api_key, queue, body_limit, verbose, threads, tool,
-           max_calls) -> int:
+def _serve(listener, host, spec, request, chat_template, guard, queue, verbose, threads, tool, max_calls) -> int:
     from localcascade.cli.wording import describe_plan
     from localcascade.server.app import ServerSettings
     from localcascade.server.run import base_url, is_loopback, serve_forever
 
     def show_plan(plan) -> None:
         for line in describe_plan(plan):
-            _say(line)
+            say(line)
 
     choice, engine = options.open_model(spec, request, how="MODEL or --model NAME|FILE", before_load=show_plan,
                                         chat_template=chat_template, verbose=verbose, threads=threads)
@@ -94,33 +108,61 @@ def _serve(listener, host, spec, request, chat_template, api_key, queue, body_li
             from localcascade.server.generation import ServerTool
 
             served = ServerTool(tool, max_calls)
-        settings = ServerSettings(model_id=model_path.stem, api_key=api_key, max_body_bytes=body_limit, tool=served)
-        if not is_loopback(host) and api_key is None:
-            _say(f"warning: listening on {host} without an API key: anyone who can reach this port "
+        from localcascade.server.tool_choice import template_shows_tools
+
+        tools_shown = template_shows_tools(engine.template)
+        call_tokens = None not in (engine.tool_call_open, engine.tool_call_close)
+        settings = ServerSettings(model_id=model_path.stem, guard=guard, tool=served, tools_shown=tools_shown,
+                                  call_tokens=call_tokens)
+        if not tools_shown:
+            say("warning: the chat template does not show tools to the model: requests' tools are not seen, "
+                 "and tool_choice \"required\" or a named function is refused (--chat-template FILE to fix)")
+        if not is_loopback(host) and guard.api_key is None:
+            say(f"warning: listening on {host} without an API key: anyone who can reach this port "
                  f"can use the model (set {API_KEY_ENV} or --api-key-file)")
         if served is not None:
-            _say(f"the model may run python on this machine ({'sandboxed' if tool.sandbox.sandboxed else 'WITHOUT a sandbox'}, "
+            say(f"the model may run python on this machine ({'sandboxed' if tool.sandbox.sandboxed else 'WITHOUT a sandbox'}, "
                  f"at most {max_calls} calls per reply); results are reported as message.tool_results")
-        _say(f"serving {settings.model_id} at {base_url(listener)} (OpenAI base URL); Ctrl-C stops")
-        serve_forever(engine, listener, settings, queue_size=queue)
+        say(f"serving {settings.model_id} at {base_url(listener)} (OpenAI base URL); Ctrl-C stops")
+        stopped_by = serve_forever(engine, listener, settings, queue_size=queue)
+    if stopped_by is not None:
+        say(f"stopped ({stopped_by})")
     return 0
 
 
-def _say(line: str) -> None:
-    print(f"localcascade: {line}", file=sys.stderr, flush=True)
-
-
 def _api_key(path: Optional[Path]) -> Optional[str]:
-    """The key from --api-key-file, else from the environment; a key on the command line would show in ps."""
+    """The key from --api-key-file, else from the environment; a key on the command line would show in ps.
+
+    The file is read through safe_io: a regular file of at most API_KEY_MAX_BYTES (a FIFO, a device
+    such as /dev/zero, or a huge file is refused at once). The key must be printable ASCII, as
+    clients send it in an HTTP header: another key would be accepted here and never match."""
+    from localcascade import safe_io
+
     if path is not None:
-        try:
-            key = Path(path).expanduser().read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as err:
-            raise UsageError(f"cannot read --api-key-file {path}: {err}") from None
-        if not key:
-            raise UsageError(f"--api-key-file {path} is empty")
-        return key
+        key = safe_io.read_text_input(path, what="--api-key-file", limit=API_KEY_MAX_BYTES, allow_pipe=False).strip()
+        return _checked_key(key, f"--api-key-file {path}")
     key = os.environ.get(API_KEY_ENV)
-    if key is not None and not key.strip():
-        raise UsageError(f"{API_KEY_ENV} is set but empty")
-    return key.strip() if key else None
+    if key is None:
+        return None
+    if len(key.encode("utf-8", "surrogateescape")) > API_KEY_MAX_BYTES:
+        raise UsageError(f"{API_KEY_ENV} is longer than {API_KEY_MAX_BYTES} bytes, the most accepted for a key")
+    return _checked_key(key.strip(), API_KEY_ENV)
+
+
+def _checked_key(key: str, source: str) -> str:
+    if not key:
+        raise UsageError(f"{source} is empty" if source != API_KEY_ENV else f"{API_KEY_ENV} is set but empty")
+    bad = next((c for c in key if not (c.isascii() and c.isprintable()) or c.isspace()), None)
+    if bad is not None:
+        raise UsageError(f"{source}: the key holds {bad!r}; a key must be printable ASCII without spaces "
+                         "(clients send it in an HTTP header)")
+    return key
+
+
+def _origins(values: list[str]) -> frozenset[str]:
+    from localcascade.server.guard import origin_of
+
+    try:
+        return frozenset(origin_of(v) for v in values)
+    except ValueError as err:
+        raise UsageError(f"--cors-origin {err}") from None

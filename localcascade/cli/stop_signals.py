@@ -24,6 +24,8 @@ class StopOnSignals:
 
     def __enter__(self) -> "StopOnSignals":
         for signum in self.signals:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue     # ignored by the parent (nohup, a background job): it stays ignored
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:   # not the main thread (a test calling in): signals stay as they are

@@ -6,12 +6,12 @@ come after minutes of loading. No heavy imports: `localcascade --help` imports t
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import typer
 
 from localcascade.errors import UsageError
+from localcascade.stderr import say
 
 TOOL_NAMES = ("python",)
 UNSAFE_FLAG = "--tools-unsafe-no-sandbox"
@@ -50,6 +50,6 @@ def python_tool(tools: Optional[str], unsafe: bool, max_calls: Optional[int], *,
 
     sandbox = find_sandbox(unsandboxed=unsafe)
     if unsafe and not quiet:
-        print("localcascade: WARNING: the model's code runs WITHOUT a sandbox, as you: it can read, change and "
-              "delete your files and use the network", file=sys.stderr)
+        say("WARNING: the model's code runs WITHOUT a sandbox, as you: it can read, change and "
+            "delete your files and use the network")
     return PythonTool(sandbox), max_calls or DEFAULT_MAX_CALLS

@@ -29,8 +29,8 @@ def describe_plan(plan: Plan) -> list[str]:
         where = f"RAM {format_bytes(plan.ram_bytes)} (CPU only)"
     speed = ""
     if plan.tokens_per_s:
-        label = "measured" if plan.speed_measured else "estimated"
-        speed = f", ~{plan.tokens_per_s:.0f} tokens/s ({label})"
+        speed = ", " + speed_words(plan.tokens_per_s, plan.speed_measured, plan.tokens_per_s_low,
+                                   plan.tokens_per_s_high)
         if plan.prompt_tokens_per_s:
             speed += f", a full context reads in ~{format_duration(plan.prompt_seconds())}"
     context = format_tokens(plan.n_ctx)
@@ -63,39 +63,60 @@ def verdict_cell(verdict: str, moe_blocks_in_ram: int, n_gpu_layers: int) -> str
     return verdict
 
 
-def speed_reason(tokens_per_s: float, prompt_tokens_per_s: float | None, n_ctx: int, measured: bool) -> str:
-    """A plan's speed in words: generation, and how long reading a full context takes.
+def speed_range(low: float | None, high: float | None) -> str:
+    """ "87-202": the range an estimate claims; empty for a point (a measured figure)."""
+    if low is None or high is None or round(low) == round(high):
+        return ""
+    return f"{low:.0f}-{high:.0f}"
+
+
+def speed_words(tokens_per_s: float, measured: bool, low: float | None = None, high: float | None = None) -> str:
+    """ "~153 tokens/s (estimated, 87-202)" or "~30 tokens/s (measured)"."""
+    spread = speed_range(low, high)
+    label = "measured" if measured else "estimated"
+    return f"~{tokens_per_s:.0f} tokens/s ({label}{', ' + spread if spread else ''})"
+
+
+def speed_reason(tokens_per_s: float, prompt_tokens_per_s: float | None, n_ctx: int, measured: bool,
+                 low: float | None = None, high: float | None = None, prompt_low: float | None = None,
+                 prompt_high: float | None = None) -> str:
+    """A plan's speed in words: generation and prompt reading (each with the range an estimate
+    claims), and how long reading a full context takes.
 
     Takes the numbers, not a Plan, because `fit` words its JSON rows (which carry the same fields).
     """
-    label = "measured" if measured else "estimated"
     reading = ""
     if prompt_tokens_per_s:
         reading = (f"; reading a full {format_tokens(n_ctx)} prompt takes "
                    f"~{format_duration(n_ctx / prompt_tokens_per_s)}")
-    return (f"~{tokens_per_s:.0f} tokens/s generating, ~{prompt_tokens_per_s or 0:.0f} reading a prompt "
-            f"({label}){reading}")
+    generating = speed_words(tokens_per_s, measured, low, high).replace(" tokens/s ", " tokens/s generating ", 1)
+    spread = speed_range(prompt_low, prompt_high)
+    return (f"{generating}, ~{prompt_tokens_per_s or 0:.0f} reading a prompt"
+            f"{f' ({spread})' if spread else ''}{reading}")
 
 
 def plan_speed_reason(plan: Plan) -> str:
-    return speed_reason(plan.tokens_per_s or 0.0, plan.prompt_tokens_per_s, plan.n_ctx, plan.speed_measured)
+    return speed_reason(plan.tokens_per_s or 0.0, plan.prompt_tokens_per_s, plan.n_ctx, plan.speed_measured,
+                        plan.tokens_per_s_low, plan.tokens_per_s_high, plan.prompt_tokens_per_s_low,
+                        plan.prompt_tokens_per_s_high)
 
 
 def speed_note(hardware: Hardware) -> str:
     """Where the tok/s figures come from, said once under `fit`'s table."""
     c = hardware.calibration
     if c is not None and hardware.source == "detected":
-        gpu = " (GPU parts of a plan stay estimates)" if hardware.gpus else ""
-        return f"speeds: measured on this machine by `localcascade bench` on {c.model} ({c.measured_at[:10]}){gpu}"
+        gpu = "; GPU parts of a plan stay estimates" if hardware.gpus else ""
+        return (f"speeds: measured on this machine by `localcascade bench` on {c.model} ({c.measured_at[:10]}), "
+                f"for models it can speak for (docs/fit.md); the others are estimates with a range{gpu}")
     if hardware.source == "detected":
         return "speeds: estimates; `localcascade bench MODEL` measures this machine and fit then uses its figures"
     return "speeds: estimates for this hardware (profiles are never measured here)"
 
 
-def policy_line(context_floor: int, think: bool, usable_tokens_per_s: float) -> str:
+def policy_line(context_floor: int, think: bool, rule_description: str) -> str:
+    """The policy `fit` used, in a line: the context floor, then the machine's rule or the user's preference."""
     return (f"Policy: at least {format_tokens(context_floor)} of context "
-            f"({'thinking' if think else 'no thinking'}), then the best quality at "
-            f"{usable_tokens_per_s:.0f}+ tokens/s, then the fastest")
+            f"({'thinking' if think else 'no thinking'}), then {rule_description}")
 
 
 def recommendation_lines(recommended: dict | None, alternatives: Iterable[dict], requested_n_ctx: int | None) -> list[str]:

@@ -495,17 +495,16 @@ class Decoder:
                 and turn.thinking.tokens >= turn.options.think_budget):
             # Budget spent: close the thought ourselves and let the model answer. A grammar may not
             # allow the close yet; then the thought goes on until it does.
-            close = next((ids for ids in (self._close_ids, [engine.think_close]) if turn.sampler.allows(ids)), None)
-            if close is not None:
-                if held + len(close) >= n_ctx:
-                    return self._finish(turn, "length")
-                for token in close:
-                    turn.sampler.accept(token)
-                self._end_thinking(turn)
-                turn.todo = list(close)
-                return None
+            closed = self._close_thought(turn)
+            if closed is not None:
+                return None if closed else self._finish(turn, "length")
         token = turn.sampler.sample(engine.context, row)
         if engine.vocab.is_eog(token):
+            # A grammar over the answer only means an answer in its shape is wanted (a forced tool call,
+            # a JSON schema): a reply that would end inside its thought has the thought closed and answers.
+            if (turn.in_thinking and turn.options.grammar and not turn.grammar_spans_thinking
+                    and self._close_thought(turn)):
+                return None
             turn.end_token = token
             return self._finish(turn, "stop")
         channel = turn.call if turn.in_call else turn.thinking if turn.in_thinking else turn.answer
@@ -547,6 +546,20 @@ class Decoder:
                 return self._finish(turn, "tool_call")
         turn.todo = [token]
         return None
+
+    def _close_thought(self, turn: Reply) -> bool | None:
+        """Feed the end of the thought next (as a spent thinking budget does): True if it is fed,
+        False if the context has no room for it, None if the grammar does not allow it yet."""
+        close = next((ids for ids in (self._close_ids, [self.engine.think_close]) if turn.sampler.allows(ids)), None)
+        if close is None:
+            return None
+        if len(turn.sequence.tokens) + len(close) >= self.engine.n_ctx_seq:
+            return False
+        for token in close:
+            turn.sampler.accept(token)
+        self._end_thinking(turn)
+        turn.todo = list(close)
+        return True
 
     @staticmethod
     def _emit(turn: Reply, event: Event | None) -> None:

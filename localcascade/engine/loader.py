@@ -171,6 +171,9 @@ def load(
             cparams.n_batch = min(plan.n_batch, plan.n_ctx)
             cparams.n_ubatch = min(plan.n_ubatch, cparams.n_batch)
             cparams.n_seq_max = max(1, plan.n_seq)
+            # Snapshots of the recurrent state for rolling back rejected drafts (speculative.py);
+            # llama.cpp clamps it to 0 for architectures that cannot roll back.
+            cparams.n_rs_seq = max(0, plan.n_rs_seq)
             cparams.n_threads = n_threads or threads
             cparams.n_threads_batch = n_threads_batch or threads_batch
             cparams.flash_attn_type = (

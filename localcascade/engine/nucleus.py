@@ -22,13 +22,28 @@ where that is safe (one pass fewer than subtracting the largest first); every cu
 the most likely token's weight.
 
 Vocabulary-sized arrays live in a Workspace made once per reply: a fresh 0.5-1 MB array per
-token costs page faults that take longer than the arithmetic. Pure numpy, no llama.cpp: the engine
-hands in a view of llama.cpp's logits buffer.
+token costs page faults that take longer than the arithmetic. No llama.cpp: the engine hands in a
+view of llama.cpp's logits buffer.
+
+The same chain runs natively where the package's C extension (_nucleus.c) was built: one pass for
+the largest logit, one for exp, sum and a histogram that places the nucleus' end, one for the draw
+(~3x faster on a flat 152K-token row; benchmarks/host_cost.py). This numpy code is the fallback
+where no C compiler was at hand, and the reference the native pass is tested against.
+
+Verifying a draft token (engine/drafts.py) draws from the same distribution: ``verify`` keeps the
+draft with its probability, else draws from the others renormalized, which is exactly a plain draw.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from localcascade.errors import EngineError
+
+try:
+    from localcascade.engine import _nucleus as _native
+except ImportError:   # no C compiler where the package was installed: the numpy path, same distribution
+    _native = None
 
 # A set of candidates this small is sorted outright.
 _SORT_AT_MOST = 4096
@@ -55,17 +70,71 @@ _RAW_EXP_LOW, _RAW_EXP_HIGH = -80.0, 60.0
 class Workspace:
     """Scratch arrays for one vocabulary size, reused token after token."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, *, native: bool | None = None) -> None:
+        """``native``: use the C extension (default: where it was built); False forces numpy."""
         self.n = n
         self.weights = np.empty(n, dtype=np.float32)
         self.scratch = np.empty(n, dtype=np.float32)
         self.mask = np.empty(n, dtype=bool)
+        self.native = _native is not None if native is None else native
+        if self.native and _native is None:
+            raise RuntimeError("the native sampler was not built with this installation")
 
     def sample(self, logits: np.ndarray, rng: np.random.Generator, *, temperature: float, top_k: int = 0,
                top_p: float = 1.0, min_p: float = 0.0) -> int:
         """One token drawn from the chain's distribution over ``logits`` (float32, one per vocabulary entry)."""
         if temperature <= 0:
             return int(np.argmax(logits))
+        if self.native:
+            token = self._native_draw(logits, rng.random(), -1, temperature, top_k, top_p, min_p)[0]
+            if token < 0:
+                raise EngineError("the model's logits hold no finite value to sample from")
+            return token
+        return self._numpy_sample(logits, rng, temperature, top_k, top_p, min_p)
+
+    def verify(self, logits: np.ndarray, rng: np.random.Generator, draft: int, *, temperature: float,
+               top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0) -> int:
+        """The token at a position a draft proposed ``draft`` for: ``draft`` itself when accepted.
+
+        Greedy: the argmax (the draft is accepted when it is the argmax). Sampling: ``draft`` with
+        its probability p(draft) under the chain, else a draw from the chain's distribution with
+        ``draft`` taken out and the rest renormalized. Every token t != draft comes out with
+        probability (1 - p(draft)) * p(t) / (1 - p(draft)) = p(t): exactly a plain draw, whatever
+        the draft was (the rule of speculative sampling for a draft that is a point mass).
+        """
+        if temperature <= 0:
+            return int(np.argmax(logits))
+        accept_u, draw_u = rng.random(), rng.random()
+        if self.native:
+            token, p_draft = self._native_draw(logits, draw_u, draft, temperature, top_k, top_p, min_p)
+        else:
+            ids, p = distribution(logits, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  workspace=self)
+            where = np.flatnonzero(ids == draft)
+            p_draft = float(p[where[0]]) if where.size else 0.0
+            rest = p.copy()
+            rest[where] = 0.0
+            running = np.cumsum(rest)
+            token = -1 if running[-1] <= 0 else int(ids[min(int(np.searchsorted(
+                running, draw_u * running[-1], side="right")), ids.size - 1)])
+        if token < 0 and p_draft <= 0.0:
+            raise EngineError("the model's logits hold no finite value to sample from")
+        return draft if accept_u < p_draft or token < 0 else token
+
+    def _native_draw(self, logits: np.ndarray, u: float, excluded: int, temperature: float, top_k: int,
+                     top_p: float, min_p: float) -> tuple[int, float]:
+        """(a draw with ``u`` from the chain's distribution less ``excluded``, p(``excluded``)); native."""
+        n = logits.shape[0]
+        if 0 < top_k < n:
+            ids = np.sort(np.argpartition(logits, n - top_k)[n - top_k:])
+            where = np.flatnonzero(ids == excluded)
+            token, p = _native.sample(np.ascontiguousarray(logits[ids]), self.weights[:top_k], temperature,
+                                      top_p, min_p, u, int(where[0]) if where.size else -1)
+            return (int(ids[token]) if token >= 0 else -1), p
+        return _native.sample(logits, self.weights, temperature, top_p, min_p, u, excluded)
+
+    def _numpy_sample(self, logits: np.ndarray, rng: np.random.Generator, temperature: float, top_k: int,
+                      top_p: float, min_p: float) -> int:
         ids, values, e, cut, mass, within, _ = self._cut(logits, top_k, top_p, min_p)
         if within is not None:
             # The usual real-text step: the few weights already gathered hold the nucleus.
@@ -301,11 +370,21 @@ def kept(logits: np.ndarray, *, top_k: int = 0, top_p: float = 1.0, min_p: float
 
 
 def distribution(logits: np.ndarray, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
-                 min_p: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, probabilities) the chain samples from; temperature 0 is greedy (one id, probability 1)."""
+                 min_p: float = 0.0, workspace: Workspace | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, probabilities) the chain samples from; temperature 0 is greedy (one id, probability 1).
+    The numpy path's, or the native pass' where ``workspace`` is a native one."""
     if temperature <= 0:
         return np.array([int(np.argmax(logits))]), np.array([1.0])
-    ids, weights = kept(logits, top_k=top_k, top_p=top_p, min_p=min_p)
+    if workspace is not None and workspace.native:
+        n = logits.shape[0]
+        ids = np.sort(np.argpartition(logits, n - top_k)[n - top_k:]) if 0 < top_k < n else np.arange(n)
+        weights = workspace.weights[:ids.size]
+        _native.distribution(np.ascontiguousarray(logits[ids]), weights, temperature, top_p, min_p)
+        inside = np.flatnonzero(weights)
+        p = weights[inside].astype(np.float64)
+        return ids[inside], p / p.sum()
+    ids, weights = (workspace or Workspace(logits.shape[0], native=False)).kept(
+        logits, top_k=top_k, top_p=top_p, min_p=min_p)
     if temperature != 1.0:
         weights = _tempered(logits[ids], temperature)
     p = weights.astype(np.float64)

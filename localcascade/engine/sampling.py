@@ -25,6 +25,11 @@ def sampling_profile() -> dict:
     return json.loads(text)
 
 
+# A temperature this low divides logit gaps of float32's resolution (~1e-6 at the logits' scale)
+# into differences of 10 or more: the choice is the greedy one to within e^-10.
+GREEDY_BELOW = 1e-5
+
+
 def resolve(options) -> dict:
     """The sampling values for ``options`` (a GenerationOptions): user values over the mode's defaults."""
     defaults = sampling_profile()["think" if options.think else "no_think"]
@@ -56,7 +61,10 @@ class Sampler:
 
         self._lib = llama_cpp
         values = resolve(options)
-        self._temperature = float(values["temperature"] or 0.0)
+        temperature = float(values["temperature"] or 0.0)
+        # Below GREEDY_BELOW the weights are the greedy choice's anyway, and dividing by such a
+        # temperature overflows float32 (1e-300: inf x 0 = NaN, numpy warnings, no token): greedy.
+        self._temperature = 0.0 if temperature < GREEDY_BELOW else temperature
         self._top_k = int(values["top_k"] or 0)
         self._top_p = 1.0 if values["top_p"] is None else float(values["top_p"])
         self._min_p = float(values["min_p"] or 0.0)
@@ -108,6 +116,24 @@ class Sampler:
             raise EngineError("the sampler found no allowed token (a grammar that cannot continue?)")
         return token
 
+    def sample_row(self, logits: np.ndarray) -> int:
+        """A token from one row of logits (a verified draft's: speculative.DraftBatch.rows)."""
+        self._no_grammar()
+        return self._workspace.sample(logits, self._rng, temperature=self._temperature, top_k=self._top_k,
+                                      top_p=self._top_p, min_p=self._min_p)
+
+    def verify_row(self, logits: np.ndarray, draft: int) -> int:
+        """The token at a position a draft proposed ``draft`` for (``draft`` when kept): the chain's
+        distribution exactly, as a plain draw (nucleus.Workspace.verify; drafts.accept's rule)."""
+        self._no_grammar()
+        return self._workspace.verify(logits, self._rng, draft, temperature=self._temperature, top_k=self._top_k,
+                                      top_p=self._top_p, min_p=self._min_p)
+
+    def _no_grammar(self) -> None:
+        if self._chain is not None:
+            # A grammar's state advances token by token inside llama.cpp: drafts are not verified under one.
+            raise EngineError("drafts cannot be verified under a grammar")
+
     def accept(self, token: int) -> None:
         """Tell the grammar about a token we fed ourselves (the host chain keeps no state).
 
@@ -152,8 +178,11 @@ def grammar_sampler(vocab: int, grammar: str) -> int:
 
     from localcascade.engine.llama_log import LOG
 
+    from localcascade.engine.grammar import check
+
     if not grammar.strip():
         raise UsageError("the grammar is empty: it would constrain nothing (GBNF expected)")
+    check(grammar)   # the limits that keep llama.cpp's parser and sampler alive, before any C code
     mark = LOG.mark()
     with _stderr_captured() as captured:
         g = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")

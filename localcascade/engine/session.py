@@ -67,6 +67,9 @@ TOOL_CALL_CLOSE = "</tool_call>"
 # Stands in for the previous answer when rendering a turn, to find where the new turn's text starts.
 _NO_TEMPLATE = "{name} has no chat template; give one with --chat-template FILE"
 _SENTINEL = "\u2063LOCALCASCADE-PREVIOUS-ANSWER\u2063"
+# A prompt is tokenized up to this many times the context it must fit: counts stay exact for a
+# near miss, and a huge one is refused after work bounded by the context, not by its length.
+PROMPT_TOKENIZE_FACTOR = 4
 
 
 @dataclass
@@ -103,6 +106,7 @@ class Engine:
         self.think_close = self.vocab.special_id(THINK_CLOSE)
         self.tool_call_open = self.vocab.special_id(TOOL_CALL_OPEN)
         self.tool_call_close = self.vocab.special_id(TOOL_CALL_CLOSE)
+        self.vocab.guard_in_text((THINK_OPEN, THINK_CLOSE, TOOL_CALL_OPEN, TOOL_CALL_CLOSE))
         self.state_cache = state_cache        # checkpoints of prompts read (state_cache.py), or None
         self.decoder = Decoder(self)          # every reply on this context; sequence 0 is a chat's
 
@@ -118,30 +122,39 @@ class Engine:
         for_chat: bool = True,
         grammar: str | None = None,
         threads: int | None = None,
+        for_tools: bool = False,
     ) -> "Engine":
         """Load ``model_path`` with ``plan``, the planner's (``localcascade.resolve.plans.plan_for_file``).
 
         ``chat_template`` (Jinja text) replaces the model's own template. ``threads`` sets
         llama.cpp's threads for generation and prompts alike (default: physical cores to
-        generate, all cores for prompts). With ``for_chat`` a model without a template, and a
-        ``grammar`` (GBNF) that does not parse, are refused before the weights are read: a load
-        can take minutes.
+        generate, all cores for prompts). With ``for_chat`` a model without a template, a
+        ``grammar`` (GBNF) that does not parse, and with ``for_tools`` a model whose vocabulary has
+        no tool-call tokens, are refused before the weights are read: a load can take minutes.
         """
         model_path = Path(model_path)
         if not model_path.is_file():
             from localcascade.errors import ModelNotFoundError
 
             raise ModelNotFoundError(f"model file not found: {model_path}")
-        if for_chat and chat_template is None:
-            from localcascade.model.gguf_header import read_header
+        from localcascade.model.gguf_header import read_header
 
-            if not read_header(model_path).metadata.get("tokenizer.chat_template"):
-                raise ChatTemplateError(_NO_TEMPLATE.format(name=model_path.name))
-        if grammar:
+        metadata = read_header(model_path).metadata
+        if metadata.get("tokenizer.ggml.model") == "none":
+            # llama.cpp loads such a file, then aborts the process (GGML_ASSERT) at the first
+            # tokenization: every command tokenizes, even bench (the special-token ids).
+            raise EngineError(f"{model_path.name} has no tokenizer (tokenizer.ggml.model is \"none\"): "
+                              "it cannot read or write text; use a GGUF converted with its vocabulary")
+        if for_chat and chat_template is None and not metadata.get("tokenizer.chat_template"):
+            raise ChatTemplateError(_NO_TEMPLATE.format(name=model_path.name))
+        if grammar or for_tools:
             from localcascade.engine.sampling import check_grammar
 
             with loader.vocab_only(model_path) as vocab:
-                check_grammar(vocab, grammar)
+                if grammar:
+                    check_grammar(vocab, grammar)
+                if for_tools:
+                    _require_tool_call_tokens(Vocab(None, vocab), model_path.name)
         cache = _state_cache(model_path, plan, verbose)   # its settings are checked before a long load
         loaded = loader.load(model_path, plan, progress=progress, verbose=verbose,
                              n_threads=threads, n_threads_batch=threads)
@@ -169,7 +182,7 @@ class Engine:
         return self._loaded.n_batch
 
     def count_tokens(self, text: str) -> int:
-        return len(self.vocab.tokenize(text, special=True))
+        return len(self.vocab.tokenize_bounded(text, special=True))
 
     def close(self) -> None:
         self.decoder.close()
@@ -207,15 +220,31 @@ class Engine:
         """Forget the context entirely."""
         self.decoder.reset()
 
+    def decode(self, tokens: list[int]) -> None:
+        """Evaluate ``tokens`` after what sequence 0 holds (no sampling; logits of the last one kept)."""
+        self.decoder.evaluate(0, tokens)
+
     @property
     def _ctx(self) -> int:
         if not self._loaded.ctx:
             raise EngineError("the engine is closed")
         return self._loaded.ctx
 
-    def tokenize_prompt(self, text: str) -> list[int]:
-        """Tokens of a rendered chat prompt, with BOS when the model wants one and the template left it out."""
-        tokens = self.vocab.tokenize(text, special=True)
+    def tokenize_prompt(self, text: str, context: int | None = None) -> list[int]:
+        """Tokens of a chat prompt rendered with ``mark_content`` (markup special, content as text),
+        with BOS when the model wants one and the template left it out.
+
+        With ``context`` (what the prompt must fit), a prompt many times longer is refused
+        (ContextOverflowError) once that is known, not after tokenizing all of it: 8 MiB of text
+        can be millions of tokens and seconds of work for a context that takes thousands.
+        """
+        limit = None if context is None else PROMPT_TOKENIZE_FACTOR * context
+        tokens = self.vocab.tokenize_marked(text, stop_after=limit)
+        if limit is not None and len(tokens) > limit:
+            raise ContextOverflowError(
+                f"the prompt is more than {limit:,} tokens but the context holds {context:,} "
+                f"(and the reply needs room too): shorten the input"
+            )
         if self.vocab.add_bos and self.vocab.bos >= 0 and (not tokens or tokens[0] != self.vocab.bos):
             tokens.insert(0, self.vocab.bos)
         return tokens
@@ -251,6 +280,15 @@ def _restores_exactly(loaded: loader.LoadedModel, plan: Plan) -> bool:
     import llama_cpp
 
     return not (plan.flash_attn and llama_cpp.llama_model_n_swa(loaded.model) > 0)
+
+
+def _require_tool_call_tokens(vocab: Vocab, name: str) -> None:
+    """Tool calls are found by their marker tokens; without them a reply could never call a tool,
+    and ``--tools python`` would be silently ignored."""
+    missing = [text for text in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE) if vocab.special_id(text) is None]
+    if missing:
+        raise UsageError(f"{name} has no {' or '.join(missing)} token, so it cannot call tools: "
+                         "--tools python needs a model trained for tool calls")
 
 
 class Chat:
@@ -412,10 +450,10 @@ class Chat:
 
     def _render(self, messages: list[dict], options: GenerationOptions, *, add_generation_prompt: bool = True) -> str:
         return self.engine.template.render(messages, add_generation_prompt=add_generation_prompt,
-                                           enable_thinking=options.think, tools=options.tools)
+                                           enable_thinking=options.think, tools=options.tools, mark_content=True)
 
     def _template_prompt(self, messages: list[dict], options: GenerationOptions) -> list[int]:
-        return self.engine.tokenize_prompt(self._render(messages, options))
+        return self.engine.tokenize_prompt(self._render(messages, options), self.engine.n_ctx)
 
     def _tool_results_prompt(self, tool_messages: list[dict], options: GenerationOptions) -> list[int] | None:
         """The context's tokens (ending with </tool_call>) plus the template's text after the call, or None."""
@@ -425,7 +463,7 @@ class Chat:
         if cut < 0 or not after.startswith(before):
             return None   # the template renders the call differently once results follow: use its full form
         glue = before[cut + len(TOOL_CALL_CLOSE):] + after[len(before):]
-        return self.engine.tokens + self.engine.vocab.tokenize(glue, special=True)
+        return self.engine.tokens + self.engine.vocab.tokenize_marked(glue)
 
     def _end_reply(self) -> None:
         """Forget a reply paused at a tool call that will not be continued."""
@@ -443,7 +481,7 @@ class Chat:
         extra = []
         if self._ended_in_thinking and self.engine.think_close is not None:
             extra.append(self.engine.think_close)   # an interrupted thought is closed before the turn ends
-        return context + extra + self.engine.vocab.tokenize(tail, special=True)
+        return context + extra + self.engine.vocab.tokenize_marked(tail)
 
     def _turn(self, prompt: list[int], new_messages: list[dict], options: GenerationOptions, turn: Turn,
               sampler: Sampler | None = None, keep_at: tuple[int, ...] = ()) -> Iterator[Event]:

@@ -12,14 +12,16 @@ Parameter values are parsed as JSON when they parse as JSON (numbers, lists, obj
 else kept as strings: that is how the chat templates render them back (strings as
 they are, everything else with ``tojson``). A block holding a JSON object
 ``{"name": ..., "arguments": {...}}`` (the Hermes form some models fall back to) is read too.
-A ``</parameter>`` the model forgot is tolerated; a ``</tool_call>`` is not.
+A ``</parameter>`` the model forgot is tolerated; a ``</tool_call>`` is not. JSON nested deeper than
+``safe_io.JSON_MAX_DEPTH`` is not parsed (the value stays a string).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
+
+from localcascade.safe_io import load_json
 
 _BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)(?:</function>|\Z)", re.DOTALL)
@@ -59,14 +61,14 @@ def _calls_in(body: str) -> list[ToolCall]:
         found.append(ToolCall(function.group(1).strip(), arguments))
     if not found:
         try:
-            data = json.loads(body)
+            data = load_json(body)
         except ValueError:
             return []
         if isinstance(data, dict) and isinstance(data.get("name"), str):
             arguments = data.get("arguments", {})
             if isinstance(arguments, str):
                 try:
-                    arguments = json.loads(arguments)
+                    arguments = load_json(arguments)
                 except ValueError:
                     arguments = {}
             found.append(ToolCall(data["name"], arguments if isinstance(arguments, dict) else {}))
@@ -80,6 +82,8 @@ def _value(raw: str):
     if raw.endswith("\n"):
         raw = raw[:-1]
     try:
-        return json.loads(raw)
+        # Bounded nesting: a model can write a value nested past Python's recursion limit, and a
+        # RecursionError here once killed the server's decoder thread. Deeper values stay text.
+        return load_json(raw)
     except ValueError:
         return raw

@@ -7,7 +7,7 @@ measured with; any other machine (or a rebuilt llama.cpp) reads none and gets es
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from localcascade import safe_io, settings
@@ -35,6 +35,11 @@ def load(cpu_model: str | None, llama_cpp_version: str | None) -> Calibration | 
         calibration = Calibration(**{k: v for k, v in data.items() if k in known})
         if not (calibration.cpu_scale > 0 and calibration.cpu_prompt_flops > 0 and calibration.threads > 0):
             return None
+        size = calibration.cpu_bytes_per_token
+        if size is not None:   # what the calibration can speak for (speed.speaks_for): a positive number
+            if isinstance(size, bool) or not float(size) > 0:
+                return None
+            calibration = replace(calibration, cpu_bytes_per_token=float(size))
     except (OSError, LocalCascadeError, ValueError, TypeError, AttributeError):
         return None
     if calibration.cpu_model != cpu_model or calibration.llama_cpp_version != llama_cpp_version:

@@ -70,6 +70,7 @@ class Calibration:
     cpu_model: str | None = None
     model: str = ""            # the model it was measured on
     measured_at: str = ""      # ISO time
+    cpu_bytes_per_token: float | None = None   # weight bytes that model reads per token (what it can speak for)
 
 
 @dataclass(frozen=True)

@@ -210,22 +210,26 @@ class _FileMeta:
         return {s.lower() for s in known if s}
 
 
-def pull(model: RemoteModel, *, on_bytes: ByteProgress | None = None, show_progress: bool = True) -> PulledModel:
-    """Download (or continue downloading) every file of ``model`` into the HF cache and verify it."""
-    from huggingface_hub import constants
+def pull(model: RemoteModel, *, on_bytes: ByteProgress | None = None,
+         on_start: Callable[[int, int], None] | None = None) -> PulledModel:
+    """Download (or continue downloading) every file of ``model`` into the HF cache and verify it.
 
+    The hub draws nothing: ``on_start(total_bytes, bytes_already_here)`` is called once before the
+    first byte, and ``on_bytes(path, n)`` for each chunk fetched (the front end's progress shows them).
+    """
     cache = settings.hf_hub_cache()
     metas = [_file_meta(model, f, cache) for f in model.files]
     _check_disk(metas)
     resumed = sum(m.have_bytes() for m in metas if not m.blob.exists())
+    if on_start is not None:
+        on_start(sum(m.size for m in metas), resumed + sum(m.size for m in metas if m.blob.exists()))
     downloaded = 0
     files = []
-    show = show_progress and not constants.HF_HUB_DISABLE_PROGRESS_BARS
     notes: list[str] = []
     for meta in metas:
         sha = None
         if not meta.blob.exists():
-            fetched, sha = _download(meta, on_bytes=on_bytes, show_progress=show)
+            fetched, sha = _download(meta, on_bytes=on_bytes)
             downloaded += fetched
         local, unrecorded = _finish(model, meta, sha)
         files.append(local)
@@ -300,7 +304,7 @@ class _HashingWriter:
         self._f.flush()
 
 
-def _download(meta: _FileMeta, *, on_bytes: ByteProgress | None, show_progress: bool) -> tuple[int, str | None]:
+def _download(meta: _FileMeta, *, on_bytes: ByteProgress | None) -> tuple[int, str | None]:
     """Fetch the bytes of one blob not yet on disk, continuing ``<blob>.incomplete``.
 
     Returns (bytes fetched now, sha256 of the whole file); the file is under its
@@ -331,7 +335,7 @@ def _download(meta: _FileMeta, *, on_bytes: ByteProgress | None, show_progress: 
             writer = _HashingWriter(f, digest)
             hf_compat.http_get(meta.url, writer, resume_size=have, headers=headers, expected_size=meta.size,
                                displayed_filename=PurePosixPath(meta.remote.path).name,
-                               tqdm_class=_progress_class(meta.remote.path, on_bytes, show_progress))
+                               tqdm_class=_byte_counter(meta.remote.path, on_bytes))
         sha = digest.hexdigest() if writer.valid else _sha256_of(meta.partial)
         _verify_or_delete(meta, sha, [meta.partial])
         os.chmod(meta.partial, 0o644 & ~_umask())
@@ -377,13 +381,11 @@ def _verify_or_delete(meta: _FileMeta, sha: str, paths: list[Path]) -> None:
         )
 
 
-def _progress_class(path: str, on_bytes: ByteProgress | None, show: bool):
-    """A tqdm class for http_get: draws on stderr (when shown) and reports bytes to ``on_bytes``."""
-    class _Progress(hf_compat.tqdm_class()):
+def _byte_counter(path: str, on_bytes: ByteProgress | None):
+    """The tqdm class http_get takes, drawing nothing: it only reports bytes to ``on_bytes``."""
+    class _Counter(hf_compat.tqdm_class()):
         def __init__(self, *args, **kwargs):
-            kwargs["disable"] = not show
-            kwargs.setdefault("unit", "B")
-            kwargs.setdefault("unit_scale", True)
+            kwargs["disable"] = True
             super().__init__(*args, **kwargs)
 
         def update(self, n=1):
@@ -391,7 +393,7 @@ def _progress_class(path: str, on_bytes: ByteProgress | None, show: bool):
                 on_bytes(path, n)
             return super().update(n)
 
-    return _Progress
+    return _Counter
 
 
 def _hash_into(path: Path, digest) -> None:

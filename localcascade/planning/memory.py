@@ -17,8 +17,10 @@ Pure: no I/O, no llama_cpp. Every formula follows the vendored llama.cpp
               (llama-context.cpp), one stream per sequence unless unified.
 * recurrent - llama-memory-recurrent.cpp with hparams ``n_embd_r()`` (conv state,
               ``(d_conv-1) * (d_inner + 2*n_group*d_state)``) and ``n_embd_s()`` (ssm state,
-              ``d_state * d_inner``), f32, ``max(1, n_seq)`` cells, per recurrent layer.
-* output    - llama_context::output_reserve: ``n_vocab * max(1, n_seq)`` f32 logits, host memory.
+              ``d_state * d_inner``), f32, ``max(1, n_seq)`` cells, per recurrent layer, each
+              ``1 + n_rs_seq`` rows (the state and its rollback snapshots).
+* output    - llama_context::output_reserve: ``n_vocab * max(1, n_seq)`` f32 logits, host memory,
+              ``(1 + n_rs_seq)`` times that when each sequence verifies n_rs_seq drafts a step.
 * compute   - the scheduler's reserve of the worst-case ubatch. Calibrated against real CPU
               loads of the tiny model and the full-size skeleton (see benchmarks/fit_accuracy.py):
               the buffer is the peak of two phases,
@@ -94,6 +96,7 @@ class Placement:
     n_batch: int = 2048
     n_ubatch: int = 512
     n_seq: int = 1
+    n_rs_seq: int = 0            # recurrent-state snapshots per sequence (drafting: the draft length)
     kv_unified: bool = False
     n_gpus: int = 1
     cpu_repack: bool = True      # the CPU backend's repacked copy of q4_0/q4_K/iq4_nl weights
@@ -270,9 +273,12 @@ def estimate(facts: ModelFacts, p: Placement, overheads: Overheads = Overheads()
             v = kv_row_bytes(p.type_v, f.head_dim_v * f.n_head_kv[layer]) * n_ctx_seq * n_stream
             side["kv"] += k + v
         if f.recurrent[layer]:
-            side["recurrent"] += (f.n_embd_r + f.n_embd_s) * 4 * max(1, p.n_seq)
+            # One state per sequence, and n_rs_seq snapshots of it for rolling back a rejected draft.
+            side["recurrent"] += (f.n_embd_r + f.n_embd_s) * 4 * max(1, p.n_seq) * (1 + max(0, p.n_rs_seq))
 
-    ram["output"] = f.n_vocab * max(1, p.n_seq) * 4
+    # Logits rows: one per sequence, or a verified draft's n_rs_seq + 1 per sequence (the buffer
+    # grows to the largest batch's outputs and stays).
+    ram["output"] = f.n_vocab * max(1, p.n_seq) * (1 + max(0, p.n_rs_seq)) * 4
     compute = compute_bytes(f, n_ctx_seq if not p.kv_unified else n_ctx, n_ubatch, p.flash_attn)
     notes = []
     if ngl == 0:

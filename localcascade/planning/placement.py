@@ -11,12 +11,12 @@ else the fewest layers on the CPU (``n_gpu_layers``); else CPU only; else it won
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Iterable
 
 from localcascade.errors import DoesNotFitError, UsageError
 from localcascade.hardware.facts import Hardware
 from localcascade.planning.memory import MiB, Estimate, Overheads, Placement, check_kv_types, estimate, largest_layer_bytes
-from localcascade.model.facts import ModelFacts, facts_from_header
+from localcascade.model.facts import ModelFacts
 from localcascade.planning.speed import Speed, predict
 from localcascade.planning.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, Plan, PlanRequest
 from localcascade.units import format_bytes, format_tokens, parse_size
@@ -118,7 +118,9 @@ def _speed_fields(facts: ModelFacts, p: Placement, hw: Hardware, limits: Limits,
         return {}
     speed = speed_of(facts, p, hw, limits)
     return dict(tokens_per_s=round(speed.generation, 1), prompt_tokens_per_s=round(speed.prompt, 1),
-                speed_measured=speed.measured)
+                speed_measured=speed.measured, tokens_per_s_low=round(speed.generation_low, 1),
+                tokens_per_s_high=round(speed.generation_high, 1), prompt_tokens_per_s_low=round(speed.prompt_low, 1),
+                prompt_tokens_per_s_high=round(speed.prompt_high, 1))
 
 
 def _base(facts: ModelFacts, hw: Hardware, request: PlanRequest, n_ctx: int) -> Placement:

@@ -53,12 +53,17 @@ class Plan:
     n_batch: int = 2048
     n_ubatch: int = 512
     n_seq: int = 1             # sequences (conversations) in the context; n_ctx holds them all
+    n_rs_seq: int = 0          # recurrent-state snapshots per sequence: how far a rejected draft rolls back
     verdict: str = CPU_ONLY
     gpu: Components = field(default_factory=Components)   # summed over GPUs
     ram: Components = field(default_factory=Components)
     tokens_per_s: float | None = None          # generation, short context
     prompt_tokens_per_s: float | None = None   # reading a prompt
     speed_measured: bool = False               # from this machine's `bench` calibration, else estimated
+    tokens_per_s_low: float | None = None      # the range an estimate claims (a measured figure: itself)
+    tokens_per_s_high: float | None = None
+    prompt_tokens_per_s_low: float | None = None
+    prompt_tokens_per_s_high: float | None = None
     reasons: tuple[str, ...] = ()
     alternatives: tuple[str, ...] = ()         # other plans of the same model and what each trades
     source: str = "header"     # "header" (a real file's header) or "catalog" (built-in facts)
@@ -104,3 +109,4 @@ class PlanRequest:
     n_batch: int | None = None
     n_ubatch: int | None = None
     n_seq: int | None = None     # conversations held at once (the server's --parallel); n_ctx is per conversation
+    prefer: str | None = None    # another rule than the machine's: "quality", "speed" or "context" (policy.py)

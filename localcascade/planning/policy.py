@@ -5,35 +5,57 @@ Nemotron-Cascade-2 thinks before it answers, often for thousands of tokens, and 
 
 1. A context floor that fits thinking: 64K with thinking on, 16K with it off. The user's --ctx
    always wins. Smaller only where nothing fits at the floor, and then it says so.
-2. Of the plans at the floor, the best quality that still runs at a usable speed: 20 tokens/s
-   (a 4,000-token thought then takes under three and a half minutes; below that a reasoning model
-   keeps the user waiting minutes per answer). Quality ranks the variant first, then the KV cache
-   (f16 over q8_0, which halves the cache for a small, measured loss: README, "Quality of a q8_0
-   KV cache").
-3. Among equals, the fastest. Where no plan reaches the usable speed (a CPU-only machine), the
-   fastest plan that fits, with its speed said plainly.
+2. Then a rule that fits the machine (``rule_for``):
+   - a discrete GPU ("full-gpu-first"): of the plans at the floor that run fully on the GPU, the
+     best quality; where none does, the plan that keeps the least of the model in system RAM
+     (fewest expert blocks, then most layers on the GPU: so the fastest), then the best quality.
+     Quality bought with experts in RAM is small (a fraction of a benchmark point from a 4-bit
+     K-quant to Q8_0 on a 30B MoE) and its price large and uncertain: it rests on the speed of the
+     user's CPU, the least certain number the speed model has;
+   - unified memory (Apple Silicon, "unified-memory"): fully on the GPU first too, then the best
+     quality at a usable speed (20 tokens/s): the CPU and GPU share one memory and its bandwidth,
+     so a bigger file is slower whichever side computes it;
+   - CPU only ("cpu-only"): the best quality at a usable speed, else the fastest that fits, with
+     its speed said plainly.
+   Quality ranks the variant first, then the KV cache (f16 over q8_0, which halves the cache for a
+   small, measured loss: docs/fit.md, "Quality of a q8_0 KV cache").
+3. ``--prefer`` picks by another rule: "quality" (the best quality at 20+ tokens/s, else the
+   fastest: the rule of earlier releases), "speed" (the fastest, then quality), "context" (the
+   longest context this machine holds, then the machine's rule at it).
 
 Each chosen plan then takes the largest context its placement still holds (same GPU layers and
-expert blocks in RAM, so the speed is unchanged), and two alternatives are shown beside it with
-what each trades: a faster one, one with a longer context, or one of higher quality.
+expert blocks in RAM, so the speed is unchanged), and the alternatives beside it say what each
+trades: "higher quality", "longer context", "faster".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from localcascade.errors import DoesNotFitError, UsageError
 from localcascade.hardware.facts import Hardware
 from localcascade.model.facts import ModelFacts
-from localcascade.planning.plan import WONT_FIT, Plan, PlanRequest
-from localcascade.planning.placement import CONTEXT_LADDER, Limits, place
+from localcascade.planning.plan import VERDICTS, WONT_FIT, Plan, PlanRequest
+from localcascade.planning.placement import CONTEXT_LADDER, Limits, place, usable_gpus
 from localcascade.units import format_tokens
 
 THINKING_FLOOR = 65536
 NO_THINKING_FLOOR = 16384
 USABLE_TOKENS_PER_S = 20.0
 KV_TYPES_BY_QUALITY = ("f16", "q8_0")
+PREFERENCES = ("quality", "speed", "context")
+
+# The machine's rules and the preferences, in words: `fit` prints the one it used, --json names it.
+RULES = {
+    "full-gpu-first": "the best quality that runs fully on the GPU; else the fewest expert blocks in "
+                      "system RAM, then the best quality",
+    "unified-memory": "unified memory: fully on the GPU first, then the best quality at {usable}+ tokens/s",
+    "cpu-only": "CPU only: the best quality at {usable}+ tokens/s, else the fastest",
+    "quality": "prefer quality: the best quality at {usable}+ tokens/s, else the fastest",
+    "speed": "prefer speed: the fastest, then the best quality",
+    "context": "prefer context: the longest context this machine holds, then {machine}",
+}
 
 
 @dataclass(frozen=True)
@@ -47,9 +69,37 @@ class Policy:
         return self.thinking_floor if think else self.no_thinking_floor
 
 
+def check_preference(prefer: str | None) -> str | None:
+    """``prefer`` lower-cased, or UsageError naming the choices."""
+    if prefer is None:
+        return None
+    if prefer.lower() not in PREFERENCES:
+        raise UsageError(f"--prefer takes {', '.join(PREFERENCES)}, not {prefer!r}")
+    return prefer.lower()
+
+
+def machine_rule(hardware: Hardware) -> str:
+    """The rule that fits the machine when the user states no preference."""
+    gpus = usable_gpus(hardware)
+    if not gpus:
+        return "cpu-only"
+    return "unified-memory" if any(g.unified_memory for g in gpus) else "full-gpu-first"
+
+
+def rule_for(hardware: Hardware, prefer: str | None = None) -> str:
+    return check_preference(prefer) or machine_rule(hardware)
+
+
+def describe_rule(rule: str, hardware: Hardware, policy: Policy | None = None) -> str:
+    policy = policy or Policy()
+    machine = RULES[machine_rule(hardware)].format(usable=f"{policy.usable_tokens_per_s:.0f}",
+                                                   machine="")
+    return RULES[rule].format(usable=f"{policy.usable_tokens_per_s:.0f}", machine=machine)
+
+
 @dataclass(frozen=True)
 class Alternative:
-    trade: str        # "faster", "longer context", "higher quality"
+    trade: str        # "higher quality", "longer context", "faster"
     variant: Any
     plan: Plan
 
@@ -62,7 +112,8 @@ class Recommendation:
     variant: Any
     plan: Plan
     alternatives: tuple[Alternative, ...]
-    notes: tuple[str, ...]     # how the policy decided (floor lowered, no usable speed...)
+    notes: tuple[str, ...]     # how the policy decided (the rule, floor lowered, no usable speed...)
+    rule: str = "full-gpu-first"
 
 
 def describe_briefly(plan: Plan) -> str:
@@ -72,7 +123,10 @@ def describe_briefly(plan: Plan) -> str:
         where = f"{plan.moe_blocks_in_ram} MoE block{'s' if plan.moe_blocks_in_ram != 1 else ''} in RAM"
     elif where is None:
         where = f"{plan.n_gpu_layers} layers on the GPU"
-    speed = f"~{plan.tokens_per_s:.0f} t/s" + ("" if plan.speed_measured else " (est.)")
+    spread = ""
+    if not plan.speed_measured and plan.tokens_per_s_low is not None and plan.tokens_per_s_high is not None:
+        spread = f", {plan.tokens_per_s_low:.0f}-{plan.tokens_per_s_high:.0f}"
+    speed = f"~{plan.tokens_per_s:.0f} t/s" + ("" if plan.speed_measured else f" (est.{spread})")
     return f"at {format_tokens(plan.n_ctx)}, {where}, KV {plan.type_k}, {speed}"
 
 
@@ -124,72 +178,149 @@ def _quality(variant: Any, plan: Plan) -> tuple:
     return getattr(variant, "quality_rank", 0), kv
 
 
-def _floors(facts_list: list[ModelFacts], request: PlanRequest, policy: Policy, think: bool) -> list[int]:
-    """Contexts to try, first the floor, then smaller ones (only when the user named none)."""
+def in_system_ram(plan: Plan) -> tuple:
+    """How much of the model a plan keeps in system RAM, least first: fully on the GPU, then the
+    fewest expert blocks in RAM, then the most layers on the GPU, then CPU only."""
+    return VERDICTS.index(plan.verdict), plan.moe_blocks_in_ram, -plan.n_gpu_layers
+
+
+def _speed(option: tuple[Any, Plan]) -> float:
+    return option[1].tokens_per_s or 0.0
+
+
+Option = tuple[Any, Plan]
+
+
+def _best_quality_usable(options: list[Option], policy: Policy) -> tuple[Option, str]:
+    """The best quality at a usable speed (the fastest among equals); where none is usable, the fastest."""
+    usable = [o for o in options if _speed(o) >= policy.usable_tokens_per_s]
+    if usable:
+        best = min(usable, key=lambda o: (_quality(*o), -_speed(o)))
+        return best, f"the best quality that runs at {policy.usable_tokens_per_s:.0f}+ tokens/s"
+    best = max(options, key=lambda o: (_speed(o), [-x for x in _quality(*o)]))
+    return best, (f"no plan reaches {policy.usable_tokens_per_s:.0f} tokens/s on this machine: the fastest "
+                  f"that fits, ~{best[1].tokens_per_s:.1f} tokens/s")
+
+
+def _least_in_ram(options: list[Option], policy: Policy) -> tuple[Option, str]:
+    best = min(options, key=lambda o: (in_system_ram(o[1]), _quality(*o), -_speed(o)))
+    if best[1].verdict == "full_gpu":
+        return best, "the best quality that runs fully on the GPU"
+    return best, (f"nothing runs fully on the GPU at this context: the plan that keeps the least of the model "
+                  f"in system RAM ({_where(best[1])}), then the best quality")
+
+
+def _unified(options: list[Option], policy: Policy) -> tuple[Option, str]:
+    full = [o for o in options if o[1].verdict == "full_gpu"]
+    best, why = _best_quality_usable(full or options, policy)
+    return best, ("fully on the GPU, " if full else "nothing runs fully on the GPU: ") + why
+
+
+def _fastest(options: list[Option], policy: Policy) -> tuple[Option, str]:
+    best = max(options, key=lambda o: (_speed(o), [-x for x in _quality(*o)]))
+    return best, "the fastest plan, then the best quality"
+
+
+_PICK: dict[str, Callable[[list[Option], Policy], tuple[Option, str]]] = {
+    "full-gpu-first": _least_in_ram,
+    "unified-memory": _unified,
+    "cpu-only": _best_quality_usable,
+    "quality": _best_quality_usable,
+    "speed": _fastest,
+}
+
+
+def _where(plan: Plan) -> str:
+    if plan.verdict == "experts_in_ram":
+        return f"the experts of {plan.moe_blocks_in_ram} MoE block{'s' if plan.moe_blocks_in_ram != 1 else ''}"
+    if plan.verdict == "partial":
+        return f"{plan.n_gpu_layers} layers on the GPU"
+    return plan.verdict.replace("_", " ")
+
+
+def _trained(facts_list: list[ModelFacts]) -> int:
+    return max((f.n_ctx_train for f in facts_list if f.n_ctx_train), default=CONTEXT_LADDER[-1])
+
+
+def _floor(facts_list: list[ModelFacts], policy: Policy, think: bool) -> int:
+    """The policy's context floor, or the trained context of models made for less."""
+    return min(policy.floor(think), _trained(facts_list))
+
+
+def _floors(facts_list: list[ModelFacts], request: PlanRequest, policy: Policy, think: bool,
+            rule: str) -> list[int]:
+    """Contexts to try, first the floor, then smaller ones (only when the user named none). The
+    context preference starts at the largest context a model was trained for."""
     if request.n_ctx is not None:
         if request.n_ctx <= 0:
             raise UsageError("context length must be positive")
         return [request.n_ctx]
-    trained = max((f.n_ctx_train for f in facts_list if f.n_ctx_train), default=CONTEXT_LADDER[-1])
-    floor = min(policy.floor(think), trained)
-    return [floor] + [c for c in reversed(CONTEXT_LADDER) if c < floor]
+    trained = _trained(facts_list)
+    floor = _floor(facts_list, policy, think)
+    below = [c for c in reversed(CONTEXT_LADDER) if c < floor]
+    if rule == "context":
+        above = [c for c in reversed(CONTEXT_LADDER) if floor < c <= trained]
+        return above + [floor] + below
+    return [floor] + below
+
+
+def _options_at(variants: list[Any], hardware: Hardware, request: PlanRequest, n_ctx: int, policy: Policy,
+                limits: Limits) -> list[Option]:
+    return [(v, plan) for v in variants
+            for plan in plans_at(v.facts, hardware, request, n_ctx, name=v.quant,
+                                 source=getattr(v, "source", "catalog"), policy=policy, limits=limits,
+                                 stretch=request.n_ctx is None)]
 
 
 def recommend(hardware: Hardware, variants: Iterable[Any], request: PlanRequest = PlanRequest(), *,
               think: bool | None = None, policy: Policy = Policy(), limits: Limits = Limits()) -> Recommendation:
     """The policy's choice among ``variants`` (objects with .facts, .quant, .quality_rank) on ``hardware``;
-    ``think`` (default: the request's) sets the context floor.
+    ``think`` (default: the request's) sets the context floor, ``request.prefer`` another rule.
 
-    Raises DoesNotFitError when none fits at any context.
+    Raises DoesNotFitError when none fits at any context, UsageError for an unknown preference.
     """
     think = request.think if think is None else think
+    rule = rule_for(hardware, request.prefer)
     variants = list(variants)
-    floors = _floors([v.facts for v in variants], request, policy, think)
+    facts_list = [v.facts for v in variants]
+    floors = _floors(facts_list, request, policy, think, rule)
+    floor = floors[0] if request.n_ctx is not None else _floor(facts_list, policy, think)
     notes: list[str] = []
-    options: list[tuple[Any, Plan]] = []
+    options: list[Option] = []
     for n_ctx in floors:
-        options = [(v, plan) for v in variants
-                   for plan in plans_at(v.facts, hardware, request, n_ctx, name=v.quant,
-                                        source=getattr(v, "source", "catalog"), policy=policy, limits=limits,
-                                        stretch=request.n_ctx is None)]
+        options = _options_at(variants, hardware, request, n_ctx, policy, limits)
         if options:
-            if n_ctx != floors[0]:
-                notes.append(f"nothing fits at {format_tokens(floors[0])} (the floor for a "
+            if n_ctx < floor:
+                notes.append(f"nothing fits at {format_tokens(floor)} (the floor for a "
                              f"{'thinking' if think else 'non-thinking'} chat): {format_tokens(n_ctx)} is the "
                              "largest context that fits")
+            elif rule == "context" and request.n_ctx is None:
+                notes.append(f"{format_tokens(n_ctx)} is the longest context this machine holds")
             break
     if not options:
         raise DoesNotFitError(_nothing_fits(variants, hardware, request, floors[-1], limits))
-    usable = [o for o in options if (o[1].tokens_per_s or 0) >= policy.usable_tokens_per_s]
-    if usable:
-        variant, plan = min(usable, key=lambda o: (_quality(*o), -(o[1].tokens_per_s or 0)))
-        notes.append(f"the best quality that runs at {policy.usable_tokens_per_s:.0f}+ tokens/s"
-                     f" at {format_tokens(plan.n_ctx)} or more")
-    else:
-        variant, plan = max(options, key=lambda o: (o[1].tokens_per_s or 0, [-x for x in _quality(*o)]))
-        notes.append(f"no plan reaches {policy.usable_tokens_per_s:.0f} tokens/s on this machine: the fastest "
-                     f"that fits, ~{plan.tokens_per_s:.1f} tokens/s")
-    alternatives = _alternatives(variant, plan, options, hardware, request, policy, limits)
-    return Recommendation(variant, plan, alternatives, tuple(notes))
+    (variant, plan), why = _PICK[machine_rule(hardware) if rule == "context" else rule](options, policy)
+    notes.append(f"{why}, at {format_tokens(plan.n_ctx)}")
+    alternatives = _alternatives(variant, plan, options, hardware, request, policy, limits, rule)
+    return Recommendation(variant, plan, alternatives, tuple(notes), rule)
 
 
-def _alternatives(variant: Any, plan: Plan, options: list[tuple[Any, Plan]], hardware: Hardware,
-                  request: PlanRequest, policy: Policy, limits: Limits) -> tuple[Alternative, ...]:
-    """Two real plans beside the choice: faster, longer context, or higher quality (in that order)."""
+def _alternatives(variant: Any, plan: Plan, options: list[Option], hardware: Hardware, request: PlanRequest,
+                  policy: Policy, limits: Limits, rule: str) -> tuple[Alternative, ...]:
+    """Real plans beside the choice, each named by what it trades: higher quality (what the quality
+    rule would pick), longer context (the same variant at the largest context that fits at all),
+    faster (the fastest plan, where it is 15% faster or more)."""
     found: list[Alternative] = []
-    speed = plan.tokens_per_s or 0
-    faster = [o for o in options if (o[1].tokens_per_s or 0) > 1.15 * speed]
-    if faster:
-        v, p = min(faster, key=lambda o: (_quality(*o), -(o[1].tokens_per_s or 0)))
-        found.append(Alternative("faster", v, p))
+    (v, p), _ = _best_quality_usable(options, policy)
+    if _quality(v, p) < _quality(variant, plan):
+        found.append(Alternative("higher quality", v, p))
     longer = _longest(variant, plan, hardware, request, policy, limits)
     if longer is not None:
         found.append(Alternative("longer context", variant, longer))
-    better = [o for o in options if _quality(*o) < _quality(variant, plan)]
-    if better and len(found) < 2:
-        v, p = max(better, key=lambda o: (o[1].tokens_per_s or 0, [-x for x in _quality(*o)]))
-        found.append(Alternative("higher quality", v, p))
-    return tuple(found[:2])
+    (v, p), _ = _fastest(options, policy)
+    if _speed((v, p)) > 1.15 * (plan.tokens_per_s or 0):
+        found.append(Alternative("faster", v, p))
+    return tuple(found)
 
 
 def _longest(variant: Any, plan: Plan, hardware: Hardware, request: PlanRequest, policy: Policy,
@@ -233,13 +364,20 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
     if request.n_ctx is not None:
         if request.n_ctx <= 0:
             raise UsageError("context length must be positive")
+        if request.n_seq is not None and facts.n_ctx_train and request.n_ctx > facts.n_ctx_train:
+            # A server's conversations (n_seq given) never run past the trained context: a client
+            # cannot see the warning ask prints, only answers that turned to noise.
+            raise UsageError(f"--ctx {format_tokens(request.n_ctx)} per conversation is more than the "
+                             f"{format_tokens(facts.n_ctx_train)} tokens {name} was trained on: give --ctx "
+                             f"{format_tokens(facts.n_ctx_train)} or less")
         plan = place(facts, hw, request, n_ctx=request.n_ctx, name=name, source=source, limits=limits)
         if plan.verdict == WONT_FIT:
             raise DoesNotFitError(plan.reasons[0] + _what_fits(facts, hw, request, name, source, limits))
         return plan
     if (request.n_seq or 1) > 1:
-        # Several conversations: the floor is per conversation, and nothing smaller is chosen silently.
-        request = replace(request, n_ctx=policy.floor(request.think if think is None else think))
+        # Several conversations: the floor is per conversation, and nothing smaller is chosen silently;
+        # nor anything longer than the model was trained on (its answers past that are noise).
+        request = replace(request, n_ctx=_floor([facts], policy, request.think if think is None else think))
         return plan_for_facts(facts, hw, request, think=think, name=name, source=source, policy=policy,
                               limits=limits)
     choice = recommend(hw, [_OneModel(facts, name, source)], request, think=think, policy=policy, limits=limits)

@@ -9,7 +9,6 @@ interrupts at once. Either way the chat stays open and what was said stays in th
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Iterator
@@ -33,6 +32,7 @@ from localcascade.repl.render import (
     print_notices,
 )
 from localcascade.repl.state import ReplState
+from localcascade.stderr import say
 
 
 def run_repl(state: ReplState, *, console: Console | None = None, reader: LineReader | None = None) -> int:
@@ -51,15 +51,14 @@ def run_repl(state: ReplState, *, console: Console | None = None, reader: LineRe
             # message. On a terminal, Ctrl-D there is a choice to leave; in a pipe the input is
             # incomplete, so the exit status says so.
             held = f"{err.lines} line{'s' if err.lines != 1 else ''}" if err.lines else "empty"
-            print(f'localcascade: the input ended inside a """ block ({held}), which was not sent; '
-                  'close the block with """ to send it', file=sys.stderr)
+            say(f'the input ended inside a """ block ({held}), which was not sent; close the block with """ to send it')
             return 0 if getattr(reader, "show_prompt", False) else 1
         except InputTooLong as err:
             console.print(f"error: that input was not sent: it is longer than {err.limit:,} characters "
                           "(pipe long text into `localcascade ask` instead)", style="red", markup=False)
             continue
         except OSError as err:
-            print(f"localcascade: cannot read the chat input: {err.strerror or err}", file=sys.stderr)
+            say(f"cannot read the chat input: {err.strerror or err}")
             return 1
         except EOFError:
             if reader.show_prompt:

@@ -15,7 +15,7 @@ from localcascade.errors import DoesNotFitError
 from localcascade.hardware.facts import Hardware
 from localcascade.planning.plan import Plan, PlanRequest
 from localcascade.planning.placement import FIT_CONTEXTS, Limits, place
-from localcascade.planning.policy import Policy, recommend
+from localcascade.planning.policy import Policy, describe_rule, recommend, rule_for
 from localcascade.resolve.resolver import resolve
 from localcascade.units import format_tokens
 
@@ -32,7 +32,10 @@ def _row(plan: Plan) -> dict:
         "n_cpu_moe": plan.n_cpu_moe,
         "n_gpu_layers": plan.n_gpu_layers,
         "tokens_per_s": plan.tokens_per_s,
+        "tokens_per_s_range": [plan.tokens_per_s_low, plan.tokens_per_s_high] if plan.tokens_per_s else None,
         "prompt_tokens_per_s": plan.prompt_tokens_per_s,
+        "prompt_tokens_per_s_range": ([plan.prompt_tokens_per_s_low, plan.prompt_tokens_per_s_high]
+                                      if plan.prompt_tokens_per_s else None),
         "speed_measured": plan.speed_measured,
         "components": comps,
         "gpu_components": asdict(plan.gpu),
@@ -42,11 +45,14 @@ def _row(plan: Plan) -> dict:
 
 
 def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None, kv_type: str | None = None,
-               think: bool = True, limits: Limits = Limits(), policy: Policy = Policy()) -> dict:
+               think: bool = True, prefer: str | None = None, limits: Limits = Limits(),
+               policy: Policy = Policy()) -> dict:
     """Every model's rows (a placement per context) and the policy's recommendation with two alternatives.
 
-    ``kv_type`` None: the rows use f16 and the recommendation weighs f16 and q8_0.
+    ``kv_type`` None: the rows use f16 and the recommendation weighs f16 and q8_0. ``prefer``: another
+    rule than the machine's ("quality", "speed", "context").
     """
+    rule = rule_for(hardware, prefer)   # an unknown preference is refused before any planning
     resolved = resolve(spec, need="candidates")
     models, notes = list(resolved.candidates), list(resolved.notes)
     request = PlanRequest(n_ctx=n_ctx, type_k=kv_type or "f16", type_v=kv_type or "f16")
@@ -67,7 +73,8 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
     recommended: dict[str, Any] | None = None
     alternatives: list[dict] = []
     try:
-        choice = recommend(hardware, models, PlanRequest(n_ctx=n_ctx, type_k=kv_type, type_v=kv_type),
+        choice = recommend(hardware, models, PlanRequest(n_ctx=n_ctx, type_k=kv_type, type_v=kv_type,
+                                                       prefer=prefer),
                            think=think, policy=policy, limits=limits)
     except DoesNotFitError:
         choice = None
@@ -81,7 +88,9 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
                    "gpu_margin_bytes": limits.gpu_margin_bytes, "ram_margin_bytes": limits.ram_margin_bytes,
                    "process_ram_bytes": limits.overheads.process_ram_bytes}
     return {"hardware": hardware.to_dict(), "requested_n_ctx": n_ctx, "think": think,
-            "policy": {"context_floor": policy.floor(think), "usable_tokens_per_s": policy.usable_tokens_per_s,
+            "policy": {"rule": rule, "prefer": prefer and prefer.lower(),
+                       "description": describe_rule(rule, hardware, policy),
+                       "context_floor": policy.floor(think), "usable_tokens_per_s": policy.usable_tokens_per_s,
                        "kv_types": [kv_type] if kv_type else list(policy.kv_types)},
             "recommended": recommended, "alternatives": alternatives, "variants": variants, "notes": notes,
             "assumptions": assumptions}
@@ -92,6 +101,9 @@ def _choice(variant: Any, plan: Plan) -> dict:
         "variant": variant.quant, "n_ctx": plan.n_ctx, "verdict": plan.verdict,
         "n_gpu_layers": plan.n_gpu_layers, "cpu_moe_blocks": plan.moe_blocks_in_ram,
         "n_cpu_moe": plan.n_cpu_moe, "kv_type": plan.type_k, "tokens_per_s": plan.tokens_per_s,
-        "prompt_tokens_per_s": plan.prompt_tokens_per_s, "speed_measured": plan.speed_measured,
+        "tokens_per_s_range": [plan.tokens_per_s_low, plan.tokens_per_s_high],
+        "prompt_tokens_per_s": plan.prompt_tokens_per_s,
+        "prompt_tokens_per_s_range": [plan.prompt_tokens_per_s_low, plan.prompt_tokens_per_s_high],
+        "speed_measured": plan.speed_measured,
     }
 

@@ -44,9 +44,9 @@ def choose_model(spec: str | None, request: PlanRequest | None = None, *,
 
 def open_model(choice: ModelChoice, *, chat_template: str | None = None, verbose: bool = False,
                progress: Callable[[float], None] | None = None, for_chat: bool = True, grammar: str | None = None,
-               threads: int | None = None) -> "Engine":
+               threads: int | None = None, for_tools: bool = False) -> "Engine":
     """Load ``choice`` with its plan: the one place a command loads a model."""
     from localcascade.engine.session import Engine
 
     return Engine.load(choice.path, choice.plan, chat_template=chat_template, verbose=verbose, progress=progress,
-                       for_chat=for_chat, grammar=grammar, threads=threads)
+                       for_chat=for_chat, grammar=grammar, threads=threads, for_tools=for_tools)

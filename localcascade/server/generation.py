@@ -58,7 +58,7 @@ def with_python(work: Work) -> Work:
 
 def read_round(text: str, work: Work) -> tuple[str, list]:
     """(content, tool calls) of a round's answer text, as the client is shown them."""
-    shown = AnswerFilter(stop=work.stop, parse_tools=work.parse_tools)
+    shown = AnswerFilter(stop=work.stop, parse_tools=work.parse_tools, max_calls=work.max_calls)
     shown.feed(text)
     _, calls = shown.finish()
     return shown.content, calls
@@ -77,6 +77,7 @@ class Generation:
         self._rounds = ToolRounds(work.options, served.max_calls) if served else None
         self._thought: list[str] = []
         self.job = self._job(work, None)
+        scheduler.follow(self)      # a stopping server kills the code this reply runs
 
     def submit(self) -> None:
         """Queue the first round; QueueFull when the server is full."""

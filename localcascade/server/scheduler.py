@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,13 +39,24 @@ from localcascade.engine.events import AnswerText, Event, TurnStats
 from localcascade.engine.session import TOOL_CALL_CLOSE, Engine
 from localcascade.errors import ContextOverflowError, LocalCascadeError
 from localcascade.server.schema import Work, reply_key
+from localcascade.stderr import say
 
 # Stands in for the held reply when rendering, to find where the new messages start.
 _SENTINEL = "\u2063LOCALCASCADE-HELD-REPLY\u2063"
 
 
+# How long one step of the decoder (a llama_decode of at most a batch of prompt tokens, or the
+# template and tokenizer work that starts a reply) may run before /health calls the decoder stuck.
+# A 2048-token batch of the 30B model on a slow CPU takes ~3 minutes; past 5, something is wrong.
+STUCK_AFTER_S = 300.0
+
+
 class QueueFull(Exception):
     """Every sequence is busy and the queue holds as many requests as it may."""
+
+
+class Unavailable(Exception):
+    """The scheduler takes no more requests: its decoder has stopped, or the server is stopping."""
 
 
 @dataclass(frozen=True)
@@ -127,8 +139,9 @@ class Slot:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, *, queue_size: int = 16) -> None:
+    def __init__(self, engine: Engine, *, queue_size: int = 16, stuck_after_s: float = STUCK_AFTER_S) -> None:
         self.engine = engine
+        self.stuck_after_s = stuck_after_s
         self.queue_size = queue_size
         self.decoder = engine.decoder
         engine.reset()            # no chat's conversation is in the context now
@@ -140,6 +153,10 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="localcascade-decoder", daemon=True)
         self.evaluated_tokens = 0
         self.prompt_tokens = 0
+        self._busy_since: float | None = None    # when the worker's current step began; None while it waits
+        self._draining: str | None = None        # why no more requests are taken (the server is stopping)
+        self._died: str | None = None            # what stopped the worker thread, if anything did
+        self._replies: weakref.WeakSet = weakref.WeakSet()   # see follow()
 
     # -- the HTTP side --------------------------------------------------------------------------
 
@@ -150,6 +167,9 @@ class Scheduler:
     def submit(self, job: Job, *, continuation: bool = False) -> None:
         """Queue ``job``; a ``continuation`` (the next round of a reply) goes first and is never refused."""
         with self._cond:
+            refusal = self._draining or self.liveness()
+            if refusal is not None:
+                raise Unavailable(refusal)
             if continuation:
                 self._waiting.appendleft(job)
             else:
@@ -163,6 +183,34 @@ class Scheduler:
         job.stop()
         with self._cond:
             self._cond.notify()
+
+    def liveness(self) -> str | None:
+        """None while the decoder thread serves; else why it does not (dead, or stuck in one step)."""
+        if self._thread.ident is not None and not self._thread.is_alive():
+            return f"the decoder thread has stopped ({self._died or 'it ended'})"
+        since = self._busy_since
+        if since is not None and time.monotonic() - since > self.stuck_after_s:
+            return f"the decoder has been in one step for {time.monotonic() - since:.0f} s"
+        return None
+
+    def follow(self, reply) -> None:
+        """``reply.cancel()`` will be called when the server stops: a reply between its rounds, running
+        the model's code, has no job here to stop (held weakly: a finished reply is forgotten)."""
+        self._replies.add(reply)
+
+    def drain(self, message: str) -> None:
+        """Take no more requests and end every reply in flight, each failing with ``message``
+        (a 503 on its own, an error event then [DONE] in a stream): the server is stopping."""
+        with self._cond:
+            self._draining = message
+            for job in self._waiting:
+                job.stop()
+            for slot in self.slots:
+                if slot.job is not None:
+                    slot.job.stop()
+            self._cond.notify()
+        for reply in list(self._replies):
+            reply.cancel()
 
     def status(self) -> dict:
         with self._cond:
@@ -191,23 +239,61 @@ class Scheduler:
     # -- the worker -----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and not self._waiting and self.decoder.idle:
-                    self._cond.wait()
-                if self._closed and self.decoder.idle:
-                    return
-                admitted = self._admit()
-            for job, slot, reuse in admitted:
-                self._begin(job, slot, reuse)
-            if not self.decoder.idle:
+        try:
+            while True:
+                with self._cond:
+                    while not self._closed and not self._waiting and self.decoder.idle:
+                        self._busy_since = None
+                        self._cond.wait()
+                    if self._closed and self.decoder.idle:
+                        return
+                    self._busy_since = time.monotonic()
+                    admitted = self._admit()
                 try:
-                    ended = self.decoder.step()
+                    self._advance(admitted)
                 except Exception as err:  # noqa: BLE001 - fail the replies in flight, keep serving
                     self._abandon(f"internal error: {type(err).__name__}: {err}")
-                    continue
-                for turn in ended:
-                    self._end(turn)
+        except BaseException as err:  # noqa: BLE001 - said in one line and by /health; no traceback
+            self._died = f"{type(err).__name__}: {err}"
+            say(f"the decoder thread stopped: {self._died}")
+        finally:
+            self._busy_since = None
+            if self._died is not None:
+                self._fail_everything(f"the decoder stopped: {self._died}")
+
+    def _advance(self, admitted: list[tuple[Job, "Slot", bool]]) -> None:
+        """Start the admitted jobs, run one decoder step, end the replies it finished."""
+        for job, slot, reuse in admitted:
+            self._begin(job, slot, reuse)
+        if self.decoder.idle:
+            return
+        for turn in self.decoder.step():
+            try:
+                self._end(turn)
+            except Exception as err:  # noqa: BLE001 - one reply's end failed: fail that reply alone
+                self._fail_turn(turn, f"internal error: {type(err).__name__}: {err}")
+
+    def _fail_turn(self, turn: Reply, message: str) -> None:
+        """The reply on ``turn``'s sequence fails; the sequence is emptied (its state is not a known
+        conversation) and the others go on."""
+        slot = self.slots[turn.seq]
+        self.decoder.forget(slot.seq)
+        with self._cond:
+            job, slot.job, slot.key = slot.job, None, None
+            slot.last_used = time.monotonic()
+            self._cond.notify()
+        if job is not None:
+            job.deliver(Failed(500, message, "server_error"))
+
+    def _fail_everything(self, message: str) -> None:
+        """The worker is gone: every request it held or queued fails at once, none waits forever."""
+        with self._cond:
+            jobs = [slot.job for slot in self.slots if slot.job is not None] + list(self._waiting)
+            for slot in self.slots:
+                slot.job = None
+            self._waiting.clear()
+        for job in jobs:
+            job.deliver(Failed(503, message, "server_error", "decoder_stopped"))
 
     def _abandon(self, message: str) -> None:
         """Every active reply fails and every sequence is emptied (their state is unknown)."""
@@ -229,7 +315,7 @@ class Scheduler:
             if job.stopped or self._closed:
                 self._waiting.popleft()
                 job.drop_sampler()
-                job.deliver(Failed(499, "the request was cancelled before it started", "cancelled"))
+                job.deliver(self._stopping() or Failed(499, "the request was cancelled before it started", "cancelled"))
                 continue
             choice = self._choose(job)
             if choice is None:
@@ -288,8 +374,8 @@ class Scheduler:
             canonical = None
             if prompt is None or len(prompt) >= engine.n_ctx_seq:
                 text = engine.template.render(work.messages, add_generation_prompt=True,
-                                              enable_thinking=work.think, tools=work.tools)
-                canonical = engine.tokenize_prompt(text)
+                                              enable_thinking=work.think, tools=work.tools, mark_content=True)
+                canonical = engine.tokenize_prompt(text, engine.n_ctx_seq)
                 if prompt is None or len(canonical) < engine.n_ctx_seq:
                     prompt = canonical
             if len(prompt) >= engine.n_ctx_seq:
@@ -339,7 +425,7 @@ class Scheduler:
         reply["content"] = _SENTINEL
         reply.pop("reasoning_content", None)
         text = engine.template.render(messages, add_generation_prompt=True,
-                                      enable_thinking=job.work.think, tools=job.work.tools)
+                                      enable_thinking=job.work.think, tools=job.work.tools, mark_content=True)
         if text.count(_SENTINEL) != 1:
             return None
         tail = text.split(_SENTINEL, 1)[1]
@@ -351,7 +437,7 @@ class Scheduler:
             return None
         at = min(found)
         extra = [engine.think_close] if slot.ended_in_thinking and engine.think_close is not None else []
-        return list(held) + extra + engine.vocab.tokenize(tail[at:], special=True)
+        return list(held) + extra + engine.vocab.tokenize_marked(tail[at:])
 
     def _end(self, turn: Reply) -> None:
         slot = self.slots[turn.seq]
@@ -376,8 +462,16 @@ class Scheduler:
             self._cond.notify()
         if turn.error is not None:
             job.deliver(Failed(500, turn.error, "server_error"))
+        elif job.stopped and self._stopping() is not None:
+            job.deliver(self._stopping())
         else:
             job.deliver(stats)
+
+    def _stopping(self) -> Failed | None:
+        """The outcome of a reply the server's shutdown ended, or None while it is not stopping."""
+        if self._draining is None:
+            return None
+        return Failed(503, self._draining, "server_error", "server_shutdown")
 
 
 def _end_texts(vocab, ended_with: int | None) -> tuple[str, ...]:

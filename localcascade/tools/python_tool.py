@@ -1,8 +1,9 @@
 """The ``python`` tool: its schema for the chat template, and running one call in the sandbox.
 
 ``PythonTool.execute(code) -> ToolResult`` is the whole interface a front end (ask, the REPL,
-a server) needs: it never raises for anything the code does; a crash, a limit hit or a
-timeout is a result with ``error`` set, which goes back to the model like any other.
+a server) needs: it never raises for any code (a lone surrogate, a NUL, megabytes of it) or
+anything the code does; a crash, a limit hit, a timeout or code that cannot run is a result
+with ``error`` set, which goes back to the model like any other. Only Ctrl-C propagates.
 Each call starts a fresh interpreter (no state is kept between calls): simpler to contain,
 and nothing of one call can wait for the next.
 """
@@ -97,13 +98,24 @@ class PythonTool:
         self.sandbox = sandbox if sandbox is not None else find_sandbox()
         self.limits = limits or Limits()
 
+    def describe(self) -> str:
+        """One line for users: the sandbox, and how the call's memory is held."""
+        return f"{self.sandbox.name}; {self.sandbox.memory_bound(self.limits)}"
+
     def execute(self, code: str, *, should_stop: Callable[[], bool] | None = None) -> ToolResult:
-        """Run ``code``; Ctrl-C (KeyboardInterrupt) stops it and propagates.
+        """Run ``code``; Ctrl-C (KeyboardInterrupt) stops it and propagates. Never raises otherwise.
 
         ``should_stop`` is polled while the code runs (a front end's own stop request): when it
         says yes the code is killed and the result's error is STOPPED_BY_USER.
         """
-        outcome = self.sandbox.run(code, self.limits, should_stop=should_stop)
+        refused = _refusal(code, self.limits)
+        if refused is not None:
+            return _not_run(code, refused)
+        try:
+            outcome = self.sandbox.run(code, self.limits, should_stop=should_stop)
+        except Exception as err:  # noqa: BLE001 - documented: the model gets an error, never the caller
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            return _not_run(code, f"could not run the code: {reason or type(err).__name__}")
         return ToolResult(
             code=code,
             stdout=outcome.stdout.decode("utf-8", errors="replace"),
@@ -113,6 +125,31 @@ class PythonTool:
             seconds=outcome.seconds,
             error=_explain(outcome, self.limits),
         )
+
+
+def _refusal(code, limits: Limits) -> str | None:
+    """Why ``code`` cannot be run at all (what no interpreter would take), or None."""
+    from localcascade.units import format_bytes
+
+    if not isinstance(code, str):
+        return f"the code must be text, not {type(code).__name__}"
+    if len(code) > limits.code_bytes:   # characters <= bytes: a cheap first look
+        return f"the code is longer than {format_bytes(limits.code_bytes)}"
+    try:
+        size = len(code.encode("utf-8"))
+    except UnicodeEncodeError as err:
+        return f"the code is not valid text: a lone surrogate (U+{ord(code[err.start]):04X}) at character {err.start}"
+    if size > limits.code_bytes:
+        return f"the code is longer than {format_bytes(limits.code_bytes)}"
+    if "\0" in code:
+        return f"the code holds a NUL character at character {code.index(chr(0))}"
+    return None
+
+
+def _not_run(code, error: str) -> ToolResult:
+    text = code if isinstance(code, str) else repr(code)
+    shown = text.encode("utf-8", errors="replace").decode("utf-8")[:MODEL_CHARS_PER_STREAM]
+    return ToolResult(code=shown, stdout="", stderr="", result=None, exit=None, seconds=0.0, error=error)
 
 
 def _explain(outcome: RunOutcome, limits: Limits) -> str | None:
@@ -131,6 +168,8 @@ def _explain(outcome: RunOutcome, limits: Limits) -> str | None:
         return f"stopped: wrote a file past {format_bytes(limits.file_bytes)}"
     if why == "interrupted":
         return STOPPED_BY_USER
+    if why == "memory":
+        return f"stopped: its processes used more than {format_bytes(limits.memory_bytes)} of memory together"
     if why == "killed":
         return "killed (a resource limit was hit)"
     return f"ended by {why}"

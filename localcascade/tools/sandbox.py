@@ -13,9 +13,15 @@ A sandbox here is an operating-system one, never a Python-level filter:
   ``--tools-unsafe-no-sandbox`` (``Unsandboxed``).
 
 Every run, sandboxed or not, has resource limits (``Limits``): CPU seconds, wall time,
-address space, file size, captured output bytes and processes. RLIMIT_NPROC is not enforced
-for root, so as root on Linux the process count is held by a pids cgroup of the run's own;
+address space, file size, open files, captured output bytes and processes. RLIMIT_NPROC is
+not enforced for root, so as root on Linux the process count is held by a pids cgroup of the run's own;
 where none can be made, root is refused rather than left without a process limit.
+
+Memory is one limit for the whole call, not per process (RLIMIT_AS alone lets each of 32
+processes hold 2 GiB): a memory cgroup where one can be made (``cgroups``), else the parent
+sums the resident memory of the call's processes every 20 ms and kills the call past the
+limit (``_MemoryWatch``; it can be overrun for that long). ``Sandbox.memory_bound``
+says which, in one line.
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ import threading
 import time
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Callable, Iterator
 
 from localcascade.errors import SandboxUnavailableError
@@ -43,11 +48,14 @@ class Limits:
 
     cpu_seconds: int = 10
     wall_seconds: float = 20.0
-    memory_bytes: int = 2 << 30        # address space; numpy and sympy import well within it
+    memory_bytes: int = 2 << 30        # the whole call's memory, and each process's address space
     file_bytes: int = 16 << 20         # any one file written
     tmp_bytes: int = 64 << 20          # the whole private /tmp (Linux)
+    shm_bytes: int = 16 << 20          # the whole /dev/shm (Linux)
+    code_bytes: int = 1 << 20          # the code itself (UTF-8)
     output_bytes: int = 1 << 20        # stdout + stderr captured; the process is stopped past it
     processes: int = 32
+    open_files: int = 256              # descriptors per process
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,9 @@ class Sandbox:
 
     name = "none"
     sandboxed = True
+    def private_tmpfs(self, limits: Limits) -> dict[str, int]:
+        """The run's own tmpfs folders (as seen inside) and their sizes: their files are memory it holds."""
+        return {}
 
     def command(self, worker_args: list[str], limits: Limits, tmp: str) -> list[str]:
         raise NotImplementedError
@@ -85,18 +96,32 @@ class Sandbox:
             shutil.rmtree(folder, ignore_errors=True)
 
     def cgroup(self, limits: Limits):
-        """A context manager giving the cgroup.procs file the run joins, or None."""
+        """A context manager giving the run's cgroups (``cgroups.RunCgroup``), or None."""
         return contextlib.nullcontext(None)
+
+    def memory_bound(self, limits: Limits) -> str:
+        """How the call's memory is held, in one line for users."""
+        from localcascade.units import format_bytes
+
+        return (f"memory: {format_bytes(limits.memory_bytes)} for the whole call, watched by localcascade "
+                f"(no memory cgroup here; each process also has {format_bytes(limits.memory_bytes)} "
+                "of address space)")
+
+    @staticmethod
+    def whole_call_bound(limits: Limits, how: str) -> str:
+        from localcascade.units import format_bytes
+
+        return f"memory: {format_bytes(limits.memory_bytes)} for the whole call ({how} memory limit)"
 
     def run(self, code: str, limits: Limits, *, should_stop: Callable[[], bool] | None = None) -> RunOutcome:
         """Run ``code`` through the worker under ``limits``; Ctrl-C stops it and propagates."""
         worker = resources.files("localcascade.tools").joinpath("worker.py").read_text(encoding="utf-8")
-        with self.private_tmp() as tmp, self.cgroup(limits) as procs_file:
+        with self.private_tmp() as tmp, self.cgroup(limits) as cgroup:
             result_r, result_w = os.pipe()
             args = ["-I", "-c", worker, str(limits.processes), str(result_w), *_site_dirs()]
             argv = self.command(args, limits, tmp)
-            return _run_bounded(argv, self.environment(tmp), code.encode("utf-8"), limits, procs_file,
-                                (result_r, result_w), should_stop)
+            return _run_bounded(argv, self.environment(tmp), code.encode("utf-8"), limits, cgroup,
+                                (result_r, result_w), should_stop, self.private_tmpfs(limits))
 
 
 def _site_dirs() -> list[str]:
@@ -143,8 +168,9 @@ def worker_environment(tmp: str = "/tmp") -> dict[str, str]:
 
 
 def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limits,
-                 procs_file: str | None, result_pipe: tuple[int, int],
-                 should_stop: Callable[[], bool] | None = None) -> RunOutcome:
+                 cgroup, result_pipe: tuple[int, int],
+                 should_stop: Callable[[], bool] | None = None,
+                 private_tmpfs: dict[str, int] | None = None) -> RunOutcome:
     """Start ``argv`` with the limits set in the child, feed ``code`` on stdin, capture with bounds.
 
     ``result_pipe``'s write end is handed to the child at its own number (the worker is told it).
@@ -160,7 +186,7 @@ def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limi
             pass_fds=(result_w,),
             env=env,
             cwd=env.get("TMPDIR", "/"),
-            preexec_fn=_child_setup(limits, procs_file),
+            preexec_fn=_child_setup(limits, cgroup.procs_files if cgroup else []),
             start_new_session=True,
             close_fds=True,
         )
@@ -173,14 +199,19 @@ def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limi
     feeder.start()
     out, err, res = bytearray(), bytearray(), bytearray()
     stopped = None
+    watch: _CgroupWatch | _MemoryWatch
+    if cgroup is not None and cgroup.limits_memory:
+        watch = _CgroupWatch(cgroup)
+    else:
+        watch = _MemoryWatch(proc.pid, limits.memory_bytes, private_tmpfs)
     try:
-        stopped = _collect(proc, result_r, out, err, res, limits, started, should_stop)
+        stopped = _collect(proc, result_r, out, err, res, limits, started, should_stop, watch)
     except BaseException:
-        _kill(proc, procs_file)
+        _kill(proc, cgroup)
         raise
     finally:
         os.close(result_r)
-        _kill(proc, procs_file)   # also what the code left behind in its process group or cgroup
+        _kill(proc, cgroup)   # also what the code left behind in its process group or cgroup
         proc.wait()
         if proc.stdout:
             proc.stdout.close()
@@ -193,6 +224,8 @@ def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limi
     if stopped is None and _is_bwrap(argv) and code_ is not None and code_ >= 128 + 1 and code_ - 128 < 65:
         # bwrap reports a child killed by a signal as 128 + the signal number.
         stopped, exit_code = _signal_meaning(code_ - 128), None
+    if stopped is None and cgroup is not None and cgroup.memory_killed():
+        stopped, exit_code = "memory", None
     return RunOutcome(bytes(out), bytes(err), bytes(res), exit_code, time.monotonic() - started, stopped)
 
 
@@ -209,8 +242,9 @@ def _feed(stream, data: bytes) -> None:
 
 
 def _collect(proc, result_r: int, out: bytearray, err: bytearray, res: bytearray, limits: Limits,
-             started: float, should_stop: Callable[[], bool] | None) -> str | None:
-    """Read until every stream closes; stop the process past the wall time or the output cap."""
+             started: float, should_stop: Callable[[], bool] | None, watch) -> str | None:
+    """Read until every stream closes; stop the process past the wall time, the output cap or
+    the memory limit (``watch``: ``_CgroupWatch`` or ``_MemoryWatch``)."""
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ, out)
     selector.register(proc.stderr, selectors.EVENT_READ, err)
@@ -223,7 +257,9 @@ def _collect(proc, result_r: int, out: bytearray, err: bytearray, res: bytearray
                 return "wall time"
             if should_stop is not None and should_stop():
                 return "interrupted"
-            for key, _ in selector.select(timeout=min(left, 0.1)):
+            if watch.over():
+                return "memory"
+            for key, _ in selector.select(timeout=min(left, watch.interval)):
                 fd = key.fd
                 chunk = os.read(fd, 65536)
                 if not chunk:
@@ -236,12 +272,16 @@ def _collect(proc, result_r: int, out: bytearray, err: bytearray, res: bytearray
                 # The process is gone; a stream still open is held by something it left
                 # behind, which the cgroup or the PID namespace takes down next.
                 break
-        left = deadline - time.monotonic()
-        try:
-            proc.wait(timeout=max(left, 0.01))
-        except subprocess.TimeoutExpired:
-            return "wall time"
-        return None
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                proc.wait(timeout=max(min(left, watch.interval), 0.01))
+                return None
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    return "wall time"
+                if watch.over():
+                    return "memory"
     finally:
         selector.close()
 
@@ -251,18 +291,117 @@ def _pending(selector) -> bool:
     return bool(selector.select(timeout=0))
 
 
-def _child_setup(limits: Limits, procs_file: str | None):
-    """Runs in the child between fork and exec: join the cgroup, then set the limits."""
+class _CgroupWatch:
+    """The memory cgroup holds the call; at its first kill the whole call stops, as with the watch
+    below (the kernel kills one process; the rest would go on with their share)."""
+
+    interval = 0.1
+
+    def __init__(self, cgroup) -> None:
+        self.cgroup = cgroup
+
+    def over(self) -> bool:
+        return self.cgroup.memory_killed()
+
+
+class _MemoryWatch:
+    """The call's total resident memory, where no cgroup holds it: every process under the first.
+
+    The sandbox's PID namespace keeps every process the code starts under bwrap (orphans go to
+    its init), so the tree is the whole call. Pages shared after a fork are counted once per
+    process: the sum errs high, never low. Read from /proc/PID/task/*/children and statm (a few
+    files per process, not a scan of the machine's processes); psutil where those are missing.
+
+    What the code writes in the sandbox's own tmpfs folders is memory no RSS shows: their bytes
+    count, and so does each file (an inode and a dentry: 0.9 KiB measured, counted as 1 KiB),
+    or an empty-file loop would hold a gigabyte of kernel memory within a 64 MiB /tmp.
+    """
+
+    interval = 0.02
+    FILE_BYTES = 1024
+
+    def __init__(self, pid: int, limit: int, private_tmpfs: dict[str, int] | None = None) -> None:
+        self.pid = pid
+        self.limit = limit
+        self.private_tmpfs = private_tmpfs or {}
+        self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self.proc_children = os.path.exists(f"/proc/{pid}/task/{pid}/children")
+
+    def over(self) -> bool:
+        tree = self._tree()
+        return sum(self._rss(pid) for pid in tree) + self._tmpfs_bytes(tree) > self.limit
+
+    def _tmpfs_bytes(self, tree: list[int]) -> int:
+        """The tmpfs folders' use, seen through the root of a process inside.
+
+        The launcher (first in the tree) is outside, and a process still setting the sandbox up
+        sees the host's folders: a folder counts only when its size is the one the run gave it.
+        """
+        total = 0
+        for folder, size in self.private_tmpfs.items():
+            for pid in tree[1:]:
+                try:
+                    fs = os.statvfs(f"/proc/{pid}/root{folder}")
+                except OSError:
+                    continue
+                if fs.f_blocks * fs.f_frsize == size:
+                    total += (fs.f_blocks - fs.f_bfree) * fs.f_frsize + (fs.f_files - fs.f_ffree) * self.FILE_BYTES
+                    break
+        return total
+
+    def _tree(self) -> list[int]:
+        if not self.proc_children:
+            import psutil
+
+            try:
+                root = psutil.Process(self.pid)
+                return [self.pid, *(p.pid for p in root.children(recursive=True))]
+            except psutil.Error:
+                return []
+        found, todo = [], [self.pid]
+        while todo and len(found) < 4096:
+            pid = todo.pop()
+            found.append(pid)
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as f:
+                        todo += [int(child) for child in f.read().split()]
+            except (OSError, ValueError):
+                pass
+        return found
+
+    def _rss(self, pid: int) -> int:
+        if self.proc_children:
+            try:
+                with open(f"/proc/{pid}/statm") as f:
+                    return int(f.read().split()[1]) * self.page
+            except (OSError, ValueError, IndexError):
+                return 0
+        import psutil
+
+        try:
+            return psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            return 0
+
+
+def _child_setup(limits: Limits, procs_files: list[str]):
+    """Runs in the child between fork and exec: join the cgroups, then set the limits."""
     import resource
 
+    new_session_keyring = _session_keyring_joiner()
+
     def setup() -> None:
-        if procs_file:
+        for procs_file in procs_files:
             with open(procs_file, "w") as f:
                 f.write(str(os.getpid()))
+        new_session_keyring()
         for which, value in (
             (resource.RLIMIT_AS, limits.memory_bytes),
             (resource.RLIMIT_FSIZE, limits.file_bytes),
             (resource.RLIMIT_CORE, 0),
+            # Each descriptor can hold kernel memory (pipe and socket buffers) no RSS shows.
+            (resource.RLIMIT_NOFILE, limits.open_files),
         ):
             resource.setrlimit(which, (value, value))
         # A hard limit above the soft one: SIGXCPU (reported as such) comes before SIGKILL.
@@ -274,23 +413,50 @@ def _child_setup(limits: Limits, procs_file: str | None):
     return setup
 
 
-def _kill(proc, procs_file: str | None) -> None:
+# keyctl(2) by architecture: glibc has no wrapper (it is libkeyutils').
+_KEYCTL_SYSCALL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 311, "s390x": 280, "i686": 288}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def _session_keyring_joiner() -> Callable[[], None]:
+    """A call (made in the child, before exec) that gives it a new, empty session keyring.
+
+    A process inherits its parent's session keyring, and possessing a keyring is a right to
+    read the keys in it (a login's, a root shell's): the code must not hold localcascade's.
+    """
+    import ctypes
+    import platform
+
+    number = _KEYCTL_SYSCALL.get(platform.machine())
+    if not sys.platform.startswith("linux") or number is None:
+        return lambda: None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+    except (OSError, AttributeError):
+        return lambda: None
+    syscall.restype = ctypes.c_long
+
+    def join() -> None:
+        syscall(ctypes.c_long(number), ctypes.c_long(_KEYCTL_JOIN_SESSION_KEYRING), ctypes.c_void_p(None))
+
+    return join
+
+
+def _kill(proc, cgroup) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-    _kill_cgroup(procs_file)
+    _kill_cgroup(cgroup)
 
 
-def _kill_cgroup(procs_file: str | None) -> None:
-    """Kill everything still in the run's cgroup (what left the session or the process group)."""
-    if not procs_file:
+def _kill_cgroup(cgroup) -> None:
+    """Kill everything still in the run's cgroups (what left the session or the process group)."""
+    if cgroup is None:
         return
     for _ in range(50):
-        try:
-            pids = [int(p) for p in Path(procs_file).read_text().split()]
-        except (OSError, ValueError):
-            return
+        pids = cgroup.pids()
         if not pids:
             return
         for pid in pids:
@@ -327,14 +493,26 @@ class Unsandboxed(Sandbox):
         return [_interpreter(), *worker_args]
 
     def cgroup(self, limits: Limits):
-        # As root even the unsandboxed run gets a process limit where a pids cgroup can be made.
-        if sys.platform.startswith("linux") and os.geteuid() == 0:
-            from localcascade.tools.cgroups import find_pids_cgroup
-
-            cgroups = find_pids_cgroup()
-            if cgroups is not None:
-                return cgroups.new(limits.processes)
+        # Even the unsandboxed run gets the process and memory cgroups where they can be made.
+        cgroups = _linux_cgroups()
+        if cgroups is not None and cgroups.places:
+            return cgroups.new(limits.processes, limits.memory_bytes)
         return super().cgroup(limits)
+
+    def memory_bound(self, limits: Limits) -> str:
+        cgroups = _linux_cgroups()
+        place = cgroups.place_of("memory") if cgroups is not None else None
+        if place is None:
+            return super().memory_bound(limits)
+        return self.whole_call_bound(limits, place.describe())
+
+
+def _linux_cgroups():
+    if not sys.platform.startswith("linux"):
+        return None
+    from localcascade.tools.cgroups import find_cgroups
+
+    return find_cgroups()
 
 
 def _interpreter() -> str:

@@ -1,0 +1,140 @@
+"""N-gram drafts: guesses of the next k tokens taken from text the model is likely to repeat.
+
+Cascade-2 has no multi-token-prediction head and there is no small draft model of its family, so a
+draft comes from the prompt and the reply so far: when the last few tokens occurred before, the
+tokens that followed them then are proposed next (prompt lookup decoding; llama.cpp's
+`ngram-simple` speculative mode does the same by scanning the history backwards, `ngram-map` and
+common/ngram-cache keep statistics). The model verifies all k in one batch and keeps the longest
+prefix it agrees with, plus one token of its own, so a step yields 1 to k+1 tokens.
+
+Pure Python, no llama.cpp: the decode loop feeds tokens in (``NgramDrafter.extend``), asks for a
+draft, evaluates it, and hands the logits rows to ``accept``. ``Acceptance`` tracks per sequence
+whether drafting pays and turns it off where it does not (free prose). The rule in ``accept`` keeps
+the output's distribution exactly that of plain decoding (greedy: token for token the same).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+# Chosen by measurement (docs/performance.md, "Drafts"): longer n-grams first (a 4-token match
+# rarely misleads), down to 2 (code and lists repeat short runs); 8 tokens per draft.
+MAX_NGRAM = 4
+MIN_NGRAM = 2
+DRAFT_TOKENS = 8
+
+
+class NgramDrafter:
+    """The token history of one sequence (prompt and reply) and an index of where each n-gram last
+    ended, for n from ``min_n`` to ``max_n``; O(max_n) per token added, O(max_n) per draft."""
+
+    def __init__(self, tokens: Sequence[int] = (), *, min_n: int = MIN_NGRAM, max_n: int = MAX_NGRAM) -> None:
+        if not 1 <= min_n <= max_n:
+            raise ValueError(f"n-gram sizes must satisfy 1 <= min_n <= max_n, got {min_n}, {max_n}")
+        self.min_n, self.max_n = min_n, max_n
+        self.history: list[int] = []
+        # For each n: n-gram -> the position right after its latest occurrence that has a token after it.
+        self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(min_n, max_n + 1)}
+        self.extend(tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        """Add tokens to the history (prompt tokens, then each token the reply keeps)."""
+        history = self.history
+        for token in tokens:
+            history.append(int(token))
+            end = len(history) - 1   # the n-grams ending just before the new token now have a follower
+            for n in range(self.min_n, self.max_n + 1):
+                if end >= n:
+                    self._index[n][tuple(history[end - n:end])] = end
+
+    def truncate(self, length: int) -> None:
+        """Forget the history after ``length`` tokens (a rewound conversation); rebuilds the index."""
+        if length < len(self.history):
+            kept = self.history[:length]
+            self.history = []
+            self._index = {n: {} for n in range(self.min_n, self.max_n + 1)}
+            self.extend(kept)
+
+    def draft(self, k: int = DRAFT_TOKENS) -> list[int]:
+        """Up to ``k`` tokens that followed the latest earlier occurrence of the longest n-gram the
+        history ends with; [] when none occurred before."""
+        history = self.history
+        for n in range(self.max_n, self.min_n - 1, -1):
+            if len(history) <= n:
+                continue
+            start = self._index[n].get(tuple(history[-n:]))
+            if start is not None:
+                return history[start:start + k]
+        return []
+
+
+@dataclass
+class Acceptance:
+    """Whether drafting pays for one sequence, from what verification accepted.
+
+    Verifying d draft tokens costs a step ``1 + cost_per_token * d`` times a plain one (measured per
+    machine and model: docs/performance.md) and yields ``1 + accepted`` tokens, so drafting pays
+    while the share of drafted tokens accepted stays above ``cost_per_token``. The share is a
+    moving average; when it falls below, drafting stops for ``backoff`` steps, then one draft
+    probes again; each failed probe doubles the pause (up to ``max_backoff``), a good one ends it.
+    """
+
+    cost_per_token: float = 0.1
+    margin: float = 1.5            # demand this much more than break-even: a draft also costs host time
+    smoothing: float = 0.3         # weight of the newest step in the moving average
+    max_backoff: int = 256
+    rate: float = 1.0              # optimistic start: the first drafts are tried
+    backoff: int = 0
+    _paused: int = field(default=0, repr=False)
+    _next_backoff: int = field(default=8, repr=False)
+    drafted: int = 0               # totals, for reports and benchmarks
+    accepted: int = 0
+    steps: int = 0
+
+    def should_draft(self) -> bool:
+        """Whether this step should draft (counts a paused step)."""
+        if self._paused > 0:
+            self._paused -= 1
+            return False
+        return True
+
+    def record(self, drafted: int, accepted: int) -> None:
+        """One verification: ``accepted`` of ``drafted`` draft tokens were kept."""
+        if drafted <= 0:
+            return
+        self.steps += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        self.rate = (1 - self.smoothing) * self.rate + self.smoothing * (accepted / drafted)
+        if self.rate >= self.cost_per_token * self.margin:
+            self._next_backoff = 8
+            return
+        # It does not pay: pause, and probe again later with a fresh (neutral) estimate.
+        self._paused = self.backoff = self._next_backoff
+        self._next_backoff = min(2 * self._next_backoff, self.max_backoff)
+        self.rate = self.cost_per_token * self.margin
+
+
+def accept(rows: Sequence, drafts: Sequence[int], verify: Callable[[object, int], int],
+           sample: Callable[[object], int]) -> list[int]:
+    """The tokens a verified draft yields: the drafts the model keeps, then one of its own.
+
+    ``rows[i]`` holds the model's logits for the position of ``drafts[i]`` (``rows[0]`` follows the
+    last token already kept); ``rows`` has one more row than ``drafts``, for the position after the
+    last draft. ``verify(row, draft)`` is the sampler's rule (nucleus.Workspace.verify): the draft
+    itself when kept, else a token drawn from the model's distribution without it. The first token
+    that is not the draft ends the step; it comes from the model's own distribution at that
+    position, so every kept token is exactly what plain decoding would have drawn there. When every
+    draft is kept, the last row gives one more token, sampled as usual.
+    """
+    if len(rows) != len(drafts) + 1:
+        raise ValueError(f"{len(drafts)} drafts need {len(drafts) + 1} logits rows, got {len(rows)}")
+    kept: list[int] = []
+    for row, draft in zip(rows, drafts):
+        token = verify(row, int(draft))
+        kept.append(token)
+        if token != draft:
+            return kept
+    kept.append(sample(rows[len(drafts)]))
+    return kept
