@@ -9,6 +9,9 @@
 | HF_HUB_OFFLINE        | 1 = never touch the network                                   |
 | NO_COLOR              | set = no ANSI colour in any output                            |
 | LOCALCASCADE_THREADS  | CPU threads for generation and prompts (default: the cores)   |
+| LOCALCASCADE_STATE_CACHE | folder of the prompt-state cache (default: the user cache folder) |
+| LOCALCASCADE_STATE_CACHE_SIZE | its disk budget (default 8GiB; 0 or off: no disk cache) |
+| LOCALCASCADE_STATE_RAM | RAM budget for prompt checkpoints (default 1GiB; 0 or off: none) |
 
 huggingface_hub reads the HF_* variables itself; the helpers here only answer
 questions localcascade needs before importing it (which is slow).
@@ -19,7 +22,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from platformdirs import user_data_path
+from platformdirs import user_cache_path, user_data_path
+
+DEFAULT_STATE_CACHE_SIZE = "8GiB"
+DEFAULT_STATE_RAM = "1GiB"
 
 
 def data_dir() -> Path:
@@ -97,3 +103,38 @@ def threads() -> int | None:
 
         raise UsageError(f"LOCALCASCADE_THREADS must be a whole number from 1 to 1024, not {value!r}")
     return int(value)
+
+
+def state_cache_dir() -> Path:
+    """Where prompt states are kept across processes: LOCALCASCADE_STATE_CACHE, else a folder in
+    LOCALCASCADE_HOME when that is set (tests, portable setups), else the user's cache folder."""
+    override = os.environ.get("LOCALCASCADE_STATE_CACHE", "").strip()
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get("LOCALCASCADE_HOME"):
+        return data_dir() / "state-cache"
+    return user_cache_path("localcascade", appauthor=False) / "state"
+
+
+def _budget(name: str, default: str) -> int:
+    from localcascade.units import parse_size
+
+    value = os.environ.get(name, "").strip() or default
+    if value.lower() in {"0", "off", "no", "false"}:
+        return 0
+    try:
+        return parse_size(value)
+    except Exception:
+        from localcascade.errors import UsageError
+
+        raise UsageError(f"{name} must be a size like 8GiB or 512MiB, or 0/off, not {value!r}") from None
+
+
+def state_cache_size() -> int:
+    """LOCALCASCADE_STATE_CACHE_SIZE in bytes: the disk budget of the prompt-state cache (0: off)."""
+    return _budget("LOCALCASCADE_STATE_CACHE_SIZE", DEFAULT_STATE_CACHE_SIZE)
+
+
+def state_ram() -> int:
+    """LOCALCASCADE_STATE_RAM in bytes: the RAM budget for prompt checkpoints (0: none)."""
+    return _budget("LOCALCASCADE_STATE_RAM", DEFAULT_STATE_RAM)

@@ -269,6 +269,24 @@ def test_more_conversations_than_sequences_evict_the_least_recently_used(client)
     assert evicted.model_extra["evaluated_prompt_tokens"] == evicted.prompt_tokens
 
 
+def test_an_evicted_long_conversation_is_kept_and_not_read_again_when_it_comes_back(client):
+    def turn(history, tag):
+        r = client.chat.completions.create(model="m", messages=history, seed=len(history),
+                                           extra_body={**no_think(), "grammar": f'root ::= "{tag}"'})
+        history.append({"role": "assistant", "content": r.choices[0].message.content})
+        return r.usage
+
+    long = " ".join(["the river runs past the mountain"] * 60)   # a prompt worth keeping (>= 256 tokens)
+    a, b, c = ([{"role": "user", "content": f"{long} conversation {name}"}] for name in "xyz")
+    for history, tag in ((a, "a one"), (b, "b one"), (c, "c one")):   # c takes a's sequence (2 of them)
+        turn(history, tag)
+    a.append({"role": "user", "content": "and more?"})
+    back = turn(a, "a two")
+    assert back.prompt_tokens > 300
+    assert back.model_extra["evaluated_prompt_tokens"] < 40
+    assert back.prompt_tokens_details.cached_tokens == back.prompt_tokens - back.model_extra["evaluated_prompt_tokens"]
+
+
 # --- errors, limits, disconnects ------------------------------------------------------------------
 
 

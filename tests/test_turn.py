@@ -1,10 +1,9 @@
-"""A reply stopped from another thread: Chat.send's Turn and the batch decoder's turns."""
+"""A reply stopped from another thread: Chat.send's Turn and the decoder's replies."""
 
 from __future__ import annotations
 
 import threading
 
-from localcascade.engine.batch import BatchDecoder
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.engine.session import Chat, Engine, GenerationOptions
 from localcascade.planning.plan import Plan
@@ -60,7 +59,7 @@ def test_a_stop_during_a_long_prompt_ends_the_turn_at_the_next_chunk(tiny_model,
 def test_batched_sequences_stop_alone_and_free_their_sequence(tiny_model):
     plan = Plan(model="tiny", n_ctx=2048, n_batch=256, n_ubatch=128, n_seq=2)
     with Engine.load(tiny_model, plan) as engine:
-        decoder = BatchDecoder(engine)
+        decoder = engine.decoder
         got = {0: [], 1: []}
         prompt = engine.tokenize_prompt(engine.template.render(
             [{"role": "user", "content": "hello"}], add_generation_prompt=True, enable_thinking=True))
@@ -86,7 +85,7 @@ def test_batched_sequences_stop_alone_and_free_their_sequence(tiny_model):
 def test_a_long_prompt_is_read_in_micro_batches_while_another_reply_generates(tiny_model):
     plan = Plan(model="tiny", n_ctx=4096, n_batch=1024, n_ubatch=128, n_seq=2)
     with Engine.load(tiny_model, plan) as engine:
-        decoder = BatchDecoder(engine)
+        decoder = engine.decoder
         counts = {0: 0, 1: 0}
 
         def sink(seq):
@@ -113,3 +112,18 @@ def test_a_long_prompt_is_read_in_micro_batches_while_another_reply_generates(ti
             assert after == before + 1                  # the generating reply got its token every step
         assert steps >= len(long) // 128
         decoder.close()
+
+
+def test_llama_decode_is_called_from_one_place_in_the_package():
+    import re
+    from pathlib import Path
+
+    import localcascade
+
+    root = Path(localcascade.__file__).parent
+    calls = [f"{path.relative_to(root)}:{n}" for path in root.rglob("*.py")
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"\bllama_decode\(", line)]
+    # speculative.py's draft verifier is the next piece to be driven by the decoder (its own batch
+    # of k draft rows); every reply's tokens go through decoder.py.
+    assert sorted(c.split(":")[0] for c in calls) == ["engine/decoder.py", "engine/speculative.py"], calls

@@ -27,8 +27,9 @@ from localcascade.errors import Interrupted, LocalCascadeError, Terminated, Usag
 _TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-def read_prompt(args: List[str], stdin) -> str:
-    """Piped stdin first, then the arguments, joined by a blank line.
+def read_prompt(args: List[str], stdin) -> tuple[str, str | None]:
+    """Piped stdin first, then the arguments, joined by a blank line; and the piped document when
+    a question follows it (its state is kept: the next question about it reads only the question).
 
     stdin is read up to the prompt cap (``< /dev/zero`` stops there instead of filling memory).
     """
@@ -55,7 +56,7 @@ def read_prompt(args: List[str], stdin) -> str:
         parts.append(" ".join(words))
     if not parts:
         raise UsageError('no prompt: give it as arguments or on stdin (echo "..." | localcascade ask)')
-    return "\n\n".join(parts)
+    return "\n\n".join(parts), (parts[0] if len(parts) == 2 else None)
 
 
 class _ThinkingWriter:
@@ -121,7 +122,7 @@ def ask(
         gen.grammar = options.read_grammar_file(grammar_file)
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn,
                                    think=think)
-    text = read_prompt(prompt or [], sys.stdin)
+    text, document = read_prompt(prompt or [], sys.stdin)
     tool = tool_options.python_tool(tools, tools_unsafe, max_tool_calls, quiet=quiet)
 
     from localcascade.engine.session import Chat
@@ -146,7 +147,7 @@ def ask(
                 )
         chat = Chat(engine, system=system)
         try:
-            return _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds, tool)
+            return _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds, tool, document)
         except KeyboardInterrupt:
             # Raised as our own error: typer would turn a bare KeyboardInterrupt into a silent 130.
             raise Interrupted("interrupted") from None
@@ -157,7 +158,8 @@ def ask(
             return 0
 
 
-def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds, tool=(None, 0)) -> int:
+def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds, tool=(None, 0),
+            document=None) -> int:
     """Stream one reply: answer to stdout (or one JSON object), thinking and stats to stderr.
 
     With a tool, answer text is held until the reply ends: text the model writes before a
@@ -169,7 +171,7 @@ def _answer(engine, chat, text, gen, as_json, show_thinking, quiet, load_seconds
     calls: list[dict] = []
     with StopOnSignals(_TERMINATING, _terminate_now) as termination:
         if python_tool is None:
-            events = chat.send(text, gen)
+            events = chat.send(text, gen, document=document)
         else:
             from localcascade.tools.loop import run_with_tools
 
@@ -282,6 +284,7 @@ def _result(engine, chat, answer: str, stats, load_seconds: float) -> dict:
         usage = {
             "prompt_tokens": stats.prompt_tokens,
             "evaluated_tokens": stats.evaluated_tokens,
+            "cached_tokens": stats.prompt_tokens - stats.evaluated_tokens,
             "thinking_tokens": stats.thinking_tokens,
             "answer_tokens": stats.answer_tokens,
             "completion_tokens": stats.completion_tokens,
@@ -289,6 +292,7 @@ def _result(engine, chat, answer: str, stats, load_seconds: float) -> dict:
         timings = {
             "load_s": round(load_seconds, 4),
             "prompt_s": round(stats.prompt_seconds, 4),
+            "time_to_first_token_s": round(stats.prompt_seconds, 4),
             "generation_s": round(stats.generation_seconds, 4),
             "prompt_tokens_per_s": round(stats.prompt_tokens_per_s, 2),
             "generation_tokens_per_s": round(stats.generation_tokens_per_s, 2),

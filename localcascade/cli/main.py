@@ -25,6 +25,7 @@ from localcascade.cli.app import app  # noqa: E402,F401  (tests drive the regist
 from localcascade.cli import (  # noqa: E402,F401
     ask,
     bench,
+    cache,
     doctor,
     fit,
     models,

@@ -56,7 +56,7 @@ def run_bench(engine, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeti
         engine.reset()
         batch = tokens(prompt_tokens)
         start = time.perf_counter()
-        engine.decode(batch)
+        engine.decoder.evaluate(0, batch)
         return prompt_tokens / (time.perf_counter() - start)
 
     def tg_once() -> float:
@@ -64,7 +64,7 @@ def run_bench(engine, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeti
         stream = tokens(gen_tokens)
         start = time.perf_counter()
         for token in stream:
-            engine.decode([token])
+            engine.decoder.evaluate(0, [token])
         return gen_tokens / (time.perf_counter() - start)
 
     results = []

@@ -1,4 +1,4 @@
-"""Pieces of a reply shared by Chat (one conversation) and BatchDecoder (several at once).
+"""Pieces of a reply: its channels, and how a prompt relates to what a sequence holds.
 
 A reply is split into thinking and answer by token id (``<think>`` / ``</think>``),
 never by text: each side is a Channel with its own UTF-8-safe detokenizer.

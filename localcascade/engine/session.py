@@ -2,7 +2,8 @@
 
 Chat.send returns a Turn that yields ThinkingText / AnswerText pieces as they
 stream and one TurnStats at the end; ``turn.stop()`` ends it from any thread.
-It knows nothing of terminals.
+It knows nothing of terminals. Every reply runs as sequence 0 of the engine's Decoder
+(decoder.py), the one decode loop that serve's slots share too.
 
 How the context is reused between turns
 ---------------------------------------
@@ -22,7 +23,8 @@ The trade-off: the context keeps earlier reasoning (more tokens used, and the
 model sees its old thinking, which the template would hide). ``Chat(...,
 reuse_prefix=False)`` chooses the template's exact form instead and pays the
 re-evaluation. If the reused context would overflow while the template's form
-fits, the template's form is used for that turn.
+fits, the template's form is used for that turn. Where the context cannot be cut back, a
+checkpoint taken where an earlier prompt ended (state_cache.py) can still spare the reading.
 
 Tool calls
 ----------
@@ -39,18 +41,19 @@ grammar decides and nothing is inserted.
 
 from __future__ import annotations
 
-import time
+import collections
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from localcascade.engine import loader
-from localcascade.engine.events import AnswerText, Event, ThinkingText, ToolCallText, TurnStats
-from localcascade.engine.sampling import Sampler, sampling_profile
-from localcascade.engine.template import ChatTemplate
-from localcascade.engine.replies import Channel as _Channel
+from localcascade.engine.decoder import Decoder
+from localcascade.engine.events import Event, TurnStats
 from localcascade.engine.replies import common_prefix as _common_prefix
-from localcascade.engine.replies import opens_thinking as _opens_thinking
+from localcascade.engine.sampling import Sampler
+from localcascade.engine.state_cache import StateCache
+from localcascade.engine.template import ChatTemplate
 from localcascade.engine.tool_calls import parse_tool_calls
 from localcascade.engine.turn import Turn
 from localcascade.engine.vocab import Vocab
@@ -61,8 +64,6 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
-# What closes an open thought before a tool call: the template's "<think>\nR\n</think>\n<tool_call>".
-_THINK_CLOSE_BEFORE_CALL = "\n</think>\n"
 # Stands in for the previous answer when rendering a turn, to find where the new turn's text starts.
 _NO_TEMPLATE = "{name} has no chat template; give one with --chat-template FILE"
 _SENTINEL = "\u2063LOCALCASCADE-PREVIOUS-ANSWER\u2063"
@@ -88,7 +89,8 @@ class GenerationOptions:
 class Engine:
     """A model loaded with a Plan: tokens in, logits out, and the evaluated context."""
 
-    def __init__(self, loaded: loader.LoadedModel, plan: Plan, template: ChatTemplate | None) -> None:
+    def __init__(self, loaded: loader.LoadedModel, plan: Plan, template: ChatTemplate | None,
+                 state_cache: StateCache | None = None) -> None:
         self._loaded = loaded
         self.plan = plan
         self.model_path = loaded.path
@@ -105,10 +107,8 @@ class Engine:
         self.tool_call_open = self.vocab.special_id(TOOL_CALL_OPEN)
         self.tool_call_close = self.vocab.special_id(TOOL_CALL_CLOSE)
         self.vocab.guard_in_text((THINK_OPEN, THINK_CLOSE, TOOL_CALL_OPEN, TOOL_CALL_CLOSE))
-        self.tokens: list[int] = []           # what the context holds, in order
-        self.owner: object | None = None      # the Chat whose conversation the context holds
-        self.full_reevaluations = 0           # times a non-empty context had to be thrown away
-        self._lost_reason: str | None = None  # why the context was thrown away outside prepare()
+        self.state_cache = state_cache        # checkpoints of prompts read (state_cache.py), or None
+        self.decoder = Decoder(self)          # every reply on this context; sequence 0 is a chat's
 
     @classmethod
     def load(
@@ -155,6 +155,7 @@ class Engine:
                     check_grammar(vocab, grammar)
                 if for_tools:
                     _require_tool_call_tokens(Vocab(None, vocab), model_path.name)
+        cache = _state_cache(model_path, plan, verbose)   # its settings are checked before a long load
         loaded = loader.load(model_path, plan, progress=progress, verbose=verbose,
                              n_threads=threads, n_threads_batch=threads)
         try:
@@ -162,13 +163,17 @@ class Engine:
         except Exception:
             loaded.close()
             raise
-        return cls(loaded, plan, template)
+        if cache is not None and not _restores_exactly(loaded, plan):
+            cache.note("state cache off: sliding-window attention with flash attention does not restore "
+                       "exactly in this llama.cpp build (load with --no-flash-attn to keep prompt states)")
+            cache = None
+        return cls(loaded, plan, template, cache)
 
     # -- public helpers -------------------------------------------------------------------------
 
     @property
     def context(self) -> int:
-        """The llama.cpp context (``llama_context *``) for code that decodes itself (batch.py)."""
+        """The llama.cpp context (``llama_context *``)."""
         return self._ctx
 
     @property
@@ -180,9 +185,9 @@ class Engine:
         return len(self.vocab.tokenize_bounded(text, special=True))
 
     def close(self) -> None:
+        self.decoder.close()
+        self.decoder.reset()
         self._loaded.close()
-        self.tokens = []
-        self.owner = None
 
     def __enter__(self) -> "Engine":
         return self
@@ -192,104 +197,32 @@ class Engine:
 
     # -- the context ----------------------------------------------------------------------------
 
-    def prepare(self, prompt: list[int], should_stop: Callable[[], bool] | None = None) -> tuple[int, str | None]:
-        """Make the context hold ``prompt``, evaluating as little as possible.
+    @property
+    def tokens(self) -> list[int]:
+        """What a chat's sequence (0) holds, in order."""
+        return self.decoder.sequences[0].tokens
 
-        Returns (tokens evaluated, why the cached context was thrown away or None).
-        ``should_stop`` is asked between chunks: a long prompt can take minutes on a CPU, and a
-        stop then leaves the context holding the part evaluated so far (``self.tokens``).
-        Keeps the common prefix when llama.cpp can cut the context back to it (pure
-        attention KV caches can; recurrent state mostly cannot, then everything is
-        evaluated again).
-        """
-        import llama_cpp
+    @property
+    def owner(self) -> object | None:
+        """The Chat whose conversation sequence 0 holds."""
+        return self.decoder.sequences[0].owner
 
-        if not prompt:
-            # Nothing to evaluate means no logits: llama.cpp's sampler would abort the process.
-            raise ChatTemplateError("the chat template rendered an empty prompt for this conversation")
-        ctx = self._ctx
-        if self._held() != len(self.tokens):
-            self._resync(self.tokens)   # an interrupt between cutting the state and our bookkeeping
-        reason = self._lost_reason
-        self._lost_reason = None
-        common = _common_prefix(self.tokens, prompt)
-        if common == len(prompt):
-            common -= 1   # the last prompt token must be evaluated again to get its logits
-        if common < len(self.tokens):
-            memory = llama_cpp.llama_get_memory(ctx)
-            if common > 0 and llama_cpp.llama_memory_seq_rm(memory, 0, common, -1):
-                del self.tokens[common:]
-            else:
-                llama_cpp.llama_memory_clear(memory, True)
-                if self.tokens:
-                    self.full_reevaluations += 1
-                    reason = (
-                        f"the prompt differs from the cached context at token {common} of "
-                        f"{len(self.tokens)} and the model's state cannot be cut back there"
-                    )
-                self.tokens = []
-                common = 0
-        self.decode(prompt[common:], should_stop)
-        return len(self.tokens) - common, reason
+    @property
+    def full_reevaluations(self) -> int:
+        """Times a non-empty sequence had to be thrown away and its prompt evaluated again."""
+        return self.decoder.full_reevaluations
 
-    def decode(self, tokens: list[int], should_stop: Callable[[], bool] | None = None) -> None:
-        """Evaluate ``tokens`` after the context (in n_batch chunks); logits of the last one are kept.
-
-        With ``should_stop``, evaluation ends early at a chunk boundary once it answers True.
-        """
-        import llama_cpp
-
-        step = self._loaded.n_batch
-        for start in range(0, len(tokens), step):
-            if should_stop is not None and should_stop():
-                return
-            chunk = tokens[start:start + step]
-            base = len(self.tokens)
-            try:
-                array = (llama_cpp.llama_token * len(chunk))(*chunk)
-                rc = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
-                if rc != 0:
-                    self.reset()
-                    raise EngineError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})")
-                self.tokens.extend(chunk)
-            except EngineError:
-                raise
-            except BaseException:
-                # Python raises a pending KeyboardInterrupt as soon as the C call returns, so
-                # llama.cpp may hold the chunk while self.tokens does not yet: ask it what it holds.
-                self._resync(self.tokens[:base] + chunk)
-                raise
-
-    def _resync(self, candidate: list[int]) -> None:
-        """Make ``self.tokens`` what the context really holds, a prefix of ``candidate``.
-
-        If the state holds more than that (it cannot be named), the context is cleared and
-        the next prepare() evaluates its prompt from scratch and says why.
-        """
-        held = self._held()
-        if 0 <= held <= len(candidate):
-            self.tokens = list(candidate[:held])
-            return
-        lost = len(self.tokens)
-        self.reset()   # also drops the owner: no conversation's tokens are in the context now
-        if lost:
-            self.full_reevaluations += 1
-            self._lost_reason = "an interrupted evaluation left the context in an unknown state"
-
-    def _held(self) -> int:
-        """How many tokens the context's state really holds (sequence 0)."""
-        import llama_cpp
-
-        return llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(self._ctx), 0) + 1
+    @property
+    def has_context(self) -> bool:
+        return bool(self._loaded.ctx)
 
     def reset(self) -> None:
         """Forget the context entirely."""
-        import llama_cpp
+        self.decoder.reset()
 
-        if self._loaded.ctx:
-            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._loaded.ctx), True)
-        self.tokens = []
-        self.owner = None
+    def decode(self, tokens: list[int]) -> None:
+        """Evaluate ``tokens`` after what sequence 0 holds (no sampling; logits of the last one kept)."""
+        self.decoder.evaluate(0, tokens)
 
     @property
     def _ctx(self) -> int:
@@ -317,6 +250,38 @@ class Engine:
         return tokens
 
 
+def _state_cache(model_path: Path, plan: Plan, verbose: bool) -> StateCache | None:
+    """The prompt-state cache for this model and plan (settings: LOCALCASCADE_STATE_*), or None when
+    both budgets are 0. Its problems are one line each on stderr under --verbose."""
+    from localcascade import settings
+    from localcascade.engine import state_cache
+
+    ram, disk = settings.state_ram(), settings.state_cache_size()
+    if not ram and not disk:
+        return None
+
+    def note(text: str) -> None:
+        if verbose:
+            print(f"localcascade: {text}", file=sys.stderr, flush=True)
+
+    try:
+        key = state_cache.identity(model_path, plan)
+    except OSError as err:
+        note(f"state cache off: cannot read {model_path}: {err.strerror or err}")
+        return None
+    return StateCache(key, folder=settings.state_cache_dir() if disk else None, disk_budget=disk,
+                      ram_budget=ram, note=note)
+
+
+def _restores_exactly(loaded: loader.LoadedModel, plan: Plan) -> bool:
+    """Whether a sequence's saved state gives back the logits of an uninterrupted run. Measured
+    (tests/test_state_cache.py): exact for the hybrid Mamba/attention model and for attention
+    without a sliding window; with a sliding window (Gemma 3) exact without flash attention only."""
+    import llama_cpp
+
+    return not (plan.flash_attn and llama_cpp.llama_model_n_swa(loaded.model) > 0)
+
+
 def _require_tool_call_tokens(vocab: Vocab, name: str) -> None:
     """Tool calls are found by their marker tokens; without them a reply could never call a tool,
     and ``--tools python`` would be silently ignored."""
@@ -340,6 +305,7 @@ class Chat:
         self._context_in_sync = False     # engine.tokens hold exactly this conversation
         self._context_tools: list[dict] | None = None   # the tools the context's system turn lists
         self._reply_sampler: Sampler | None = None      # a reply paused at a tool call goes on with it
+        self._saved_context: list[int] | None = None    # the context's tokens a loaded conversation was saved with
         self.set_system(system)
 
     # -- conversation state -----------------------------------------------------------------------
@@ -348,6 +314,7 @@ class Chat:
         rest = [m for m in self.messages if m["role"] != "system"]
         self.messages = ([{"role": "system", "content": text}] if text else []) + rest
         self._context_in_sync = False
+        self._saved_context = None
 
     def clear(self) -> None:
         """A new conversation (same system prompt, same model)."""
@@ -356,10 +323,18 @@ class Chat:
         self.last_reasoning = None
         self._ended_in_thinking = False
         self._context_in_sync = False
+        self._saved_context = None
 
     def to_dict(self) -> dict:
-        return {"format": "localcascade-chat", "version": 1, "model": self.engine.model_name,
+        """The conversation to save. With it go the context's tokens (the reasoning the template would
+        drop included), and the context's state is kept in the state cache: a chat ``from_dict`` makes,
+        in this process or another, continues from there without reading the conversation again."""
+        data = {"format": "localcascade-chat", "version": 1, "model": self.engine.model_name,
                 "messages": [dict(m) for m in self.messages]}
+        if self._owns_context() and self.engine.tokens and self._context_tools is None:
+            data["context"] = {"tokens": list(self.engine.tokens), "ended_in_thinking": self._ended_in_thinking}
+            self.engine.decoder.keep(0)
+        return data
 
     @classmethod
     def from_dict(cls, engine: Engine, data: dict) -> "Chat":
@@ -376,6 +351,16 @@ class Chat:
              **({"tool_calls": m["tool_calls"]} if isinstance(m.get("tool_calls"), list) else {})}
             for m in messages
         ]
+        context = data.get("context")
+        if isinstance(context, dict) and chat.messages and chat.messages[-1]["role"] == "assistant":
+            tokens = context.get("tokens")
+            n_vocab = engine.vocab.n_tokens
+            # Only ever a hint: tokens llama.cpp could not take (it aborts on an id outside the
+            # vocabulary) or that cannot fit are ignored, and the messages are rendered as usual.
+            if (isinstance(tokens, list) and 0 < len(tokens) < engine.n_ctx_seq
+                    and all(type(t) is int and 0 <= t < n_vocab for t in tokens)):
+                chat._saved_context = tokens
+                chat._ended_in_thinking = context.get("ended_in_thinking") is True
         return chat
 
     @property
@@ -393,9 +378,11 @@ class Chat:
 
     # -- a turn -----------------------------------------------------------------------------------
 
-    def send(self, user_text: str, options: GenerationOptions | None = None) -> Turn:
+    def send(self, user_text: str, options: GenerationOptions | None = None, *, document: str | None = None) -> Turn:
         """Start a reply to ``user_text``; iterate the Turn for its events, ``stop()`` it from anywhere.
 
+        ``document``: the start of ``user_text`` that later prompts will share (ask's piped stdin):
+        the state at its end is kept, so another question about it evaluates only the question.
         Raises ContextOverflowError here (before anything is evaluated) if the
         prompt does not fit the context.
         """
@@ -407,11 +394,26 @@ class Chat:
         self._end_reply()
         user = {"role": "user", "content": user_text}
         prompt = None
-        if (self.reuse_prefix and self._owns_context() and self.messages and self.messages[-1]["role"] == "assistant"
+        context = self.engine.tokens if self._owns_context() else self._saved_context
+        if (self.reuse_prefix and context and self.messages and self.messages[-1]["role"] == "assistant"
                 and self._context_tools == options.tools):
-            prompt = self._extend_context_prompt(user, options)
+            prompt = self._extend_context_prompt(user, options, context)
         prompt = self._fitting(prompt, self.messages + [user], options)
-        return Turn(lambda turn: self._turn(prompt, [user], options, turn))
+        keep_at = self._document_end(self.messages + [user], document, options, prompt)
+        return Turn(lambda turn: self._turn(prompt, [user], options, turn, keep_at=keep_at))
+
+    def _document_end(self, messages: list[dict], document: str | None, options: GenerationOptions,
+                      prompt: list[int]) -> tuple[int, ...]:
+        """The prompt position where ``document``, the start of the last message, ends (as a tuple of
+        one), or () when it cannot be placed."""
+        if not document or not messages[-1]["content"].startswith(document):
+            return ()
+        probe = messages[:-1] + [{**messages[-1], "content": document + _SENTINEL}]
+        text = self._render(probe, options)
+        if text.count(_SENTINEL) != 1:
+            return ()
+        end = _common_prefix(self.engine.tokenize_prompt(text.split(_SENTINEL, 1)[0]), prompt)
+        return (end,) if 0 < end < len(prompt) else ()
 
     def send_tool_results(self, results: list[str], options: GenerationOptions | None = None) -> Turn:
         """Continue the reply that stopped at a tool call (stop_reason "tool_call") with the calls' results.
@@ -469,8 +471,8 @@ class Chat:
             self._reply_sampler.close()
             self._reply_sampler = None
 
-    def _extend_context_prompt(self, user: dict, options: GenerationOptions) -> list[int] | None:
-        """The context's tokens plus what the template adds after the previous answer, or None."""
+    def _extend_context_prompt(self, user: dict, options: GenerationOptions, context: list[int]) -> list[int] | None:
+        """The ``context`` tokens plus what the template adds after the previous answer, or None."""
         history = self.messages[:-1] + [{"role": "assistant", "content": _SENTINEL}, user]
         text = self._render(history, options)
         if text.count(_SENTINEL) != 1:
@@ -479,131 +481,59 @@ class Chat:
         extra = []
         if self._ended_in_thinking and self.engine.think_close is not None:
             extra.append(self.engine.think_close)   # an interrupted thought is closed before the turn ends
-        return self.engine.tokens + extra + self.engine.vocab.tokenize_marked(tail)
+        return context + extra + self.engine.vocab.tokenize_marked(tail)
 
     def _turn(self, prompt: list[int], new_messages: list[dict], options: GenerationOptions, turn: Turn,
-              sampler: Sampler | None = None) -> Iterator[Event]:
+              sampler: Sampler | None = None, keep_at: tuple[int, ...] = ()) -> Iterator[Event]:
+        """One reply on sequence 0 of the engine's decoder, its events yielded as they come."""
         engine = self.engine
-        vocab = engine.vocab
-        sampler = sampler or Sampler(vocab.handle, options)
-        self._context_in_sync = False
-        engine.owner = self
-        started = time.perf_counter()
-        try:
-            evaluated, reset_reason = engine.prepare(prompt, should_stop=lambda: turn.stopped)
-        except BaseException:
-            sampler.close()
-            raise
-        prompt_done = time.perf_counter()
-        prompt_complete = engine.tokens == prompt   # False when a stop came between prompt chunks
-        self.messages.extend(new_messages)
-        stop_reason = "interrupted"
-        thinking, answer, call = _Channel(ThinkingText), _Channel(AnswerText), _Channel(ToolCallText)
-        channels = {True: thinking, False: answer}
-        in_thinking = _opens_thinking(prompt, engine.think_open, engine.think_close)
-        in_call = False
+        decoder = engine.decoder
+        events: collections.deque[Event] = collections.deque()
         calling = bool(options.tools) and engine.tool_call_open is not None and engine.tool_call_close is not None
-        pending = None   # a sampled token handed out but not yet evaluated
-        pending_at = 0   # len(engine.tokens) when it was sampled: more means it was evaluated after all
+        self._context_in_sync = False
+        self._saved_context = None
         try:
-            close_ids = vocab.tokenize(sampling_profile()["think_close_text"], special=True)
-            close_before_call = vocab.tokenize(_THINK_CLOSE_BEFORE_CALL, special=True)
-            while not turn.stopped:
-                if options.max_tokens is not None and thinking.tokens + answer.tokens + call.tokens >= options.max_tokens:
-                    stop_reason = "length"
-                    break
-                if len(engine.tokens) >= engine.n_ctx:
-                    stop_reason = "length"
-                    break
-                if (in_thinking and not in_call and options.think_budget is not None
-                        and thinking.tokens >= options.think_budget):
-                    # Budget spent: close the thought ourselves and let the model answer. A grammar
-                    # may not allow the close yet; then the thought goes on until it does.
-                    close = next((ids for ids in (close_ids, [engine.think_close]) if sampler.allows(ids)), None)
-                    if close is not None:
-                        if len(engine.tokens) + len(close) >= engine.n_ctx:
-                            stop_reason = "length"
-                            break
-                        for token in close:
-                            sampler.accept(token)
-                        engine.decode(close)
-                        in_thinking = False
-                        continue
-                token = sampler.sample(engine.context)
-                if vocab.is_eog(token):
-                    stop_reason = "stop"
-                    break
-                pending, pending_at = token, len(engine.tokens)
-                channel = call if in_call else channels[in_thinking]
-                if calling and token == engine.tool_call_open and not in_call:
-                    event = channel.flush()
-                    if event is not None:
+            reply = decoder.start(0, prompt, options, events.append, answer_sampler=sampler,
+                                  stopped=lambda: turn.stopped, owner=self, grammar_spans_thinking=True,
+                                  calls="stream" if calling else "none", keep_at=keep_at)
+        except BaseException:
+            if sampler is not None:
+                sampler.close()
+            raise
+        try:
+            while not reply.done and reply.first_logits is None:   # the prompt, chunk by chunk
+                decoder.step()
+        except BaseException:
+            decoder.end(reply)
+            raise
+        prompt_complete = reply.first_logits is not None   # False when a stop came between prompt chunks
+        self.messages.extend(new_messages)
+        stats = None
+        try:
+            while True:
+                while events:
+                    event = events.popleft()
+                    if isinstance(event, TurnStats):
+                        stats = event
+                        if reply.error is not None:
+                            raise EngineError(reply.error)
+                    else:
                         yield event
-                    if in_thinking and not sampler.has_grammar:
-                        # The template's form: the thought ends, then the call (see the module doc).
-                        engine.decode(close_before_call)
-                        thinking.tokens += len(close_before_call)
-                        in_thinking = False
-                    in_call = True
-                    call.tokens += 1
-                    event = None
-                elif in_call and token == engine.tool_call_close:
-                    engine.decode([token])
-                    pending = None
-                    call.tokens += 1
-                    stop_reason = "tool_call"
+                if reply.done:
                     break
-                elif in_call:
-                    event = channel.feed(vocab.piece(token))
-                elif token == engine.think_open or token == engine.think_close:
-                    # A marker ends the current side: the split is by token id, not by text.
-                    event = channel.flush()
-                    channel.tokens += 1
-                    in_thinking = token == engine.think_open
-                else:
-                    event = channel.feed(vocab.piece(token))
-                if event is not None:
-                    yield event
-                engine.decode([token])
-                pending = None
-            for channel in (thinking, answer, call):
-                event = channel.flush()
-                if event is not None:
-                    yield event
+                decoder.step()
         finally:
-            message = {"role": "assistant", "content": answer.text}
-            if stop_reason == "tool_call":
-                self._reply_sampler = sampler   # send_tool_results goes on with it (grammar state)
-                _, calls = parse_tool_calls(f"{TOOL_CALL_OPEN}{call.text}{TOOL_CALL_CLOSE}")
+            decoder.end(reply)   # an abandoned iteration: the context keeps what was shown
+            message = {"role": "assistant", "content": reply.answer.text}
+            if reply.stop_reason == "tool_call":
+                self._reply_sampler = reply.sampler   # send_tool_results goes on with it (grammar state)
+                _, calls = parse_tool_calls(f"{TOOL_CALL_OPEN}{reply.call.text}{TOOL_CALL_CLOSE}")
                 message["tool_calls"] = [{"type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                                          for c in calls]
-                if thinking.text:
-                    message["reasoning_content"] = thinking.text
-            else:
-                sampler.close()
+                if reply.thinking.text:
+                    message["reasoning_content"] = reply.thinking.text
             self.messages.append(message)
-            self.last_reasoning = thinking.text or None
-            self._ended_in_thinking = in_thinking
-            try:
-                # The reply shown includes the pending token: the context must too, once. An
-                # interrupt can land after llama.cpp evaluated it but before we recorded it.
-                if pending is not None and len(engine.tokens) == pending_at:
-                    engine.decode([pending])
-            except EngineError:
-                pass
-            finally:
-                self._context_in_sync = engine.owner is self and prompt_complete
-        finished = time.perf_counter()
-        yield TurnStats(
-            prompt_tokens=len(prompt),
-            evaluated_tokens=evaluated,
-            thinking_tokens=thinking.tokens,
-            answer_tokens=answer.tokens + call.tokens,
-            prompt_seconds=prompt_done - started,
-            generation_seconds=finished - prompt_done,
-            context_used=len(engine.tokens),
-            context_limit=engine.n_ctx,
-            stop_reason=stop_reason,
-            reset_reason=reset_reason,
-            ended_in_thinking=in_thinking,
-        )
+            self.last_reasoning = reply.thinking.text or None
+            self._ended_in_thinking = reply.in_thinking
+            self._context_in_sync = engine.owner is self and prompt_complete
+        yield stats

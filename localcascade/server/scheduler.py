@@ -1,6 +1,6 @@
 """Requests to sequences: the queue, conversation reuse, eviction, and the decoding thread.
 
-One worker thread owns the llama.cpp context (BatchDecoder) and runs every
+One worker thread owns the llama.cpp context (the engine's Decoder) and runs every
 active reply together. Requests wait in a bounded FIFO queue beyond the N
 sequences (``submit`` refuses past it: the server answers 503).
 
@@ -11,9 +11,13 @@ request whose messages extend a held conversation goes to that sequence and
 only the new messages are evaluated: the prompt is the sequence's own tokens
 (the reasoning the model wrote included) plus the template's rendering of
 what follows the held reply. Otherwise the least recently used free sequence
-is taken and its conversation evicted, not saved: a saved copy would hold
-~48 MiB of Mamba state plus its KV cache per conversation on the real model,
-memory the plan never priced; eviction keeps the server at what it planned.
+is taken and its conversation evicted: its tokens are parked (the last
+``PARKED`` conversations) and its state kept in the state cache within its RAM
+and disk budgets (engine/state_cache.py; ~48 MiB of Mamba state plus its KV
+cache per conversation on the real model, so the budgets, not the plan, bound
+it). A request that extends a parked conversation gets its tokens plus the new
+messages as its prompt, and the decoder restores the kept state instead of
+reading them again.
 
 A reply that stopped at a tool call the server runs (``serve --tools python``) is held
 like a complete one, ending at its ``</tool_call>``; its continuation is a new job
@@ -30,7 +34,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
-from localcascade.engine.batch import BatchDecoder, BatchTurn
+from localcascade.engine.decoder import Reply
 from localcascade.engine.events import AnswerText, Event, TurnStats
 from localcascade.engine.session import TOOL_CALL_CLOSE, Engine
 from localcascade.errors import ContextOverflowError, LocalCascadeError
@@ -84,10 +88,10 @@ class Job:
         self.deliver = deliver
         self.reply_key_of = reply_key_of or (lambda text: reply_key(text, []))
         self.stop_after_call = stop_after_call    # given the answer so far, at each </tool_call>
-        self.answer_sampler = answer_sampler      # in: the previous round's (see engine.batch)
+        self.answer_sampler = answer_sampler      # in: the previous round's (see engine.decoder)
         self.kept_sampler = None                  # out: this round's, when it stopped at a tool call
         self._stop = threading.Event()
-        self.turn: BatchTurn | None = None
+        self.turn: Reply | None = None
         self.answer: list[str] = []
         self.stats: TurnStats | None = None
 
@@ -109,6 +113,20 @@ class Job:
             sampler.close()
 
 
+# Evicted conversations remembered (their tokens; their states are in the state cache).
+PARKED = 64
+
+
+@dataclass
+class Parked:
+    """An evicted conversation: what its sequence held, to continue it on another."""
+
+    key: tuple
+    ended_in_thinking: bool
+    end_texts: tuple[str, ...]
+    tokens: list[int]
+
+
 @dataclass
 class Slot:
     seq: int
@@ -125,9 +143,11 @@ class Scheduler:
         self.engine = engine
         self.stuck_after_s = stuck_after_s
         self.queue_size = queue_size
-        self.decoder = BatchDecoder(engine)
+        self.decoder = engine.decoder
+        engine.reset()            # no chat's conversation is in the context now
         self.slots = [Slot(i) for i in range(engine.n_seq)]
         self._waiting: collections.deque[Job] = collections.deque()
+        self._parked: collections.OrderedDict[tuple, Parked] = collections.OrderedDict()
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="localcascade-decoder", daemon=True)
@@ -253,7 +273,7 @@ class Scheduler:
             except Exception as err:  # noqa: BLE001 - one reply's end failed: fail that reply alone
                 self._fail_turn(turn, f"internal error: {type(err).__name__}: {err}")
 
-    def _fail_turn(self, turn: BatchTurn, message: str) -> None:
+    def _fail_turn(self, turn: Reply, message: str) -> None:
         """The reply on ``turn``'s sequence fails; the sequence is emptied (its state is not a known
         conversation) and the others go on."""
         slot = self.slots[turn.seq]
@@ -315,10 +335,22 @@ class Scheduler:
                 and key[:len(s.key)] == s.key and s.key[-1][0] == "assistant"]
         if held:
             return max(held, key=lambda s: len(s.key)), True
-        empty = [s for s in free if s.key is None and not self.decoder.held[s.seq]]
-        return (empty[0] if empty else min(free, key=lambda s: s.last_used)), False
+        empty = [s for s in free if s.key is None and not self.decoder.sequences[s.seq].tokens]
+        slot = empty[0] if empty else min(free, key=lambda s: s.last_used)
+        parked = [p for k, p in self._parked.items()
+                  if len(k) < len(key) and key[:len(k)] == k and k[-1][0] == "assistant"]
+        return slot, (max(parked, key=lambda p: len(p.key)) if parked else False)
 
-    def _begin(self, job: Job, slot: Slot, reuse: bool) -> None:
+    def _park(self, slot: Slot) -> None:
+        """``slot``'s conversation is evicted: remember its tokens and keep its state."""
+        self.decoder.keep(slot.seq)
+        self._parked[slot.key] = Parked(slot.key, slot.ended_in_thinking, slot.end_texts,
+                                        list(self.decoder.sequences[slot.seq].tokens))
+        self._parked.move_to_end(slot.key)
+        while len(self._parked) > PARKED:
+            self._parked.popitem(last=False)
+
+    def _begin(self, job: Job, slot: Slot, reuse: bool | Parked) -> None:
         engine = self.engine
 
         def sink(event: Event) -> None:
@@ -335,7 +367,10 @@ class Scheduler:
                 from localcascade.engine.sampling import check_grammar
 
                 check_grammar(engine.vocab.handle, work.options.grammar)   # a 400 now, not mid-reply
-            prompt = self._extension(job, slot) if reuse else None
+            if isinstance(reuse, Parked):
+                prompt = self._extension(job, self._parked.pop(reuse.key, reuse), reuse.tokens)
+            else:
+                prompt = self._extension(job, slot, self.decoder.sequences[slot.seq].tokens) if reuse else None
             canonical = None
             if prompt is None or len(prompt) >= engine.n_ctx_seq:
                 text = engine.template.render(work.messages, add_generation_prompt=True,
@@ -348,8 +383,9 @@ class Scheduler:
                     f"the prompt is {len(prompt)} tokens but a conversation's context holds "
                     f"{engine.n_ctx_seq} (and the reply needs room too): shorten the messages"
                 )
-            if slot.key is not None and not reuse:
+            if slot.key is not None and reuse is not True:
                 slot.evictions += 1
+                self._park(slot)
             slot.key = None       # until this reply completes, the sequence holds no reusable conversation
             stop_after_call = None
             if job.stop_after_call is not None:
@@ -379,8 +415,9 @@ class Scheduler:
             slot.last_used = time.monotonic()
         job.deliver(outcome)
 
-    def _extension(self, job: Job, slot: Slot) -> list[int] | None:
-        """The held tokens plus the template's text for the messages after the held reply, or None."""
+    def _extension(self, job: Job, slot: Slot | Parked, held: list[int]) -> list[int] | None:
+        """The ``held`` tokens of ``slot``'s conversation plus the template's text for the messages after
+        its reply, or None."""
         engine = self.engine
         n_held = len(slot.key) - 1          # key[0] is the tools
         messages = [dict(m) for m in job.work.messages]
@@ -400,9 +437,9 @@ class Scheduler:
             return None
         at = min(found)
         extra = [engine.think_close] if slot.ended_in_thinking and engine.think_close is not None else []
-        return list(self.decoder.held[slot.seq]) + extra + engine.vocab.tokenize_marked(tail[at:])
+        return list(held) + extra + engine.vocab.tokenize_marked(tail[at:])
 
-    def _end(self, turn: BatchTurn) -> None:
+    def _end(self, turn: Reply) -> None:
         slot = self.slots[turn.seq]
         job = slot.job
         if job is None:
