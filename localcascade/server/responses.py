@@ -29,7 +29,10 @@ from typing import Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from localcascade.errors import UsageError
-from localcascade.server.schema import ChatRequest, quoted
+from localcascade.server.schema import ChatRequest, content_text, quoted
+
+# The Responses API's text parts (its input and output items name them apart; chat says "text").
+_TEXT_PARTS = ("input_text", "output_text", "text")
 
 MAX_STORED = 256                       # responses kept for previous_response_id
 MAX_STORED_CHARS = 32 * 1024 * 1024    # and their conversations' text, all together
@@ -155,7 +158,7 @@ def conversation(req: ResponsesRequest, store: ResponseStore) -> list[dict]:
         if kind == "message":
             if item.role is None:
                 raise UsageError(f"{where}: a message needs a role")
-            message = {"role": item.role, "content": _text(item.content, where)}
+            message = {"role": item.role, "content": content_text(item.content, where, _TEXT_PARTS)}
             if item.role == "assistant" and reasoning:
                 message["reasoning_content"], reasoning = reasoning, None
             messages.append(message)
@@ -175,7 +178,7 @@ def conversation(req: ResponsesRequest, store: ResponseStore) -> list[dict]:
         elif kind == "function_call_output":
             if not item.call_id:
                 raise UsageError(f"{where}: a function_call_output needs the call_id it answers")
-            tool = {"role": "tool", "content": _text(item.output, where), "tool_call_id": item.call_id}
+            tool = {"role": "tool", "content": content_text(item.output, where, _TEXT_PARTS), "tool_call_id": item.call_id}
             if item.call_id in names:
                 tool["name"] = names[item.call_id]
             messages.append(tool)
@@ -191,19 +194,6 @@ def conversation(req: ResponsesRequest, store: ResponseStore) -> list[dict]:
 
 def _followed_by_tool(messages: list[dict]) -> bool:
     return bool(messages) and messages[-1]["role"] == "tool"
-
-
-def _text(content, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for part in content:
-        if part.type not in ("input_text", "output_text", "text") or part.text is None:
-            raise UsageError(f"{where}: only text content is served, not {quoted(part.type)}")
-        parts.append(part.text)
-    return "".join(parts)
 
 
 def to_chat(req: ResponsesRequest, messages: list[dict]) -> ChatRequest:

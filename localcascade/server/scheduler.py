@@ -203,14 +203,18 @@ class Scheduler:
         (a 503 on its own, an error event then [DONE] in a stream): the server is stopping."""
         with self._cond:
             self._draining = message
-            for job in self._waiting:
-                job.stop()
-            for slot in self.slots:
-                if slot.job is not None:
-                    slot.job.stop()
-            self._cond.notify()
+            self._stop_every_job()
         for reply in list(self._replies):
             reply.cancel()
+
+    def _stop_every_job(self) -> None:
+        """Stop every queued and running job and wake the decoder thread (the lock is held)."""
+        for job in self._waiting:
+            job.stop()
+        for slot in self.slots:
+            if slot.job is not None:
+                slot.job.stop()
+        self._cond.notify()
 
     def status(self) -> dict:
         with self._cond:
@@ -226,12 +230,7 @@ class Scheduler:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            for job in self._waiting:
-                job.stop()
-            for slot in self.slots:
-                if slot.job is not None:
-                    slot.job.stop()
-            self._cond.notify()
+            self._stop_every_job()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
         self.decoder.close()

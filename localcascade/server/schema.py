@@ -249,23 +249,24 @@ def _grammar(req: ChatRequest) -> str | None:
     return grammar.from_json_schema(fmt.json_schema.schema_)
 
 
-def _text(message: Message, index: int) -> str:
-    content = message.content
+def content_text(content, where: str, text_types: tuple[str, ...] = ("text",)) -> str:
+    """A message's content as one string: a string as it is, text parts joined; any other part
+    (an image, a file) is refused naming ``where``."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     parts = []
     for part in content:
-        if part.type != "text" or part.text is None:
-            raise UsageError(f"messages[{index}]: only text content is supported, not {part.type!r}")
+        if part.type not in text_types or part.text is None:
+            raise UsageError(f"{where}: only text content is served, not {quoted(part.type)}")
         parts.append(part.text)
     return "".join(parts)
 
 
 def _template_message(message: Message, index: int) -> dict:
     role = "system" if message.role == "developer" else message.role
-    out: dict = {"role": role, "content": _text(message, index)}
+    out: dict = {"role": role, "content": content_text(message.content, f"messages[{index}]")}
     if message.role == "tool":
         if message.tool_call_id is not None:
             out["tool_call_id"] = message.tool_call_id
