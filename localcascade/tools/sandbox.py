@@ -218,14 +218,16 @@ def _run_bounded(argv: list[str], env: dict[str, str], code: bytes, limits: Limi
         if proc.stderr:
             proc.stderr.close()
     code_ = proc.returncode
+    if stopped is None and cgroup is not None and cgroup.memory_killed():
+        # The kernel's kill at the cgroup's limit shows as SIGKILL (or bwrap's 128 + 9): asked first,
+        # so a call that ended before the watch's next look still says it was its memory.
+        return RunOutcome(bytes(out), bytes(err), bytes(res), None, time.monotonic() - started, "memory")
     if stopped is None and code_ is not None and code_ < 0:
         stopped = _signal_meaning(-code_)
     exit_code = None if stopped is not None and (code_ is None or code_ < 0) else code_
     if stopped is None and _is_bwrap(argv) and code_ is not None and code_ >= 128 + 1 and code_ - 128 < 65:
         # bwrap reports a child killed by a signal as 128 + the signal number.
         stopped, exit_code = _signal_meaning(code_ - 128), None
-    if stopped is None and cgroup is not None and cgroup.memory_killed():
-        stopped, exit_code = "memory", None
     return RunOutcome(bytes(out), bytes(err), bytes(res), exit_code, time.monotonic() - started, stopped)
 
 
