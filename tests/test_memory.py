@@ -85,3 +85,14 @@ def test_repacked_cpu_weights_are_resident_once():
     assert est.repacked_bytes > iq4.file_tensor_bytes // 2
     assert est.ram.weights == iq4.file_tensor_bytes
     assert est.gpu.weights == 0
+
+
+def test_a_kept_cascade_2_state_costs_what_its_shape_says():
+    """REFERENCE: only the 6 attention blocks hold KV, 6,144 B per token at f16 (3,264 at q8_0); the
+    23 Mamba-2 blocks hold (18,432 + 524,288) f32 values each, ~47.6 MiB per state."""
+    from localcascade.model.catalog import find_variant
+    from localcascade.planning.memory import kept_state_bytes
+
+    facts = find_variant("Q4_K_M").facts
+    assert kept_state_bytes(facts) == (6144, 23 * (18432 + 524288) * 4)
+    assert kept_state_bytes(facts, "q8_0", "q8_0")[0] == 3264

@@ -208,8 +208,17 @@ def test_show_summarizes_the_tiny_model(tiny_model, capsys):
     assert "chat template  yes" in out and "<think> </think> tokens present" in out
     assert "fit            full gpu" in out
 
+    # What the state cache keeps: K and V rows of the attention blocks per token (f16 on the 4090's
+    # plan), the Mamba blocks' f32 conv and ssm state once per checkpoint.
+    per_token = n_a * 2 * shape.n_head_kv * shape.head_dim * 2
+    per_state = len(shape.mamba_layers) * ((shape.ssm_d_conv - 1) * shape.ssm_conv_dim
+                                           + shape.ssm_d_state * shape.ssm_d_inner) * 4
+    assert f"kept state     {per_token:,} B per cached token (KV f16)" in out
+
     code, out, _ = _cli(["show", str(tiny_model), "--json"], capsys)
     data = json.loads(out)
+    assert data["kept_state"] == {"bytes_per_token": per_token, "bytes_per_state": per_state,
+                                  "type_k": "f16", "type_v": "f16"}
     assert data["summary"]["blocks"] == {"mamba": n_m, "moe": n_e, "attention": n_a}
     assert data["summary"]["pattern"] == shape.pattern
     assert data["plan"]["n_ctx"] > 0

@@ -118,17 +118,33 @@ def show(
     header = read_header(source)
     summary = summarize(header)
     plan, plan_error = plan_for_header(header, hardware)
+    kept = _kept_state(header, plan)
     if as_json:
         data = {"model": stored.to_dict() if stored else {"path": source}, "summary": summary.to_dict(),
-                "plan": plan.to_dict() if plan else None, "plan_error": plan_error}
+                "plan": plan.to_dict() if plan else None, "plan_error": plan_error,
+                "kept_state": kept}
         typer.echo(json.dumps(data, indent=2))
         return
-    _render_show(model, stored, summary, plan, plan_error)
+    _render_show(model, stored, summary, plan, plan_error, kept)
 
 
 
 
-def _render_show(label, stored, s, plan, plan_error) -> None:
+def _kept_state(header, plan) -> dict | None:
+    """What the state cache keeps per token and per state for this model, at the plan's KV types."""
+    from localcascade.errors import LocalCascadeError
+    from localcascade.model.facts import facts_from_header
+    from localcascade.planning.memory import kept_state_bytes
+
+    type_k, type_v = (plan.type_k, plan.type_v) if plan is not None else ("f16", "f16")
+    try:
+        per_token, per_state = kept_state_bytes(facts_from_header(header), type_k, type_v)
+    except LocalCascadeError:
+        return None     # a header that cannot be planned says so on the fit line
+    return {"bytes_per_token": per_token, "bytes_per_state": per_state, "type_k": type_k, "type_v": type_v}
+
+
+def _render_show(label, stored, s, plan, plan_error, kept=None) -> None:
     out = typer.echo
     out(f"{stored.name if stored else label}")
     out(f"  architecture   {s.architecture or 'unknown'}" + (f" ({s.name})" if s.name else ""))
@@ -162,6 +178,10 @@ def _render_show(label, stored, s, plan, plan_error) -> None:
             out(f"                 - {reason}")
     else:
         out(f"  fit            unknown ({plan_error})")
+    if kept is not None:
+        out(f"  kept state     {kept['bytes_per_token']:,} B per cached token (KV {kept['type_k']}) + "
+            f"{format_bytes(kept['bytes_per_state'])} of recurrent state per checkpoint "
+            "(`localcascade cache` holds them)")
 
 
 # -- rm ------------------------------------------------------------------------------------

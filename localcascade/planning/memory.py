@@ -145,6 +145,16 @@ def kv_row_bytes(type_name: str, n_elements: int) -> int:
     return n_elements // block * size
 
 
+def kept_state_bytes(facts: ModelFacts, type_k: str = "f16", type_v: str = "f16") -> tuple[int, int]:
+    """What one kept prompt state costs (the state cache, a checkpoint): (bytes per cached token, the
+    attention blocks' K and V rows; bytes per state, the recurrent blocks' f32 conv and ssm state,
+    whatever the prompt's length). Cascade-2 at f16: (6,144, ~47.6 MiB)."""
+    per_token = sum(kv_row_bytes(type_k, facts.head_dim_k * facts.n_head_kv[layer])
+                    + kv_row_bytes(type_v, facts.head_dim_v * facts.n_head_kv[layer])
+                    for layer in facts.attention_layers)
+    return per_token, (facts.n_embd_r + facts.n_embd_s) * 4 * len(facts.recurrent_layers)
+
+
 def check_kv_types(type_k: str, type_v: str, flash_attn: bool) -> None:
     """llama_init_from_model refuses a quantized V cache without flash attention."""
     kv_row_bytes(type_k, kv_type(type_k).block)
