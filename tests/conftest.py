@@ -195,3 +195,16 @@ def hf_server(monkeypatch, tmp_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    """The python tool's sandbox on this machine (bubblewrap here); the test skips, saying why, where
+    none works."""
+    from localcascade.errors import SandboxUnavailableError
+    from localcascade.tools.python_tool import find_sandbox
+
+    try:
+        return find_sandbox()
+    except SandboxUnavailableError as err:
+        pytest.skip(f"no sandbox on this machine: {err}")

@@ -25,14 +25,6 @@ from localcascade.tools.cgroups import RunCgroups
 LIMITS = Limits(cpu_seconds=3, wall_seconds=10, memory_bytes=1 << 30, output_bytes=256 << 10, processes=24)
 
 
-@pytest.fixture(scope="module")
-def sandbox():
-    try:
-        return find_sandbox()
-    except SandboxUnavailableError as err:
-        pytest.skip(f"no sandbox on this machine: {err}")
-
-
 @pytest.fixture
 def tool(sandbox):
     return PythonTool(sandbox, LIMITS)

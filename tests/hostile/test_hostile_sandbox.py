@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from localcascade.errors import SandboxUnavailableError
 from localcascade.tools.cgroups import RunCgroups, find_cgroups
-from localcascade.tools.python_tool import PythonTool, find_sandbox
+from localcascade.tools.python_tool import PythonTool
 from localcascade.tools.sandbox import Limits
 
 MIB = 1 << 20
@@ -28,14 +27,6 @@ LIMITS = Limits(cpu_seconds=5, wall_seconds=15, memory_bytes=512 * MIB, output_b
 AS_ROOT = os.geteuid() == 0
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux sandbox")
-
-
-@pytest.fixture(scope="module")
-def sandbox():
-    try:
-        return find_sandbox()
-    except SandboxUnavailableError as err:
-        pytest.skip(f"no sandbox on this machine: {err}")
 
 
 @pytest.fixture
