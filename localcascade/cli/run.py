@@ -42,6 +42,7 @@ def run(
     kv_type: Optional[str] = options.kv_type_option(),
     flash_attn: Optional[bool] = options.flash_attn_option(),
     chat_template: Optional[Path] = options.chat_template_option(),
+    draft: str = options.draft_option(),
     grammar_file: Optional[Path] = typer.Option(
         None, "--grammar-file", help="Constrain every reply (thinking included) to a GBNF grammar FILE."
     ),
@@ -67,7 +68,7 @@ def run(
         seed=seed,
     )
     request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn,
-                                   think=think, prefer=prefer)
+                                   think=think, prefer=prefer, draft=draft)
 
     grammar = options.read_grammar_file(grammar_file) if grammar_file is not None else None
     python_tool, max_calls = tool_options.python_tool(tools, tools_unsafe, max_tool_calls)

@@ -35,6 +35,7 @@ def serve(
     kv_type: Optional[str] = options.kv_type_option(),
     flash_attn: Optional[bool] = options.flash_attn_option(),
     chat_template: Optional[Path] = options.chat_template_option(),
+    draft: str = options.draft_option(),
     api_key_file: Optional[Path] = typer.Option(
         None, "--api-key-file", help=f"File holding the API key clients must send (or set {API_KEY_ENV})."
     ),
@@ -75,7 +76,8 @@ def serve(
 
     from localcascade.server.run import listen
 
-    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn)
+    request = options.plan_request(ctx=ctx, ngl=ngl, cpu_moe=cpu_moe, kv_type=kv_type, flash_attn=flash_attn,
+                                   draft=draft)
     request = replace(request, n_seq=parallel)
     listener = listen(host, port)   # before the load: a busy port must not cost minutes
     try:

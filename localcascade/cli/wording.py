@@ -159,7 +159,14 @@ def reply_stats_line(stats: TurnStats) -> str:
     """`ask`'s statistics of its one reply."""
     return (f"{stats.prompt_tokens} prompt tokens ({stats.prompt_tokens_per_s:.1f} t/s), "
             f"{stats.thinking_tokens} thinking + {stats.answer_tokens} answer tokens "
-            f"({stats.generation_tokens_per_s:.1f} t/s), stop: {stats.stop_reason}")
+            f"({stats.generation_tokens_per_s:.1f} t/s){drafts_words(stats)}, stop: {stats.stop_reason}")
+
+
+def drafts_words(stats: TurnStats) -> str:
+    """What drafting did in a reply, where it drafted at all."""
+    if not stats.drafted_tokens:
+        return ""
+    return f", drafts: {stats.accepted_tokens} of {stats.drafted_tokens} kept"
 
 
 def last_reply_lines(stats: TurnStats) -> list[str]:
@@ -168,7 +175,7 @@ def last_reply_lines(stats: TurnStats) -> list[str]:
         f"last reply: {stats.prompt_tokens} prompt tokens ({stats.evaluated_tokens} evaluated) "
         f"at {stats.prompt_tokens_per_s:.1f} t/s",
         f"            {stats.thinking_tokens} thinking + {stats.answer_tokens} answer tokens "
-        f"at {stats.generation_tokens_per_s:.1f} t/s, stopped: {stats.stop_reason}",
+        f"at {stats.generation_tokens_per_s:.1f} t/s{drafts_words(stats)}, stopped: {stats.stop_reason}",
     ]
 
 

@@ -26,6 +26,14 @@ Replies split thinking from answer by token id. Two front-end choices differ:
   ``stop_after_call`` says so (the next round's prompt starts with the template's
   ``</tool_call>``). "none": tool-call markers are control tokens, not shown.
 
+Drafts (drafts.py, speculative.py): where the engine drafts (``Engine.draft_tokens`` > 0) and a
+reply samples without a grammar, a step evaluates the reply's last token and up to k tokens an
+n-gram lookup over its context proposes, with logits for every one; ``_advance_drafted`` takes
+the tokens the model agrees with through the same per-token path as a plain step (so stops, tool
+calls, budgets and limits act at the same token), then cuts the context back to what was kept:
+attention KV by ``llama_memory_seq_rm``, the recurrent state to its per-token snapshot. Under
+greedy sampling the reply is the same token for token; sampled, it has the same distribution.
+
 A reply stopped at a tool call hands its sampler (the grammar's state) over in
 ``Reply.sampler``: the caller continues the same reply as a new one started with it.
 
@@ -40,9 +48,11 @@ import time
 from dataclasses import replace
 from typing import Callable
 
+from localcascade.engine.drafts import Acceptance, NgramDrafter, StepCost, accept
 from localcascade.engine.events import AnswerText, Event, ThinkingText, ToolCallText, TurnStats
 from localcascade.engine.replies import Channel, common_prefix, opens_thinking
 from localcascade.engine.sampling import Sampler, sampling_profile
+from localcascade.engine.speculative import cut_back
 from localcascade.engine.state_cache import (CHECKPOINT_EVERY, MIN_CHECKPOINT_TOKENS, MIN_RESTORE_GAIN,
                                              restore_state, state_size, take_state)
 from localcascade.errors import ChatTemplateError, ContextOverflowError, EngineError
@@ -105,6 +115,9 @@ class Reply:
         self.error: str | None = None
         self.started = time.perf_counter()
         self.first_logits: float | None = None
+        self.drafter: NgramDrafter | None = None   # made at the first draft, from the context then
+        self.acceptance = Acceptance()             # whether drafting pays for this reply
+        self.drafts: list[int] = []                # the draft tokens at the end of ``todo`` this step
         self._stop = threading.Event()
         self._stopped_elsewhere = stopped
 
@@ -145,6 +158,8 @@ class Decoder:
         self.turns: list[Reply] = []             # the active replies
         self.full_reevaluations = 0              # times a non-empty sequence had to be thrown away
         self._capacity = engine.n_batch
+        self.draft_tokens = getattr(engine, "draft_tokens", 0)   # k, the most drafts a step verifies; 0: none
+        self.step_cost = StepCost()
         self._prefill_chunk = max(1, min(engine.plan.n_ubatch, engine.n_batch))
         self._batch = None
         self._rows: tuple = ()
@@ -189,7 +204,7 @@ class Decoder:
             if should_stop is not None and should_stop():
                 return
             chunk = tokens[start:start + self._capacity]
-            rc = self._run_batch([(sequence, chunk, None, True)])
+            rc = self._run_batch([(sequence, chunk, None, 1)])
             if rc != 0:
                 self.forget(seq)
                 raise EngineError(f"llama.cpp failed to evaluate the prompt (llama_decode returned {rc})")
@@ -392,6 +407,8 @@ class Decoder:
             reading_prompt = turn.first_logits is None
             if reading_prompt and prompt_room <= 0:
                 continue
+            if not reading_prompt:
+                self._add_draft(turn, room)
             take = min(len(turn.todo), room, prompt_room if reading_prompt else room)
             if reading_prompt:
                 if turn.checkpoints:   # a chunk ends at the next checkpoint
@@ -401,10 +418,36 @@ class Decoder:
             room -= take
         return plan
 
-    def _run_batch(self, parts: list[tuple[Sequence, list[int], Reply | None, bool]]) -> int:
+    def _add_draft(self, turn: Reply, room: int) -> None:
+        """Put draft tokens after the reply's last sampled token, where drafting may pay: no grammar
+        (its state advances token by token inside llama.cpp), a draft found, and room for it in the
+        batch, the context and the reply's max_tokens."""
+        if (self.draft_tokens <= 0 or len(turn.todo) != 1 or turn.finish_after is not None
+                or turn.sampler.has_grammar or turn.stopped):
+            return
+        held = len(turn.sequence.tokens)
+        limit = min(self.draft_tokens, room - 1, self.engine.n_ctx_seq - 1 - held)
+        if turn.options.max_tokens is not None:
+            limit = min(limit, turn.options.max_tokens - turn.generated - 1)
+        if limit <= 0:
+            return
+        if turn.drafter is None:
+            turn.drafter = NgramDrafter()
+        history = turn.drafter.history   # the context and the reply's tokens, appended as they are kept
+        if len(history) < held:
+            turn.drafter.extend(turn.sequence.tokens[len(history):])
+        if len(history) == held:
+            turn.drafter.extend(turn.todo)
+        draft = turn.drafter.draft(limit)
+        if draft and turn.acceptance.should_draft():
+            turn.drafts = draft
+            turn.todo = turn.todo + draft
+
+    def _run_batch(self, parts: list[tuple[Sequence, list[int], Reply | None, int]]) -> int:
         """Evaluate each part's tokens after its sequence in one llama_decode, keeping logits for the
-        last token of the parts that ask for them. Returns llama_decode's status; on success the
-        sequences hold the tokens. The one call of llama_decode in the package."""
+        last n tokens of each part (n the part's last element: 1 for a reply's next token, 1 + k
+        for a verified draft, 0 for a chunk of prompt). Returns llama_decode's status; on success
+        the sequences hold the tokens. The one call of llama_decode in the package."""
         lib = self._lib
         if self._batch is None:
             batch = lib.llama_batch_init(self._capacity, 0, 1)
@@ -417,16 +460,16 @@ class Decoder:
         token_of, pos_of, seq_of, logits_of = self._rows
         row = 0
         flagged = []
-        for sequence, tokens, _, want_logits in parts:
+        for sequence, tokens, _, n_logits in parts:
             base, seq_id = len(sequence.tokens), sequence.id
             for i, token in enumerate(tokens, row):
                 token_of[i] = token
                 pos_of[i] = base + i - row
                 seq_of[i][0] = seq_id
             row += len(tokens)
-            if want_logits:
-                logits_of[row - 1] = 1
-                flagged.append(row - 1)
+            for i in range(row - min(n_logits, len(tokens)), row):
+                logits_of[i] = 1
+                flagged.append(i)
         batch.n_tokens = row
         try:
             rc = lib.llama_decode(self.engine.context, batch)
@@ -447,11 +490,17 @@ class Decoder:
         return rc
 
     def _decode(self, plan: list[tuple[Reply, int]]) -> None:
-        parts = [(turn.sequence, turn.todo[:take], turn, take == len(turn.todo)) for turn, take in plan]
+        parts = [(turn.sequence, turn.todo[:take], turn, 1 + len(turn.drafts) if take == len(turn.todo) else 0)
+                 for turn, take in plan]
+        # A step of one generating reply alone times what verifying drafts costs (StepCost).
+        timed = len(plan) == 1 and plan[0][0].first_logits is not None
+        started = time.perf_counter()
+        drafted = len(plan[0][0].drafts) if timed else 0
         rc = self._run_batch(parts)
         if rc != 0:
             # What each sequence holds is unknown now: empty them so the next prompts start clean.
             for turn, _ in plan:
+                turn.drafts = []
                 self.forget(turn.seq)
                 self._finish(turn, "error", error=f"llama.cpp failed to evaluate the batch (llama_decode returned {rc})")
             return
@@ -472,12 +521,63 @@ class Decoder:
             row += take
             if not turn.todo:
                 try:
-                    self._advance(turn, row - 1)
+                    if turn.drafts:
+                        self._advance_drafted(turn, row - 1 - len(turn.drafts))
+                    else:
+                        self._advance(turn, row - 1)
                 except EngineError as err:
                     self._finish(turn, "error", error=str(err))
+        if timed:
+            self.step_cost.record(drafted, time.perf_counter() - started)
 
     def _advance(self, turn: Reply, row: int) -> None:
         """The reply has fresh logits at batch ``row``: pick its next token, or end it."""
+        self._next(turn, lambda: turn.sampler.sample(self.engine.context, row))
+
+    def _advance_drafted(self, turn: Reply, first_row: int) -> None:
+        """The reply's last token and its drafts were evaluated, with logits from batch ``first_row``
+        on. drafts.accept picks the tokens (the drafts the sampler keeps, then one of the model's own);
+        each goes through ``_next`` as a plain step would have sampled it, so whatever ends or
+        redirects the reply (a stop, a tool call, a budget, a new sampler at the end of a thought)
+        acts at the same token. The context is cut back to the tokens kept."""
+        drafts, turn.drafts = turn.drafts, []
+        sequence, sampler, ctx = turn.sequence, turn.sampler, self.engine.context
+        evaluated = len(sequence.tokens)
+        del sequence.tokens[evaluated - len(drafts):]   # the drafts count as held once taken
+        try:
+            kept = accept(range(first_row, first_row + len(drafts) + 1), drafts,
+                          lambda row, draft: sampler.verify_row(self._logits(row), draft),
+                          lambda row: sampler.sample(ctx, row))
+            turn.acceptance.cost_per_token = self.step_cost.per_token
+            turn.acceptance.record(len(drafts), len(kept) - 1)
+            for i, token in enumerate(kept):
+                taken: list[int] = []
+                self._next(turn, lambda: taken.append(token) or token)
+                if (not taken or i == len(kept) - 1 or turn.done or turn.finish_after is not None
+                        or turn.todo != [token] or turn.sampler is not sampler):
+                    break   # not simply kept: evaluated again (or never), as plain decoding would
+                turn.todo = []
+                sequence.tokens.append(token)
+                turn.drafter.extend(taken)
+        finally:
+            if len(sequence.tokens) < evaluated:
+                try:
+                    cut_back(ctx, sequence.id, len(sequence.tokens))
+                except EngineError:
+                    # The state holds tokens the reply did not keep and cannot drop them: start over.
+                    self.forget(sequence.id)
+                    raise
+
+    def _logits(self, row: int):
+        import numpy as np
+
+        pointer = self._lib.llama_get_logits_ith(self.engine.context, row)
+        if not pointer:
+            raise EngineError("llama.cpp holds no logits for a draft position")
+        return np.ctypeslib.as_array(pointer, shape=(self.engine.vocab.n_tokens,))
+
+    def _next(self, turn: Reply, pick: Callable[[], int]) -> None:
+        """The reply may take a token now: end it, or take the token ``pick`` chooses."""
         engine = self.engine
         n_ctx = engine.n_ctx_seq
         held = len(turn.sequence.tokens)
@@ -498,7 +598,7 @@ class Decoder:
             closed = self._close_thought(turn)
             if closed is not None:
                 return None if closed else self._finish(turn, "length")
-        token = turn.sampler.sample(engine.context, row)
+        token = pick()
         if engine.vocab.is_eog(token):
             # A grammar over the answer only means an answer in its shape is wanted (a forced tool call,
             # a JSON schema): a reply that would end inside its thought has the thought closed and answers.
@@ -597,4 +697,6 @@ class Decoder:
             stop_reason=reason,
             reset_reason=turn.reset_reason,
             ended_in_thinking=turn.in_thinking,
+            drafted_tokens=turn.acceptance.drafted,
+            accepted_tokens=turn.acceptance.accepted,
         ))

@@ -18,11 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from localcascade.planning.plan import DRAFT_TOKENS
+
 # Chosen by measurement (docs/performance.md, "Drafts"): longer n-grams first (a 4-token match
 # rarely misleads), down to 2 (code and lists repeat short runs); 8 tokens per draft.
 MAX_NGRAM = 4
 MIN_NGRAM = 2
-DRAFT_TOKENS = 8
 
 
 class NgramDrafter:
@@ -114,6 +115,35 @@ class Acceptance:
         self._paused = self.backoff = self._next_backoff
         self._next_backoff = min(2 * self._next_backoff, self.max_backoff)
         self.rate = self.cost_per_token * self.margin
+
+
+@dataclass
+class StepCost:
+    """What verifying one draft token costs, as a share of a plain one-token step, measured as the
+    decode loop runs (one per engine: the same weights, machine and load for every sequence).
+
+    A plain step's time is a moving average of steps that verified no draft; a step that verified
+    d drafts in t seconds observes ``(t / plain - 1) / d``. This differs by an order of magnitude
+    between machines and models (a dense model on a GPU: a few hundredths; a MoE on a CPU, where
+    each extra token routes to other experts: above 1), so no constant serves; ``per_token``
+    starts at an optimistic guess and is measured from the first plain step on.
+    """
+
+    per_token: float = 0.1
+    smoothing: float = 0.2
+    plain_seconds: float | None = None
+
+    def record(self, drafted: int, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        if drafted <= 0:
+            self.plain_seconds = seconds if self.plain_seconds is None else (
+                (1 - self.smoothing) * self.plain_seconds + self.smoothing * seconds)
+            return
+        if self.plain_seconds is None:
+            return
+        observed = max(0.0, (seconds / self.plain_seconds - 1) / drafted)
+        self.per_token = (1 - self.smoothing) * self.per_token + self.smoothing * observed
 
 
 def accept(rows: Sequence, drafts: Sequence[int], verify: Callable[[object, int], int],

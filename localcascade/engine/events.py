@@ -46,6 +46,8 @@ class TurnStats:
                                 # "tool_call" (a complete tool call: continue with Chat.send_tool_results)
     reset_reason: str | None = None  # why the cached context could not be reused, when it was not
     ended_in_thinking: bool = False  # the reply stopped before </think>: no answer came
+    drafted_tokens: int = 0          # draft tokens verified (engine/drafts.py) ...
+    accepted_tokens: int = 0         # ... and kept
 
     @property
     def completion_tokens(self) -> int:

@@ -285,6 +285,17 @@ def _sigint_held():
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def draft_depth(loaded: LoadedModel, plan) -> int:
+    """How many drafts a step may verify: the plan's, or on a recurrent model as many as the context
+    keeps state snapshots for (llama.cpp keeps none where the architecture cannot roll back)."""
+    import llama_cpp
+
+    k = max(0, plan.n_rs_seq)
+    if k and (llama_cpp.llama_model_is_recurrent(loaded.model) or llama_cpp.llama_model_is_hybrid(loaded.model)):
+        k = min(k, max(0, int(llama_cpp.llama_n_rs_seq(loaded.ctx))))
+    return k
+
+
 def n_ctx_train(model: int) -> int:
     """The context length the model was trained at ({arch}.context_length); 0 if unknown."""
     import llama_cpp

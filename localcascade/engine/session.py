@@ -108,6 +108,7 @@ class Engine:
         self.tool_call_close = self.vocab.special_id(TOOL_CALL_CLOSE)
         self.vocab.guard_in_text((THINK_OPEN, THINK_CLOSE, TOOL_CALL_OPEN, TOOL_CALL_CLOSE))
         self.state_cache = state_cache        # checkpoints of prompts read (state_cache.py), or None
+        self.draft_tokens = loader.draft_depth(loaded, plan)   # drafts a step verifies; 0: none
         self.decoder = Decoder(self)          # every reply on this context; sequence 0 is a chat's
 
     @classmethod

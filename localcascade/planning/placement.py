@@ -18,7 +18,8 @@ from localcascade.hardware.facts import Hardware
 from localcascade.planning.memory import MiB, Estimate, Overheads, Placement, check_kv_types, estimate, largest_layer_bytes
 from localcascade.model.facts import ModelFacts
 from localcascade.planning.speed import Speed, predict
-from localcascade.planning.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, Plan, PlanRequest
+from localcascade.planning.plan import (CPU_ONLY, DRAFT_TOKENS, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, Plan,
+                                       PlanRequest)
 from localcascade.units import format_bytes, format_tokens, parse_size
 
 # Context lengths tried when the user gives none, and shown by `fit`.
@@ -108,7 +109,7 @@ def _plan(name: str, facts: ModelFacts, p: Placement, est: Estimate, verdict: st
         model=name, n_ctx=est.n_ctx, type_k=p.type_k, type_v=p.type_v, flash_attn=p.flash_attn,
         n_gpu_layers=p.n_gpu_layers, n_cpu_moe=p.n_cpu_moe, moe_blocks_in_ram=_moe_blocks_in_ram(p, facts),
         n_batch=p.n_batch,
-        n_ubatch=est.n_ubatch, n_seq=p.n_seq, verdict=verdict, gpu=est.gpu, ram=est.ram,
+        n_ubatch=est.n_ubatch, n_seq=p.n_seq, n_rs_seq=p.n_rs_seq, verdict=verdict, gpu=est.gpu, ram=est.ram,
         reasons=reasons, source=source, **_speed_fields(facts, p, hw, limits, verdict),
     )
 
@@ -129,9 +130,13 @@ def _base(facts: ModelFacts, hw: Hardware, request: PlanRequest, n_ctx: int) -> 
     type_v = request.type_v or type_k
     check_kv_types(type_k, type_v, flash)
     n_seq = max(1, request.n_seq or 1)
+    drafts = max(0, request.draft_tokens or 0)
+    n_batch = request.n_batch or 2048
     return Placement(
-        n_ctx=n_ctx * n_seq, n_seq=n_seq, type_k=type_k, type_v=type_v, flash_attn=flash,
-        n_batch=request.n_batch or 2048, n_ubatch=request.n_ubatch or 512, n_gpus=max(1, len(usable_gpus(hw))),
+        n_ctx=n_ctx * n_seq, n_seq=n_seq, type_k=type_k, type_v=type_v, flash_attn=flash, n_batch=n_batch,
+        # A verified draft's tokens share one micro-batch (llama.cpp keeps the rollback snapshots there).
+        n_ubatch=min(n_batch, max(request.n_ubatch or 512, drafts + 1)), n_rs_seq=drafts,
+        n_gpus=max(1, len(usable_gpus(hw))),
     )
 
 
@@ -167,8 +172,26 @@ def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(),
     """The best placement at exactly ``n_ctx``; verdict WONT_FIT when nothing fits.
 
     Overrides in ``request`` (GPU layers, expert blocks) are honoured as given; one that does not
-    fit raises DoesNotFitError with the numbers.
+    fit raises DoesNotFitError with the numbers. Drafting (``request.draft_tokens`` None) is planned
+    where it pays: a model without experts, or one whose experts all stay on the GPU, and only if
+    the snapshots it keeps do not move a layer or an expert block off the GPU. Verifying k drafts
+    on a MoE reads the experts all k+1 tokens route to, 3.7-5x a plain step with the experts in RAM
+    (benchmarks/drafts.py verify), which drafts can rarely repay.
     """
+    if request.draft_tokens is not None:
+        return _place(facts, hw, request, n_ctx=n_ctx, name=name, source=source, limits=limits)
+    plain = _place(facts, hw, replace(request, draft_tokens=0), n_ctx=n_ctx, name=name, source=source, limits=limits)
+    if facts.n_expert and not (plain.verdict == FULL_GPU and plain.n_cpu_moe == 0):
+        return plain
+    drafted = _place(facts, hw, replace(request, draft_tokens=DRAFT_TOKENS), n_ctx=n_ctx, name=name, source=source,
+                     limits=limits)
+    same = (drafted.verdict, drafted.n_gpu_layers, drafted.n_cpu_moe) == (plain.verdict, plain.n_gpu_layers,
+                                                                         plain.n_cpu_moe)
+    return drafted if same and drafted.verdict != WONT_FIT else plain
+
+
+def _place(facts: ModelFacts, hw: Hardware, request: PlanRequest, *, n_ctx: int, name: str, source: str,
+           limits: Limits) -> Plan:
     base = _base(facts, hw, request, n_ctx)
     if request.n_gpu_layers is not None or request.n_cpu_moe is not None:
         n = facts.n_layer

@@ -53,7 +53,8 @@ class Plan:
     n_batch: int = 2048
     n_ubatch: int = 512
     n_seq: int = 1             # sequences (conversations) in the context; n_ctx holds them all
-    n_rs_seq: int = 0          # recurrent-state snapshots per sequence: how far a rejected draft rolls back
+    n_rs_seq: int = 0          # draft tokens a step verifies (0: no drafting); on a recurrent model
+                               # also the state snapshots kept per sequence to roll a rejected draft back
     verdict: str = CPU_ONLY
     gpu: Components = field(default_factory=Components)   # summed over GPUs
     ram: Components = field(default_factory=Components)
@@ -91,6 +92,10 @@ class Plan:
         return data
 
 
+# Draft tokens a step verifies (engine/drafts.py), chosen by measurement (docs/performance.md, "Drafts").
+DRAFT_TOKENS = 8
+
+
 @dataclass(frozen=True)
 class PlanRequest:
     """What the user asked for; None means "let the planner choose".
@@ -109,4 +114,6 @@ class PlanRequest:
     n_batch: int | None = None
     n_ubatch: int | None = None
     n_seq: int | None = None     # conversations held at once (the server's --parallel); n_ctx is per conversation
+    draft_tokens: int | None = None   # drafts verified per step (engine/drafts.py); 0: plain decoding;
+                                      # None: DRAFT_TOKENS where drafting pays (placement.place)
     prefer: str | None = None    # another rule than the machine's: "quality", "speed" or "context" (policy.py)
