@@ -322,7 +322,10 @@ class _Reply:
             "completion_tokens": s.completion_tokens,
             "total_tokens": s.prompt_tokens + s.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": s.prompt_tokens - s.evaluated_tokens},
-            "completion_tokens_details": {"reasoning_tokens": s.thinking_tokens},
+            # OpenAI's names for predicted tokens the reply kept and threw away: here, the n-gram drafts.
+            "completion_tokens_details": {"reasoning_tokens": s.thinking_tokens,
+                                          "accepted_prediction_tokens": s.accepted_tokens,
+                                          "rejected_prediction_tokens": s.drafted_tokens - s.accepted_tokens},
             "evaluated_prompt_tokens": s.evaluated_tokens,
         }
 
