@@ -491,3 +491,37 @@ def test_listening_beyond_this_machine_without_a_key_warns(tiny_model):
         assert not any("warning" in line for line in quiet.stderr_lines)
     finally:
         quiet.stop()
+
+
+def test_a_restarted_server_continues_evicted_and_held_conversations_without_reading_them(tiny_model, tmp_path):
+    # One sequence: y evicts x (x parked, its state on disk); the server stops holding y. The next
+    # server, on the same cache, reads only the new messages of both, though the history the client
+    # sends back lacks the reasoning the model's state holds (so its rendering is not that state's
+    # prefix: the kept record of conversations, not the prompt's own checkpoint, finds it).
+    env = {"LOCALCASCADE_STATE_CACHE": str(tmp_path / "states")}
+    long = " ".join(["the river runs past the mountain"] * 15)
+    x, y = ([{"role": "user", "content": f"{long} conversation {name}"}] for name in "xy")
+
+    def turn(server, history, tag):
+        api = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
+        answer = f"{tag} " + " ".join(["and the sea"] * 20)   # a long answer: reading it again would show
+        r = api.chat.completions.create(model="m", messages=history, seed=1,
+                                        extra_body={"thinking_budget_tokens": 6, "grammar": f'root ::= "{answer}"'})
+        history.append({"role": "assistant", "content": r.choices[0].message.content})
+        return r.usage
+
+    first = ServerProcess(str(tiny_model), "--ctx", "2048", "--parallel", "1", env=env).start()
+    try:
+        for history, tag in ((x, "x one"), (y, "y one")):
+            assert turn(first, history, tag).model_extra["evaluated_prompt_tokens"] > 300
+    finally:
+        assert first.stop() == 0
+    second = ServerProcess(str(tiny_model), "--ctx", "2048", "--parallel", "1", env=env).start()
+    try:
+        for history, tag in ((x, "x two"), (y, "y two")):
+            history.append({"role": "user", "content": "and more?"})
+            usage = turn(second, history, tag)
+            assert usage.prompt_tokens > 300 and usage.model_extra["evaluated_prompt_tokens"] < 40, usage
+            assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - usage.model_extra["evaluated_prompt_tokens"]
+    finally:
+        second.stop()

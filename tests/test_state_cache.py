@@ -363,3 +363,38 @@ def test_two_processes_writing_one_entry_at_once_both_answer_and_leave_a_whole_f
     assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
     after = answer_of(run_ask(tiny_model, "name the rivers please", "--verbose"))
     assert after["usage"]["evaluated_tokens"] <= 64
+
+
+@pytest.mark.parametrize("damage", ["garbage", "fifo", "folder", "link", "too large", "wrong shapes"])
+def test_a_bad_record_of_kept_conversations_is_ignored_and_a_good_one_read_back(tmp_path, damage):
+    from types import SimpleNamespace
+
+    from localcascade.server.scheduler import PARKED_RECORD, _load_parked, _save_parked, Parked
+
+    notes: list[str] = []
+    cache = StateCache("identity", folder=tmp_path, disk_budget=1 << 30, ram_budget=0, note=notes.append)
+    engine = SimpleNamespace(state_cache=cache, vocab=SimpleNamespace(n_tokens=1000), n_ctx_seq=4096)
+    key = ("[]", ("user", "hello", ()), ("assistant", "hi", (("f", "{}"),)))
+    parked = {key: Parked(key, True, ("<|im_end|>",), list(range(300))), ("[]",): Parked(("[]",), False, (), [1, 2])}
+    _save_parked(engine, parked)
+    back = _load_parked(engine)
+    assert list(back) == [key] and back[key] == parked[key]                  # the short one is not kept
+    path = tmp_path / "identity" / f"{PARKED_RECORD}.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.unlink()
+    if damage == "garbage":
+        path.write_bytes(b"\x00{not json")
+    elif damage == "fifo":
+        os.mkfifo(path)
+    elif damage == "folder":
+        path.mkdir()
+    elif damage == "link":
+        path.symlink_to("/dev/zero")
+    elif damage == "too large":
+        path.write_bytes(b"[" + b" " * state_cache.RECORD_LIMIT + b"]")
+    else:
+        path.write_text(json.dumps([{"key": 5, "tokens": [1], "ended_in_thinking": 0, "end_texts": []},
+                                    {"key": ["k"], "tokens": [10**9] * 300, "ended_in_thinking": 0, "end_texts": []},
+                                    {"key": ["k"], "tokens": "abc"}, "x", None]))
+    assert _load_parked(engine) == {}
+    assert notes and all("\n" not in n for n in notes)

@@ -38,6 +38,8 @@ from typing import Callable
 FORMAT_VERSION = 1
 MAGIC = b"LCSTATE\x00"
 SUFFIX = ".state"
+RECORD_SUFFIX = ".json"
+RECORD_LIMIT = 16 * 2**20   # bytes of a record (the server's evicted conversations: their tokens)
 # A checkpoint every this many prompt tokens (RAM only; the latest per sequence is kept). Measured
 # in docs/performance.md: on the tiny hybrid and Gemma a snapshot costs well under 1% of the time
 # the tokens since the last one took to evaluate.
@@ -299,19 +301,28 @@ class StateCache:
             if stat.S_ISREG(st.st_mode):
                 os.utime(final, follow_symlinks=False)   # already kept (read back, or another process wrote it)
             return   # something else under that name was noted when it was read; it is left alone
+        if self._write_atomically(folder, final, (_HEADER.pack(MAGIC, FORMAT_VERSION, len(header)), header, tokens, data)):
+            self.bytes_written += size
+        else:
+            return
+        evict(self.root, self.disk_budget)
+
+
+    def _write_atomically(self, folder: Path, final: Path, chunks) -> bool:
+        """Write ``chunks`` to ``final`` under a temporary name (user-only, never through a link) and
+        rename it into place; whether it was written (a failure is noted, a read-only folder ends
+        writing for this process)."""
         tmp = folder / f".{final.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
             try:
                 with os.fdopen(fd, "wb", closefd=False) as f:
-                    f.write(_HEADER.pack(MAGIC, FORMAT_VERSION, len(header)))
-                    f.write(header)
-                    f.write(tokens)
-                    f.write(data)
+                    for chunk in chunks:
+                        f.write(chunk)
             finally:
                 os.close(fd)
             os.replace(tmp, final)
-            self.bytes_written += size
+            return True
         except OSError as err:
             self.note(f"state cache: cannot write to {folder}: {err.strerror or err}; continuing without it")
             try:
@@ -320,8 +331,51 @@ class StateCache:
                 pass
             if isinstance(err, PermissionError) or err.errno in (30,):   # read-only: stop trying
                 self.disk_budget = 0
+            return False
+
+    # -- records: small JSON beside the states (the server's evicted conversations) -------------
+
+    def put_record(self, name: str, value) -> None:
+        """Keep ``value`` (JSON) as record ``name`` on disk, replacing the last one, when it is at most
+        RECORD_LIMIT bytes."""
+        if self.disk_budget <= 0:
             return
-        evict(self.root, self.disk_budget)
+        folder = self._usable_root()
+        if folder is None:
+            return
+        data = json.dumps(value, separators=(",", ":")).encode()
+        if len(data) > RECORD_LIMIT:
+            self.note(f"state cache: the {name} record is over {RECORD_LIMIT} bytes; not kept")
+            return
+        self._write_atomically(folder, folder / f"{name}{RECORD_SUFFIX}", (data,))
+
+    def record(self, name: str):
+        """Record ``name`` as kept, or None: none kept, or one that is not a readable JSON file of at
+        most RECORD_LIMIT bytes (noted; a folder, a FIFO or a link under its name is not read)."""
+        folder = self.folder
+        if self.disk_budget <= 0 or folder is None:
+            return None
+        path = folder / f"{name}{RECORD_SUFFIX}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            self.note(f"state cache: cannot read {path}: {err.strerror or err}; ignored")
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > RECORD_LIMIT:
+                self.note(f"state cache: {path} is not a record file; ignored")
+                return None
+            with os.fdopen(fd, "rb", closefd=False) as f:
+                data = f.read(RECORD_LIMIT + 1)
+            return json.loads(data)
+        except (OSError, ValueError) as err:
+            self.note(f"state cache: {path} cannot be read ({type(err).__name__}); ignored")
+            return None
+        finally:
+            os.close(fd)
 
 
 def _check(fd: int, key: str, tokens: list[int]) -> tuple[str | None, bytearray | None]:

@@ -37,6 +37,7 @@ from typing import Callable
 from localcascade.engine.decoder import Reply
 from localcascade.engine.events import AnswerText, Event, TurnStats
 from localcascade.engine.session import TOOL_CALL_CLOSE, Engine
+from localcascade.engine.state_cache import MIN_CHECKPOINT_TOKENS
 from localcascade.errors import ContextOverflowError, LocalCascadeError
 from localcascade.server.schema import Work, reply_key
 from localcascade.stderr import say
@@ -115,6 +116,46 @@ class Job:
 
 # Evicted conversations remembered (their tokens; their states are in the state cache).
 PARKED = 64
+PARKED_RECORD = "conversations"   # the state cache's record of them, for the next start
+
+
+def _save_parked(engine: Engine, parked: "collections.OrderedDict[tuple, Parked]") -> None:
+    """Write the parked conversations whose states the cache keeps on disk (a shorter one is read
+    again anyway) to its record, oldest first."""
+    cache = engine.state_cache
+    if cache is None or cache.disk_budget <= 0:
+        return
+    kept = [{"key": p.key, "ended_in_thinking": p.ended_in_thinking, "end_texts": list(p.end_texts),
+             "tokens": p.tokens} for p in parked.values() if len(p.tokens) >= MIN_CHECKPOINT_TOKENS]
+    cache.put_record(PARKED_RECORD, kept)
+
+
+def _load_parked(engine: Engine) -> "collections.OrderedDict[tuple, Parked]":
+    """The conversations an earlier server parked or held when it stopped; anything malformed in the
+    record is left out (noted under --verbose), never trusted: a wrong entry would only fail to match."""
+    parked: collections.OrderedDict[tuple, Parked] = collections.OrderedDict()
+    cache = engine.state_cache
+    record = cache.record(PARKED_RECORD) if cache is not None else None
+    if not isinstance(record, list):
+        return parked
+    vocabulary = engine.vocab.n_tokens
+    for item in record[-PARKED:]:
+        try:
+            key = _tuples(item["key"])
+            tokens = [int(t) for t in item["tokens"]]
+            if (not isinstance(key, tuple) or not key or any(not 0 <= t < vocabulary for t in tokens)
+                    or len(tokens) >= engine.n_ctx_seq):
+                raise ValueError("out of range")
+            parked[key] = Parked(key, bool(item["ended_in_thinking"]),
+                                 tuple(str(t) for t in item["end_texts"]), tokens)
+        except (KeyError, TypeError, ValueError):
+            cache.note("state cache: an entry of the kept conversations is malformed; left out")
+    return parked
+
+
+def _tuples(value):
+    """JSON's lists back to the tuples a conversation key is made of."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 @dataclass
@@ -147,7 +188,7 @@ class Scheduler:
         engine.reset()            # no chat's conversation is in the context now
         self.slots = [Slot(i) for i in range(engine.n_seq)]
         self._waiting: collections.deque[Job] = collections.deque()
-        self._parked: collections.OrderedDict[tuple, Parked] = collections.OrderedDict()
+        self._parked: collections.OrderedDict[tuple, Parked] = _load_parked(engine)
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="localcascade-decoder", daemon=True)
@@ -228,11 +269,21 @@ class Scheduler:
             }
 
     def close(self) -> None:
+        """Stop, keeping every conversation the sequences hold (their states on disk, their tokens in
+        the parked record), so a restarted server continues them without reading them again."""
         with self._cond:
             self._closed = True
             self._stop_every_job()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
+        if not self._thread.is_alive() and self._died is None:
+            try:
+                for slot in self.slots:
+                    if slot.key is not None and self.decoder.sequences[slot.seq].tokens:
+                        self._park(slot, save=False)
+                _save_parked(self.engine, self._parked)
+            except Exception as err:  # noqa: BLE001 - keeping costs a later reading, never the stop
+                say(f"could not keep the conversations for the next start: {type(err).__name__}: {err}")
         self.decoder.close()
 
     # -- the worker -----------------------------------------------------------------------------
@@ -340,14 +391,17 @@ class Scheduler:
                   if len(k) < len(key) and key[:len(k)] == k and k[-1][0] == "assistant"]
         return slot, (max(parked, key=lambda p: len(p.key)) if parked else False)
 
-    def _park(self, slot: Slot) -> None:
-        """``slot``'s conversation is evicted: remember its tokens and keep its state."""
+    def _park(self, slot: Slot, *, save: bool = True) -> None:
+        """``slot``'s conversation is evicted: remember its tokens and keep its state (on disk too,
+        with the record of parked conversations, for a restarted server)."""
         self.decoder.keep(slot.seq)
         self._parked[slot.key] = Parked(slot.key, slot.ended_in_thinking, slot.end_texts,
                                         list(self.decoder.sequences[slot.seq].tokens))
         self._parked.move_to_end(slot.key)
         while len(self._parked) > PARKED:
             self._parked.popitem(last=False)
+        if save:
+            _save_parked(self.engine, self._parked)
 
     def _begin(self, job: Job, slot: Slot, reuse: bool | Parked) -> None:
         engine = self.engine
