@@ -104,7 +104,7 @@ def verify_costs(path: Path, ks: list[int], reps: int) -> dict[int, float]:
         turn = decoder.start(0, prompt, GenerationOptions(think=False, temperature=0.0), lambda event: None,
                              calls="none")
         drafter = turn.drafter = Wrong(n_vocab)
-        turn.acceptance = drafts.Acceptance(margin=0.0)   # draft every step
+        turn.acceptance = drafts.Acceptance(margin=0.0, probe_tokens=max(ks))   # draft every step
         while turn.first_logits is None:
             decoder.step()                                 # the prompt
         decoder.step()                                     # warm-up: first touch of the weights

@@ -45,22 +45,27 @@ def test_the_latest_occurrence_is_proposed_and_truncate_forgets():
 
 def test_drafting_stops_where_it_does_not_pay_and_probes_again():
     a = drafts.Acceptance(cost_per_token=0.1)
-    for _ in range(20):                  # text that repeats: most drafts kept
-        assert a.should_draft()
+    assert a.draft_length(8) == 2                    # the first draft is a probe
+    a.record(2, 2)
+    for _ in range(20):                              # text that repeats: most drafts kept
+        assert a.draft_length(8) == 8
         a.record(8, 6)
-    steps_drafted = 0
-    for _ in range(400):                 # free prose: drafts rejected at the first token
-        if a.should_draft():
+    steps_drafted, tokens_drafted = 0, 0
+    for _ in range(400):                             # free prose: drafts rejected at the first token
+        n = a.draft_length(8)
+        if n:
             steps_drafted += 1
-            a.record(8, 0)
-    # A few steps to notice, then probes at growing intervals (8, 16, ..., 256 steps apart).
-    assert steps_drafted <= 12
+            tokens_drafted += n
+            a.record(n, 0)
+    # A few steps to notice, then short probes at growing intervals (8, 16, ..., 256 steps apart).
+    assert steps_drafted <= 12 and tokens_drafted <= 8 * 6 + 2 * 6
     assert a.backoff == a.max_backoff
-    # A probe that pays ends the pause.
-    while not a.should_draft():
+    # A probe that is kept whole ends the pause and the probing.
+    while not (n := a.draft_length(8)):
         pass
-    a.record(8, 7)
-    assert all(a.should_draft() for _ in range(5))
+    assert n == 2
+    a.record(2, 2)
+    assert all(a.draft_length(8) == 8 for _ in range(5))
 
 
 def toy_logits(prefix: tuple[int, ...], vocabulary: int = 4) -> np.ndarray:

@@ -66,7 +66,7 @@ def start(engine: Engine, seq: int, prompt: list[int], options: GenerationOption
     turn = engine.decoder.start(seq, prompt, options, events.append, calls="none")
     if propose is not None:
         turn.drafter = Scripted(len(prompt), propose)
-        turn.acceptance = drafts.Acceptance(margin=0.0)   # draft every step, however many are rejected
+        turn.acceptance = drafts.Acceptance(margin=0.0, probe_tokens=K)   # k drafts every step, however many fail
     return turn, events
 
 

@@ -439,7 +439,8 @@ class Decoder:
         if len(history) == held:
             turn.drafter.extend(turn.todo)
         draft = turn.drafter.draft(limit)
-        if draft and turn.acceptance.should_draft():
+        draft = draft[:turn.acceptance.draft_length(len(draft))] if draft else draft
+        if draft:
             turn.drafts = draft
             turn.todo = turn.todo + draft
 

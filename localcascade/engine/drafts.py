@@ -79,26 +79,31 @@ class Acceptance:
     while the share of drafted tokens accepted stays above ``cost_per_token``. The share is a
     moving average; when it falls below, drafting stops for ``backoff`` steps, then one draft
     probes again; each failed probe doubles the pause (up to ``max_backoff``), a good one ends it.
+    A probe (and the first draft of a reply) is ``probe_tokens`` long: where text does not repeat,
+    a rejected probe costs a fraction of a rejected full draft.
     """
 
     cost_per_token: float = 0.1
     margin: float = 1.5            # demand this much more than break-even: a draft also costs host time
     smoothing: float = 0.3         # weight of the newest step in the moving average
     max_backoff: int = 256
+    probe_tokens: int = 2
     rate: float = 1.0              # optimistic start: the first drafts are tried
     backoff: int = 0
     _paused: int = field(default=0, repr=False)
     _next_backoff: int = field(default=8, repr=False)
+    _probing: bool = field(default=True, repr=False)
     drafted: int = 0               # totals, for reports and benchmarks
     accepted: int = 0
     steps: int = 0
 
-    def should_draft(self) -> bool:
-        """Whether this step should draft (counts a paused step)."""
+    def draft_length(self, available: int) -> int:
+        """How many of ``available`` draft tokens this step should verify: 0 while paused (counting
+        the step), a probe's length after a pause, else all of them."""
         if self._paused > 0:
             self._paused -= 1
-            return False
-        return True
+            return 0
+        return min(available, self.probe_tokens) if self._probing else available
 
     def record(self, drafted: int, accepted: int) -> None:
         """One verification: ``accepted`` of ``drafted`` draft tokens were kept."""
@@ -110,10 +115,12 @@ class Acceptance:
         self.rate = (1 - self.smoothing) * self.rate + self.smoothing * (accepted / drafted)
         if self.rate >= self.cost_per_token * self.margin:
             self._next_backoff = 8
+            self._probing = self._probing and accepted < drafted   # a wholly kept probe: full drafts
             return
         # It does not pay: pause, and probe again later with a fresh (neutral) estimate.
         self._paused = self.backoff = self._next_backoff
         self._next_backoff = min(2 * self._next_backoff, self.max_backoff)
+        self._probing = True
         self.rate = self.cost_per_token * self.margin
 
 
