@@ -48,11 +48,6 @@ def server(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
-
-
-@pytest.fixture(scope="module")
 def guarded(tiny_model, tmp_path_factory):
     """One sequence, no queue, an API key from a file, a small body cap, the trained context."""
     key_file = tmp_path_factory.mktemp("key") / "key"
