@@ -149,7 +149,7 @@ def test_prefer_context_takes_the_longest_context_that_fits(profile):
 
 
 def test_an_unknown_preference_is_refused_in_words():
-    with pytest.raises(UsageError, match="--prefer takes quality, speed, context"):
+    with pytest.raises(UsageError, match="^the preference takes quality, speed, context"):
         recommend(load_profile("rtx-4090"), CATALOG, PlanRequest(prefer="fast"))
 
 

@@ -324,6 +324,8 @@ def test_prompt_longer_than_the_context_is_400_with_the_numbers(tiny_model):
             c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello world " * 200}])
         message = caught.value.body["message"]
         assert "256" in message and "tokens" in message
+        # The server has no --ctx for a client to give: the remedy is in the request's terms.
+        assert message.endswith(": shorten the messages") and "--" not in message
         assert caught.value.body["code"] == "context_length_exceeded"
     finally:
         proc.stop()

@@ -293,8 +293,11 @@ def recommendation_lines(recommended: dict | None, alternatives: Iterable[dict],
 
 # --- errors ---------------------------------------------------------------------------------------
 
-# How the command line sets what a lower layer's error names (the server words these its own way).
-CLI_FLAGS = {"context": "--ctx", "parallel": "--parallel"}
+# How the command line sets what a lower layer's error is about (the server words these its own way,
+# server/http_errors.py): the lower layers raise the figures and never name a flag.
+CLI_FLAGS = {"context": "--ctx", "parallel": "--parallel", "cpu_moe": "--cpu-moe", "prefer": "--prefer",
+             "chat_template": "--chat-template FILE", "tool": "--tools python", "prompt_tokens": "-p",
+             "gen_tokens": "-n"}
 
 
 def cli_flag(setting: str, value: object = None) -> str:
@@ -304,11 +307,34 @@ def cli_flag(setting: str, value: object = None) -> str:
 
 
 def error_line(err: Exception) -> str:
-    """A typed error in the command line's words: the one line `localcascade: ...` shows."""
+    """A typed error in the command line's words, naming the flag that changes what it is about:
+    the one line `localcascade: ...` shows (and the chat's error line)."""
+    from localcascade import errors
     from localcascade.planning.reasons import NothingFits
 
     if isinstance(err, NothingFits):
         return does_not_fit_words(err, cli_flag)
+    if isinstance(err, errors.ContextOverflowError) and err.prompt_tokens is not None:
+        return f"{err}: shorten the input or load with a larger {cli_flag('context')}"
+    if isinstance(err, errors.UnknownPreferenceError):
+        return f"{cli_flag('prefer')} takes {', '.join(err.choices)}, not {err.value!r}"
+    if isinstance(err, errors.ExpertLayersError):
+        return (f"{cli_flag('cpu_moe', err.value)} is more than the {err.n_layer} layers of {err.model}: "
+                f"give 0 to {err.n_layer} ({err.n_layer} keeps every layer's experts in RAM)")
+    if isinstance(err, errors.ContextPastTrainingError):
+        return (f"{cli_flag('context', format_tokens(err.n_ctx))} per conversation is more than the "
+                f"{format_tokens(err.trained)} tokens {err.model} was trained on: give "
+                f"{cli_flag('context', format_tokens(err.trained))} or less")
+    if isinstance(err, errors.NoChatTemplateError):
+        return f"{err.model} has no chat template; give one with {cli_flag('chat_template')}"
+    if isinstance(err, errors.NoToolCallTokensError):
+        return (f"{err.model} has no {' or '.join(err.missing)} token, so it cannot call tools: "
+                f"{cli_flag('tool')} needs a model trained for tool calls")
+    if isinstance(err, errors.BenchSizeError):
+        if err.n_ctx is None:
+            return (f"give a positive prompt ({cli_flag('prompt_tokens')}) or generation "
+                    f"({cli_flag('gen_tokens')}) token count")
+        return f"the context ({err.n_ctx} tokens) is smaller than the test; raise {cli_flag('context')}"
     return str(err)
 
 

@@ -57,7 +57,8 @@ from localcascade.engine.template import ChatTemplate
 from localcascade.engine.tool_calls import parse_tool_calls
 from localcascade.engine.turn import Turn
 from localcascade.engine.vocab import Vocab
-from localcascade.errors import ChatTemplateError, ContextOverflowError, EngineError, UsageError
+from localcascade.errors import (ContextOverflowError, EngineError, NoChatTemplateError, NoToolCallTokensError,
+                                 UsageError)
 from localcascade.planning.plan import Plan
 
 THINK_OPEN = "<think>"
@@ -65,7 +66,6 @@ THINK_CLOSE = "</think>"
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 # Stands in for the previous answer when rendering a turn, to find where the new turn's text starts.
-_NO_TEMPLATE = "{name} has no chat template; give one with --chat-template FILE"
 _SENTINEL = "\u2063LOCALCASCADE-PREVIOUS-ANSWER\u2063"
 # A prompt is tokenized up to this many times the context it must fit: counts stay exact for a
 # near miss, and a huge one is refused after work bounded by the context, not by its length.
@@ -146,7 +146,7 @@ class Engine:
             raise EngineError(f"{model_path.name} has no tokenizer (tokenizer.ggml.model is \"none\"): "
                               "it cannot read or write text; use a GGUF converted with its vocabulary")
         if for_chat and chat_template is None and not metadata.get("tokenizer.chat_template"):
-            raise ChatTemplateError(_NO_TEMPLATE.format(name=model_path.name))
+            raise NoChatTemplateError(model_path.name)
         if grammar or for_tools:
             from localcascade.engine.sampling import check_grammar
 
@@ -165,7 +165,7 @@ class Engine:
             raise
         if cache is not None and not _restores_exactly(loaded, plan):
             cache.note("state cache off: sliding-window attention with flash attention does not restore "
-                       "exactly in this llama.cpp build (load with --no-flash-attn to keep prompt states)")
+                       "exactly in this llama.cpp build (load with flash attention off to keep prompt states)")
             cache = None
         return cls(loaded, plan, template, cache)
 
@@ -241,10 +241,7 @@ class Engine:
         limit = None if context is None else PROMPT_TOKENIZE_FACTOR * context
         tokens = self.vocab.tokenize_marked(text, stop_after=limit)
         if limit is not None and len(tokens) > limit:
-            raise ContextOverflowError(
-                f"the prompt is more than {limit:,} tokens but the context holds {context:,} "
-                f"(and the reply needs room too): shorten the input"
-            )
+            raise ContextOverflowError(prompt_tokens=limit, context_tokens=context, at_least=True)
         if self.vocab.add_bos and self.vocab.bos >= 0 and (not tokens or tokens[0] != self.vocab.bos):
             tokens.insert(0, self.vocab.bos)
         return tokens
@@ -287,8 +284,7 @@ def _require_tool_call_tokens(vocab: Vocab, name: str) -> None:
     and ``--tools python`` would be silently ignored."""
     missing = [text for text in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE) if vocab.special_id(text) is None]
     if missing:
-        raise UsageError(f"{name} has no {' or '.join(missing)} token, so it cannot call tools: "
-                         "--tools python needs a model trained for tool calls")
+        raise NoToolCallTokensError(name, tuple(missing))
 
 
 class Chat:
@@ -296,7 +292,7 @@ class Chat:
 
     def __init__(self, engine: Engine, *, system: str | None = None, reuse_prefix: bool = True) -> None:
         if engine.template is None:
-            raise ChatTemplateError(_NO_TEMPLATE.format(name=engine.model_path.name))
+            raise NoChatTemplateError(engine.model_path.name)
         self.engine = engine
         self.reuse_prefix = reuse_prefix
         self.messages: list[dict] = []
@@ -442,10 +438,7 @@ class Chat:
                 prompt = canonical
                 self._context_tools = options.tools   # its system turn lists these
         if len(prompt) >= self.engine.n_ctx:
-            raise ContextOverflowError(
-                f"the prompt is {len(prompt)} tokens but the context holds {self.engine.n_ctx} "
-                f"(and the reply needs room too): shorten the input or load with a larger --ctx"
-            )
+            raise ContextOverflowError(prompt_tokens=len(prompt), context_tokens=self.engine.n_ctx)
         return prompt
 
     def _render(self, messages: list[dict], options: GenerationOptions, *, add_generation_prompt: bool = True) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Iterable
 
-from localcascade.errors import UsageError
+from localcascade.errors import ExpertLayersError
 from localcascade.hardware.facts import Hardware
 from localcascade.planning.memory import MiB, Estimate, Overheads, Placement, check_kv_types, estimate, largest_layer_bytes
 from localcascade.model.facts import ModelFacts
@@ -162,8 +162,7 @@ def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(),
         if request.n_cpu_moe is not None and request.n_cpu_moe > n:
             # The loader writes one override pattern per block: an unchecked 99999 makes llama.cpp
             # match every tensor name against 99999 regexes, a load of half a minute.
-            raise UsageError(f"--cpu-moe {request.n_cpu_moe} is more than the {n} layers of {name}: give 0 to {n} "
-                             f"({n} keeps every layer's experts in RAM)")
+            raise ExpertLayersError(request.n_cpu_moe, n, name)
         ngl = request.n_gpu_layers if request.n_gpu_layers is not None else (n + 1 if usable_gpus(hw) else 0)
         if ngl < 0 or ngl > n + 1:
             ngl = n + 1  # llama.cpp's meaning of any count past the last layer: all of them

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
-from localcascade.errors import DoesNotFitError, UsageError
+from localcascade.errors import ContextPastTrainingError, DoesNotFitError, UnknownPreferenceError, UsageError
 from localcascade.hardware.facts import Hardware
 from localcascade.model.facts import ModelFacts
 from localcascade.planning.plan import VERDICTS, WONT_FIT, Plan, PlanRequest
@@ -61,11 +61,11 @@ class Policy:
 
 
 def check_preference(prefer: str | None) -> str | None:
-    """``prefer`` lower-cased, or UsageError naming the choices."""
+    """``prefer`` lower-cased, or UnknownPreferenceError (a UsageError) with the choices."""
     if prefer is None:
         return None
     if prefer.lower() not in PREFERENCES:
-        raise UsageError(f"--prefer takes {', '.join(PREFERENCES)}, not {prefer!r}")
+        raise UnknownPreferenceError(prefer, PREFERENCES)
     return prefer.lower()
 
 
@@ -328,9 +328,7 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
         if request.n_seq is not None and facts.n_ctx_train and request.n_ctx > facts.n_ctx_train:
             # A server's conversations (n_seq given) never run past the trained context: a client
             # cannot see the warning ask prints, only answers that turned to noise.
-            raise UsageError(f"--ctx {format_tokens(request.n_ctx)} per conversation is more than the "
-                             f"{format_tokens(facts.n_ctx_train)} tokens {name} was trained on: give --ctx "
-                             f"{format_tokens(facts.n_ctx_train)} or less")
+            raise ContextPastTrainingError(request.n_ctx, facts.n_ctx_train, name)
         plan = place(facts, hw, request, n_ctx=request.n_ctx, name=name, source=source, limits=limits)
         if plan.verdict == WONT_FIT:
             several = (request.n_seq or 1) > 1

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 from localcascade import safe_io
-from localcascade.cli.wording import context_line, describe_hardware, describe_plan, last_reply_lines, thought_for
+from localcascade.cli.wording import (context_line, describe_hardware, describe_plan, error_line, last_reply_lines,
+                                      thought_for)
 from localcascade.errors import LocalCascadeError, UsageError
 from localcascade.repl.state import TRACE_MODES, ReplState
 from localcascade.units import format_tokens, parse_tokens
@@ -380,7 +381,7 @@ def run_command(state: ReplState, line: str) -> Outcome:
     try:
         return command.handler(state, arg)
     except LocalCascadeError as err:
-        return _say(str(err), kind=ERROR)
+        return _say(error_line(err), kind=ERROR)
     except (OSError, ValueError) as err:
         # A file or a path the command could not use (a NUL in a name, a full disk...): the
         # conversation must outlive it.

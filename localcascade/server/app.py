@@ -29,7 +29,7 @@ from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import LocalCascadeError
 from localcascade.server.generation import Generation, RoundEnded, ServerTool, offer_python, with_python
 from localcascade.server.guard import BodyRefused, Guard, GuardSettings, UploadBudget, read_body
-from localcascade.server.http_errors import log, refused
+from localcascade.server.http_errors import error_message, log, refused
 from localcascade.server.reply import AnswerFilter, openai_tool_calls
 from localcascade.server.responses import ResponsesRequest, ResponseStore, ResponseWriter, conversation, to_chat
 from localcascade.server.scheduler import Failed, QueueFull, Scheduler, Started, Unavailable
@@ -167,7 +167,7 @@ async def _responses(request: Request, scheduler: Scheduler, settings: ServerSet
         message, param = _validation_message(err)
         return _refused(request, 400, message, param=param)
     except LocalCascadeError as err:
-        return _refused(request, 400, str(err))
+        return _refused(request, 400, error_message(err))
     opened = await _open(request, scheduler, settings, chat)
     if not isinstance(opened, _Opened):
         return opened
@@ -193,7 +193,7 @@ async def _open(request: Request, scheduler: Scheduler, settings: ServerSettings
     try:
         work = await asyncio.to_thread(to_work, req, call_tokens=settings.call_tokens)   # stop strings, grammars
     except LocalCascadeError as err:
-        return _refused(request, 400, str(err))
+        return _refused(request, 400, error_message(err))
     if work.forced_call is not None and not settings.tools_shown:
         return _refused(request, 400, "tool_choice forces a tool call, but this model's chat template does not "
                                       "show tools to the model (serve with --chat-template FILE that renders them)",
