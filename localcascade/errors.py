@@ -35,6 +35,19 @@ class OutputTargetError(UsageError):
     existing file without an explicit replace, or a name another process took meanwhile."""
 
 
+class OptionError(UsageError):
+    """A generation option outside its limits (engine/options.py): ``field`` is GenerationOptions'
+    name for it, ``accepted`` what it takes. Each front end names the field its own way."""
+
+    def __init__(self, field: str, value: object, accepted: str):
+        self.field, self.value, self.accepted = field, value, accepted
+        super().__init__(self.naming(field))
+
+    def naming(self, name: str) -> str:
+        """The message with the option called ``name`` (a flag, a /set name, a request field)."""
+        return f"{name} takes {self.accepted}, not {self.value!r}"
+
+
 class UnknownPreferenceError(UsageError):
     """A preference (the policy's other rule) that is none of ``choices``."""
 

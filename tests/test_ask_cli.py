@@ -426,7 +426,8 @@ def test_top_k_one_is_the_most_likely_token_every_time(gemma_model):
 def test_a_negative_top_k_is_a_usage_error(tiny_model):
     result = ask("--model", str(tiny_model), "--top-k", "-3", "hi")
     assert result.returncode == 2
-    assert result.stderr.decode().strip().splitlines() == ["localcascade: --top-k must be >= 0 (0 = no top-k), got -3"]
+    assert result.stderr.decode().strip().splitlines() == [
+        "localcascade: --top-k takes a whole number from 0 (no top-k) to 2147483647, not -3"]
 
 
 @pytest.mark.gemma

@@ -306,6 +306,11 @@ def cli_flag(setting: str, value: object = None) -> str:
     return flag if value is None else f"{flag} {value}"
 
 
+# The command line's flags for GenerationOptions' fields (min-p has none: a server request sets it).
+CLI_OPTION_FLAGS = {"temperature": "--temp", "top_p": "--top-p", "top_k": "--top-k", "max_tokens": "--max-tokens",
+                    "think_budget": "--think-budget", "seed": "--seed"}
+
+
 def error_line(err: Exception) -> str:
     """A typed error in the command line's words, naming the flag that changes what it is about:
     the one line `localcascade: ...` shows (and the chat's error line)."""
@@ -314,6 +319,8 @@ def error_line(err: Exception) -> str:
 
     if isinstance(err, NothingFits):
         return does_not_fit_words(err, cli_flag)
+    if isinstance(err, errors.OptionError):
+        return err.naming(CLI_OPTION_FLAGS.get(err.field, err.field))   # "--temp takes a number from 0 to 2, not 3.0"
     if isinstance(err, errors.ContextOverflowError) and err.prompt_tokens is not None:
         return f"{err}: shorten the input or load with a larger {cli_flag('context')}"
     if isinstance(err, errors.UnknownPreferenceError):

@@ -52,6 +52,7 @@ from localcascade.engine.decoder import Decoder
 from localcascade.engine.events import Event, TurnStats
 from localcascade.engine.replies import common_prefix as _common_prefix
 from localcascade.engine.sampling import Sampler
+from localcascade.engine.options import check as check_options
 from localcascade.engine.state_cache import StateCache
 from localcascade.engine.template import ChatTemplate
 from localcascade.engine.tool_calls import parse_tool_calls
@@ -84,6 +85,11 @@ class GenerationOptions:
     min_p: float | None = None
     grammar: str | None = None         # GBNF constraining the whole reply (thinking included)
     tools: list[dict] | None = None    # tool schemas for the template; the reply stops after each call
+
+    def __post_init__(self) -> None:
+        # Every front end builds one of these (and dataclasses.replace builds anew): the one check
+        # of the limits, engine/options.py; each front end words its OptionError.
+        check_options(self)
 
 
 class Engine:
@@ -383,10 +389,6 @@ class Chat:
         prompt does not fit the context.
         """
         options = options or GenerationOptions()
-        if options.max_tokens is not None and options.max_tokens <= 0:
-            raise UsageError(f"max tokens must be positive, got {options.max_tokens}")
-        if options.think_budget is not None and options.think_budget < 0:
-            raise UsageError(f"thinking budget must be >= 0, got {options.think_budget}")
         self._end_reply()
         user = {"role": "user", "content": user_text}
         prompt = None
