@@ -41,7 +41,6 @@ from localcascade.planning.plan import Alternative as PlanAlternative
 from localcascade.planning.placement import CONTEXT_LADDER, Limits, place, usable_gpus
 from localcascade.planning.reasons import (BEST_QUALITY_FULL_GPU, BEST_QUALITY_USABLE, FASTEST, LEAST_IN_RAM,
                                            NONE_USABLE, FloorLowered, LongestHeld, NothingFits, Picked, Reason)
-from localcascade.units import format_tokens
 
 THINKING_FLOOR = 65536
 NO_THINKING_FLOOR = 16384
@@ -158,11 +157,12 @@ def _speed(option: tuple[Any, Plan]) -> float:
 Option = tuple[Any, Plan]
 
 
-def _picked(how: str, option: Option, policy: Policy, **figures) -> Picked:
+def _picked(how: str, option: Option, policy: Policy) -> Picked:
+    """How a rule picked ``option``, with the figures its words need."""
     plan = option[1]
     return Picked(how=how, n_ctx=plan.n_ctx, usable_tokens_per_s=policy.usable_tokens_per_s,
                   tokens_per_s=plan.tokens_per_s, verdict=plan.verdict, moe_blocks_in_ram=plan.moe_blocks_in_ram,
-                  n_gpu_layers=plan.n_gpu_layers, **figures)
+                  n_gpu_layers=plan.n_gpu_layers)
 
 
 def _best_quality_usable(options: list[Option], policy: Policy) -> tuple[Option, Picked]:
