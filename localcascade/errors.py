@@ -5,7 +5,8 @@ The CLI turns them into a one-line message on stderr and the exit code below
 
 Layers below the front ends never name a front end's flag or field: an error about something the
 user sets (the context, expert blocks in RAM, the policy's preference, a chat template, the tool)
-is a type with its figures as fields, and ``str()`` says it in plain words. Each front end words it
+(or the machine's sizes, a model's name) is a type with its figures as fields, and ``str()`` says
+it in plain words. Each front end words it
 with its own name for the setting: the command line with its flag (``cli/wording.error_line``),
 the server with its request's terms (``server/http_errors.error_message``).
 """
@@ -95,6 +96,33 @@ class BenchSizeError(UsageError):
         else:
             super().__init__(f"the context ({n_ctx} tokens) is smaller than the test "
                              f"({max(prompt_tokens, gen_tokens)} tokens)")
+
+
+class HardwareChoiceError(UsageError):
+    """The machine to plan for, given wrongly: a profile and a GPU size both (``setting`` None), or
+    a size (``setting`` "vram" or "ram", as ``text``) that is not above zero."""
+
+    def __init__(self, setting: str | None = None, text: str = ""):
+        self.setting, self.text = setting, text
+        if setting is None:
+            super().__init__("give either a hardware profile or a GPU memory size, not both")
+        else:
+            super().__init__(f"the {'GPU memory' if setting == 'vram' else 'RAM'} size must be above zero, "
+                             f"got {text!r}")
+
+
+class NameTakenError(UsageError):
+    """A name a model cannot be registered as: a catalog variant's (``path`` None), or one registered
+    to the file at ``path`` (which ``replace`` would take over)."""
+
+    def __init__(self, name: str, path: str | None = None):
+        self.name, self.path = name, path
+        if path is None:
+            super().__init__(f"cannot register a model as {name!r}: it is the name of a catalog variant; "
+                             "choose another name")
+        else:
+            super().__init__(f"a model named {name!r} is already registered ({path}); choose another name, "
+                             "or replace it")
 
 
 class ModelNotFoundError(LocalCascadeError):

@@ -1,6 +1,7 @@
 """The layers below the front ends say no front end's words: an error about something a user sets
 carries its figures, and each front end names the setting its own way (the command line: its
-flag; the server: the request's terms). End to end: tests/test_ask_cli.py, tests/test_server.py."""
+flag; the server: the request's terms). End to end: tests/test_ask_cli.py (a prompt past the
+context), tests/test_server.py (the same, as a 400), tests/test_option_limits.py (option limits)."""
 
 from __future__ import annotations
 
@@ -30,11 +31,15 @@ def _string_literals(path: Path):
             yield node.lineno, node.value
 
 
-@pytest.mark.parametrize("layer", ["planning", "engine", "model", "resolve"])
+# Commands a message tells the user to run are not settings of a front end.
+COMMANDS = ("`localcascade ", "pip install ")
+
+
+@pytest.mark.parametrize("layer", ["planning", "engine", "model", "resolve", "hardware", "store", "hub"])
 def test_no_layer_below_the_front_ends_names_a_flag(layer):
     found = [f"{path.relative_to(PACKAGE)}:{line}: {text[:80]!r}"
              for path in sorted((PACKAGE / layer).rglob("*.py")) for line, text in _string_literals(path)
-             if FLAG.search(text) and "`localcascade " not in text]   # a command to run is not a setting
+             if FLAG.search(text) and not any(command in text for command in COMMANDS)]
     assert not found, "flags named below the front ends: " + "; ".join(found)
 
 
@@ -65,6 +70,12 @@ SETTINGS = [
     (errors.NoToolCallTokensError("m.gguf", ("<tool_call>",)),
      "m.gguf has no <tool_call> token, so it cannot call tools: --tools python needs a model trained for tool calls",
      None),
+    (errors.HardwareChoiceError(), "give either --gpu (a hardware profile) or --vram (a size), not both", None),
+    (errors.HardwareChoiceError("ram", "0GiB"), "--ram must be a size above zero, got '0GiB'", None),
+    (errors.NameTakenError("Q4_K_M"), "cannot register a model as 'Q4_K_M': it is the name of a catalog variant; "
+                                      "choose another name (--name)", None),
+    (errors.NameTakenError("mine", "/m/mine.gguf"), "a model named 'mine' is already registered (/m/mine.gguf); "
+                                                    "choose another name (--name), or replace it (--force)", None),
     (errors.BenchSizeError(0, 0), "give a positive prompt (-p) or generation (-n) token count", None),
     (errors.BenchSizeError(512, 128, 256), "the context (256 tokens) is smaller than the test; raise --ctx", None),
 ]

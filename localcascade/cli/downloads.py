@@ -169,5 +169,5 @@ def _plan_from_remote_header(variant, hardware, request):
         header = read_header(HubFile(variant.repo, None, variant.files[0]).uri)
         return plan_for_model(header, hardware, request)
     except LocalCascadeError as err:
-        say(f"(planning from catalog facts: {err})")
+        say(f"(planning from catalog facts: {error_line(err)})")
         return None

@@ -297,7 +297,8 @@ def recommendation_lines(recommended: dict | None, alternatives: Iterable[dict],
 # server/http_errors.py): the lower layers raise the figures and never name a flag.
 CLI_FLAGS = {"context": "--ctx", "parallel": "--parallel", "cpu_moe": "--cpu-moe", "prefer": "--prefer",
              "chat_template": "--chat-template FILE", "tool": "--tools python", "prompt_tokens": "-p",
-             "gen_tokens": "-n"}
+             "gen_tokens": "-n", "gpu": "--gpu", "vram": "--vram", "ram": "--ram", "name": "--name",
+             "replace": "--force"}
 
 
 def cli_flag(setting: str, value: object = None) -> str:
@@ -337,6 +338,16 @@ def error_line(err: Exception) -> str:
     if isinstance(err, errors.NoToolCallTokensError):
         return (f"{err.model} has no {' or '.join(err.missing)} token, so it cannot call tools: "
                 f"{cli_flag('tool')} needs a model trained for tool calls")
+    if isinstance(err, errors.HardwareChoiceError):
+        if err.setting is None:
+            return f"give either {cli_flag('gpu')} (a hardware profile) or {cli_flag('vram')} (a size), not both"
+        return f"{cli_flag(err.setting)} must be a size above zero, got {err.text!r}"
+    if isinstance(err, errors.NameTakenError):
+        if err.path is None:
+            return (f"cannot register a model as {err.name!r}: it is the name of a catalog variant; "
+                    f"choose another name ({cli_flag('name')})")
+        return (f"a model named {err.name!r} is already registered ({err.path}); choose another name "
+                f"({cli_flag('name')}), or replace it ({cli_flag('replace')})")
     if isinstance(err, errors.BenchSizeError):
         if err.n_ctx is None:
             return (f"give a positive prompt ({cli_flag('prompt_tokens')}) or generation "
