@@ -4,11 +4,11 @@ The CLI turns them into a one-line message on stderr and the exit code below
 (see ``localcascade.cli.main``); library callers can catch them by class.
 
 Layers below the front ends never name a front end's flag or field: an error about something the
-user sets (the context, expert blocks in RAM, the policy's preference, a chat template, the tool)
-(or the machine's sizes, a model's name) is a type with its figures as fields, and ``str()`` says
-it in plain words. Each front end words it
-with its own name for the setting: the command line with its flag (``cli/wording.error_line``),
-the server with its request's terms (``server/http_errors.error_message``).
+user sets (the context, expert blocks in RAM, the policy's preference, a chat template, the tool,
+the machine's sizes, a model's name, a generation option) is a type with its figures as fields, and
+``str()`` says it in plain words. Each front end words it with its own name for the setting: the
+command line with its flag (``cli/wording.error_line``), the chat with its /set names, the server
+with its request's terms (``server/http_errors.error_message``, a 400's ``param``).
 """
 
 from __future__ import annotations
