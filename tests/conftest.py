@@ -208,3 +208,36 @@ def sandbox():
         return find_sandbox()
     except SandboxUnavailableError as err:
         pytest.skip(f"no sandbox on this machine: {err}")
+
+
+# --- the tiny model loaded in this process (engine tests) and served by a real process (server tests) ---
+
+
+@pytest.fixture
+def engine(tiny_model, request):
+    """The tiny model loaded with ``engines.cpu_plan()``; a module that needs a longer context sets
+    ``ENGINE_CONTEXT`` (tokens)."""
+    from engines import cpu_plan
+    from localcascade.engine.session import Engine
+
+    with Engine.load(tiny_model, cpu_plan(n_ctx=getattr(request.module, "ENGINE_CONTEXT", 1024))) as loaded:
+        yield loaded
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    """`serve` on the tiny model, two conversations of 4096 tokens, shared by a module's tests; a
+    module that needs other flags defines its own ``server`` (``client`` then talks to that one)."""
+    from serverproc import ServerProcess
+
+    proc = ServerProcess(str(tiny_model), "--ctx", "4096", "--parallel", "2").start()
+    yield proc
+    assert proc.stop() is not None
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The real openai client for the module's ``server``."""
+    import openai
+
+    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,6 +195,16 @@ def test_override_that_cannot_fit_is_refused_with_numbers(tiny_model):
     assert result.stderr.count(b"\n") == 1
 
 
+def test_a_prompt_longer_than_the_context_names_the_flag_that_makes_room(tiny_model):
+    # The engine raises the counts; the command line says its remedy (the server says its own:
+    # tests/test_server.py, "shorten the messages").
+    result = ask("--model", str(tiny_model), "--ctx", "256", "--no-think", "word " * 400)
+    assert result.returncode == 1 and result.stdout == b""
+    line = result.stderr.decode().splitlines()[-1]
+    assert re.fullmatch(r"localcascade: the prompt is (more than )?[\d,]+ tokens but the context holds 256 \(and the "
+                        r"reply needs room too\): shorten the input or load with a larger --ctx", line), line
+
+
 def test_kv_type_accepts_what_the_planner_accepts_in_any_case():
     from localcascade.cli.options import plan_request
     from localcascade.errors import UsageError
@@ -261,7 +272,7 @@ def test_a_bad_grammar_or_a_missing_template_is_refused_before_the_load(tiny_mod
     monkeypatch.setattr(synth, "chat_template", lambda: "")
     bare = synth.write_nemotron_h_moe(tmp_path / "no-template.gguf", synth.TINY)
     missing = ask("--model", str(bare), "hi")
-    assert missing.returncode == 1 and b"no chat template" in missing.stderr
+    assert missing.returncode == 1 and b"has no chat template; give one with --chat-template FILE" in missing.stderr
     assert b"loaded in" not in missing.stderr and missing.stderr.count(b"\n") == 1
     assert subprocess.run([sys.executable, "-m", "localcascade", "bench", str(bare), "-p", "8", "-n", "2", "-r", "1"],
                           capture_output=True, env=env()).returncode == 0   # bench needs no template
@@ -415,7 +426,8 @@ def test_top_k_one_is_the_most_likely_token_every_time(gemma_model):
 def test_a_negative_top_k_is_a_usage_error(tiny_model):
     result = ask("--model", str(tiny_model), "--top-k", "-3", "hi")
     assert result.returncode == 2
-    assert result.stderr.decode().strip().splitlines() == ["localcascade: --top-k must be >= 0 (0 = no top-k), got -3"]
+    assert result.stderr.decode().strip().splitlines() == [
+        "localcascade: --top-k takes a whole number from 0 (no top-k) to 2147483647, not -3"]
 
 
 @pytest.mark.gemma

@@ -9,21 +9,9 @@ import pytest
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.engine.session import Chat, Engine, GenerationOptions
 from localcascade.errors import ContextOverflowError, UsageError
-from localcascade.planning.plan import Plan
+from engines import cpu_plan
 
 IM_START, IM_END, THINK, END_THINK = 10, 11, 12, 13
-
-
-def cpu_plan(**changes) -> Plan:
-    values = dict(model="tiny", n_ctx=1024, n_batch=256, n_ubatch=128)
-    values.update(changes)
-    return Plan(**values)
-
-
-@pytest.fixture
-def engine(tiny_model):
-    with Engine.load(tiny_model, cpu_plan()) as loaded:
-        yield loaded
 
 
 def run_turn(chat: Chat, text: str, options: GenerationOptions):

@@ -42,6 +42,19 @@ def test_fit_4090_json_offline_has_every_variant_and_context():
     assert rows["IQ4_XS"][262144]["verdict"] == "full_gpu"
     assert all(rows[v][1048576]["verdict"] != "full_gpu" for v in rows)
     assert data["hardware"]["gpus"][0]["name"].endswith("4090")
+    # Each reason in words and, beside it, the record it was said from: a script reads the figures.
+    q4_1m = rows["Q4_K_M"][1048576]
+    assert q4_1m["reason_data"]["kind"] == "placed" and q4_1m["reason_data"]["verdict"] == "experts_in_ram"
+    blocks = q4_1m["reason_data"]["moe_blocks_in_ram"]
+    assert blocks == q4_1m["cpu_moe_blocks"] and f"needs the experts of {blocks} MoE blocks" in q4_1m["reason"]
+    placed, *_ = rec["reason_data"]
+    assert (placed["kind"], placed["model"], placed["verdict"]) == ("placed", rec["variant"], "full_gpu")
+    assert placed["gpu_bytes"] <= placed["gpu_usable_bytes"] and rec["reasons"][0].startswith(f"{rec['variant']} fits fully")
+    assert len(rec["reasons"]) == len(rec["reason_data"]) + 1   # and the speed, said from the plan's own fields
+    assert [p["kind"] for p in rec["policy_data"]] == ["picked"] and rec["policy_data"][0]["how"] == "best_quality_full_gpu"
+    assert rec["policy"] == [f"the best quality that runs fully on the GPU, at {rec['n_ctx'] // 1024}K"]
+    assert data["policy"]["machine_rule"] == "full-gpu-first" and data["policy"]["description"].startswith(
+        "the best quality that runs fully on the GPU")
 
 
 def test_fit_prefer_picks_by_another_rule_and_says_which():

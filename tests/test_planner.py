@@ -1,9 +1,11 @@
 """The planner on hypothetical machines (pure, fast)."""
 
+import re
 from dataclasses import replace
 
 import pytest
 
+from localcascade.cli.wording import error_line, reason_words
 from localcascade.model.catalog import find_variant, load_catalog
 from localcascade.errors import DoesNotFitError, UsageError
 from localcascade.hardware.facts import GPU, Hardware, LlamaCppBuild
@@ -11,6 +13,7 @@ from localcascade.planning.memory import GiB
 from localcascade.planning.plan import CPU_ONLY, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, PlanRequest
 from localcascade.planning.placement import place
 from localcascade.planning.policy import plan_for_facts, recommend
+from localcascade.planning.reasons import NONE_USABLE
 
 Q4 = find_variant("Q4_K_M").facts
 IQ4 = find_variant("IQ4_XS").facts
@@ -44,20 +47,27 @@ def test_no_gpu_is_cpu_only_and_tiny_ram_wont_fit():
     assert place(Q4, machine(None, 64), n_ctx=4096).verdict == CPU_ONLY
     plan = place(Q4, machine(None, 8), n_ctx=4096)
     assert plan.verdict == WONT_FIT
-    assert "does not fit" in plan.reasons[0]
+    reason = plan.reasons[0]
+    assert reason.verdict == WONT_FIT and reason.ram_bytes > reason.ram_usable_bytes
+    assert "does not fit: it needs" in reason_words(reason)
 
 
 def test_default_context_is_the_largest_that_keeps_the_best_placement():
     plan = plan_for_facts(IQ4, machine(23.5), name="IQ4_XS")
     assert plan.verdict == FULL_GPU and plan.n_ctx == 524288
-    assert any("1M" in r for r in plan.reasons)
+    # The reasons say what the next context up would need: its placement at 1M.
+    assert any(r.kind == "placed" and r.n_ctx == 1048576 and r.verdict == EXPERTS_IN_RAM for r in plan.reasons)
+    assert any("1M needs the experts of" in reason_words(r) for r in plan.reasons)
 
 
 def test_overrides_are_honoured_or_refused_with_numbers():
     plan = plan_for_facts(Q4, machine(23.5), PlanRequest(n_ctx=8192, n_gpu_layers=30), name="Q4_K_M")
     assert plan.n_gpu_layers == 30 and plan.verdict == PARTIAL
-    with pytest.raises(DoesNotFitError, match=r"GiB of GPU memory"):
+    with pytest.raises(DoesNotFitError) as caught:
         plan_for_facts(Q4, machine(23.5), PlanRequest(n_ctx=8192, n_gpu_layers=53, n_cpu_moe=0), name="Q4_K_M")
+    assert caught.value.requested == (53, 0) and caught.value.reason.gpu_bytes > caught.value.reason.gpu_usable_bytes
+    assert re.fullmatch(r"Q4_K_M at 8K with n_gpu_layers=53, n_cpu_moe=0 needs [\d.]+ GiB of GPU memory "
+                        r"\([\d.]+ GiB usable\) and .* of RAM \(.* usable\)", error_line(caught.value))
 
 
 def test_requested_context_that_fits_nowhere_raises():
@@ -71,7 +81,8 @@ def test_a_requested_context_is_planned_exactly_and_a_cpu_only_machine_gets_the_
     choice = recommend(machine(None, 64), load_catalog(), PlanRequest(n_ctx=4096))
     # 1 core here: no plan reaches a usable speed, so the fastest wins (fewest bytes per token).
     assert choice.plan.verdict == CPU_ONLY and choice.variant.quant == "IQ4_XS"
-    assert any("no plan reaches" in n for n in choice.notes)
+    assert choice.notes[-1].how == NONE_USABLE
+    assert reason_words(choice.notes[-1]).startswith("no plan reaches 20 tokens/s on this machine: the fastest")
 
 
 def test_speed_drops_when_experts_move_to_ram():
@@ -87,7 +98,7 @@ def test_a_gpu_the_installed_build_cannot_use_is_planned_as_cpu_only():
     assert place(IQ4, with_cuda, n_ctx=4096).verdict == FULL_GPU
     plan = place(IQ4, cpu_build, n_ctx=4096)
     assert plan.verdict == CPU_ONLY and plan.n_gpu_layers == 0 and plan.gpu_bytes == 0
-    assert "no GPU offload" in plan.reasons[0]
+    assert plan.reasons[0].gpu_offload_missing and "no GPU offload" in reason_words(plan.reasons[0])
 
 
 def test_experts_in_ram_counts_moe_blocks_not_layers():
@@ -116,15 +127,20 @@ def test_two_12gb_cards_hold_less_than_one_24gb_card():
 def test_when_nothing_fits_the_error_names_the_smallest_variant_and_its_shortfall():
     with pytest.raises(DoesNotFitError) as err:
         recommend(machine(None, 8), load_catalog(), PlanRequest())
-    message = str(err.value)
+    message = error_line(err.value)
+    assert err.value.models[-1] == "IQ4_XS" and err.value.reason.model == "IQ4_XS"
     assert message.startswith("none of BF16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, IQ4_XS fits this machine: IQ4_XS at 4K")
     assert "GiB of RAM" in message and "requested" not in message
 
 
 def test_cpu_moe_past_the_last_layer_is_refused_and_ngl_past_it_means_all():
     n = Q4.n_layer
-    with pytest.raises(UsageError, match=rf"^--cpu-moe {n + 1} is more than the {n} layers of Q4_K_M: give 0 to {n}"):
+    with pytest.raises(UsageError) as caught:
         plan_for_facts(Q4, machine(None, 512), PlanRequest(n_ctx=4096, n_cpu_moe=n + 1), name="Q4_K_M")
+    # The planner names no flag: the figures travel in the error, the command line says its flag.
+    assert (caught.value.value, caught.value.n_layer, caught.value.model) == (n + 1, n, "Q4_K_M")
+    assert "--" not in str(caught.value)
+    assert error_line(caught.value).startswith(f"--cpu-moe {n + 1} is more than the {n} layers of Q4_K_M: give 0 to {n}")
     assert plan_for_facts(Q4, machine(None, 512), PlanRequest(n_ctx=4096, n_cpu_moe=n)).n_cpu_moe == n
     # llama.cpp takes any count past the output layer as "all"; the plan (and the int32 llama.cpp
     # is handed) says how many that is.

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import pytest
 
+from localcascade.cli.wording import reason_words
 from localcascade.model.catalog import load_catalog
 from localcascade.errors import DoesNotFitError, UsageError
 from localcascade.hardware.facts import Calibration
@@ -60,7 +61,7 @@ def check_quality_rule(choice, fitting):
         assert quality(choice.variant, choice.plan.type_k) == min(quality(v, kv) for v, kv, _ in usable)
     else:
         assert choice.plan.tokens_per_s == pytest.approx(max(p.tokens_per_s for *_, p in fitting), rel=1e-6)
-        assert any("no plan reaches" in n for n in choice.notes)
+        assert any("no plan reaches" in reason_words(n) for n in choice.notes)
 
 
 def check_alternatives(hw, choice):
@@ -148,7 +149,7 @@ def test_prefer_context_takes_the_longest_context_that_fits(profile):
 
 
 def test_an_unknown_preference_is_refused_in_words():
-    with pytest.raises(UsageError, match="--prefer takes quality, speed, context"):
+    with pytest.raises(UsageError, match="^the preference takes quality, speed, context"):
         recommend(load_profile("rtx-4090"), CATALOG, PlanRequest(prefer="fast"))
 
 
@@ -179,7 +180,9 @@ def test_below_the_floor_only_where_nothing_fits_and_it_says_so():
     small = replace(load_profile("cpu-only"), ram_total_bytes=24 << 30, ram_available_bytes=int(18.9 * (1 << 30)))
     choice = recommend(small, CATALOG)
     assert choice.plan.n_ctx < 65536
-    assert any("nothing fits at 64K" in n for n in choice.notes)
+    [lowered] = [n for n in choice.notes if n.kind == "floor_lowered"]
+    assert lowered.floor == 65536 and lowered.n_ctx <= choice.plan.n_ctx < 65536
+    assert reason_words(lowered).startswith("nothing fits at 64K (the floor for a thinking chat): ")
     with pytest.raises(DoesNotFitError):
         recommend(replace(small, ram_available_bytes=4 << 30), CATALOG)
 

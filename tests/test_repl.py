@@ -202,7 +202,10 @@ def test_unknown_commands_and_bad_values_get_a_hint_not_a_crash(terminal):
     assert "unknown command /thnik; did you mean /think?" in term.send("/thnik on")
     assert "unknown command /sve; did you mean /save?" in term.send("/sve x.json")
     assert "/trace takes show, hide, collapse or last" in term.send("/trace sideways")
-    assert "temp takes a number" in term.send("/set temp hot")
+    assert "temp takes a number from 0 to 2, not 'hot'" in term.send("/set temp hot")
+    # The limits are GenerationOptions' own, the ones `ask --temp` and a server request meet, in /set's words.
+    assert "temp takes a number from 0 to 2, not 3.0" in term.send("/set temp 3")
+    assert "top_p takes a number above 0, at most 1, not 0.0" in term.send("/set top_p 0")
     assert "did you mean temp?" in term.send("/set tmp 0.5")
     assert "cannot read token count" in term.send("/budget lots")
     assert "temp = 0.5" in term.send("/set temp 0.5")

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from localcascade.cli.wording import error_line, reason_words
 from localcascade.model.catalog import find_variant
 from localcascade.errors import DoesNotFitError
 from localcascade.hardware.facts import Hardware, LlamaCppBuild
@@ -30,17 +31,18 @@ def test_each_conversation_gets_its_own_kv_cache_and_recurrent_state():
     # The real model's Mamba state: ~47.6 MiB per sequence (23 blocks, f32).
     assert one.ram.recurrent == pytest.approx(47.6 * 2**20, rel=0.01)
     assert four.ram.weights == one.ram.weights
-    assert "32K x 4 conversations" in four.reasons[0]
+    assert (four.reasons[0].n_ctx, four.reasons[0].n_seq) == (4 * one.n_ctx, 4)
+    assert "32K x 4 conversations" in reason_words(four.reasons[0])
 
 
 def test_a_pair_that_does_not_fit_is_refused_with_pairs_that_do():
     hw = cpu_machine(32)
     with pytest.raises(DoesNotFitError) as caught:
         plan_for_facts(IQ4, hw, PlanRequest(n_ctx=1048576, n_seq=4))
-    message = str(caught.value)
+    message = error_line(caught.value)
     assert "1M x 4 conversations" in message and "what fits:" in message
     offers = re.findall(r"--parallel (\d+) --ctx (\S+)", message)
-    assert len(offers) == 2
+    assert len(offers) == 2 == len(caught.value.offers)
     for n, ctx in offers:   # every pair offered really fits
         plan_for_facts(IQ4, hw, PlanRequest(n_ctx=parse_tokens(ctx.rstrip(",;")), n_seq=int(n)))
 

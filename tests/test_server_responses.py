@@ -14,25 +14,12 @@ import httpx
 import openai
 import pytest
 
-from serverproc import ServerProcess
 from test_server import no_think
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]},
                                                            "days": {"type": "integer"}},
                           "required": ["city", "days"]}}
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model):
-    proc = ServerProcess(str(tiny_model), "--ctx", "4096", "--parallel", "2").start()
-    yield proc
-    assert proc.stop() is not None
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
 
 
 def answer(text: str, **extra) -> dict:

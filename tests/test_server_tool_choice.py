@@ -32,18 +32,6 @@ TOOLS = [CITY_TOOL, TIME_TOOL]
 HELLO = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model):
-    proc = ServerProcess(str(tiny_model), "--ctx", "4096", "--parallel", "2").start()
-    yield proc
-    assert proc.stop() is not None
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
-
-
 def chat(client, **kw):
     kw.setdefault("messages", HELLO)
     return client.chat.completions.create(model="m", **kw)

@@ -44,11 +44,6 @@ def server(tiny_model):
     assert proc.stop() is not None
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
-
-
 def ask(client, grammar_text: str, **extra):
     return client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "What is 6 times 7?"}], seed=1,

@@ -23,23 +23,14 @@ from localcascade.engine import state_cache
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.engine.session import Chat, Engine, GenerationOptions
 from localcascade.engine.state_cache import StateCache, restore_state, take_state
-from localcascade.planning.plan import Plan
+from engines import cpu_plan
 
 WORDS = "the a model state river mountain apple compute token kernel light paper".split()
 DOC = " ".join(WORDS[(i * 7 + i // 3) % len(WORDS)] for i in range(300))
 GREEDY = GenerationOptions(seed=1, max_tokens=6, temperature=0.0)
 
 
-def cpu_plan(**changes) -> Plan:
-    values = dict(model="tiny", n_ctx=4096, n_batch=256, n_ubatch=128)
-    values.update(changes)
-    return Plan(**values)
-
-
-@pytest.fixture
-def engine(tiny_model):
-    with Engine.load(tiny_model, cpu_plan()) as loaded:
-        yield loaded
+ENGINE_CONTEXT = 4096   # room for DOC and a question (the `engine` fixture)
 
 
 def new_process(engine: Engine, notes: list[str] | None = None, *, folder: Path | None = None,
@@ -110,7 +101,7 @@ def test_a_restored_hybrid_state_gives_the_logits_of_an_uninterrupted_run(engine
 
 @pytest.mark.gemma
 def test_a_restored_gemma_state_gives_the_logits_of_an_uninterrupted_run(gemma_model):
-    plan = Plan(model="gemma", n_ctx=2048, n_batch=256, n_ubatch=128, flash_attn=False)
+    plan = cpu_plan(model="gemma", n_ctx=2048, flash_attn=False)
     with Engine.load(gemma_model, plan, for_chat=False) as gemma:
         assert gemma.state_cache is not None
         assert restored_logits_difference(gemma) == 0.0
@@ -120,7 +111,7 @@ def test_a_restored_gemma_state_gives_the_logits_of_an_uninterrupted_run(gemma_m
 def test_gemma_with_flash_attention_keeps_no_states_since_they_do_not_restore_exactly(gemma_model, capfd):
     # Measured: past its 512-token sliding window, a restored state's logits differ by ~3 with flash
     # attention on. A cache that gave that would be a wrong answer, so there is none.
-    plan = Plan(model="gemma", n_ctx=2048, n_batch=256, n_ubatch=128, flash_attn=True)
+    plan = cpu_plan(model="gemma", n_ctx=2048, flash_attn=True)
     with Engine.load(gemma_model, plan, for_chat=False, verbose=True) as gemma:
         assert gemma.state_cache is None
     assert "state cache off: sliding-window attention with flash attention" in capfd.readouterr().err
@@ -281,14 +272,14 @@ def test_an_unusable_cache_folder_costs_only_the_cache(engine, tmp_path, where):
 def test_a_replaced_model_file_never_matches_its_old_states(tiny_model, tmp_path):
     model = tmp_path / "model.gguf"
     shutil.copyfile(tiny_model, model)
-    with Engine.load(model, cpu_plan()) as first:
+    with Engine.load(model, cpu_plan(n_ctx=ENGINE_CONTEXT)) as first:
         ask(first, "what is it about")
     assert entry_files()
     old = model.stat()
     model.unlink()
     shutil.copyfile(tiny_model, model)   # the same bytes at the same path, but another file
     os.utime(model, ns=(old.st_atime_ns, old.st_mtime_ns + 10**9))   # (a coarse clock may not tell them apart)
-    with Engine.load(model, cpu_plan()) as second:
+    with Engine.load(model, cpu_plan(n_ctx=ENGINE_CONTEXT)) as second:
         _, stats = ask(second, "what is it about")
         assert stats.evaluated_tokens == stats.prompt_tokens
 

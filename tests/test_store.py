@@ -222,6 +222,11 @@ def test_show_summarizes_the_tiny_model(tiny_model, capsys):
     assert data["summary"]["blocks"] == {"mamba": n_m, "moe": n_e, "attention": n_a}
     assert data["summary"]["pattern"] == shape.pattern
     assert data["plan"]["n_ctx"] > 0
+    # The plan's reasons in the words `show` prints, and the records they were said from.
+    plan = data["plan"]
+    assert len(plan["reasons"]) == len(plan["reason_data"]) and plan["reason_data"][0]["kind"] == "placed"
+    assert plan["reason_data"][0]["verdict"] == plan["verdict"] and plan["reasons"][0].startswith(plan["model"])
+    assert len(plan["alternatives"]) == len(plan["alternative_data"])
 
 
 def test_show_reads_a_hub_model_without_downloading_it(served, capsys):

@@ -20,7 +20,7 @@ import typer
 from localcascade.cli import options, tool_options
 from localcascade.cli.app import app
 from localcascade.cli.stop_signals import StopOnSignals
-from localcascade.cli.wording import loaded_line, reply_stats_line
+from localcascade.cli.wording import loaded_line, plan_json, reply_stats_line
 from localcascade.errors import Interrupted, LocalCascadeError, Terminated, UsageError
 
 # `kill`, `timeout`, systemd and a closed terminal: the reply stops whole, then the command exits.
@@ -308,5 +308,5 @@ def _result(engine, chat, answer: str, stats, load_seconds: float) -> dict:
         "stop_reason": stats.stop_reason if stats is not None else None,
         "usage": usage,
         "timings": timings,
-        "plan": engine.plan.to_dict(),
+        "plan": plan_json(engine.plan),
     }

@@ -10,6 +10,7 @@ import typer
 
 from localcascade.cli import options
 from localcascade.cli.app import app
+from localcascade.cli.wording import plan_json
 from localcascade.stderr import say
 
 
@@ -50,7 +51,7 @@ def bench(
         from localcascade.engine.loader import default_threads
 
         generation, batch = default_threads()   # what the loader gave llama.cpp
-        json.dump({"model": engine.model_name, "model_path": str(model_path), "plan": plan.to_dict(),
+        json.dump({"model": engine.model_name, "model_path": str(model_path), "plan": plan_json(plan),
                    "threads": {"generation": generation, "batch": batch},
                    "results": [r.to_dict() for r in results], "calibration": stored}, sys.stdout)
         sys.stdout.write("\n")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from localcascade.cli.wording import plan_line, plan_speed_reason
+from localcascade.cli.wording import alternative_words, error_line, plan_line, plan_speed_reason, reason_words
 from localcascade.errors import LocalCascadeError, ModelNotFoundError
 from localcascade.model.spec import HubFile
 from localcascade.units import format_bytes, format_tokens
@@ -62,7 +62,7 @@ def recommend_and_fetch(hardware, request, *, yes: bool) -> Fetched:
     try:
         choice = recommend(hardware, load_catalog(), request)
     except DoesNotFitError as err:
-        raise DoesNotFitError(f"no variant to recommend: {err} (`localcascade fit` shows what each variant "
+        raise DoesNotFitError(f"no variant to recommend: {error_line(err)} (`localcascade fit` shows what each variant "
                               "needs; a file you have runs with --model FILE)") from None
     variant = choice.variant
     plan = _plan_from_remote_header(variant, hardware, request) or choice.plan
@@ -71,12 +71,13 @@ def recommend_and_fetch(hardware, request, *, yes: bool) -> Fetched:
     say(f"  {plan_line(plan)}", prefix=False)
     # How the policy chose among the variants (a plan re-made from the hub's header already says it for one).
     chose = tuple(note for note in choice.notes if note not in plan.reasons)
-    for reason in plan.reasons + ((plan_speed_reason(plan),) if plan.tokens_per_s else ()) + chose:
+    reasons = [reason_words(r) for r in plan.reasons] + ([plan_speed_reason(plan)] if plan.tokens_per_s else [])
+    for reason in reasons + [reason_words(r) for r in chose]:
         say(f"  - {reason}", prefix=False)
     for alternative in choice.alternatives:   # each with what it trades and the command that gets it
         how = (f"localcascade run --ctx {format_tokens(alternative.plan.n_ctx)}"
                if alternative.variant.quant == variant.quant else f"localcascade pull {alternative.variant.quant}")
-        say(f"  alternative, {alternative.describe()} (`{how}`)", prefix=False)
+        say(f"  alternative, {alternative_words(alternative, alternative.variant.quant)} (`{how}`)", prefix=False)
     confirm_download(f"Download {variant.quant} ({size})?", yes, later=f"localcascade pull {variant.quant}")
     return fetch(variant.quant)
 
@@ -135,7 +136,7 @@ def plan_for_header(header, hardware, request=None):
     try:
         return plan_for_model(header, hardware, request or PlanRequest()), None
     except LocalCascadeError as err:
-        return None, str(err)
+        return None, error_line(err)
 
 
 def _check_before_download(remote, hardware, request) -> None:
@@ -168,5 +169,5 @@ def _plan_from_remote_header(variant, hardware, request):
         header = read_header(HubFile(variant.repo, None, variant.files[0]).uri)
         return plan_for_model(header, hardware, request)
     except LocalCascadeError as err:
-        say(f"(planning from catalog facts: {err})")
+        say(f"(planning from catalog facts: {error_line(err)})")
         return None

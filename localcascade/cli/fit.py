@@ -46,23 +46,40 @@ def fit(
     hardware = hardware_for(gpu=gpu, vram=vram, ram=ram)
     report = fit_report(model, hardware, n_ctx=n_ctx, kv_type=kv_type, think=think, prefer=prefer,
                         limits=limits_from(gpu_overhead=gpu_overhead, gpu_margin=gpu_margin))
-    _add_speed_words(report, hardware)
+    _add_words(report, hardware)
     if as_json:
         typer.echo(json.dumps(report, indent=1))
     else:
         render_table(report)
 
 
-def _add_speed_words(report: dict, hardware) -> None:
-    """The recommendation's speed as a reason, and where the speeds come from as a note (JSON and table alike)."""
-    from localcascade.cli.wording import speed_note, speed_reason
+def _add_words(report: dict, hardware) -> None:
+    """The report's records in words, each beside its record (``reason_data``, ``policy_data``): the
+    rows' reasons, the recommendation's reasons (with its speed) and how the policy chose, each
+    alternative's summary, the rule, and where the speeds come from (JSON and table alike)."""
+    from localcascade.cli import wording
+    from localcascade.planning.reasons import reason_data
 
+    for variant in report["variants"]:
+        for row in variant["rows"]:
+            reason = row.pop("reason")
+            row["reason"] = wording.reason_words(reason) if reason is not None else ""
+            row["reason_data"] = reason_data(reason) if reason is not None else None
     rec = report["recommended"]
     if rec is not None:
-        rec["reasons"].append(speed_reason(rec["tokens_per_s"] or 0.0, rec["prompt_tokens_per_s"], rec["n_ctx"],
-                                           rec["speed_measured"], *rec["tokens_per_s_range"],
-                                           *rec["prompt_tokens_per_s_range"]))
-    report["notes"].append(speed_note(hardware))
+        for key, data_key in (("reasons", "reason_data"), ("policy", "policy_data")):
+            rec[data_key] = [reason_data(r) for r in rec[key]]
+            rec[key] = [wording.reason_words(r) for r in rec[key]]
+        rec["reasons"].append(wording.speed_reason(rec["tokens_per_s"] or 0.0, rec["prompt_tokens_per_s"], rec["n_ctx"],
+                                                   rec["speed_measured"], *rec["tokens_per_s_range"],
+                                                   *rec["prompt_tokens_per_s_range"]))
+    for alt in report["alternatives"]:
+        alt["summary"] = f"{alt['trade']}: {alt['variant']} " + wording.brief_plan(
+            alt["n_ctx"], alt["verdict"], alt["cpu_moe_blocks"], alt["n_gpu_layers"], alt["kv_type"],
+            alt["tokens_per_s"], alt["speed_measured"], *alt["tokens_per_s_range"])
+    policy = report["policy"]
+    policy["description"] = wording.rule_words(policy["rule"], policy["machine_rule"], policy["usable_tokens_per_s"])
+    report["notes"].append(wording.speed_note(hardware))
 
 
 def render_table(report: dict) -> None:

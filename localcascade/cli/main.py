@@ -142,7 +142,9 @@ def _run(argv: list[str] | None) -> int:
             # typer turns a KeyboardInterrupt it meets into a bare exit status 130.
             code = _fail("interrupted", 130)
     except LocalCascadeError as err:
-        code = _fail(str(err), err.exit_code)
+        from localcascade.cli.wording import error_line
+
+        code = _fail(error_line(err), err.exit_code)
     except typer.Exit as err:
         code = err.exit_code
     except _click.exceptions.NoArgsIsHelpError as err:

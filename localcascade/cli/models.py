@@ -14,6 +14,7 @@ import typer
 
 from localcascade.cli import options
 from localcascade.cli.app import app
+from localcascade.cli.wording import plan_json
 from localcascade.errors import UsageError
 from localcascade.units import format_bytes, format_tokens
 from localcascade.stderr import say
@@ -121,7 +122,7 @@ def show(
     kept = _kept_state(header, plan)
     if as_json:
         data = {"model": stored.to_dict() if stored else {"path": source}, "summary": summary.to_dict(),
-                "plan": plan.to_dict() if plan else None, "plan_error": plan_error,
+                "plan": plan_json(plan) if plan else None, "plan_error": plan_error,
                 "kept_state": kept}
         typer.echo(json.dumps(data, indent=2))
         return
@@ -171,10 +172,10 @@ def _render_show(label, stored, s, plan, plan_error, kept=None) -> None:
         if stored.source:
             out(f"  made from      {stored.source}")
     if plan is not None:
-        from localcascade.cli.wording import plan_line, plan_speed_reason
+        from localcascade.cli.wording import plan_line, plan_speed_reason, reason_words
 
         out(f"  fit            {plan_line(plan)}")
-        for reason in plan.reasons + ((plan_speed_reason(plan),) if plan.tokens_per_s else ()):
+        for reason in [reason_words(r) for r in plan.reasons] + ([plan_speed_reason(plan)] if plan.tokens_per_s else []):
             out(f"                 - {reason}")
     else:
         out(f"  fit            unknown ({plan_error})")

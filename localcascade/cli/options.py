@@ -8,7 +8,6 @@ GenerationOptions, the model path, a loaded Engine). No heavy imports here:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -220,18 +219,10 @@ def generation_options(
     max_tokens: Optional[int] = None,
     seed: Optional[int] = None,
 ):
+    """The flags' GenerationOptions; it checks its own limits (engine/options.py) and cli/wording
+    names the flag in the OptionError."""
     from localcascade.engine.session import GenerationOptions
 
-    if think_budget is not None and think_budget < 0:
-        raise UsageError(f"--think-budget must be >= 0, got {think_budget}")
-    if max_tokens is not None and max_tokens <= 0:
-        raise UsageError(f"--max-tokens must be positive, got {max_tokens}")
-    if temp is not None and not (math.isfinite(temp) and temp >= 0):
-        raise UsageError(f"--temp must be a number >= 0, got {temp}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UsageError(f"--top-p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 0:
-        raise UsageError(f"--top-k must be >= 0 (0 = no top-k), got {top_k}")
     return GenerationOptions(
         think=think, think_budget=think_budget, temperature=temp, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
         seed=seed,

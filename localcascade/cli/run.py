@@ -81,14 +81,14 @@ def run(
         # Before the load, which can take minutes for a model this size, only to read nothing.
         raise UsageError(_NOTHING_TO_READ)
 
-    from localcascade.cli.wording import describe_plan
+    from localcascade.cli.wording import alternative_words, describe_plan
     from localcascade.engine.session import Chat
 
     def show_plan(plan) -> None:
         for line in describe_plan(plan):
             say(line)
         for alternative in plan.alternatives:
-            say(f"  alternative, {alternative}")
+            say(f"  alternative, {alternative_words(alternative)}")
 
     _, engine = options.open_model(str(model_path), request, hardware=hardware, before_load=show_plan,
                                    chat_template=chat_template, verbose=verbose, for_tools=python_tool is not None)

@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
-from localcascade.errors import UsageError
+from localcascade.errors import BenchSizeError, UsageError
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,9 @@ def run_bench(engine, *, prompt_tokens: int = 512, gen_tokens: int = 128, repeti
     if repetitions < 1:
         raise UsageError(f"repetitions must be >= 1, got {repetitions}")
     if prompt_tokens < 0 or gen_tokens < 0 or prompt_tokens + gen_tokens == 0:
-        raise UsageError("give a positive prompt (-p) or generation (-n) token count")
+        raise BenchSizeError(prompt_tokens, gen_tokens)
     if max(prompt_tokens, gen_tokens) > engine.n_ctx:
-        raise UsageError(f"the context ({engine.n_ctx} tokens) is smaller than the test; raise --ctx")
+        raise BenchSizeError(prompt_tokens, gen_tokens, engine.n_ctx)
     rng = random.Random(seed)
     n_vocab = engine.vocab.n_tokens
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import math
 import os
 import sys
 import tempfile
@@ -31,7 +30,8 @@ GREEDY_BELOW = 1e-5
 
 
 def resolve(options) -> dict:
-    """The sampling values for ``options`` (a GenerationOptions): user values over the mode's defaults."""
+    """The sampling values for ``options`` (a GenerationOptions, whose values were checked when it
+    was built: engine/options.py): user values over the mode's defaults."""
     defaults = sampling_profile()["think" if options.think else "no_think"]
     chosen = {
         "temperature": options.temperature,
@@ -39,12 +39,7 @@ def resolve(options) -> dict:
         "top_k": options.top_k,
         "min_p": getattr(options, "min_p", None),
     }
-    values = {key: defaults.get(key) if value is None else value for key, value in chosen.items()}
-    if values["temperature"] is not None and not (math.isfinite(values["temperature"]) and values["temperature"] >= 0):
-        raise UsageError(f"temperature must be a number >= 0, got {values['temperature']}")
-    if values["top_p"] is not None and not 0 < values["top_p"] <= 1:
-        raise UsageError(f"top-p must be in (0, 1], got {values['top_p']}")
-    return values
+    return {key: defaults.get(key) if value is None else value for key, value in chosen.items()}
 
 
 class Sampler:

@@ -52,12 +52,14 @@ from localcascade.engine.decoder import Decoder
 from localcascade.engine.events import Event, TurnStats
 from localcascade.engine.replies import common_prefix as _common_prefix
 from localcascade.engine.sampling import Sampler
+from localcascade.engine.options import check as check_options
 from localcascade.engine.state_cache import StateCache
 from localcascade.engine.template import ChatTemplate
 from localcascade.engine.tool_calls import parse_tool_calls
 from localcascade.engine.turn import Turn
 from localcascade.engine.vocab import Vocab
-from localcascade.errors import ChatTemplateError, ContextOverflowError, EngineError, UsageError
+from localcascade.errors import (ContextOverflowError, EngineError, NoChatTemplateError, NoToolCallTokensError,
+                                 UsageError)
 from localcascade.planning.plan import Plan
 
 THINK_OPEN = "<think>"
@@ -65,7 +67,6 @@ THINK_CLOSE = "</think>"
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 # Stands in for the previous answer when rendering a turn, to find where the new turn's text starts.
-_NO_TEMPLATE = "{name} has no chat template; give one with --chat-template FILE"
 _SENTINEL = "\u2063LOCALCASCADE-PREVIOUS-ANSWER\u2063"
 # A prompt is tokenized up to this many times the context it must fit: counts stay exact for a
 # near miss, and a huge one is refused after work bounded by the context, not by its length.
@@ -84,6 +85,11 @@ class GenerationOptions:
     min_p: float | None = None
     grammar: str | None = None         # GBNF constraining the whole reply (thinking included)
     tools: list[dict] | None = None    # tool schemas for the template; the reply stops after each call
+
+    def __post_init__(self) -> None:
+        # Every front end builds one of these (and dataclasses.replace builds anew): the one check
+        # of the limits, engine/options.py; each front end words its OptionError.
+        check_options(self)
 
 
 class Engine:
@@ -147,7 +153,7 @@ class Engine:
             raise EngineError(f"{model_path.name} has no tokenizer (tokenizer.ggml.model is \"none\"): "
                               "it cannot read or write text; use a GGUF converted with its vocabulary")
         if for_chat and chat_template is None and not metadata.get("tokenizer.chat_template"):
-            raise ChatTemplateError(_NO_TEMPLATE.format(name=model_path.name))
+            raise NoChatTemplateError(model_path.name)
         if grammar or for_tools:
             from localcascade.engine.sampling import check_grammar
 
@@ -166,7 +172,7 @@ class Engine:
             raise
         if cache is not None and not _restores_exactly(loaded, plan):
             cache.note("state cache off: sliding-window attention with flash attention does not restore "
-                       "exactly in this llama.cpp build (load with --no-flash-attn to keep prompt states)")
+                       "exactly in this llama.cpp build (load with flash attention off to keep prompt states)")
             cache = None
         return cls(loaded, plan, template, cache)
 
@@ -242,10 +248,7 @@ class Engine:
         limit = None if context is None else PROMPT_TOKENIZE_FACTOR * context
         tokens = self.vocab.tokenize_marked(text, stop_after=limit)
         if limit is not None and len(tokens) > limit:
-            raise ContextOverflowError(
-                f"the prompt is more than {limit:,} tokens but the context holds {context:,} "
-                f"(and the reply needs room too): shorten the input"
-            )
+            raise ContextOverflowError(prompt_tokens=limit, context_tokens=context, at_least=True)
         if self.vocab.add_bos and self.vocab.bos >= 0 and (not tokens or tokens[0] != self.vocab.bos):
             tokens.insert(0, self.vocab.bos)
         return tokens
@@ -288,8 +291,7 @@ def _require_tool_call_tokens(vocab: Vocab, name: str) -> None:
     and ``--tools python`` would be silently ignored."""
     missing = [text for text in (TOOL_CALL_OPEN, TOOL_CALL_CLOSE) if vocab.special_id(text) is None]
     if missing:
-        raise UsageError(f"{name} has no {' or '.join(missing)} token, so it cannot call tools: "
-                         "--tools python needs a model trained for tool calls")
+        raise NoToolCallTokensError(name, tuple(missing))
 
 
 class Chat:
@@ -297,7 +299,7 @@ class Chat:
 
     def __init__(self, engine: Engine, *, system: str | None = None, reuse_prefix: bool = True) -> None:
         if engine.template is None:
-            raise ChatTemplateError(_NO_TEMPLATE.format(name=engine.model_path.name))
+            raise NoChatTemplateError(engine.model_path.name)
         self.engine = engine
         self.reuse_prefix = reuse_prefix
         self.messages: list[dict] = []
@@ -388,10 +390,6 @@ class Chat:
         prompt does not fit the context.
         """
         options = options or GenerationOptions()
-        if options.max_tokens is not None and options.max_tokens <= 0:
-            raise UsageError(f"max tokens must be positive, got {options.max_tokens}")
-        if options.think_budget is not None and options.think_budget < 0:
-            raise UsageError(f"thinking budget must be >= 0, got {options.think_budget}")
         self._end_reply()
         user = {"role": "user", "content": user_text}
         prompt = None
@@ -443,10 +441,7 @@ class Chat:
                 prompt = canonical
                 self._context_tools = options.tools   # its system turn lists these
         if len(prompt) >= self.engine.n_ctx:
-            raise ContextOverflowError(
-                f"the prompt is {len(prompt)} tokens but the context holds {self.engine.n_ctx} "
-                f"(and the reply needs room too): shorten the input or load with a larger --ctx"
-            )
+            raise ContextOverflowError(prompt_tokens=len(prompt), context_tokens=self.engine.n_ctx)
         return prompt
 
     def _render(self, messages: list[dict], options: GenerationOptions, *, add_generation_prompt: bool = True) -> str:

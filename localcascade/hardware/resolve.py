@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from localcascade.errors import UsageError
+from localcascade.errors import HardwareChoiceError
 from localcascade.hardware import nvidia, profiles
 from localcascade.hardware.facts import GPU, Hardware
 from localcascade.hardware.probe import detect
@@ -21,12 +21,12 @@ def hardware_for(gpu: str | None = None, vram: str | None = None, ram: str | Non
     overrides the RAM of a profile or of the detected machine.
     """
     if gpu and vram:
-        raise UsageError("give either --gpu (a hardware profile) or --vram (a size), not both")
-    ram_bytes = _positive_size(ram, "--ram") if ram else None
+        raise HardwareChoiceError()
+    ram_bytes = _positive_size(ram, "ram") if ram else None
     if gpu:
         hardware = profiles.load_profile(gpu)
     elif vram:
-        hardware = _manual(detect_fn(), _positive_size(vram, "--vram"))
+        hardware = _manual(detect_fn(), _positive_size(vram, "vram"))
     else:
         hardware = detect_fn()
     if ram_bytes is not None:
@@ -34,10 +34,10 @@ def hardware_for(gpu: str | None = None, vram: str | None = None, ram: str | Non
     return fill_unknown_bandwidths(hardware)
 
 
-def _positive_size(text: str, option: str) -> int:
+def _positive_size(text: str, setting: str) -> int:
     size = parse_size(text)
     if size <= 0:
-        raise UsageError(f"{option} must be a size above zero, got {text!r}")
+        raise HardwareChoiceError(setting, text)
     return size
 
 

@@ -41,6 +41,7 @@ from typing import NamedTuple
 from localcascade.errors import UsageError
 from localcascade.model.facts import ModelFacts, is_expert_tensor, layer_of
 from localcascade.planning.plan import Components
+from localcascade.planning.reasons import GpuEstimated
 
 MiB = 1024**2
 GiB = 1024**3
@@ -116,7 +117,7 @@ class Estimate:
     ram: Components
     n_ctx: int                       # after llama.cpp's padding
     n_ubatch: int
-    notes: tuple[str, ...] = ()
+    notes: tuple[GpuEstimated, ...] = ()   # reasons the estimate adds to a plan
     # Weights the CPU backend repacks (CPU_REPACK buffer). llama.cpp's log counts them twice: in
     # that buffer and again inside the CPU_Mapped file range. Their file pages are read once while
     # loading and then sit in the page cache, which the kernel reclaims, so they are in ram.weights
@@ -302,7 +303,7 @@ def estimate(facts: ModelFacts, p: Placement, overheads: Overheads = Overheads()
         host_inputs = f.n_embd * n_ubatch * 4
         ram["compute"] = host_inputs if ngl > n else max(compute, host_inputs)
         gpu["overhead"] = overheads.cuda_context_bytes * max(1, p.n_gpus)
-        notes.append("GPU compute and CUDA overhead are estimates; CPU buffers are calibrated")
+        notes.append(GpuEstimated())
     return Estimate(
         gpu=Components(**gpu), ram=Components(**ram), n_ctx=n_ctx, n_ubatch=n_ubatch, notes=tuple(notes),
         repacked_bytes=repacked,

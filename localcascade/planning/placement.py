@@ -13,14 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Iterable
 
-from localcascade.errors import DoesNotFitError, UsageError
+from localcascade.errors import ExpertLayersError
 from localcascade.hardware.facts import Hardware
 from localcascade.planning.memory import MiB, Estimate, Overheads, Placement, check_kv_types, estimate, largest_layer_bytes
 from localcascade.model.facts import ModelFacts
 from localcascade.planning.speed import Speed, predict
 from localcascade.planning.plan import (CPU_ONLY, DRAFT_TOKENS, EXPERTS_IN_RAM, FULL_GPU, PARTIAL, WONT_FIT, Plan,
                                        PlanRequest)
-from localcascade.units import format_bytes, format_tokens, parse_size
+from localcascade.planning.reasons import AsRequested, NothingFits, Placed, Reason
+from localcascade.units import parse_size
 
 # Context lengths tried when the user gives none, and shown by `fit`.
 CONTEXT_LADDER = tuple(2**k * 1024 for k in range(2, 11))   # 4K .. 1M
@@ -104,7 +105,7 @@ def speed_of(facts: ModelFacts, p: Placement, hw: Hardware, limits: Limits = Lim
 
 
 def _plan(name: str, facts: ModelFacts, p: Placement, est: Estimate, verdict: str, hw: Hardware,
-          limits: Limits, source: str, reasons: tuple[str, ...]) -> Plan:
+          limits: Limits, source: str, reasons: tuple[Reason, ...]) -> Plan:
     return Plan(
         model=name, n_ctx=est.n_ctx, type_k=p.type_k, type_v=p.type_v, flash_attn=p.flash_attn,
         n_gpu_layers=p.n_gpu_layers, n_cpu_moe=p.n_cpu_moe, moe_blocks_in_ram=_moe_blocks_in_ram(p, facts),
@@ -140,31 +141,17 @@ def _base(facts: ModelFacts, hw: Hardware, request: PlanRequest, n_ctx: int) -> 
     )
 
 
-def _ctx_words(est: Estimate, p: Placement) -> str:
-    if p.n_seq > 1:
-        return f"{format_tokens(est.n_ctx // p.n_seq)} x {p.n_seq} conversations"
-    return format_tokens(est.n_ctx)
-
-
-def _describe(name: str, verdict: str, p: Placement, est: Estimate, facts: ModelFacts, hw: Hardware,
-              limits: Limits) -> str:
+def _placed(name: str, verdict: str, p: Placement, est: Estimate, facts: ModelFacts, hw: Hardware,
+            limits: Limits) -> Placed:
+    """Where a placement puts the model and the figures behind it (cli/wording says it)."""
     gpu_budget, ram_budget = _budgets(hw, limits)
-    gpu_name = hw.gpus[0].name if hw.gpus else "GPU"
-    ctx = _ctx_words(est, p)
-    if verdict == FULL_GPU:
-        return f"{name} fits fully on the {gpu_name} at {ctx} with {format_bytes(gpu_budget - est.gpu.total)} free"
-    if verdict == EXPERTS_IN_RAM:
-        blocks = _moe_blocks_in_ram(p, facts)
-        return (f"{name} at {ctx} needs the experts of {blocks} MoE block{'s' if blocks != 1 else ''} in RAM (--n-cpu-moe "
-                f"{p.n_cpu_moe}: {format_bytes(est.ram.weights)} of weights in RAM)")
-    if verdict == PARTIAL:
-        return f"{name} at {ctx} fits with {p.n_gpu_layers} of {facts.n_layer + 1} layers on the {gpu_name}"
-    if verdict == CPU_ONLY:
-        why = (" (the installed llama-cpp-python has no GPU offload: see `localcascade doctor`)"
-               if hw.gpus and not usable_gpus(hw) else "")
-        return f"{name} at {ctx} runs on the CPU only, {format_bytes(est.ram.total)} of RAM{why}"
-    return (f"{name} at {ctx} does not fit: it needs {format_bytes(est.ram.total)} of RAM on the CPU alone, "
-            f"{format_bytes(ram_budget)} is usable")
+    return Placed(
+        model=name, verdict=verdict, n_ctx=est.n_ctx, n_seq=p.n_seq, gpu_name=hw.gpus[0].name if hw.gpus else "GPU",
+        gpu_bytes=est.gpu.total, gpu_usable_bytes=gpu_budget, moe_blocks_in_ram=_moe_blocks_in_ram(p, facts),
+        n_cpu_moe=p.n_cpu_moe, ram_weight_bytes=est.ram.weights, n_gpu_layers=p.n_gpu_layers,
+        n_layers=facts.n_layer + 1, ram_bytes=est.ram.total, ram_usable_bytes=ram_budget,
+        gpu_offload_missing=bool(hw.gpus) and not usable_gpus(hw),
+    )
 
 
 def place(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanRequest(), *, n_ctx: int,
@@ -198,24 +185,18 @@ def _place(facts: ModelFacts, hw: Hardware, request: PlanRequest, *, n_ctx: int,
         if request.n_cpu_moe is not None and request.n_cpu_moe > n:
             # The loader writes one override pattern per block: an unchecked 99999 makes llama.cpp
             # match every tensor name against 99999 regexes, a load of half a minute.
-            raise UsageError(f"--cpu-moe {request.n_cpu_moe} is more than the {n} layers of {name}: give 0 to {n} "
-                             f"({n} keeps every layer's experts in RAM)")
+            raise ExpertLayersError(request.n_cpu_moe, n, name)
         ngl = request.n_gpu_layers if request.n_gpu_layers is not None else (n + 1 if usable_gpus(hw) else 0)
         if ngl < 0 or ngl > n + 1:
             ngl = n + 1  # llama.cpp's meaning of any count past the last layer: all of them
         p = replace(base, n_gpu_layers=ngl, n_cpu_moe=request.n_cpu_moe or 0)
         est = estimate(facts, p, limits.overheads)
         if not _fits(est, hw, limits, facts):
-            gpu_budget, ram_budget = _budgets(hw, limits)
-            raise DoesNotFitError(
-                f"{name} at {_ctx_words(est, p)} with n_gpu_layers={p.n_gpu_layers}, "
-                f"n_cpu_moe={p.n_cpu_moe} needs {format_bytes(est.gpu.total)} of GPU memory "
-                f"({format_bytes(gpu_budget)} usable) and {format_bytes(est.ram.total)} of RAM "
-                f"({format_bytes(ram_budget)} usable)"
-            )
+            raise NothingFits(_placed(name, _verdict(p, facts), p, est, facts, hw, limits),
+                              requested=(p.n_gpu_layers, p.n_cpu_moe))
         verdict = _verdict(p, facts)
         return _plan(name, facts, p, est, verdict, hw, limits, source,
-                     (_describe(name, verdict, p, est, facts, hw, limits), "placement as requested"))
+                     (_placed(name, verdict, p, est, facts, hw, limits), AsRequested()))
     last = None
     for p in _candidates(facts, base, bool(usable_gpus(hw))):
         est = estimate(facts, p, limits.overheads)
@@ -223,7 +204,7 @@ def _place(facts: ModelFacts, hw: Hardware, request: PlanRequest, *, n_ctx: int,
         if _fits(est, hw, limits, facts):
             verdict = _verdict(p, facts)
             return _plan(name, facts, p, est, verdict, hw, limits, source,
-                         (_describe(name, verdict, p, est, facts, hw, limits),) + est.notes)
+                         (_placed(name, verdict, p, est, facts, hw, limits),) + est.notes)
     p, est = last
     return _plan(name, facts, p, est, WONT_FIT, hw, limits, source,
-                 (_describe(name, WONT_FIT, p, est, facts, hw, limits),))
+                 (_placed(name, WONT_FIT, p, est, facts, hw, limits),))

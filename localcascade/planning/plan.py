@@ -2,13 +2,16 @@
 
 It says how to load a model (context, KV types, flash attention, GPU layers,
 expert tensors kept in system RAM, batch sizes) and what the memory model
-predicts that will cost on each device, with the reasons in words. It holds
-plain data only, so it can be printed, compared, and serialised to JSON.
+predicts that will cost on each device, with the reasons (planning/reasons.py: each one's kind
+and figures; the front ends word them). It holds plain data only, so it can be compared and
+serialised to JSON.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+from localcascade.planning.reasons import Reason, reason_data
 
 # Verdicts, best first.
 FULL_GPU = "full_gpu"            # every layer and every expert tensor on the GPU(s)
@@ -65,8 +68,8 @@ class Plan:
     tokens_per_s_high: float | None = None
     prompt_tokens_per_s_low: float | None = None
     prompt_tokens_per_s_high: float | None = None
-    reasons: tuple[str, ...] = ()
-    alternatives: tuple[str, ...] = ()         # other plans of the same model and what each trades
+    reasons: tuple[Reason, ...] = ()
+    alternatives: tuple[Alternative, ...] = ()   # other plans of the same model and what each trades
     source: str = "header"     # "header" (a real file's header) or "catalog" (built-in facts)
 
     def prompt_seconds(self, tokens: int | None = None) -> float | None:
@@ -84,16 +87,27 @@ class Plan:
         return self.ram.total
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        """The plan as JSON-ready data; its reasons and alternatives as records (``reason_data``,
+        ``alternative_data``), which the front ends also put into words."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("reasons", "alternatives")}
         data["gpu_bytes"] = self.gpu_bytes
         data["ram_bytes"] = self.ram_bytes
-        data["reasons"] = list(self.reasons)
-        data["alternatives"] = list(self.alternatives)
+        data["reason_data"] = [reason_data(r) for r in self.reasons]
+        data["alternative_data"] = [{"trade": a.trade, "plan": a.plan.to_dict()} for a in self.alternatives]
         return data
 
 
 # Draft tokens a step verifies (engine/drafts.py), chosen by measurement (docs/performance.md, "Drafts").
 DRAFT_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class Alternative:
+    """Another plan of the same model beside the chosen one, and what it trades:
+    "higher quality", "longer context" or "faster"."""
+
+    trade: str
+    plan: Plan
 
 
 @dataclass(frozen=True)

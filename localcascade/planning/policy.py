@@ -33,30 +33,20 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
-from localcascade.errors import DoesNotFitError, UsageError
+from localcascade.errors import ContextPastTrainingError, DoesNotFitError, UnknownPreferenceError, UsageError
 from localcascade.hardware.facts import Hardware
 from localcascade.model.facts import ModelFacts
 from localcascade.planning.plan import VERDICTS, WONT_FIT, Plan, PlanRequest
+from localcascade.planning.plan import Alternative as PlanAlternative
 from localcascade.planning.placement import CONTEXT_LADDER, Limits, place, usable_gpus
-from localcascade.units import format_tokens
+from localcascade.planning.reasons import (BEST_QUALITY_FULL_GPU, BEST_QUALITY_USABLE, FASTEST, LEAST_IN_RAM,
+                                           NONE_USABLE, FloorLowered, LongestHeld, NothingFits, Picked, Reason)
 
 THINKING_FLOOR = 65536
 NO_THINKING_FLOOR = 16384
 USABLE_TOKENS_PER_S = 20.0
 KV_TYPES_BY_QUALITY = ("f16", "q8_0")
 PREFERENCES = ("quality", "speed", "context")
-
-# The machine's rules and the preferences, in words: `fit` prints the one it used, --json names it.
-RULES = {
-    "full-gpu-first": "the best quality that runs fully on the GPU; else the fewest expert blocks in "
-                      "system RAM, then the best quality",
-    "unified-memory": "unified memory: fully on the GPU first, then the best quality at {usable}+ tokens/s",
-    "cpu-only": "CPU only: the best quality at {usable}+ tokens/s, else the fastest",
-    "quality": "prefer quality: the best quality at {usable}+ tokens/s, else the fastest",
-    "speed": "prefer speed: the fastest, then the best quality",
-    "context": "prefer context: the longest context this machine holds, then {machine}",
-}
-
 
 @dataclass(frozen=True)
 class Policy:
@@ -70,11 +60,11 @@ class Policy:
 
 
 def check_preference(prefer: str | None) -> str | None:
-    """``prefer`` lower-cased, or UsageError naming the choices."""
+    """``prefer`` lower-cased, or UnknownPreferenceError (a UsageError) with the choices."""
     if prefer is None:
         return None
     if prefer.lower() not in PREFERENCES:
-        raise UsageError(f"--prefer takes {', '.join(PREFERENCES)}, not {prefer!r}")
+        raise UnknownPreferenceError(prefer, PREFERENCES)
     return prefer.lower()
 
 
@@ -90,21 +80,11 @@ def rule_for(hardware: Hardware, prefer: str | None = None) -> str:
     return check_preference(prefer) or machine_rule(hardware)
 
 
-def describe_rule(rule: str, hardware: Hardware, policy: Policy | None = None) -> str:
-    policy = policy or Policy()
-    machine = RULES[machine_rule(hardware)].format(usable=f"{policy.usable_tokens_per_s:.0f}",
-                                                   machine="")
-    return RULES[rule].format(usable=f"{policy.usable_tokens_per_s:.0f}", machine=machine)
-
-
 @dataclass(frozen=True)
-class Alternative:
-    trade: str        # "higher quality", "longer context", "faster"
-    variant: Any
-    plan: Plan
+class Alternative(PlanAlternative):
+    """An alternative among variants: the trade, the plan and the variant it loads."""
 
-    def describe(self) -> str:
-        return f"{self.trade}: {self.variant.quant} {describe_briefly(self.plan)}"
+    variant: Any
 
 
 @dataclass(frozen=True)
@@ -112,22 +92,8 @@ class Recommendation:
     variant: Any
     plan: Plan
     alternatives: tuple[Alternative, ...]
-    notes: tuple[str, ...]     # how the policy decided (the rule, floor lowered, no usable speed...)
+    notes: tuple[Reason, ...]  # how the policy decided (floor lowered, the rule's pick...): data, worded by cli/wording
     rule: str = "full-gpu-first"
-
-
-def describe_briefly(plan: Plan) -> str:
-    """"at 256K, full GPU, KV f16, ~180 t/s": what a plan trades, in a line."""
-    where = {"full_gpu": "full GPU", "cpu_only": "CPU only"}.get(plan.verdict)
-    if where is None and plan.verdict == "experts_in_ram":
-        where = f"{plan.moe_blocks_in_ram} MoE block{'s' if plan.moe_blocks_in_ram != 1 else ''} in RAM"
-    elif where is None:
-        where = f"{plan.n_gpu_layers} layers on the GPU"
-    spread = ""
-    if not plan.speed_measured and plan.tokens_per_s_low is not None and plan.tokens_per_s_high is not None:
-        spread = f", {plan.tokens_per_s_low:.0f}-{plan.tokens_per_s_high:.0f}"
-    speed = f"~{plan.tokens_per_s:.0f} t/s" + ("" if plan.speed_measured else f" (est.{spread})")
-    return f"at {format_tokens(plan.n_ctx)}, {where}, KV {plan.type_k}, {speed}"
 
 
 def _kv_types(request: PlanRequest, policy: Policy) -> tuple[str, ...]:
@@ -191,51 +157,47 @@ def _speed(option: tuple[Any, Plan]) -> float:
 Option = tuple[Any, Plan]
 
 
-def _best_quality_usable(options: list[Option], policy: Policy) -> tuple[Option, str]:
+def _picked(how: str, option: Option, policy: Policy) -> Picked:
+    """How a rule picked ``option``, with the figures its words need."""
+    plan = option[1]
+    return Picked(how=how, n_ctx=plan.n_ctx, usable_tokens_per_s=policy.usable_tokens_per_s,
+                  tokens_per_s=plan.tokens_per_s, verdict=plan.verdict, moe_blocks_in_ram=plan.moe_blocks_in_ram,
+                  n_gpu_layers=plan.n_gpu_layers)
+
+
+def _best_quality_usable(options: list[Option], policy: Policy) -> tuple[Option, Picked]:
     """The best quality at a usable speed (the fastest among equals); where none is usable, the fastest."""
     usable = [o for o in options if _speed(o) >= policy.usable_tokens_per_s]
     if usable:
         best = min(usable, key=lambda o: (_quality(*o), -_speed(o)))
-        return best, f"the best quality that runs at {policy.usable_tokens_per_s:.0f}+ tokens/s"
+        return best, _picked(BEST_QUALITY_USABLE, best, policy)
     best = max(options, key=lambda o: (_speed(o), [-x for x in _quality(*o)]))
-    return best, (f"no plan reaches {policy.usable_tokens_per_s:.0f} tokens/s on this machine: the fastest "
-                  f"that fits, ~{best[1].tokens_per_s:.1f} tokens/s")
+    return best, _picked(NONE_USABLE, best, policy)
 
 
-def _least_in_ram(options: list[Option], policy: Policy) -> tuple[Option, str]:
+def _least_in_ram(options: list[Option], policy: Policy) -> tuple[Option, Picked]:
     best = min(options, key=lambda o: (in_system_ram(o[1]), _quality(*o), -_speed(o)))
-    if best[1].verdict == "full_gpu":
-        return best, "the best quality that runs fully on the GPU"
-    return best, (f"nothing runs fully on the GPU at this context: the plan that keeps the least of the model "
-                  f"in system RAM ({_where(best[1])}), then the best quality")
+    return best, _picked(BEST_QUALITY_FULL_GPU if best[1].verdict == "full_gpu" else LEAST_IN_RAM, best, policy)
 
 
-def _unified(options: list[Option], policy: Policy) -> tuple[Option, str]:
+def _unified(options: list[Option], policy: Policy) -> tuple[Option, Picked]:
     full = [o for o in options if o[1].verdict == "full_gpu"]
     best, why = _best_quality_usable(full or options, policy)
-    return best, ("fully on the GPU, " if full else "nothing runs fully on the GPU: ") + why
+    return best, replace(why, full_gpu=bool(full))
 
 
-def _fastest(options: list[Option], policy: Policy) -> tuple[Option, str]:
+def _fastest(options: list[Option], policy: Policy) -> tuple[Option, Picked]:
     best = max(options, key=lambda o: (_speed(o), [-x for x in _quality(*o)]))
-    return best, "the fastest plan, then the best quality"
+    return best, _picked(FASTEST, best, policy)
 
 
-_PICK: dict[str, Callable[[list[Option], Policy], tuple[Option, str]]] = {
+_PICK: dict[str, Callable[[list[Option], Policy], tuple[Option, Picked]]] = {
     "full-gpu-first": _least_in_ram,
     "unified-memory": _unified,
     "cpu-only": _best_quality_usable,
     "quality": _best_quality_usable,
     "speed": _fastest,
 }
-
-
-def _where(plan: Plan) -> str:
-    if plan.verdict == "experts_in_ram":
-        return f"the experts of {plan.moe_blocks_in_ram} MoE block{'s' if plan.moe_blocks_in_ram != 1 else ''}"
-    if plan.verdict == "partial":
-        return f"{plan.n_gpu_layers} layers on the GPU"
-    return plan.verdict.replace("_", " ")
 
 
 def _trained(facts_list: list[ModelFacts]) -> int:
@@ -285,22 +247,20 @@ def recommend(hardware: Hardware, variants: Iterable[Any], request: PlanRequest 
     facts_list = [v.facts for v in variants]
     floors = _floors(facts_list, request, policy, think, rule)
     floor = floors[0] if request.n_ctx is not None else _floor(facts_list, policy, think)
-    notes: list[str] = []
+    notes: list[Reason] = []
     options: list[Option] = []
     for n_ctx in floors:
         options = _options_at(variants, hardware, request, n_ctx, policy, limits)
         if options:
             if n_ctx < floor:
-                notes.append(f"nothing fits at {format_tokens(floor)} (the floor for a "
-                             f"{'thinking' if think else 'non-thinking'} chat): {format_tokens(n_ctx)} is the "
-                             "largest context that fits")
+                notes.append(FloorLowered(floor=floor, think=think, n_ctx=n_ctx))
             elif rule == "context" and request.n_ctx is None:
-                notes.append(f"{format_tokens(n_ctx)} is the longest context this machine holds")
+                notes.append(LongestHeld(n_ctx=n_ctx))
             break
     if not options:
-        raise DoesNotFitError(_nothing_fits(variants, hardware, request, floors[-1], limits))
+        raise _nothing_fits(variants, hardware, request, floors[-1], limits)
     (variant, plan), why = _PICK[machine_rule(hardware) if rule == "context" else rule](options, policy)
-    notes.append(f"{why}, at {format_tokens(plan.n_ctx)}")
+    notes.append(why)
     alternatives = _alternatives(variant, plan, options, hardware, request, policy, limits, rule)
     return Recommendation(variant, plan, alternatives, tuple(notes), rule)
 
@@ -313,13 +273,13 @@ def _alternatives(variant: Any, plan: Plan, options: list[Option], hardware: Har
     found: list[Alternative] = []
     (v, p), _ = _best_quality_usable(options, policy)
     if _quality(v, p) < _quality(variant, plan):
-        found.append(Alternative("higher quality", v, p))
+        found.append(Alternative("higher quality", p, v))
     longer = _longest(variant, plan, hardware, request, policy, limits)
     if longer is not None:
-        found.append(Alternative("longer context", variant, longer))
+        found.append(Alternative("longer context", longer, variant))
     (v, p), _ = _fastest(options, policy)
     if _speed((v, p)) > 1.15 * (plan.tokens_per_s or 0):
-        found.append(Alternative("faster", v, p))
+        found.append(Alternative("faster", p, v))
     return tuple(found)
 
 
@@ -338,13 +298,14 @@ def _longest(variant: Any, plan: Plan, hardware: Hardware, request: PlanRequest,
     return None
 
 
-def _nothing_fits(variants: list[Any], hardware: Hardware, request: PlanRequest, n_ctx: int, limits: Limits) -> str:
+def _nothing_fits(variants: list[Any], hardware: Hardware, request: PlanRequest, n_ctx: int,
+                  limits: Limits) -> DoesNotFitError:
+    """The refusal when no variant fits: the smallest one's best try at ``n_ctx``."""
     smallest = min(variants, key=lambda v: v.facts.file_tensor_bytes, default=None)
-    names = ", ".join(v.quant for v in variants) or "no variants"
     if smallest is None:
-        return f"none of {names} fits this machine"
+        return DoesNotFitError("there is no model to plan for")
     plan = place(smallest.facts, hardware, request, n_ctx=n_ctx, name=smallest.quant, limits=limits)
-    return f"none of {names} fits this machine: {plan.reasons[0]}"
+    return NothingFits(plan.reasons[0], models=tuple(v.quant for v in variants))
 
 
 @dataclass(frozen=True)
@@ -367,12 +328,12 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
         if request.n_seq is not None and facts.n_ctx_train and request.n_ctx > facts.n_ctx_train:
             # A server's conversations (n_seq given) never run past the trained context: a client
             # cannot see the warning ask prints, only answers that turned to noise.
-            raise UsageError(f"--ctx {format_tokens(request.n_ctx)} per conversation is more than the "
-                             f"{format_tokens(facts.n_ctx_train)} tokens {name} was trained on: give --ctx "
-                             f"{format_tokens(facts.n_ctx_train)} or less")
+            raise ContextPastTrainingError(request.n_ctx, facts.n_ctx_train, name)
         plan = place(facts, hw, request, n_ctx=request.n_ctx, name=name, source=source, limits=limits)
         if plan.verdict == WONT_FIT:
-            raise DoesNotFitError(plan.reasons[0] + _what_fits(facts, hw, request, name, source, limits))
+            several = (request.n_seq or 1) > 1
+            raise NothingFits(plan.reasons[0], offers_checked=several,
+                              offers=_what_fits(facts, hw, request, name, source, limits) if several else ())
         return plan
     if (request.n_seq or 1) > 1:
         # Several conversations: the floor is per conversation, and nothing smaller is chosen silently;
@@ -382,15 +343,14 @@ def plan_for_facts(facts: ModelFacts, hw: Hardware, request: PlanRequest = PlanR
                               limits=limits)
     choice = recommend(hw, [_OneModel(facts, name, source)], request, think=think, policy=policy, limits=limits)
     return replace(choice.plan, reasons=choice.plan.reasons + choice.notes,
-                   alternatives=tuple(f"{a.trade}: {describe_briefly(a.plan)}" for a in choice.alternatives))
+                   alternatives=tuple(PlanAlternative(a.trade, a.plan) for a in choice.alternatives))
 
 
 def _what_fits(facts: ModelFacts, hw: Hardware, request: PlanRequest, name: str, source: str,
-               limits: Limits) -> str:
-    """For several conversations that do not fit: the pairs (context, conversations) that would."""
+               limits: Limits) -> tuple[tuple[int, int], ...]:
+    """For several conversations that do not fit: the pairs (context per conversation, conversations)
+    that would: the same conversations at a smaller context, then fewer at the same context."""
     n_seq = request.n_seq or 1
-    if n_seq <= 1:
-        return ""
 
     def fits(n_ctx: int, n: int) -> bool:
         try:
@@ -402,13 +362,11 @@ def _what_fits(facts: ModelFacts, hw: Hardware, request: PlanRequest, name: str,
     offers = []
     ctx = next((c for c in reversed(CONTEXT_LADDER) if c < request.n_ctx and fits(c, n_seq)), None)
     if ctx is not None:
-        offers.append(f"--parallel {n_seq} --ctx {format_tokens(ctx)}")
+        offers.append((ctx, n_seq))
     n = next((k for k in range(n_seq - 1, 0, -1) if fits(request.n_ctx, k)), None)
     if n is not None:
-        offers.append(f"--parallel {n} --ctx {format_tokens(request.n_ctx)}")
-    if not offers:
-        return "; not even one conversation at 4K fits"
-    return "; what fits: " + " or ".join(offers)
+        offers.append((request.n_ctx, n))
+    return tuple(offers)
 
 
 def plan_for_model(header: Any, hardware: Hardware, request: PlanRequest = PlanRequest(), *,

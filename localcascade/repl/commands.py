@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 from localcascade import safe_io
-from localcascade.cli.wording import context_line, describe_hardware, describe_plan, last_reply_lines, thought_for
-from localcascade.errors import LocalCascadeError, UsageError
+from localcascade.cli.wording import (context_line, describe_hardware, describe_plan, error_line, last_reply_lines,
+                                      thought_for)
+from localcascade.engine.options import LIMITS
+from localcascade.errors import LocalCascadeError, OptionError, UsageError
 from localcascade.repl.state import TRACE_MODES, ReplState
 from localcascade.units import format_tokens, parse_tokens
 
@@ -148,40 +150,38 @@ def _system_text(chat) -> str | None:
     return None
 
 
-def _parse_float(low: float, high: float, name: str) -> Callable[[str], float]:
+def _number(field: str) -> Callable[[str], float]:
+    """The text of a /set value as a number; its limits are checked where the options are built
+    (engine/options.py), which words them the same way."""
     def parse(text: str) -> float:
         try:
-            value = float(text)
+            return float(text)
         except ValueError:
-            raise UsageError(f"{name} takes a number from {low:g} to {high:g}, not {text!r}") from None
-        if not low <= value <= high:
-            raise UsageError(f"{name} takes a number from {low:g} to {high:g}, not {text!r}")
-        return value
+            raise OptionError(field, text, LIMITS[field].accepted) from None
 
     return parse
 
 
-def _parse_int(low: int, name: str) -> Callable[[str], int]:
+def _whole(field: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            return int(text)
         except ValueError:
-            raise UsageError(f"{name} takes a whole number, not {text!r}") from None
-        if value < low:
-            raise UsageError(f"{name} must be at least {low}, not {text!r}")
-        return value
+            raise OptionError(field, text, LIMITS[field].accepted) from None
 
     return parse
 
 
-# /set NAME -> (GenerationOptions field, parser); parsers raise UsageError with the accepted form.
+# /set NAME -> (GenerationOptions field, parser): the parser reads the text, GenerationOptions checks the value.
 _SETTABLE: dict[str, tuple[str, Callable[[str], object]]] = {
-    "temp": ("temperature", _parse_float(0.0, 5.0, "temp")),
-    "top_p": ("top_p", _parse_float(0.0, 1.0, "top_p")),
-    "top_k": ("top_k", _parse_int(0, "top_k")),
+    "temp": ("temperature", _number("temperature")),
+    "top_p": ("top_p", _number("top_p")),
+    "top_k": ("top_k", _whole("top_k")),
     "max_tokens": ("max_tokens", parse_tokens),
-    "seed": ("seed", _parse_int(0, "seed")),
+    "seed": ("seed", _whole("seed")),
 }
+# The chat's names for GenerationOptions' fields, in what it says of a value outside the limits.
+_OPTION_NAMES = {**{field: name for name, (field, _) in _SETTABLE.items()}, "think_budget": "/budget"}
 _SET_ALIASES = {"temperature": "temp", "top-p": "top_p", "top-k": "top_k", "max-tokens": "max_tokens"}
 
 
@@ -379,8 +379,10 @@ def run_command(state: ReplState, line: str) -> Outcome:
         return _say(f"unknown command {name}{hint} (/help lists them)", kind=ERROR)
     try:
         return command.handler(state, arg)
+    except OptionError as err:
+        return _say(err.naming(_OPTION_NAMES.get(err.field, err.field)), kind=ERROR)
     except LocalCascadeError as err:
-        return _say(str(err), kind=ERROR)
+        return _say(error_line(err), kind=ERROR)
     except (OSError, ValueError) as err:
         # A file or a path the command could not use (a NUL in a name, a full disk...): the
         # conversation must outlive it.

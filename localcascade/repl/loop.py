@@ -17,7 +17,7 @@ from rich.console import Console
 
 from localcascade import settings as lc_settings
 from localcascade.cli.stop_signals import StopOnSignals
-from localcascade.cli.wording import context_line, stats_footer
+from localcascade.cli.wording import context_line, error_line, stats_footer
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
 from localcascade.errors import ContextOverflowError, LocalCascadeError
 from localcascade.planning.plan import Plan
@@ -150,7 +150,7 @@ def stream_reply(console: Console, state: ReplState, text: str) -> None:
     except LocalCascadeError as err:
         # The engine failed this turn (not the session): say so and keep the conversation going.
         printer.finish(None, failed=True)
-        console.print(f"error: {err}", style="red", markup=False)
+        console.print(f"error: {error_line(err)}", style="red", markup=False)
         return
     finally:
         close = getattr(events, "close", None)

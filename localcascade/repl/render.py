@@ -13,7 +13,7 @@ from typing import Callable
 from rich.console import Console
 
 from localcascade.cli.console import can_redraw, make_console
-from localcascade.cli.wording import thought_for
+from localcascade.cli.wording import error_line, plan_brief, thought_for
 from localcascade.engine.events import TurnStats
 from localcascade.errors import ContextOverflowError
 from localcascade.planning.plan import Plan
@@ -51,15 +51,13 @@ def context_warning(used: int, limit: int, larger: Plan | None | bool = None) ->
         return start + f"; this machine holds no larger context of this model than {format_tokens(limit)}"
     if larger is None:
         return start + ", or restart with a larger --ctx if `localcascade fit` says it fits"
-    from localcascade.planning.policy import describe_briefly
-
     return (start + f", or restart with --ctx {format_tokens(larger.n_ctx)}: this machine holds that "
-            f"{describe_briefly(larger)}")
+            f"{plan_brief(larger)}")
 
 
 def overflow_advice(err: ContextOverflowError) -> list[str]:
     return [
-        f"{err}",
+        error_line(err),
         "nothing was dropped: /save FILE keeps this conversation, /clear starts a new one, "
         "or restart with a larger --ctx if `localcascade fit` says it fits",
     ]

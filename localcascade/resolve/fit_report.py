@@ -1,9 +1,10 @@
 """The `fit` report: every variant x context on one machine, and the recommendation.
 
 Takes the models to plan from the resolver (catalog facts, a live header from the hub, or a local
-file's), asks the planner for each context, and returns plain JSON-ready data (schema in
-README.md, "What fits"). The words about speeds are added by the `fit` command from
-``cli.wording``, where every command's words live.
+file's), asks the planner for each context, and returns JSON-ready data (schema in docs/fit.md)
+but for the planner's reasons, which stay records (planning/reasons.py): the `fit` command puts
+them, the rule and the speeds into words from ``cli.wording``, where every command's words live,
+and writes each record beside its words.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from localcascade.errors import DoesNotFitError
 from localcascade.hardware.facts import Hardware
 from localcascade.planning.plan import Plan, PlanRequest
 from localcascade.planning.placement import FIT_CONTEXTS, Limits, place
-from localcascade.planning.policy import Policy, describe_rule, recommend, rule_for
+from localcascade.planning.policy import Policy, machine_rule, recommend, rule_for
 from localcascade.resolve.resolver import resolve
 from localcascade.units import format_tokens
 
@@ -40,7 +41,7 @@ def _row(plan: Plan) -> dict:
         "components": comps,
         "gpu_components": asdict(plan.gpu),
         "ram_components": asdict(plan.ram),
-        "reason": plan.reasons[0] if plan.reasons else "",
+        "reason": plan.reasons[0] if plan.reasons else None,   # a record; `fit` words it
     }
 
 
@@ -80,16 +81,14 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
         choice = None
     if choice is not None:
         recommended = _choice(choice.variant, choice.plan)
-        recommended["reasons"] = list(choice.plan.reasons)
+        recommended["reasons"] = list(choice.plan.reasons)   # records, like the policy's notes
         recommended["policy"] = list(choice.notes)
-        alternatives = [dict(_choice(a.variant, a.plan), trade=a.trade, summary=a.describe())
-                        for a in choice.alternatives]
+        alternatives = [dict(_choice(a.variant, a.plan), trade=a.trade) for a in choice.alternatives]
     assumptions = {"cuda_context_bytes_per_gpu": limits.overheads.cuda_context_bytes,
                    "gpu_margin_bytes": limits.gpu_margin_bytes, "ram_margin_bytes": limits.ram_margin_bytes,
                    "process_ram_bytes": limits.overheads.process_ram_bytes}
     return {"hardware": hardware.to_dict(), "requested_n_ctx": n_ctx, "think": think,
-            "policy": {"rule": rule, "prefer": prefer and prefer.lower(),
-                       "description": describe_rule(rule, hardware, policy),
+            "policy": {"rule": rule, "prefer": prefer and prefer.lower(), "machine_rule": machine_rule(hardware),
                        "context_floor": policy.floor(think), "usable_tokens_per_s": policy.usable_tokens_per_s,
                        "kv_types": [kv_type] if kv_type else list(policy.kv_types)},
             "recommended": recommended, "alternatives": alternatives, "variants": variants, "notes": notes,

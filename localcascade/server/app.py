@@ -26,14 +26,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from localcascade.engine.events import AnswerText, ThinkingText, TurnStats
-from localcascade.errors import LocalCascadeError
+from localcascade.errors import LocalCascadeError, OptionError
 from localcascade.server.generation import Generation, RoundEnded, ServerTool, offer_python, with_python
 from localcascade.server.guard import BodyRefused, Guard, GuardSettings, UploadBudget, read_body
-from localcascade.server.http_errors import log, refused
+from localcascade.server.http_errors import error_message, log, refused
 from localcascade.server.reply import AnswerFilter, openai_tool_calls
-from localcascade.server.responses import ResponsesRequest, ResponseStore, ResponseWriter, conversation, to_chat
+from localcascade.server.responses import (RESPONSES_FIELDS, ResponsesRequest, ResponseStore, ResponseWriter,
+                                           conversation, to_chat)
 from localcascade.server.scheduler import Failed, QueueFull, Scheduler, Started, Unavailable
-from localcascade.server.schema import ChatRequest, quoted, to_work
+from localcascade.server.schema import ChatRequest, option_field, quoted, to_work
 from localcascade.tools.loop import ToolCallFinished
 from localcascade.tools.python_tool import NAME as PYTHON
 
@@ -167,8 +168,8 @@ async def _responses(request: Request, scheduler: Scheduler, settings: ServerSet
         message, param = _validation_message(err)
         return _refused(request, 400, message, param=param)
     except LocalCascadeError as err:
-        return _refused(request, 400, str(err))
-    opened = await _open(request, scheduler, settings, chat)
+        return _refused(request, 400, error_message(err))
+    opened = await _open(request, scheduler, settings, chat, RESPONSES_FIELDS)
     if not isinstance(opened, _Opened):
         return opened
     writer = ResponseWriter(req, opened.reply, messages, store)
@@ -188,12 +189,18 @@ class _Opened:
     watcher: asyncio.Task     # cancels the generation when the client goes away
 
 
-async def _open(request: Request, scheduler: Scheduler, settings: ServerSettings, req: ChatRequest):
-    """Submit ``req`` and wait for it to start: an _Opened, or the error response to send."""
+async def _open(request: Request, scheduler: Scheduler, settings: ServerSettings, req: ChatRequest,
+                renamed: dict[str, str] | None = None):
+    """Submit ``req`` and wait for it to start: an _Opened, or the error response to send.
+    ``renamed``: the client's names for the chat request's fields (the Responses API's)."""
     try:
         work = await asyncio.to_thread(to_work, req, call_tokens=settings.call_tokens)   # stop strings, grammars
+    except OptionError as err:     # a generation option outside its limits: named as the client sent it
+        field = option_field(err.field, req)
+        field = (renamed or {}).get(field, field)
+        return _refused(request, 400, err.naming(field), param=field)
     except LocalCascadeError as err:
-        return _refused(request, 400, str(err))
+        return _refused(request, 400, error_message(err))
     if work.forced_call is not None and not settings.tools_shown:
         return _refused(request, 400, "tool_choice forces a tool call, but this model's chat template does not "
                                       "show tools to the model (serve with --chat-template FILE that renders them)",

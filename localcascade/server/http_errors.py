@@ -9,6 +9,7 @@ import time
 
 from fastapi.responses import JSONResponse
 
+from localcascade.errors import ContextOverflowError, LocalCascadeError
 from localcascade.stderr import say
 
 
@@ -31,6 +32,14 @@ class RateLimitedLog:
             held = self._held.pop(kind, 0)
         more = f" (and {held} more like it not shown)" if held else ""
         say(f"{line}{more}")
+
+
+def error_message(err: LocalCascadeError) -> str:
+    """A typed error in the server's words: the message a client gets. The lower layers name no
+    setting of any front end; where the remedy is the client's, it is said in the request's terms."""
+    if isinstance(err, ContextOverflowError) and err.prompt_tokens is not None:
+        return f"{err}: shorten the messages"
+    return str(err)
 
 
 log = RateLimitedLog()

@@ -92,9 +92,9 @@ class ResponsesRequest(_Model):
     previous_response_id: Optional[str] = None
     store: bool = True
     stream: bool = False
-    max_output_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: Optional[float] = Field(default=None, ge=0, le=2)
-    top_p: Optional[float] = Field(default=None, gt=0, le=1)
+    max_output_tokens: Optional[int] = None      # these limits are GenerationOptions' (engine/options.py)
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
     tools: Optional[list[FunctionTool]] = None
     tool_choice: Union[str, dict, None] = None
     parallel_tool_calls: Optional[bool] = None
@@ -102,8 +102,8 @@ class ResponsesRequest(_Model):
     reasoning: Optional[Reasoning] = None
     metadata: Optional[dict] = None
     # llama-server's extensions, as on chat completions
-    top_k: Optional[int] = Field(default=None, ge=0)
-    min_p: Optional[float] = Field(default=None, ge=0, le=1)
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
     seed: Optional[int] = None
     stop: Union[str, list[str], None] = None
     chat_template_kwargs: Optional[dict] = None
@@ -196,6 +196,10 @@ def _followed_by_tool(messages: list[dict]) -> bool:
     return bool(messages) and messages[-1]["role"] == "tool"
 
 
+# The chat request's fields that this API calls otherwise: what a 400 about one names.
+RESPONSES_FIELDS = {"max_completion_tokens": "max_output_tokens"}
+
+
 def to_chat(req: ResponsesRequest, messages: list[dict]) -> ChatRequest:
     """The chat completion request ``req`` means, over ``messages`` (see ``conversation``)."""
     if req.instructions:
@@ -212,7 +216,7 @@ def to_chat(req: ResponsesRequest, messages: list[dict]) -> ChatRequest:
                 include={"name", "description", "parameters"}, exclude_none=True)})
     body: dict = {
         "messages": messages,
-        "max_completion_tokens": req.max_output_tokens,
+        "max_completion_tokens": req.max_output_tokens,    # RESPONSES_FIELDS names it back in a 400
         "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k, "min_p": req.min_p,
         "seed": req.seed, "stop": req.stop, "tools": tools, "tool_choice": req.tool_choice,
         "parallel_tool_calls": req.parallel_tool_calls, "chat_template_kwargs": req.chat_template_kwargs,

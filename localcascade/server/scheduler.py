@@ -39,6 +39,7 @@ from localcascade.engine.events import AnswerText, Event, TurnStats
 from localcascade.engine.session import TOOL_CALL_CLOSE, Engine
 from localcascade.engine.state_cache import MIN_CHECKPOINT_TOKENS
 from localcascade.errors import ContextOverflowError, LocalCascadeError
+from localcascade.server.http_errors import error_message
 from localcascade.server.schema import Work, reply_key
 from localcascade.stderr import say
 
@@ -432,10 +433,8 @@ class Scheduler:
                 if prompt is None or len(canonical) < engine.n_ctx_seq:
                     prompt = canonical
             if len(prompt) >= engine.n_ctx_seq:
-                raise ContextOverflowError(
-                    f"the prompt is {len(prompt)} tokens but a conversation's context holds "
-                    f"{engine.n_ctx_seq} (and the reply needs room too): shorten the messages"
-                )
+                raise ContextOverflowError(prompt_tokens=len(prompt), context_tokens=engine.n_ctx_seq,
+                                           per_conversation=True)
             if slot.key is not None and reuse is not True:
                 slot.evictions += 1
                 self._park(slot)
@@ -453,10 +452,10 @@ class Scheduler:
             self.evaluated_tokens += job.turn.evaluated
             job.deliver(Started(len(prompt), job.turn.evaluated, reuse and canonical is None))
         except ContextOverflowError as err:
-            self._release(slot, Failed(400, str(err), code="context_length_exceeded"), job)
+            self._release(slot, Failed(400, error_message(err), code="context_length_exceeded"), job)
         except LocalCascadeError as err:
             status = 400 if _is_request_fault(err) else 500
-            self._release(slot, Failed(status, str(err), "invalid_request_error" if status == 400 else "server_error"),
+            self._release(slot, Failed(status, error_message(err), "invalid_request_error" if status == 400 else "server_error"),
                           job)
         except Exception as err:  # noqa: BLE001 - a bug must fail one request, not the server
             self._release(slot, Failed(500, f"internal error: {type(err).__name__}: {err}", "server_error"), job)

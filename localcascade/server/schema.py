@@ -87,12 +87,14 @@ class ChatRequest(_Model):
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-    max_tokens: Optional[int] = Field(default=None, ge=1)
-    max_completion_tokens: Optional[int] = Field(default=None, ge=1)
-    temperature: Optional[float] = Field(default=None, ge=0, le=2)
-    top_p: Optional[float] = Field(default=None, gt=0, le=1)
-    top_k: Optional[int] = Field(default=None, ge=0)
-    min_p: Optional[float] = Field(default=None, ge=0, le=1)
+    # The generation options' limits are GenerationOptions' own (engine/options.py): one check for
+    # every front end, a 400 naming the field (``option_field``).
+    max_tokens: Optional[int] = None
+    max_completion_tokens: Optional[int] = None
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
     seed: Optional[int] = None
     stop: Union[str, list[str], None] = None
     n: Optional[int] = None
@@ -159,7 +161,7 @@ def to_work(req: ChatRequest, *, call_tokens: bool = True) -> Work:
         top_p=req.top_p,
         top_k=req.top_k,
         min_p=req.min_p,
-        max_tokens=req.max_completion_tokens or req.max_tokens,
+        max_tokens=req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens,
         seed=req.seed,
         grammar=grammar,
     )
@@ -167,6 +169,21 @@ def to_work(req: ChatRequest, *, call_tokens: bool = True) -> Work:
     return Work(messages=messages, key=(tools_key,) + tuple(message_key(m) for m in messages), tools=tools,
                 think=options.think, options=options, stop=stop, parse_tools=use_tools, forced_call=forced,
                 max_calls=max_calls)
+
+
+# GenerationOptions' fields by the name a chat completions request gives them.
+_REQUEST_FIELDS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+                   "seed": "seed", "max_tokens": "max_tokens", "think_budget": "thinking_budget_tokens"}
+
+
+def option_field(field: str, req: ChatRequest) -> str:
+    """The request's name for GenerationOptions' ``field`` (of the two names a value may come by,
+    the one this request used): what a 400 about it names."""
+    if field == "max_tokens" and req.max_completion_tokens is not None:
+        return "max_completion_tokens"
+    if field == "think_budget" and req.thinking_budget_tokens is None and req.reasoning_budget_tokens is not None:
+        return "reasoning_budget_tokens"
+    return _REQUEST_FIELDS.get(field, field)
 
 
 def quoted(text: str, limit: int = 80) -> str:

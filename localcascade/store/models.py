@@ -23,7 +23,7 @@ from localcascade import safe_io, settings
 from localcascade.hub import hf_compat
 from localcascade.store import index as store_index
 from localcascade.model.catalog import find_variant, load_catalog
-from localcascade.errors import LocalCascadeError, ModelNotFoundError, UsageError
+from localcascade.errors import LocalCascadeError, ModelNotFoundError, NameTakenError, UsageError
 from localcascade.model.spec import HubFile, group_model_files, quant_from_name
 from localcascade.store.index import file_key
 
@@ -193,16 +193,14 @@ def check_new_name(name: str, *, replace: bool = False, files: list[Path] | None
         raise UsageError(f"cannot register a model as {name!r}: use at most {_NAME_MAX_CHARS} printable "
                          "characters (no tabs, newlines or control characters)")
     if _is_catalog_name(name):
-        raise UsageError(f"cannot register a model as {name!r}: it is the name of a catalog variant; "
-                         "choose another name (--name)")
+        raise NameTakenError(name)
     data = store_index.load_index()
     entry = data["models"].get(name)
     current = _registered(name, entry, data["verified"]) if entry else None
     rewritten = files is not None and current is not None and \
         {file_key(f) for f in current.files} <= {file_key(f) for f in files}
     if current is not None and not current.missing and not replace and not rewritten:
-        raise UsageError(f"a model named {name!r} is already registered ({current.path}); "
-                         "choose another name (--name), or replace it (--force)")
+        raise NameTakenError(name, str(current.path))
     return current
 
 
