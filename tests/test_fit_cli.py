@@ -50,7 +50,8 @@ def test_fit_4090_json_offline_has_every_variant_and_context():
     placed, *_ = rec["reason_data"]
     assert (placed["kind"], placed["model"], placed["verdict"]) == ("placed", rec["variant"], "full_gpu")
     assert placed["gpu_bytes"] <= placed["gpu_usable_bytes"] and rec["reasons"][0].startswith(f"{rec['variant']} fits fully")
-    assert len(rec["reasons"]) == len(rec["reason_data"]) + 1   # and the speed, said from the plan's own fields
+    # and the speed, drafting and the kept-state cost, said from the plan's own fields
+    assert len(rec["reasons"]) == len(rec["reason_data"]) + 3
     assert [p["kind"] for p in rec["policy_data"]] == ["picked"] and rec["policy_data"][0]["how"] == "best_quality_full_gpu"
     assert rec["policy"] == [f"the best quality that runs fully on the GPU, at {rec['n_ctx'] // 1024}K"]
     assert data["policy"]["machine_rule"] == "full-gpu-first" and data["policy"]["description"].startswith(
@@ -222,3 +223,17 @@ def test_pull_and_run_refuse_an_unknown_preference_in_one_line():
                              env=dict(os.environ, HF_HUB_OFFLINE="1"))
         assert out.returncode == 2, (command, out.stderr)
         assert out.stderr.strip() == "localcascade: --prefer takes quality, speed, context, not 'cheap'"
+
+
+def test_fit_says_what_drafting_reserves_and_what_a_kept_prompt_state_costs(capsys, monkeypatch):
+    code, data, err = _fit_json(["--gpu", "rtx-4090"], capsys, monkeypatch, offline=True)
+    assert code == 0, err
+    rec = data["recommended"]
+    assert rec["drafts"]["draft_tokens"] == 8
+    assert 0.3 * 2**30 < rec["drafts"]["snapshot_bytes"] < 0.45 * 2**30    # 8 x ~47.6 MiB of Mamba state
+    assert rec["kept_state"]["bytes_per_token"] == 6144                     # 6 attention blocks, f16 K and V
+    assert any("drafts up to 8 tokens" in r for r in rec["reasons"])
+    code, data, err = _fit_json(["--gpu", "rtx-4060"], capsys, monkeypatch, offline=True)
+    assert code == 0, err
+    assert data["recommended"]["verdict"] != "full_gpu" and data["recommended"]["drafts"]["draft_tokens"] == 0
+    assert any(r.startswith("token by token") for r in data["recommended"]["reasons"])

@@ -172,7 +172,7 @@ def _render_show(label, stored, s, plan, plan_error, kept=None) -> None:
         if stored.source:
             out(f"  made from      {stored.source}")
     if plan is not None:
-        from localcascade.cli.wording import plan_line, plan_speed_reason, reason_words
+        from localcascade.cli.wording import kept_state_words, plan_line, plan_speed_reason, reason_words
 
         out(f"  fit            {plan_line(plan)}")
         for reason in [reason_words(r) for r in plan.reasons] + ([plan_speed_reason(plan)] if plan.tokens_per_s else []):
@@ -180,9 +180,7 @@ def _render_show(label, stored, s, plan, plan_error, kept=None) -> None:
     else:
         out(f"  fit            unknown ({plan_error})")
     if kept is not None:
-        out(f"  kept state     {kept['bytes_per_token']:,} B per cached token (KV {kept['type_k']}) + "
-            f"{format_bytes(kept['bytes_per_state'])} of recurrent state per checkpoint "
-            "(`localcascade cache` holds them)")
+        out(f"  kept state     {kept_state_words(kept['bytes_per_token'], kept['bytes_per_state'])}")
 
 
 # -- rm ------------------------------------------------------------------------------------

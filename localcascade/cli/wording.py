@@ -387,6 +387,21 @@ def reply_stats_line(stats: TurnStats) -> str:
             f"({stats.generation_tokens_per_s:.1f} t/s){drafts_words(stats)}, stop: {stats.stop_reason}")
 
 
+def drafts_plan_words(draft_tokens: int, snapshot_bytes: int) -> str:
+    """What drafting a plan reserves, for `fit`."""
+    if not draft_tokens:
+        return "token by token: verifying drafts pays little unless every expert stays on the GPU (--draft ngram asks for it)"
+    kept = f", {format_bytes(snapshot_bytes)} of state snapshots reserved for it" if snapshot_bytes else ""
+    return f"drafts up to {draft_tokens} tokens a step where text repeats{kept} (--draft none frees them)"
+
+
+def kept_state_words(bytes_per_token: int, bytes_per_state: int) -> str:
+    """What the prompt-state cache keeps for a model, for `fit` and `show`."""
+    recurrent = f" + {format_bytes(bytes_per_state)} of recurrent state" if bytes_per_state else ""
+    return (f"a kept prompt state: {bytes_per_token:,} B per cached token{recurrent} per checkpoint "
+            "(`localcascade cache` holds them)")
+
+
 def drafts_words(stats: TurnStats) -> str:
     """What drafting did in a reply, where it drafted at all."""
     if not stats.drafted_tokens:

@@ -14,6 +14,7 @@ from typing import Any
 
 from localcascade.errors import DoesNotFitError
 from localcascade.hardware.facts import Hardware
+from localcascade.planning.memory import kept_state_bytes
 from localcascade.planning.plan import Plan, PlanRequest
 from localcascade.planning.placement import FIT_CONTEXTS, Limits, place
 from localcascade.planning.policy import Policy, machine_rule, recommend, rule_for
@@ -82,6 +83,9 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
     if choice is not None:
         recommended = _choice(choice.variant, choice.plan)
         recommended["reasons"] = list(choice.plan.reasons)   # records, like the policy's notes
+        recommended["drafts"] = _drafts(choice.plan)
+        per_token, per_state = kept_state_bytes(choice.variant.facts, choice.plan.type_k, choice.plan.type_v)
+        recommended["kept_state"] = {"bytes_per_token": per_token, "bytes_per_state": per_state}
         recommended["policy"] = list(choice.notes)
         alternatives = [dict(_choice(a.variant, a.plan), trade=a.trade) for a in choice.alternatives]
     assumptions = {"cuda_context_bytes_per_gpu": limits.overheads.cuda_context_bytes,
@@ -93,6 +97,13 @@ def fit_report(spec: str | None, hardware: Hardware, *, n_ctx: int | None = None
                        "kv_types": [kv_type] if kv_type else list(policy.kv_types)},
             "recommended": recommended, "alternatives": alternatives, "variants": variants, "notes": notes,
             "assumptions": assumptions}
+
+
+def _drafts(plan: Plan) -> dict:
+    """What drafting the plan reserves: k tokens a step, and the recurrent-state snapshots for them."""
+    recurrent = plan.gpu.recurrent + plan.ram.recurrent
+    return {"draft_tokens": plan.n_rs_seq,
+            "snapshot_bytes": recurrent * plan.n_rs_seq // (1 + plan.n_rs_seq) if plan.n_rs_seq else 0}
 
 
 def _choice(variant: Any, plan: Plan) -> dict:
