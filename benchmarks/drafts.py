@@ -1,6 +1,6 @@
 """What verifying drafts costs, and what n-gram drafting gains where text repeats and where it does not.
 
-    python benchmarks/drafts.py verify [--models skeleton,tiny] [--k 1,2,4,8] [--reps 3]
+    python benchmarks/drafts.py verify [--models skeleton,tiny] [--k 1,2,4,8] [--reps 3] [--ngl 99] [--cache DIR]
     python benchmarks/drafts.py gain [--models gemma] [--tokens 200] [--rounds 3]
 
 ``verify``: one step of the decode loop (engine/decoder.py) that evaluates a reply's last token and
@@ -68,11 +68,11 @@ PROMPTS = (("copy", COPY_PROMPT, 0.0), ("code edit", CODE_PROMPT, 0.0), ("prose"
            ("prose, t=1", PROSE_PROMPT, 1.0))
 
 
-def load(path: Path, k: int):
+def load(path: Path, k: int, ngl: int = 0):
     from localcascade.engine.session import Engine
     from localcascade.planning.plan import Plan
 
-    plan = Plan(model=path.name, n_ctx=4096, n_batch=512, n_ubatch=512, n_rs_seq=k)
+    plan = Plan(model=path.name, n_ctx=4096, n_batch=512, n_ubatch=512, n_rs_seq=k, n_gpu_layers=ngl)
     return Engine.load(path, plan, for_chat=False)
 
 
@@ -91,13 +91,13 @@ class Wrong:
         return [(self.history[-1] + 1 + j) % self.n_vocab for j in range(min(self.k, limit))]
 
 
-def verify_costs(path: Path, ks: list[int], reps: int) -> dict[int, float]:
+def verify_costs(path: Path, ks: list[int], reps: int, ngl: int = 0) -> dict[int, float]:
     """Median ms of one decode-loop step verifying k drafts (all rejected), per k (0: a plain step)."""
     from localcascade.engine import drafts
     from localcascade.engine.session import GenerationOptions
 
     rng = np.random.default_rng(0)
-    with load(path, max(ks)) as engine:
+    with load(path, max(ks), ngl) as engine:
         n_vocab = engine.vocab.n_tokens
         prompt = [int(t) for t in rng.integers(100, n_vocab, 256)]   # also touches every expert once
         decoder = engine.decoder
@@ -123,12 +123,13 @@ def verify_costs(path: Path, ks: list[int], reps: int) -> dict[int, float]:
 def run_verify(args) -> None:
     from side_by_side import prepare_model
 
-    cache = Path(tempfile.gettempdir()) / "localcascade-bench"
+    cache = args.cache or Path(tempfile.gettempdir()) / "localcascade-bench"
     ks = [int(k) for k in args.k.split(",")]
     for name in args.models.split(","):
         model = prepare_model(name, cache)
-        costs = verify_costs(model.path, ks, args.reps)
-        print(f"\n{model.label}: one step, ms (median of {args.reps}); every draft rejected and rolled back")
+        costs = verify_costs(model.path, ks, args.reps, args.ngl)
+        where = f", {args.ngl} layers on the GPU" if args.ngl else ""
+        print(f"\n{model.label}: one step, ms (median of {args.reps}){where}; every draft rejected and rolled back")
         print(f"  {'k':>2} {'ms':>9} {'x plain':>8} {'cost/draft':>10}   predicted speedup at acceptance "
               "0.5 / 0.7 / 0.9")
         for k, ms in costs.items():
@@ -179,6 +180,8 @@ def main() -> None:
     verify.add_argument("--models", default="skeleton,tiny")
     verify.add_argument("--k", default="1,2,4,8")
     verify.add_argument("--reps", type=int, default=3)
+    verify.add_argument("--ngl", type=int, default=0, help="layers on the GPU (99: all)")
+    verify.add_argument("--cache", type=Path, help="the side-by-side benchmark's cache folder (its models)")
     gain = sub.add_parser("gain")
     gain.add_argument("--models", default="gemma")
     gain.add_argument("--tokens", type=int, default=200)

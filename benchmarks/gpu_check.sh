@@ -10,7 +10,9 @@
 #   2. installs localcascade and its dependencies from the bundle's wheels;
 #   3. runs benchmarks/gpu_check.py (CUDA buffers and context vs the memory model);
 #   4. runs benchmarks/side_by_side.py on the full-size IQ4_XS skeleton: bench vs llama-bench pp/tg
-#      (and ask), all layers on the GPU, then with every expert block in RAM.
+#      (and ask), all layers on the GPU, then with every expert block in RAM;
+#   5. runs benchmarks/drafts.py verify on the skeleton, all layers on the GPU: what verifying k draft
+#      tokens in one step costs against a plain step (what drafting can gain on the real model).
 # Each step writes its results into OUT_DIR as soon as it has them (steps.jsonl records each step's
 # status and seconds), so a run cut off by its time slot still returns figures.
 #
@@ -115,5 +117,11 @@ step side_by_side
 python benchmarks/side_by_side.py "$WORK/side-by-side" --models skeleton --llama-bench "$LLAMA_BENCH" \
     -p "$P" -n "$N" -r "$ROUNDS" "${PLACEMENT[@]}" --json-out "$OUT_DIR/side_by_side.json" \
     | tee "$OUT_DIR/side_by_side.md" && done_step ok "pp$P tg$N x $ROUNDS" || done_step failed "see gpu_check.log"
+
+step drafts
+NGL=0; [ "$MODE" = cuda ] && NGL=99
+python benchmarks/drafts.py verify --models skeleton --k 1,2,4,8 --reps "$ROUNDS" --ngl "$NGL" \
+    --cache "$WORK/side-by-side" | tee "$OUT_DIR/drafts_verify.md" && done_step ok "ngl $NGL" \
+    || done_step failed "see gpu_check.log"
 
 echo "gpu_check: done; results in $OUT_DIR"
