@@ -13,6 +13,7 @@ Other fixtures go below the marked section at the end of this file.
 
 from __future__ import annotations
 
+import fcntl
 import sys
 from pathlib import Path
 
@@ -63,13 +64,16 @@ def gemma_model(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFa
         folder = tmp_path_factory.mktemp("gemma3-270m")
     target = folder / gemma.MODEL_NAME
     partial = target.with_name(target.name + ".partial")
-    if target.exists():
-        try:
-            return gemma.assemble(target)  # verifies the sha256 of the existing file
-        except (FileExistsError, ValueError):
-            target.unlink()
-    gemma.assemble(partial, overwrite=True)  # verifies the sha256 after writing
-    partial.replace(target)
+    # Test workers in parallel (pytest -n) share the folder: one assembles, the others wait for it.
+    with open(folder / "assemble.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            try:
+                return gemma.assemble(target)  # verifies the sha256 of the existing file
+            except (FileExistsError, ValueError):
+                target.unlink()
+        gemma.assemble(partial, overwrite=True)  # verifies the sha256 after writing
+        partial.replace(target)
     return target
 
 
