@@ -14,6 +14,7 @@ Other fixtures go below the marked section at the end of this file.
 from __future__ import annotations
 
 import fcntl
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import synth  # noqa: E402
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """Workers for ``-n auto``: one more than the cores, as much of a test's time is spent waiting on
+    a subprocess or a server (at least 3; at most 8, each worker loads its own models)."""
+    return max(3, min(8, (os.cpu_count() or 1) + 1))
 
 
 @pytest.fixture(scope="session")

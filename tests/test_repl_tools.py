@@ -73,12 +73,29 @@ def test_tools_on_in_a_piped_session_finds_the_sandbox(tmp_path, tiny_model):
     assert "tools are on" in result.stdout
 
 
+def _cmdline(process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _running(process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def test_ctrl_c_while_code_runs_stops_it_and_the_chat_goes_on(terminal):
     term = terminal("--tools", "python", "--trace", "show", grammar=grammar(code="import time\ntime.sleep(60)"))
     term.child.sendline("sleep please")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if any(WORKER in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])):
+        # The chat's own sandbox workers (other tests may run theirs at the same time).
+        workers = [p for p in psutil.Process(term.child.pid).children(recursive=True)
+                   if WORKER in " ".join(_cmdline(p))]
+        if workers:
             break
         time.sleep(0.2)
     else:
@@ -89,7 +106,7 @@ def test_ctrl_c_while_code_runs_stops_it_and_the_chat_goes_on(terminal):
     term.child.expect(r"reply stopped; what was said is kept")
     term.child.expect(PROMPT)
     assert time.monotonic() - started < 10
-    assert not any(WORKER in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+    assert not any(_running(p) for p in workers)
     assert "stopped by the user" in term.send("/tools last")
     term.child.sendline("/bye")
     assert term.exit_status() == 0

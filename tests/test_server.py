@@ -249,11 +249,13 @@ def test_eight_clients_on_two_sequences_each_get_their_own_reply(server, client)
 
 
 @pytest.mark.gemma
-def test_drafted_replies_in_one_batch_are_the_plain_greedy_ones(gemma_model):
-    # Two slots verify their drafts in one batch on the drafting server; the other decodes token by
-    # token. Greedy, they answer the same, and usage says what the drafts kept. (Short replies: past
-    # the copied text this base model babbles through near-ties, where llama.cpp's batched Q4_K
-    # kernels, used from 8 rows on, can tip the choice: docs/performance.md, "Drafts".)
+def test_drafted_replies_are_the_plain_greedy_ones_and_slots_draft_together(gemma_model):
+    # One request at a time, the drafting server answers as the one decoding token by token, and
+    # usage says what the drafts kept. Requests at once draft in one batch; what a row computes then
+    # depends on its batch-mates' rows (llama.cpp's batched Q4_K kernels: this base model's greedy
+    # first word is a near-tie such a difference tips, drafts or not), so token-for-token equality
+    # of slots drafting together is held on the tiny hybrid (tests/test_speculative.py) and here
+    # only that they all draft and finish (docs/performance.md, "Drafts").
     template = str(Path(__file__).parent / "data" / "gemma_chat_template.jinja")
     drafting = ServerProcess(str(gemma_model), "--chat-template", template, "--ctx", "2048", "--parallel", "2",
                              "--draft", "ngram").start()
@@ -268,16 +270,20 @@ def test_drafted_replies_in_one_batch_are_the_plain_greedy_ones(gemma_model):
         def ask(server, text):
             api = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
             r = api.chat.completions.create(model="m", messages=[{"role": "user", "content": text}], temperature=0,
-                                            max_tokens=24)
+                                            max_tokens=24)   # the copied text; past it, babble and near-ties
             return r.choices[0].message.content, r.usage.completion_tokens_details
 
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            drafted = list(pool.map(lambda text: ask(drafting, text), prompts))
-        for text, (content, _) in zip(prompts, drafted):
-            expected, plain_details = ask(plain, text)
+        kept = 0
+        for text in prompts:
+            (content, details), (expected, plain_details) = ask(drafting, text), ask(plain, text)
             assert content == expected
             assert plain_details.accepted_prediction_tokens == plain_details.rejected_prediction_tokens == 0
-        assert sum(details.accepted_prediction_tokens for _, details in drafted) >= 30
+            kept += details.accepted_prediction_tokens
+        assert kept >= 30
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda text: ask(drafting, text), prompts))
+        assert all(content for content, _ in together)
+        assert sum(details.accepted_prediction_tokens for _, details in together) >= 8
     finally:
         drafting.stop()
         plain.stop()

@@ -74,8 +74,8 @@ def _add_words(report: dict, hardware) -> None:
                                                    rec["speed_measured"], *rec["tokens_per_s_range"],
                                                    *rec["prompt_tokens_per_s_range"]))
         rec["reasons"].append(wording.drafts_plan_words(rec["drafts"]["draft_tokens"], rec["drafts"]["snapshot_bytes"]))
-        rec["reasons"].append(wording.kept_state_words(rec["kept_state"]["bytes_per_token"],
-                                                       rec["kept_state"]["bytes_per_state"]))
+        rec["reasons"].append("a kept prompt state: " + wording.kept_state_words(
+            rec["kept_state"]["bytes_per_token"], rec["kept_state"]["bytes_per_state"]))
     for alt in report["alternatives"]:
         alt["summary"] = f"{alt['trade']}: {alt['variant']} " + wording.brief_plan(
             alt["n_ctx"], alt["verdict"], alt["cpu_moe_blocks"], alt["n_gpu_layers"], alt["kv_type"],

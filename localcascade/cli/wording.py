@@ -398,7 +398,7 @@ def drafts_plan_words(draft_tokens: int, snapshot_bytes: int) -> str:
 def kept_state_words(bytes_per_token: int, bytes_per_state: int) -> str:
     """What the prompt-state cache keeps for a model, for `fit` and `show`."""
     recurrent = f" + {format_bytes(bytes_per_state)} of recurrent state" if bytes_per_state else ""
-    return (f"a kept prompt state: {bytes_per_token:,} B per cached token{recurrent} per checkpoint "
+    return (f"{bytes_per_token:,} B per cached token{recurrent} per checkpoint "
             "(`localcascade cache` holds them)")
 
 
