@@ -83,6 +83,7 @@ class Wrong:
         self.history: list[int] = []
         self.n_vocab = n_vocab
         self.k = 0
+        self.matched = 4   # every draft counts as a long match (probes too)
 
     def extend(self, tokens) -> None:
         self.history.extend(tokens)
@@ -152,6 +153,10 @@ def ask(model, text: str, draft: str, tokens: int, temperature: float, seed: int
     return json.loads(done.stdout)
 
 
+def _first_difference(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def run_gain(args) -> None:
     from side_by_side import prepare_model
 
@@ -167,10 +172,12 @@ def run_gain(args) -> None:
                     runs[draft].append(ask(model, text, draft, args.tokens, temperature, seed=round_))
             speed = {d: statistics.median(r["timings"]["generation_tokens_per_s"] for r in rs) for d, rs in runs.items()}
             # Sampled, drafting draws its random numbers differently: the same distribution, other tokens.
-            same = temperature > 0 or all(r["answer"] == runs["none"][0]["answer"] for rs in runs.values() for r in rs)
+            reference = runs["none"][0]["answer"]
+            answers = [r["answer"] for rs in runs.values() for r in rs]
+            differs = min((_first_difference(a, reference) for a in answers if a != reference), default=None)
             usage = runs["ngram"][0]["usage"]
             print(f"  {label:10s} {speed['none']:9.1f} {speed['ngram']:9.1f} {speed['ngram'] / speed['none']:6.2f}  "
-                  f"{'(sampled)' if temperature > 0 else 'yes' if same else 'NO':11s}  {usage['drafted_tokens']} / {usage['accepted_draft_tokens']}")
+                  f"{'(sampled)' if temperature > 0 else 'yes' if differs is None else f'from char {differs} of {len(reference)}':11s}  {usage['drafted_tokens']} / {usage['accepted_draft_tokens']}")
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ class Scripted:
         self.prompt_len = prompt_len
         self.propose = propose
         self.proposed: list[list[int]] = []
+        self.matched = drafts.MAX_NGRAM   # every draft counts as a long match (probes too)
 
     def extend(self, tokens) -> None:
         self.history.extend(tokens)

@@ -48,7 +48,7 @@ import time
 from dataclasses import replace
 from typing import Callable
 
-from localcascade.engine.drafts import Acceptance, NgramDrafter, StepCost, accept
+from localcascade.engine.drafts import MAX_NGRAM, Acceptance, NgramDrafter, StepCost, accept
 from localcascade.engine.events import AnswerText, Event, ThinkingText, ToolCallText, TurnStats
 from localcascade.engine.replies import Channel, common_prefix, opens_thinking
 from localcascade.engine.sampling import Sampler, sampling_profile
@@ -159,7 +159,10 @@ class Decoder:
         self.full_reevaluations = 0              # times a non-empty sequence had to be thrown away
         self._capacity = engine.n_batch
         self.draft_tokens = getattr(engine, "draft_tokens", 0)   # k, the most drafts a step verifies; 0: none
-        self.step_cost = StepCost()
+        # Until measured, what a verified draft token costs: on a CPU a batch row costs a good share
+        # of a step (measured per draft token: Gemma 270M 0.5-1.0, the Cascade-2 skeleton 0.3-0.4);
+        # on a GPU a few rows more cost little.
+        self.step_cost = StepCost(per_token=0.5 if engine.plan.n_gpu_layers == 0 else 0.1)
         self._prefill_chunk = max(1, min(engine.plan.n_ubatch, engine.n_batch))
         self._batch = None
         self._rows: tuple = ()
@@ -433,12 +436,18 @@ class Decoder:
             return
         if turn.drafter is None:
             turn.drafter = NgramDrafter()
+            if turn.acceptance.cost is None:
+                turn.acceptance.cost, turn.acceptance.max_tokens = self.step_cost, self.draft_tokens
         history = turn.drafter.history   # the context and the reply's tokens, appended as they are kept
         if len(history) < held:
             turn.drafter.extend(turn.sequence.tokens[len(history):])
         if len(history) == held:
             turn.drafter.extend(turn.todo)
         draft = turn.drafter.draft(limit)
+        if turn.acceptance.probing and turn.drafter.matched < MAX_NGRAM:
+            # On a CPU a probe costs a step or more: probe where a whole 4-token run repeats, not
+            # where two common words do.
+            return
         draft = draft[:turn.acceptance.draft_length(len(draft))] if draft else draft
         if draft:
             turn.drafts = draft
@@ -549,7 +558,6 @@ class Decoder:
             kept = accept(range(first_row, first_row + len(drafts) + 1), drafts,
                           lambda row, draft: sampler.verify_row(self._logits(row), draft),
                           lambda row: sampler.sample(ctx, row))
-            turn.acceptance.cost_per_token = self.step_cost.per_token
             turn.acceptance.record(len(drafts), len(kept) - 1)
             for i, token in enumerate(kept):
                 taken: list[int] = []

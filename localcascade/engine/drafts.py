@@ -35,6 +35,7 @@ class NgramDrafter:
             raise ValueError(f"n-gram sizes must satisfy 1 <= min_n <= max_n, got {min_n}, {max_n}")
         self.min_n, self.max_n = min_n, max_n
         self.history: list[int] = []
+        self.matched = 0   # the n-gram length the last draft came from (0: none)
         # For each n: n-gram -> the position right after its latest occurrence that has a token after it.
         self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(min_n, max_n + 1)}
         self.extend(tokens)
@@ -66,79 +67,29 @@ class NgramDrafter:
                 continue
             start = self._index[n].get(tuple(history[-n:]))
             if start is not None:
+                self.matched = n
                 return history[start:start + k]
+        self.matched = 0
         return []
 
 
 @dataclass
-class Acceptance:
-    """Whether drafting pays for one sequence, from what verification accepted.
-
-    Verifying d draft tokens costs a step ``1 + cost_per_token * d`` times a plain one (measured per
-    machine and model: docs/performance.md) and yields ``1 + accepted`` tokens, so drafting pays
-    while the share of drafted tokens accepted stays above ``cost_per_token``. The share is a
-    moving average; when it falls below, drafting stops for ``backoff`` steps, then one draft
-    probes again; each failed probe doubles the pause (up to ``max_backoff``), a good one ends it.
-    A probe (and the first draft of a reply) is ``probe_tokens`` long: where text does not repeat,
-    a rejected probe costs a fraction of a rejected full draft.
-    """
-
-    cost_per_token: float = 0.1
-    margin: float = 1.5            # demand this much more than break-even: a draft also costs host time
-    smoothing: float = 0.3         # weight of the newest step in the moving average
-    max_backoff: int = 256
-    probe_tokens: int = 2
-    rate: float = 1.0              # optimistic start: the first drafts are tried
-    backoff: int = 0
-    _paused: int = field(default=0, repr=False)
-    _next_backoff: int = field(default=8, repr=False)
-    _probing: bool = field(default=True, repr=False)
-    drafted: int = 0               # totals, for reports and benchmarks
-    accepted: int = 0
-    steps: int = 0
-
-    def draft_length(self, available: int) -> int:
-        """How many of ``available`` draft tokens this step should verify: 0 while paused (counting
-        the step), a probe's length after a pause, else all of them."""
-        if self._paused > 0:
-            self._paused -= 1
-            return 0
-        return min(available, self.probe_tokens) if self._probing else available
-
-    def record(self, drafted: int, accepted: int) -> None:
-        """One verification: ``accepted`` of ``drafted`` draft tokens were kept."""
-        if drafted <= 0:
-            return
-        self.steps += 1
-        self.drafted += drafted
-        self.accepted += accepted
-        self.rate = (1 - self.smoothing) * self.rate + self.smoothing * (accepted / drafted)
-        if self.rate >= self.cost_per_token * self.margin:
-            self._next_backoff = 8
-            self._probing = self._probing and accepted < drafted   # a wholly kept probe: full drafts
-            return
-        # It does not pay: pause, and probe again later with a fresh (neutral) estimate.
-        self._paused = self.backoff = self._next_backoff
-        self._next_backoff = min(2 * self._next_backoff, self.max_backoff)
-        self._probing = True
-        self.rate = self.cost_per_token * self.margin
-
-
-@dataclass
 class StepCost:
-    """What verifying one draft token costs, as a share of a plain one-token step, measured as the
-    decode loop runs (one per engine: the same weights, machine and load for every sequence).
+    """What a step verifying n drafts costs, as a multiple of a plain one-token step, measured as
+    the decode loop runs (one per engine: the same weights, machine and load for every sequence).
 
-    A plain step's time is a moving average of steps that verified no draft; a step that verified
-    d drafts in t seconds observes ``(t / plain - 1) / d``. This differs by an order of magnitude
-    between machines and models (a dense model on a GPU: a few hundredths; a MoE on a CPU, where
-    each extra token routes to other experts: above 1), so no constant serves; ``per_token``
-    starts at an optimistic guess and is measured from the first plain step on.
+    A plain step's time is a moving average of steps that verified no draft; a step that verified n
+    drafts in t seconds observes ``t / plain`` for n. The multiple is not linear in n (the first
+    extra row costs the most: Gemma 270M on a CPU, 1.8x for one draft, 5.1x for eight), and it
+    differs by an order of magnitude between machines and models, so each n keeps its own
+    measurement; an n not measured yet is read off the nearest measured one, ``per_token`` a step
+    for each token beyond it (a prior: 0.5 on a CPU, where a batch row costs a good share of a step).
     """
 
     per_token: float = 0.1
     smoothing: float = 0.2
     plain_seconds: float | None = None
+    ratios: dict[int, float] = field(default_factory=dict)
 
     def record(self, drafted: int, seconds: float) -> None:
         if seconds <= 0:
@@ -149,8 +100,106 @@ class StepCost:
             return
         if self.plain_seconds is None:
             return
-        observed = max(0.0, (seconds / self.plain_seconds - 1) / drafted)
-        self.per_token = (1 - self.smoothing) * self.per_token + self.smoothing * observed
+        observed = max(1.0, seconds / self.plain_seconds)
+        known = self.ratios.get(drafted)
+        self.ratios[drafted] = observed if known is None else (1 - self.smoothing) * known + self.smoothing * observed
+
+    def __call__(self, n: int) -> float:
+        """The cost of a step verifying ``n`` drafts, in plain steps."""
+        if n in self.ratios:
+            return self.ratios[n]
+        below = max((m for m in self.ratios if m < n), default=0)
+        above = min((m for m in self.ratios if m > n), default=None)
+        at_below = self.ratios.get(below, 1.0)
+        if above is None:
+            return at_below + self.per_token * (n - below)
+        return at_below + (self.ratios[above] - at_below) * (n - below) / (above - below)
+
+
+def linear_cost(per_token: float) -> Callable[[int], float]:
+    return lambda n: 1.0 + per_token * n
+
+
+def best_length(rate: float, cost: Callable[[int], float] | float, k: int) -> tuple[int, float]:
+    """(n, gain): the draft length n <= k that yields the most tokens per unit of step cost, and that
+    yield. With each draft token kept with probability ``rate``, a step verifying n drafts yields
+    (1 - rate^(n+1)) / (1 - rate) tokens and costs ``cost(n)`` plain steps (a number: that much a
+    draft token). A gain under 1 means drafting loses."""
+    cost = linear_cost(cost) if isinstance(cost, (int, float)) else cost
+    a = min(max(rate, 0.0), 0.999)
+    return max(((1 - a ** (n + 1)) / (1 - a) / cost(n), n) for n in range(1, max(1, k) + 1))[::-1]
+
+
+@dataclass
+class Acceptance:
+    """Whether, and how long, to draft for one sequence, from what verification kept.
+
+    ``rate`` is a moving average of the chance a draft token is kept (each verified position a trial
+    until the first rejection). With ``cost`` (what a step verifying n drafts costs, in plain steps:
+    StepCost), the draft length is the one that yields the most tokens per unit of cost
+    (``best_length``), and drafting pays while that yield stays ``margin`` above a plain step's.
+    When it does not, drafting stops for ``backoff`` steps, then one draft probes again; each failed
+    probe doubles the pause (up to ``max_backoff``), a good one ends it. A probe (and the first draft
+    of a reply) is ``probe_tokens`` long: where text does not repeat, a rejected probe costs a
+    fraction of a rejected full draft.
+    """
+
+    cost_per_token: float = 0.1    # the cost model when ``cost`` is not given: linear
+    cost: Callable[[int], float] | None = None
+    margin: float = 1.1            # demand this much more than a plain step: a draft also costs host time
+    smoothing: float = 0.3         # weight of the newest step in the moving average
+    max_backoff: int = 256
+    probe_tokens: int = 2
+    max_tokens: int = DRAFT_TOKENS
+    rate: float | None = None      # a draft token's chance to be kept, a moving average; None: the next probe decides
+    backoff: int = 0
+    _paused: int = field(default=0, repr=False)
+    _next_backoff: int = field(default=8, repr=False)
+    _probing: bool = field(default=True, repr=False)
+    drafted: int = 0               # totals, for reports and benchmarks
+    accepted: int = 0
+    steps: int = 0
+
+    @property
+    def probing(self) -> bool:
+        """Whether the next draft is a probe (the reply's first, or the first after a pause)."""
+        return self._probing or self.rate is None
+
+    def _cost(self) -> Callable[[int], float]:
+        return self.cost if self.cost is not None else linear_cost(self.cost_per_token)
+
+    def draft_length(self, available: int) -> int:
+        """How many of ``available`` draft tokens this step should verify: 0 while paused (counting
+        the step), a probe's length after a pause, else the length that yields the most tokens per
+        unit of step cost at the acceptance seen so far (long drafts only where nearly every token
+        is kept, when a verified token costs much)."""
+        if self._paused > 0:
+            self._paused -= 1
+            return 0
+        if self.probing:
+            return min(available, self.probe_tokens)
+        return best_length(self.rate, self._cost(), min(available, self.max_tokens))[0]
+
+    def record(self, drafted: int, accepted: int) -> None:
+        """One verification: ``accepted`` of ``drafted`` draft tokens were kept."""
+        if drafted <= 0:
+            return
+        self.steps += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        # Each verified position is a trial until the first rejection: the estimate of the chance a
+        # draft token is kept (the share kept of all drafted would undercount long drafts).
+        observed = accepted / (accepted + (1 if accepted < drafted else 0)) if accepted else 0.0
+        self.rate = observed if self.rate is None else (1 - self.smoothing) * self.rate + self.smoothing * observed
+        if best_length(self.rate, self._cost(), self.max_tokens)[1] >= self.margin:
+            self._next_backoff = 8
+            self._probing = self._probing and accepted < drafted   # a wholly kept probe: full drafts
+            return
+        # It does not pay: pause, and let the probe after the pause decide afresh.
+        self._paused = self.backoff = self._next_backoff
+        self._next_backoff = min(2 * self._next_backoff, self.max_backoff)
+        self._probing = True
+        self.rate = None
 
 
 def accept(rows: Sequence, drafts: Sequence[int], verify: Callable[[object, int], int],
