@@ -439,10 +439,9 @@ class Scheduler:
                 slot.evictions += 1
                 self._park(slot)
             slot.key = None       # until this reply completes, the sequence holds no reusable conversation
-            stop_after_call = None
-            if job.stop_after_call is not None:
-                def stop_after_call() -> bool:
-                    return job.stop_after_call("".join(job.answer))
+            # Asked at each </tool_call> with the answer so far (a tool the server runs).
+            stop_after_call = (None if job.stop_after_call is None
+                               else lambda: job.stop_after_call("".join(job.answer)))
             job.turn = self.decoder.start(slot.seq, prompt, work.options, sink, answer_sampler=job.answer_sampler,
                                           stop_after_call=stop_after_call)
             job.answer_sampler = None     # the turn owns it now (until then a failure here frees it)
