@@ -217,3 +217,18 @@ def test_sampled_replies_with_drafts_have_plain_sampling_s_distribution(engine, 
     dof = len(outcomes) - 1
     assert dof >= 3                                    # the test has something to tell apart
     assert chi2 < dof + 4 * (2 * dof) ** 0.5           # ~p > 0.001 for these degrees of freedom
+
+
+def test_drafts_from_a_window_of_the_context_keep_greedy_output(engine, reference, monkeypatch):
+    # A long context is indexed from its last DRAFT_WINDOW tokens only (the index of 1M tokens would
+    # cost seconds and ~0.5 GB): with a window of 5 the reply still drafts from its own text.
+    from localcascade.engine import decoder
+
+    monkeypatch.setattr(decoder, "DRAFT_WINDOW", 5)
+    tokens, text, _, _ = reference
+    engine.decoder.reset()
+    turn, _ = start(engine, 0, PROMPT, GREEDY)
+    turn.acceptance = drafts.Acceptance(margin=0.0, probe_tokens=K)
+    finish(engine, turn)
+    assert turn.drafter_base == len(PROMPT) - 5 and len(turn.drafter.history) > 5
+    assert engine.decoder.sequences[0].tokens[len(PROMPT):] == tokens

@@ -46,7 +46,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from localcascade.engine.drafts import MAX_NGRAM, NgramDrafter, StepCost, accept
+from localcascade.engine.drafts import DRAFT_WINDOW, MAX_NGRAM, NgramDrafter, StepCost, accept
 from localcascade.engine.events import Event, TurnStats
 from localcascade.engine.replies import Reply, Sequence, common_prefix
 from localcascade.engine.sampling import Sampler, sampling_profile
@@ -348,13 +348,16 @@ class Decoder:
         if limit <= 0:
             return
         if turn.drafter is None:
-            turn.drafter = NgramDrafter()
+            # Drafts come from the last DRAFT_WINDOW tokens of the context and the reply: the index
+            # of a 1M-token context would take seconds to build and ~0.5 GB.
+            turn.drafter, turn.drafter_base = NgramDrafter(), max(0, held - DRAFT_WINDOW)
             if turn.acceptance.cost is None:
                 turn.acceptance.cost, turn.acceptance.max_tokens = self.step_cost, self.draft_tokens
-        history = turn.drafter.history   # the context and the reply's tokens, appended as they are kept
-        if len(history) < held:
-            turn.drafter.extend(turn.sequence.tokens[len(history):])
-        if len(history) == held:
+        known = turn.drafter_base + len(turn.drafter.history)   # the tokens it was given, appended as kept
+        if known < held:
+            turn.drafter.extend(turn.sequence.tokens[known:])
+            known = held
+        if known == held:
             turn.drafter.extend(turn.todo)
         draft = turn.drafter.draft(limit)
         if turn.acceptance.probing and turn.drafter.matched < MAX_NGRAM:

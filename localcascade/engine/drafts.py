@@ -24,6 +24,7 @@ from localcascade.planning.plan import DRAFT_TOKENS
 # rarely misleads), down to 2 (code and lists repeat short runs); 8 tokens per draft.
 MAX_NGRAM = 4
 MIN_NGRAM = 2
+DRAFT_WINDOW = 65536   # context tokens a reply's drafts are looked up in (the most recent)
 
 
 class NgramDrafter:

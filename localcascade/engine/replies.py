@@ -121,6 +121,7 @@ class Reply:
         self.started = time.perf_counter()
         self.first_logits: float | None = None
         self.drafter: NgramDrafter | None = None   # made at the first draft, from the context then
+        self.drafter_base = 0                      # the context position its history starts at
         self.acceptance = Acceptance()             # whether drafting pays for this reply
         self.drafts: list[int] = []                # the draft tokens at the end of ``todo`` this step
         self._stop = threading.Event()
