@@ -362,7 +362,7 @@ class Decoder:
         draft = turn.drafter.draft(limit)
         if turn.acceptance.probing and turn.drafter.matched < MAX_NGRAM:
             # On a CPU a probe costs a step or more: probe where a whole 4-token run repeats, not
-            # where two common words do.
+            # where two common words do. (A pause, during which it probes next, counts these steps.)
             return
         draft = draft[:turn.acceptance.draft_length(len(draft))] if draft else draft
         if draft:
@@ -472,7 +472,7 @@ class Decoder:
         del sequence.tokens[evaluated - len(drafts):]   # the drafts count as held once taken
         try:
             kept = accept(range(first_row, first_row + len(drafts) + 1), drafts,
-                          lambda row, draft: sampler.verify_row(self._logits(row), draft),
+                          lambda row, draft: sampler.verify(ctx, row, draft),
                           lambda row: sampler.sample(ctx, row))
             turn.acceptance.record(len(drafts), len(kept) - 1)
             for i, token in enumerate(kept):
@@ -492,14 +492,6 @@ class Decoder:
                     # The state holds tokens the reply did not keep and cannot drop them: start over.
                     self.forget(sequence.id)
                     raise
-
-    def _logits(self, row: int):
-        import numpy as np
-
-        pointer = self._lib.llama_get_logits_ith(self.engine.context, row)
-        if not pointer:
-            raise EngineError("llama.cpp holds no logits for a draft position")
-        return np.ctypeslib.as_array(pointer, shape=(self.engine.vocab.n_tokens,))
 
     def _next(self, turn: Reply, pick: Callable[[], int]) -> None:
         """The reply may take a token now: end it, or take the token ``pick`` chooses."""

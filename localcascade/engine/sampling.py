@@ -100,34 +100,28 @@ class Sampler:
     def sample(self, ctx: int, idx: int = -1) -> int:
         """Pick the next token from the logits of output ``idx`` (default: the last one evaluated)."""
         if self._chain is None:
-            pointer = self._lib.llama_get_logits_ith(ctx, idx)
-            if not pointer:
-                raise EngineError("llama.cpp holds no logits to sample from")
-            logits = np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
-            return self._workspace.sample(logits, self._rng, temperature=self._temperature, top_k=self._top_k,
-                                          top_p=self._top_p, min_p=self._min_p)
+            return self._workspace.sample(self._row(ctx, idx), self._rng, temperature=self._temperature,
+                                          top_k=self._top_k, top_p=self._top_p, min_p=self._min_p)
         token = self._lib.llama_sampler_sample(self._chain, ctx, idx)
         if token < 0:
             raise EngineError("the sampler found no allowed token (a grammar that cannot continue?)")
         return token
 
-    def sample_row(self, logits: np.ndarray) -> int:
-        """A token from one row of logits (a verified draft's: speculative.DraftBatch.rows)."""
-        self._no_grammar()
-        return self._workspace.sample(logits, self._rng, temperature=self._temperature, top_k=self._top_k,
-                                      top_p=self._top_p, min_p=self._min_p)
-
-    def verify_row(self, logits: np.ndarray, draft: int) -> int:
-        """The token at a position a draft proposed ``draft`` for (``draft`` when kept): the chain's
-        distribution exactly, as a plain draw (nucleus.Workspace.verify; drafts.accept's rule)."""
-        self._no_grammar()
-        return self._workspace.verify(logits, self._rng, draft, temperature=self._temperature, top_k=self._top_k,
-                                      top_p=self._top_p, min_p=self._min_p)
-
-    def _no_grammar(self) -> None:
+    def verify(self, ctx: int, idx: int, draft: int) -> int:
+        """The token at output ``idx``, where a draft proposed ``draft`` (``draft`` when kept): the
+        chain's distribution exactly, as a plain draw (nucleus.Workspace.verify; drafts.accept's rule)."""
         if self._chain is not None:
             # A grammar's state advances token by token inside llama.cpp: drafts are not verified under one.
             raise EngineError("drafts cannot be verified under a grammar")
+        return self._workspace.verify(self._row(ctx, idx), self._rng, draft, temperature=self._temperature,
+                                      top_k=self._top_k, top_p=self._top_p, min_p=self._min_p)
+
+    def _row(self, ctx: int, idx: int) -> np.ndarray:
+        """A view of llama.cpp's logits of output ``idx`` (valid until the next decode)."""
+        pointer = self._lib.llama_get_logits_ith(ctx, idx)
+        if not pointer:
+            raise EngineError("llama.cpp holds no logits to sample from")
+        return np.ctypeslib.as_array(pointer, shape=(self._n_vocab,))
 
     def accept(self, token: int) -> None:
         """Tell the grammar about a token we fed ourselves (the host chain keeps no state).
