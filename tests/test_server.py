@@ -293,12 +293,17 @@ def test_drafted_replies_are_the_plain_greedy_ones_and_slots_draft_together(gemm
         plain.stop()
 
 
+def answer_turn(api, history, answer, *, seed=None, **extra_body):
+    """One turn whose answer a grammar fixes; appended to ``history``, as a chat client does. Its usage."""
+    r = api.chat.completions.create(model="m", messages=history, seed=len(history) if seed is None else seed,
+                                    extra_body={**extra_body, "grammar": f'root ::= "{answer}"'})
+    history.append({"role": "assistant", "content": r.choices[0].message.content})
+    return r.usage
+
+
 def test_more_conversations_than_sequences_evict_the_least_recently_used(client):
     def turn(history, tag):
-        r = client.chat.completions.create(model="m", messages=history, seed=len(history),
-                                           extra_body={**no_think(), "grammar": f'root ::= "{tag}"'})
-        history.append({"role": "assistant", "content": r.choices[0].message.content})
-        return r.usage
+        return answer_turn(client, history, tag, **no_think())
 
     a, b, c = ([{"role": "user", "content": f"conversation {name}"}] for name in "abc")
     for history, tag in ((a, "a one"), (b, "b one"), (c, "c one")):   # c takes a's sequence (2 of them)
@@ -313,10 +318,7 @@ def test_more_conversations_than_sequences_evict_the_least_recently_used(client)
 
 def test_an_evicted_long_conversation_is_kept_and_not_read_again_when_it_comes_back(client):
     def turn(history, tag):
-        r = client.chat.completions.create(model="m", messages=history, seed=len(history),
-                                           extra_body={**no_think(), "grammar": f'root ::= "{tag}"'})
-        history.append({"role": "assistant", "content": r.choices[0].message.content})
-        return r.usage
+        return answer_turn(client, history, tag, **no_think())
 
     long = " ".join(["the river runs past the mountain"] * 60)   # a prompt worth keeping (>= 256 tokens)
     a, b, c = ([{"role": "user", "content": f"{long} conversation {name}"}] for name in "xyz")
@@ -531,10 +533,7 @@ def test_a_restarted_server_continues_evicted_and_held_conversations_without_rea
     def turn(server, history, tag):
         api = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0, timeout=300)
         answer = f"{tag} " + " ".join(["and the sea"] * 20)   # a long answer: reading it again would show
-        r = api.chat.completions.create(model="m", messages=history, seed=1,
-                                        extra_body={"thinking_budget_tokens": 6, "grammar": f'root ::= "{answer}"'})
-        history.append({"role": "assistant", "content": r.choices[0].message.content})
-        return r.usage
+        return answer_turn(api, history, answer, seed=1, thinking_budget_tokens=6)
 
     first = ServerProcess(str(tiny_model), "--ctx", "2048", "--parallel", "1", env=env).start()
     try:
